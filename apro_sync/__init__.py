@@ -1,0 +1,3 @@
+"""apro-sync: AestheticsPro webhooks → Kafka → GoHighLevel."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,125 @@
+"""Settings from the environment (and `.env`), validated once at start.
+
+Every setting is `APRO_<NAME>`; the broker also honours the conventional `KAFKA_BOOTSTRAP_SERVERS`.
+Secrets are `SecretStr`, so they never show up in a repr, a log line or a validation error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+from apro_sync.topics import Topics
+
+
+@dataclass(frozen=True)
+class WebhookToken:
+    """A shared secret that AestheticsPro puts in the webhook URL, optionally bound to one location."""
+
+    secret: SecretStr
+    location: str | None = None
+
+
+class ConfigError(SystemExit):
+    """Raised at start when a setting is invalid; the message names the setting, never its value."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="APRO_", env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # Kafka
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "APRO_KAFKA_BOOTSTRAP_SERVERS")
+    )
+    topic_prefix: str = ""
+    topic_partitions: int = Field(default=12, ge=1, le=1000)
+    topic_replication: int = Field(default=1, ge=1, le=5)
+    # Set by `apro-sync dev` and the tests: tune Faust for the in-memory Tansu broker (see streams/app.py).
+    embedded_broker: bool = False
+
+    # Producer (webhook intake)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    webhook_tokens: Annotated[list[WebhookToken], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    produce_timeout_s: float = Field(default=5.0, gt=0)
+    retry_after_s: int = Field(default=5, ge=1)
+
+    # Normalization
+    default_timezone: str = "America/Phoenix"
+    default_phone_region: str = "US"
+    dedupe_window: int = Field(default=100_000, ge=100)
+
+    # Worker (Faust)
+    worker_id: str = "apro-sync"
+    worker_web_port: int = Field(default=6066, ge=0, le=65535)
+    state_dir: Path = Path("./.apro-sync-state")
+    metrics_port: int = Field(default=9108, ge=0, le=65535)
+
+    # GoHighLevel
+    ghl_base_url: str = "https://services.leadconnectorhq.com"
+    ghl_token: SecretStr | None = None
+    ghl_location_id: str | None = None
+    locations_file: Path | None = None
+    ghl_timeout_s: float = Field(default=15.0, gt=0)
+
+    @field_validator("webhook_tokens", mode="before")
+    @classmethod
+    def _parse_tokens(cls, value: object) -> list[WebhookToken]:
+        """Accept `tok1,tok2@3` (token, optionally `@location`) or a JSON list of {token, location}."""
+        if value in (None, ""):
+            return []
+        if isinstance(value, list):
+            items = value
+        elif isinstance(value, str) and value.lstrip().startswith("["):
+            items = json.loads(value)
+        elif isinstance(value, str):
+            items = [part.strip() for part in value.split(",") if part.strip()]
+        else:
+            raise ValueError("expected a comma-separated list or a JSON list")
+        tokens: list[WebhookToken] = []
+        for item in items:
+            if isinstance(item, WebhookToken):
+                tokens.append(item)
+                continue
+            if isinstance(item, dict):
+                secret, location = item.get("token"), item.get("location")
+            else:
+                secret, _, location = str(item).partition("@")
+            if not secret or len(str(secret)) < 16:
+                raise ValueError("each webhook token must be at least 16 characters")
+            tokens.append(WebhookToken(SecretStr(str(secret)), str(location) if location else None))
+        return tokens
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not an IANA time zone name") from None
+        return value
+
+    @property
+    def topics(self) -> Topics:
+        return Topics.with_prefix(self.topic_prefix) if self.topic_prefix else Topics()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning a validation error into a message that names the bad setting only."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            name = "APRO_" + "_".join(str(p) for p in err["loc"] if isinstance(p, str)).upper()
+            problems.append(f"  {name}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(problems)) from None

@@ -1,0 +1,49 @@
+"""Every Prometheus metric apro-sync exports, defined once.
+
+Labels identify a clinic location, an event kind, an endpoint or a reason: never a patient. `location` is
+the AestheticsPro location id (or name when no id is sent), or "unknown".
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+# Producer (webhook intake)
+WEBHOOKS_RECEIVED = Counter(
+    "apro_webhooks_received_total",
+    "Webhook requests by outcome (accepted, unauthorized, too_large, malformed, unavailable).",
+    ["location", "resource", "outcome"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "apro_webhook_request_seconds", "Webhook request latency, receipt to answer.", ["outcome"], buckets=LATENCY_BUCKETS
+)
+PRODUCE_ERRORS = Counter("apro_produce_errors_total", "Kafka publishes that failed or timed out.", ["topic", "reason"])
+
+# Normalization
+EVENTS_NORMALIZED = Counter("apro_events_normalized_total", "Raw webhooks turned into typed events.", ["location", "kind"])
+EVENTS_SKIPPED = Counter("apro_events_skipped_total", "Webhooks deliberately not synced, by reason.", ["location", "reason"])
+EVENTS_DUPLICATE = Counter("apro_events_duplicate_total", "Redelivered webhooks passed on only once.", ["location"])
+EVENTS_DEADLETTERED = Counter(
+    "apro_events_deadlettered_total", "Inputs sent to the dead-letter topic, by stage and reason.", ["location", "stage", "reason"]
+)
+
+# Sync to GoHighLevel
+EVENTS_SYNCED = Counter("apro_events_synced_total", "Events whose CRM effects are all done.", ["location", "kind"])
+GHL_REQUESTS = Counter(
+    "apro_ghl_requests_total", "GoHighLevel API calls by endpoint and status class.", ["location", "endpoint", "status_class"]
+)
+GHL_LATENCY = Histogram(
+    "apro_ghl_request_seconds", "GoHighLevel API call latency.", ["location", "endpoint"], buckets=LATENCY_BUCKETS
+)
+GHL_RETRIES = Counter("apro_ghl_retries_total", "GoHighLevel calls retried after a transient failure.", ["location", "endpoint"])
+GHL_RATE_LIMITED = Counter("apro_ghl_rate_limited_total", "429 answers from GoHighLevel.", ["location"])
+GHL_RATE_REMAINING = Gauge(
+    "apro_ghl_rate_budget_remaining", "Remaining GoHighLevel request budget (window = burst|daily).", ["location", "window"]
+)
+SYNC_E2E_LATENCY = Histogram(
+    "apro_sync_e2e_seconds", "Webhook accepted → last CRM call done.", ["location"], buckets=LATENCY_BUCKETS
+)
+LAST_EVENT_TIME = Gauge("apro_last_event_timestamp_seconds", "Unix time of the last event seen per location.", ["location"])
+CONSUMER_LAG = Gauge("apro_consumer_lag", "End offset minus committed offset.", ["group", "topic", "partition"])

@@ -1,0 +1,39 @@
+"""The Faust application: one factory so the worker, the tests and the tools build it the same way."""
+
+from __future__ import annotations
+
+import faust
+
+from apro_sync.config import Settings
+
+
+def build_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
+    """A Faust app wired to the configured broker. Agents are attached by `streams.worker.register_agents`.
+
+    `settings.embedded_broker` switches on the settings the in-memory Tansu broker needs: group joins that take
+    seconds, not a minute, and one record per producer batch (Tansu reports a wrong end offset for multi-record
+    batches, which would silently lose the newest table updates on recovery).
+    """
+    if not settings.kafka_bootstrap_servers:
+        raise ValueError("KAFKA_BOOTSTRAP_SERVERS is not set")
+    extra: dict[str, object] = {}
+    if settings.embedded_broker:
+        extra.update(
+            broker_session_timeout=2,
+            broker_heartbeat_interval=0.5,
+            broker_rebalance_timeout=2,
+            producer_max_batch_size=1,
+        )
+    return faust.App(
+        app_id or settings.worker_id,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        store="memory://",  # tables are rebuilt from their changelog topics at start
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        topic_allow_declare=True,
+        web_enabled=False,
+        datadir=str(settings.state_dir),
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=True,
+        **extra,
+    )
