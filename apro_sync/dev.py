@@ -1,0 +1,110 @@
+"""`apro-sync dev`: the whole stack on embedded defaults, in one terminal.
+
+Starts (as child processes, so each one behaves exactly as in production): the embedded Tansu broker unless
+KAFKA_BOOTSTRAP_SERVERS is set, the GoHighLevel emulator unless a GoHighLevel token is configured, the webhook
+producer and one Faust worker. Ctrl-C stops everything; if any child dies, the rest are stopped too.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from apro_sync.config import Settings
+from apro_sync.embedded_broker import EmbeddedBroker
+from apro_sync.kafka_admin import ensure_topics, wait_for_broker
+
+DEV_GHL_LOCATION = "devLocation000000001"
+DEV_GHL_TOKEN = "pit-dev-emulator-token"
+
+
+def _wait_http(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    print(f"  starting {name}: apro-sync {' '.join(args)}", flush=True)
+    return subprocess.Popen([sys.executable, "-m", "apro_sync.cli", *args], env=env)
+
+
+def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
+    broker: EmbeddedBroker | None = None
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    env = dict(os.environ)
+    try:
+        if settings.kafka_bootstrap_servers:
+            bootstrap = settings.kafka_bootstrap_servers
+            wait_for_broker(bootstrap)
+            print(f"  using Kafka at {bootstrap}")
+        else:
+            broker = EmbeddedBroker().start()
+            bootstrap = broker.bootstrap
+            env["APRO_EMBEDDED_BROKER"] = "true"
+            print(f"  embedded Kafka-protocol broker (Tansu, in memory) at {bootstrap}")
+        env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
+        ensure_topics(bootstrap, settings.topics.all(), settings.topic_partitions, settings.topic_replication)
+
+        if settings.ghl_token is None:
+            emulator_url = f"http://127.0.0.1:{emulator_port}"
+            children.append(("ghl-emulator", _spawn("ghl-emulator", ["emulator", "--port", str(emulator_port)], env)))
+            _wait_http(f"{emulator_url}/_emulator/state")
+            env.update(APRO_GHL_BASE_URL=emulator_url, APRO_GHL_TOKEN=DEV_GHL_TOKEN, APRO_GHL_LOCATION_ID=DEV_GHL_LOCATION)
+            print(f"  GoHighLevel emulator at {emulator_url} (inspect: {emulator_url}/_emulator/state)")
+
+        token = None
+        if not settings.webhook_tokens:
+            token = secrets.token_urlsafe(24)
+            env["APRO_WEBHOOK_TOKENS"] = token
+        env["APRO_HTTP_PORT"] = str(port)
+        children.append(("producer", _spawn("producer", ["producer"], env)))
+        children.append(("worker", _spawn("worker", ["worker"], env)))
+        _wait_http(f"http://{settings.http_host}:{port}/healthz")
+
+        base = f"http://{settings.http_host}:{port}/webhooks/aestheticspro"
+        shown = token or "<one of your APRO_WEBHOOK_TOKENS>"
+        fixtures = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "webhooks"
+        print(
+            "\napro-sync dev stack is up.\n"
+            f"  POST webhooks to: {base}/{shown}\n"
+            f"  (optional resource hint: {base}/{shown}/appointments | clients | invoices)\n"
+            f"  metrics: http://{settings.http_host}:{port}/metrics (producer), "
+            f"http://127.0.0.1:{settings.metrics_port}/metrics (worker)\n"
+            f"  example: curl -sS -H 'Content-Type: application/json' --data-binary @{fixtures}/appointment_created.json "
+            f"{base}/{shown}\n"
+            "  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while True:
+            for name, proc in children:
+                if proc.poll() is not None:
+                    print(f"  {name} exited with code {proc.returncode}; stopping the stack", file=sys.stderr)
+                    raise SystemExit(1)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\n  stopping…")
+    finally:
+        for _, proc in reversed(children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _, proc in reversed(children):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if broker is not None:
+            broker.stop()
