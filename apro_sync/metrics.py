@@ -47,3 +47,8 @@ SYNC_E2E_LATENCY = Histogram(
 )
 LAST_EVENT_TIME = Gauge("apro_last_event_timestamp_seconds", "Unix time of the last event seen per location.", ["location"])
 CONSUMER_LAG = Gauge("apro_consumer_lag", "End offset minus committed offset.", ["group", "topic", "partition"])
+GHL_API_ANOMALIES = Counter(
+    "apro_ghl_api_anomalies_total",
+    "Known GoHighLevel API defects detected (kind = upsert_phone_dropped | opportunity_created_despite_error).",
+    ["location", "kind"],
+)
