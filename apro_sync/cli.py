@@ -58,6 +58,22 @@ def provision(dry_run: bool = typer.Option(False, help="Report what is missing w
     raise typer.Exit(run(load_settings(), dry_run=dry_run))
 
 
+@app.command("lag-exporter")
+def lag_exporter(
+    port: int = typer.Option(9308, help="Port for the Prometheus /metrics endpoint."),
+    host: str = typer.Option("0.0.0.0", help="Address to bind /metrics to."),
+    interval: float = typer.Option(15.0, min=1.0, help="Seconds between two reads of the offsets."),
+    group: Optional[list[str]] = typer.Option(None, help="Consumer group (repeatable; default: APRO_WORKER_ID)."),
+    topic: Optional[list[str]] = typer.Option(
+        None, help="Topic (repeatable; default: every topic the group has committed offsets on)."
+    ),
+) -> None:
+    """Export consumer lag (end offset minus committed offset) per group and partition to Prometheus."""
+    from apro_sync.lag import run
+
+    run(load_settings(), groups=group or [], topics=topic or [], host=host, port=port, interval_s=interval)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,176 @@
+"""Consumer-lag exporter: end offset minus committed offset per consumer group and topic-partition.
+
+The Faust workers cannot report their own lag reliably (a stalled or dead worker reports nothing), so a
+separate process asks the broker: the group's committed offsets (OffsetFetch) and each partition's end
+offset (ListOffsets), and publishes `apro_consumer_lag{group, topic, partition}` for Prometheus.
+
+Arithmetic (`partition_lag`, `compute_lags`) is pure; `LagReader` does the broker I/O; `run` serves it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import structlog
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from apro_sync.config import Settings
+from apro_sync.metrics import CONSUMER_LAG
+
+log = structlog.get_logger(__name__)
+
+# (topic, partition)
+TP = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    group: str
+    topic: str
+    partition: int
+    lag: int
+
+
+def partition_lag(end_offset: int, committed: int | None, start_offset: int = 0) -> int:
+    """Records the group still has to read in one partition.
+
+    `committed` is the next offset the group will read (Kafka convention), or None / negative when the group
+    has never committed there: then everything still retained (end - start) is unread. Never negative: the
+    committed offset and the end offset are read at slightly different moments.
+    """
+    if end_offset < 0:
+        return 0
+    if committed is None or committed < 0:
+        return max(0, end_offset - max(0, start_offset))
+    return max(0, end_offset - committed)
+
+
+def compute_lags(
+    group: str,
+    committed: Mapping[TP, int | None],
+    end_offsets: Mapping[TP, int],
+    start_offsets: Mapping[TP, int] | None = None,
+) -> list[PartitionLag]:
+    """Lag for every partition whose end offset is known, sorted by topic then partition."""
+    starts = start_offsets or {}
+    return [
+        PartitionLag(group, topic, partition, partition_lag(end, committed.get((topic, partition)), starts.get((topic, partition), 0)))
+        for (topic, partition), end in sorted(end_offsets.items())
+    ]
+
+
+class LagReader:
+    """Reads committed and end offsets from the broker with one AdminClient (batched requests)."""
+
+    def __init__(self, bootstrap: str, timeout_s: float = 10.0) -> None:
+        self._admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+        self._timeout_s = timeout_s
+
+    def partitions(self, topics: Iterable[str]) -> list[TP]:
+        """Every partition of the given topics that exist (missing topics are skipped, not an error)."""
+        metadata = self._admin.list_topics(timeout=self._timeout_s)
+        found: list[TP] = []
+        for topic in topics:
+            meta = metadata.topics.get(topic)
+            if meta is None or meta.error is not None:
+                continue
+            found.extend((topic, p) for p in meta.partitions)
+        return sorted(found)
+
+    def committed(self, group: str, partitions: Sequence[TP] | None = None) -> dict[TP, int | None]:
+        """The group's committed offsets; `partitions=None` asks for every partition it has committed on."""
+        request = ConsumerGroupTopicPartitions(
+            group, [TopicPartition(t, p) for t, p in partitions] if partitions is not None else None
+        )
+        futures = self._admin.list_consumer_group_offsets([request], request_timeout=self._timeout_s)
+        result = futures[group].result()
+        offsets: dict[TP, int | None] = {}
+        for tp in result.topic_partitions or []:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+            offsets[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
+        return offsets
+
+    def offsets(self, partitions: Iterable[TP], spec: OffsetSpec) -> dict[TP, int]:
+        request = {TopicPartition(t, p): spec for t, p in partitions}
+        if not request:
+            return {}
+        futures = self._admin.list_offsets(request, request_timeout=self._timeout_s)
+        return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+
+    def read(self, group: str, topics: Sequence[str] = ()) -> list[PartitionLag]:
+        """Lag of one group. With `topics`, every partition of them (uncommitted ones count from the start);
+        without, the partitions the group has committed offsets on."""
+        if topics:
+            wanted = self.partitions(topics)
+            if not wanted:
+                return []
+            committed = self.committed(group, wanted)
+        else:
+            committed = self.committed(group)
+            wanted = sorted(committed)
+        uncommitted = [tp for tp in wanted if committed.get(tp) is None]
+        return compute_lags(
+            group,
+            committed,
+            self.offsets(wanted, OffsetSpec.latest()),
+            self.offsets(uncommitted, OffsetSpec.earliest()),
+        )
+
+
+class LagGauge:
+    """Writes lags into `apro_consumer_lag`, dropping series for partitions that are no longer reported."""
+
+    def __init__(self) -> None:
+        self._series: set[tuple[str, str, str]] = set()
+
+    def update(self, lags: Iterable[PartitionLag], groups: Iterable[str]) -> None:
+        """Replace the series of `groups` (only those: a group whose read failed keeps its last values)."""
+        refreshed = set(groups)
+        current: set[tuple[str, str, str]] = set()
+        for lag in lags:
+            labels = (lag.group, lag.topic, str(lag.partition))
+            CONSUMER_LAG.labels(*labels).set(lag.lag)
+            current.add(labels)
+        for labels in {s for s in self._series if s[0] in refreshed} - current:
+            CONSUMER_LAG.remove(*labels)
+        self._series = {s for s in self._series if s[0] not in refreshed} | current
+
+
+def collect_once(reader: LagReader, gauge: LagGauge, groups: Sequence[str], topics: Sequence[str]) -> int:
+    """One scrape of every group; returns how many groups failed (logged, never raised)."""
+    failures = 0
+    for group in groups:
+        try:
+            gauge.update(reader.read(group, topics), [group])
+        except KafkaException as exc:
+            failures += 1
+            log.warning("lag_read_failed", group=group, error=str(exc))
+    return failures
+
+
+def run(
+    settings: Settings,
+    *,
+    groups: Sequence[str] = (),
+    topics: Sequence[str] = (),
+    host: str = "0.0.0.0",
+    port: int = 9308,
+    interval_s: float = 15.0,
+) -> None:
+    """Serve /metrics on host:port and refresh the lag gauges every `interval_s` seconds, forever."""
+    from prometheus_client import start_http_server
+
+    if not settings.kafka_bootstrap_servers:
+        raise SystemExit("KAFKA_BOOTSTRAP_SERVERS is not set")
+    groups = list(groups) or [settings.worker_id]
+    reader, gauge = LagReader(settings.kafka_bootstrap_servers), LagGauge()
+    start_http_server(port, addr=host)
+    log.info("lag_exporter_started", host=host, port=port, groups=groups, topics=list(topics), interval_s=interval_s)
+    while True:
+        started = time.monotonic()
+        collect_once(reader, gauge, groups, topics)
+        time.sleep(max(0.0, interval_s - (time.monotonic() - started)))
