@@ -145,6 +145,8 @@ class NormalizedEvent(_Model):
     client: Client
     appointment: Appointment | None = None
     invoice: Invoice | None = None
+    # Names (never values) of fields that were present but invalid and were dropped, e.g. "client.email".
+    invalid_fields: tuple[str, ...] = ()
 
     @property
     def partition_key(self) -> str:
