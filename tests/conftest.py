@@ -16,6 +16,8 @@ import pytest
 from apro_sync.config import Settings
 from apro_sync.embedded_broker import EmbeddedBroker
 
+pytest_plugins = ["tests.ghl_emulator_fixture"]
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "webhooks"
