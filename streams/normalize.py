@@ -484,7 +484,7 @@ class _Reader:
         return Invoice(
             id=invoice_id,
             number=_text(get(block, "invoiceNumber", "number", "invoiceNo", "invoiceNum"), 64),
-            status=_text(get(block, "status", "invoiceStatus", "paymentStatus"), 64),
+            status=_invoice_status(_text(get(block, "status", "invoiceStatus", "paymentStatus"), 64)),
             invoice_date=invoice_date,
             paid_at=paid_at,
             subtotal=subtotal,
@@ -515,6 +515,16 @@ class _Reader:
                 if name:
                     items.append(LineItem(name=name))
         return tuple(items)
+
+
+_INVOICE_STATUSES = {"paid": "Paid", "paidinfull": "Paid", "refunded": "Refunded", "partiallyrefunded": "Partially Refunded",
+                     "void": "Voided", "voided": "Voided", "partiallypaid": "Partially Paid", "unpaid": "Unpaid",
+                     "open": "Open", "closed": "Closed"}
+
+
+def _invoice_status(text: str | None) -> str | None:
+    """One spelling per invoice status (`PAID`, `paid` → `Paid`); unknown words are kept as sent."""
+    return _INVOICE_STATUSES.get(squash(text), text) if text else None
 
 
 _INVOICE_LEVEL_APPT_KEYS = {
