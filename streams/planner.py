@@ -1,0 +1,523 @@
+"""The sync planner: (event, client state) → (new state, CRM ops, outcome). Pure and deterministic.
+
+No I/O, no wall clock: every time decision uses the event's occurred_at (else received_at, else the `now`
+argument), so replaying a topic gives the same plans. The rules (seed behaviour plus the documented
+extensions) are in docs/sync-rules.md; the op model and the executor contract in streams/crm_ops.py.
+
+How a plan stays correct under redelivery, replay and reordering:
+- an event id the state already knows → DUPLICATE, no ops (older replays are caught by the per-appointment and
+  per-invoice records, which remember the last event applied to them);
+- an appointment event older than the last one applied to that appointment → STALE: no state change, no ops;
+- contact fields are last-writer-wins registers, and ops carry the registers' current (absolute) values, so an
+  event that is late for the client but not for its appointment re-asserts the current truth, never an old one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from decimal import ROUND_HALF_UP, Decimal
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict
+
+from streams import crm_fields as F
+from streams.crm_ops import (
+    PATIENT_TAG, AddNote, AddTags, ContactFields, CrmOp, EnrollWorkflow, OpKind, UpsertContact, UpsertOpportunity,
+    event_marker, op_id_for,
+)
+from streams.events import AppointmentStatus, EventKind, NormalizedEvent
+from streams.state import (
+    MAX_EVENT_IDS, AppointmentRecord, ClientState, InvoiceRecord, NextVisit, PendingEffects, Register,
+)
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"  # this event was already applied: nothing to do
+    STALE = "stale"  # older than what was already applied: nothing changes
+    REPEATED_INVOICE = "repeated_invoice"  # an already-counted invoice paid again with the same amount: counted once
+    NO_CONTACT = "no_contact"  # state updated, but no email, phone or known contact id to address the CRM with
+
+
+class PlanError(ValueError):
+    """The event cannot be planned (e.g. an appointment event without an appointment). Message holds no PHI."""
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    new_state: ClientState
+    ops: tuple[CrmOp, ...]
+    outcome: Outcome
+
+
+# Standard contact fields each flow writes (GoHighLevel names).
+IDENTITY_FIELDS = ("firstName", "lastName", "email", "phone", "dateOfBirth")
+ADDRESS_FIELDS = ("address1", "city", "state", "postalCode")
+# Custom fields each flow writes (crm_fields keys), values taken from the state after the event.
+APPOINTMENT_CUSTOM = (
+    F.APRO_APPT_STATUS.key, F.APRO_APPT_DATE.key, F.APRO_APPT_ID.key, F.APRO_APPT_SERVICES.key,
+    F.APRO_APPT_SERVICE_TYPE.key, F.APRO_PROVIDER.key, F.APRO_LOCATION.key, F.APRO_CLIENT_ID.key, F.APRO_DOB.key,
+)
+INVOICE_CUSTOM = (
+    F.LAST_VISIT_DATE.key, F.LAST_VISIT_SERVICE.key, F.INVOICE_PAID_AMOUNT.key, F.APRO_APPT_STATUS.key,
+    F.APRO_INVOICE_ID.key, F.APRO_LOCATION.key, F.APRO_CLIENT_ID.key, F.APRO_DOB.key,
+)
+CLIENT_CUSTOM = (F.APRO_CLIENT_ID.key, F.APRO_DOB.key)
+REVERSAL_CUSTOM = (F.APRO_CLIENT_ID.key,)
+
+_STAGE_BY_KIND = {
+    EventKind.APPOINTMENT_BOOKED: F.STAGE_BOOKED,
+    EventKind.APPOINTMENT_CANCELLED: F.STAGE_CANCEL_NO_SHOW,
+    EventKind.APPOINTMENT_NO_SHOW: F.STAGE_CANCEL_NO_SHOW,
+}
+_STATUS_BY_KIND = {
+    EventKind.APPOINTMENT_BOOKED: AppointmentStatus.BOOKED,
+    EventKind.APPOINTMENT_CANCELLED: AppointmentStatus.CANCELLED,
+    EventKind.APPOINTMENT_NO_SHOW: AppointmentStatus.NO_SHOW,
+    EventKind.APPOINTMENT_DELETED: AppointmentStatus.DELETED,
+}
+_NOTE_TITLE = {
+    EventKind.APPOINTMENT_BOOKED: "AestheticsPro appointment booked",
+    EventKind.APPOINTMENT_CANCELLED: "AestheticsPro appointment cancelled",
+    EventKind.APPOINTMENT_NO_SHOW: "AestheticsPro appointment no-show",
+    EventKind.APPOINTMENT_UPDATED: "AestheticsPro appointment updated",
+    EventKind.APPOINTMENT_DELETED: "AestheticsPro appointment deleted",
+}
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def format_money(amount: Decimal) -> str:
+    """`$1,150.00`; negative amounts as `-$50.00`."""
+    q = amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    return f"{'-' if q < 0 else ''}${abs(q):,.2f}"
+
+
+def format_local(dt: datetime, zone: ZoneInfo) -> str:
+    """`Tue Dec 1, 2026 10:30 AM MST` in the location's zone."""
+    d = dt.astimezone(zone)
+    return f"{d:%a %b} {d.day}, {d.year} {d.hour % 12 or 12}:{d:%M %p %Z}"
+
+
+def _zone(name: str | None, default: ZoneInfo) -> ZoneInfo:
+    if not name:
+        return default
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return default
+
+
+def _join(items: list[str] | tuple[str, ...]) -> str:
+    return ", ".join(i for i in items if i)
+
+
+# ---------------------------------------------------------------- working copy
+
+
+@dataclass
+class _Work:
+    """Mutable scratch copy of the state while one event is applied."""
+
+    ev: NormalizedEvent
+    prev: ClientState
+    at: datetime
+    zone: ZoneInfo
+    default_zone: ZoneInfo
+    appointments: dict[str, AppointmentRecord]
+    invoices: dict[str, InvoiceRecord]
+    contact: dict[str, Register]
+    custom: dict[str, Register]
+    stage: Register | None
+    demographics_at: Register | None
+    patient: bool
+    next_visit: NextVisit | None = None
+    next_visit_changed: bool = False
+    ops: list[tuple[type, dict[str, Any]]] = field(default_factory=list)
+
+    # registers -------------------------------------------------------
+    def _put(self, regs: dict[str, Register], key: str, value: str | None, at: datetime | None = None) -> None:
+        if value is None:
+            return
+        at = at or self.at
+        cur = regs.get(key)
+        if cur is None or cur.loses_to(at, self.ev.event_id):
+            regs[key] = Register(value=value, at=at, event_id=self.ev.event_id)
+
+    def put_custom(self, key: str, value: str | None, at: datetime | None = None) -> None:
+        self._put(self.custom, key, value, at)
+
+    def put_stage(self, stage: str) -> None:
+        if self.stage is None or self.stage.loses_to(self.at, self.ev.event_id):
+            self.stage = Register(value=stage, at=self.at, event_id=self.ev.event_id)
+
+    def holds(self, reg: Register | None) -> bool:
+        """Whether this event wrote the register's current value (it is the latest such activity)."""
+        return reg is not None and reg.event_id == self.ev.event_id
+
+    def put_demographics(self, *, address: bool) -> None:
+        c = self.ev.client
+        self._put(self.contact, "firstName", c.first_name)
+        self._put(self.contact, "lastName", c.last_name)
+        self._put(self.contact, "email", c.email)
+        self._put(self.contact, "phone", c.phone)
+        dob = c.date_of_birth.isoformat() if c.date_of_birth else None
+        self._put(self.contact, "dateOfBirth", dob)
+        self.put_custom(F.APRO_DOB.key, dob)
+        self.put_custom(F.APRO_CLIENT_ID.key, c.id)
+        if address and c.address is not None:
+            a = c.address
+            line = " ".join(p for p in (a.line1, a.line2) if p) or None
+            self._put(self.contact, "address1", line)
+            self._put(self.contact, "city", a.city)
+            self._put(self.contact, "state", a.state)
+            self._put(self.contact, "postalCode", a.postal_code)
+
+    # derived values --------------------------------------------------
+    def recompute_next_visit(self) -> None:
+        """Earliest booked appointment after the client's clock (latest event time seen), never the wall clock."""
+        ref = max(self.at, self.prev.clock) if self.prev.clock else self.at
+        future = [a for a in self.appointments.values()
+                  if a.status is AppointmentStatus.BOOKED and a.start is not None and a.start > ref]
+        nxt = None
+        if future:
+            a = min(future, key=lambda r: (r.start, r.id))
+            local = a.start.astimezone(_zone(a.timezone, self.default_zone))  # type: ignore[union-attr]
+            nxt = NextVisit(appointment_id=a.id, date=local.date(), service=_join(a.services))
+        self.next_visit = nxt
+        self.next_visit_changed = nxt != self.prev.next_visit
+
+    @property
+    def lifetime_value(self) -> Decimal:
+        return sum((inv.net_amount for inv in self.invoices.values()), Decimal("0.00"))
+
+    def opportunity_name(self) -> str:
+        parts = [self.contact[k].value for k in ("firstName", "lastName") if k in self.contact]
+        return " ".join(parts) or f"AestheticsPro client {self.ev.client.id}"
+
+    # op builders -----------------------------------------------------
+    def op(self, cls: type, **kwargs: Any) -> None:
+        self.ops.append((cls, kwargs))
+
+    def upsert_contact(self, standard: tuple[str, ...], custom: tuple[str, ...], *, ltv: bool = False,
+                       next_visit: bool = False) -> None:
+        values: dict[str, Any] = {k: self.custom[k].value for k in custom if k in self.custom}
+        if ltv:
+            values[F.PATIENT_LIFETIME_VALUE.key] = self.lifetime_value
+        if next_visit or self.next_visit_changed:
+            nv = self.next_visit
+            # "" clears the field in GoHighLevel when no future booking remains.
+            values[F.NEXT_VISIT_DATE.key] = nv.date.isoformat() if nv else ""
+            values[F.NEXT_VISIT_SERVICE.key] = nv.service if nv else ""
+        std = ContactFields(**{k: self.contact[k].value for k in standard if k in self.contact})
+        self.op(UpsertContact, standard=std, custom=values)
+
+    def note(self, lines: list[str | None]) -> None:
+        body = "\n".join([*(line for line in lines if line), event_marker(self.ev.event_id)])
+        self.op(AddNote, body=body)
+
+    def opportunity(self, stage: str) -> None:
+        self.op(UpsertOpportunity, stage=stage, status="won" if self.patient else "open",
+                monetary_value=self.lifetime_value if self.patient else None, name=self.opportunity_name())
+
+
+# ---------------------------------------------------------------- flows
+
+
+def _client(w: _Work) -> Outcome:
+    wm = w.demographics_at
+    if wm is not None and (w.at, w.ev.event_id) < (wm.at, wm.event_id):
+        return Outcome.STALE
+    w.demographics_at = Register(value="", at=w.at, event_id=w.ev.event_id)
+    w.put_demographics(address=True)
+    # Demographic sync only: no note, no opportunity, no workflow (seed).
+    w.upsert_contact(IDENTITY_FIELDS + ADDRESS_FIELDS, CLIENT_CUSTOM)
+    return Outcome.APPLIED
+
+
+def _appointment(w: _Work) -> Outcome:
+    ev, appt = w.ev, w.ev.appointment
+    if appt is None:
+        raise PlanError(f"{ev.kind} event without an appointment block")
+    rec = w.appointments.get(appt.id)
+    if rec is not None:
+        if rec.last_event_id == ev.event_id:
+            return Outcome.DUPLICATE
+        if w.at < rec.last_event_at:
+            return Outcome.STALE
+    status = _STATUS_BY_KIND.get(ev.kind) or appt.status or (rec.status if rec else AppointmentStatus.BOOKED)
+    tzname = ev.location.timezone or (rec.timezone if rec else None)
+    new = AppointmentRecord(
+        id=appt.id,
+        status=status,
+        start=appt.start or (rec.start if rec else None),
+        services=tuple(appt.service_names) or (rec.services if rec else ()),
+        service_types=tuple(appt.service_types) or (rec.service_types if rec else ()),
+        provider=(appt.provider.name if appt.provider else None) or (rec.provider if rec else None),
+        location=ev.location.name or ev.location.id or (rec.location if rec else None),
+        timezone=tzname,
+        last_event_at=w.at,
+        last_event_id=ev.event_id,
+    )
+    w.appointments[appt.id] = new
+    zone = _zone(tzname, w.default_zone)
+    w.put_demographics(address=False)
+
+    # A deletion only touches the APro Appt fields when it deletes the appointment they describe.
+    current_id = w.custom.get(F.APRO_APPT_ID.key)
+    if ev.kind is not EventKind.APPOINTMENT_DELETED or (current_id is not None and current_id.value == appt.id):
+        w.put_custom(F.APRO_APPT_STATUS.key, status.value)
+        w.put_custom(F.APRO_APPT_ID.key, appt.id)
+        w.put_custom(F.APRO_APPT_DATE.key, new.start.astimezone(zone).date().isoformat() if new.start else None)
+        w.put_custom(F.APRO_APPT_SERVICES.key, _join(new.services) or None)
+        w.put_custom(F.APRO_APPT_SERVICE_TYPE.key, _join(new.service_types) or None)
+        w.put_custom(F.APRO_PROVIDER.key, new.provider)
+        w.put_custom(F.APRO_LOCATION.key, new.location)
+    stage = _STAGE_BY_KIND.get(ev.kind)
+    if stage:
+        w.put_stage(stage)
+    w.recompute_next_visit()
+
+    w.upsert_contact(IDENTITY_FIELDS, APPOINTMENT_CUSTOM, next_visit=True)
+    previous = appt.previous_start or (rec.start if rec and rec.start != new.start else None)
+    w.note([
+        _NOTE_TITLE[ev.kind],
+        f"Status: {status.value}",
+        f"Date: {format_local(new.start, zone)}" if new.start else None,
+        f"Previous date: {format_local(previous, zone)}"
+        if ev.kind is EventKind.APPOINTMENT_UPDATED and previous else None,
+        f"Services: {_join(new.services)}" if new.services else None,
+        f"Service type: {_join(new.service_types)}" if new.service_types else None,
+        f"Provider: {new.provider}" if new.provider else None,
+        f"Location: {new.location}" if new.location else None,
+        f"Appointment ID: {appt.id}",
+        f"Reason: {appt.cancel_reason}" if appt.cancel_reason else None,
+    ])
+    # Pipeline and workflow follow only the client's latest activity: a late event (older than another
+    # appointment's newer event) must not drag the opportunity back or re-route the workflow.
+    if stage and w.holds(w.stage):
+        w.opportunity(w.stage.value)  # type: ignore[union-attr]
+        w.op(EnrollWorkflow, workflow=F.WORKFLOW_APPOINTMENTS_UPDATE)
+    return Outcome.APPLIED
+
+
+def _visit(w: _Work) -> tuple[datetime, date, str]:
+    """Last visit instant, local date and service of a paid invoice (invoice-level fields first)."""
+    inv = w.ev.invoice
+    assert inv is not None
+    appt = inv.appointment
+    if appt is not None and appt.start is not None:
+        at = appt.start
+    elif inv.paid_at is not None:
+        at = inv.paid_at
+    elif inv.invoice_date is not None:  # noon local: orders it against other visits without shifting the date
+        at = datetime.combine(inv.invoice_date, time(12), w.zone)
+    else:
+        at = w.at
+    local = at.astimezone(w.zone).date()
+    services = [i.name for i in inv.items if (i.type or "").lower() == "service"]
+    if not services and appt is not None:
+        services = appt.service_names
+    if not services:
+        services = [i.name for i in inv.items]
+    return at, local, _join(services)
+
+
+def _invoice_paid(w: _Work) -> Outcome:
+    ev, inv = w.ev, w.ev.invoice
+    if inv is None:
+        raise PlanError("invoice event without an invoice block")
+    rec = w.invoices.get(inv.id) or InvoiceRecord(id=inv.id, number=inv.number)
+    if rec.paid_event_id == ev.event_id:
+        return Outcome.DUPLICATE
+    if rec.voided:
+        return Outcome.STALE  # void is terminal: a paid event arriving after it is out of order
+    first = rec.paid_event_id is None
+    if not first:
+        if inv.amount_paid == rec.paid_amount:
+            return Outcome.REPEATED_INVOICE
+        if (w.at, ev.event_id) < (rec.paid_event_at, rec.paid_event_id):
+            return Outcome.STALE
+    w.invoices[inv.id] = rec.model_copy(update={
+        "number": inv.number or rec.number, "paid_amount": inv.amount_paid,
+        "paid_event_at": w.at, "paid_event_id": ev.event_id,
+    })
+    w.patient = True
+
+    if inv.appointment is not None:  # the visit happened: its appointment is completed
+        a = inv.appointment
+        arec = w.appointments.get(a.id)
+        if arec is None or w.at >= arec.last_event_at:
+            w.appointments[a.id] = AppointmentRecord(
+                id=a.id, status=AppointmentStatus.COMPLETED,
+                start=a.start or (arec.start if arec else None),
+                services=tuple(a.service_names) or (arec.services if arec else ()),
+                service_types=tuple(a.service_types) or (arec.service_types if arec else ()),
+                provider=(a.provider.name if a.provider else None) or (arec.provider if arec else None),
+                location=ev.location.name or ev.location.id or (arec.location if arec else None),
+                timezone=ev.location.timezone or (arec.timezone if arec else None),
+                last_event_at=w.at, last_event_id=ev.event_id,
+            )
+
+    visit_at, visit_date, visit_service = _visit(w)
+    w.put_demographics(address=False)
+    w.put_custom(F.LAST_VISIT_DATE.key, visit_date.isoformat(), at=visit_at)
+    w.put_custom(F.LAST_VISIT_SERVICE.key, visit_service, at=visit_at)
+    w.put_custom(F.INVOICE_PAID_AMOUNT.key, str(inv.amount_paid))
+    w.put_custom(F.APRO_INVOICE_ID.key, inv.id)
+    w.put_custom(F.APRO_APPT_STATUS.key, AppointmentStatus.COMPLETED.value)
+    w.put_custom(F.APRO_LOCATION.key, ev.location.name or ev.location.id)
+    w.put_stage(F.STAGE_PATIENT)
+    w.recompute_next_visit()
+
+    ltv = w.lifetime_value
+    w.upsert_contact(IDENTITY_FIELDS, INVOICE_CUSTOM, ltv=True)
+    items = [i.name for i in inv.items] or (inv.appointment.service_names if inv.appointment else [])
+    w.note([
+        "AestheticsPro invoice paid" if first else "AestheticsPro invoice paid (amount corrected)",
+        f"Amount: {format_money(inv.amount_paid)}",
+        f"Services: {_join(items)}" if items else None,
+        f"Invoice number: {inv.number or inv.id}",
+        f"Paid: {format_local(inv.paid_at, w.zone)}" if inv.paid_at else (
+            f"Invoice date: {inv.invoice_date.isoformat()}" if inv.invoice_date else None),
+        f"Location: {ev.location.name or ev.location.id}" if (ev.location.name or ev.location.id) else None,
+        f"Patient lifetime value: {format_money(ltv)}",
+    ])
+    # The stage register says Patient unless a newer booking/cancellation already moved on; status stays won.
+    w.opportunity(w.stage.value)  # type: ignore[union-attr]
+    if first:
+        w.op(AddTags, tags=(PATIENT_TAG,))
+        w.op(EnrollWorkflow, workflow=F.WORKFLOW_INVOICE_PAID)
+        w.op(EnrollWorkflow, workflow=F.WORKFLOW_BIRTHDAY)
+    return Outcome.APPLIED
+
+
+def _invoice_reversal(w: _Work) -> Outcome:
+    ev, inv = w.ev, w.ev.invoice
+    if inv is None:
+        raise PlanError("invoice event without an invoice block")
+    rec = w.invoices.get(inv.id) or InvoiceRecord(id=inv.id, number=inv.number)
+    if ev.kind is EventKind.INVOICE_REFUNDED:
+        if ev.event_id in rec.refunds:
+            return Outcome.DUPLICATE
+        amount = abs(inv.amount_paid)
+        refunds = {**rec.refunds, ev.event_id: amount if amount else None}  # no amount: a full refund
+        rec = rec.model_copy(update={"refunds": refunds, "number": inv.number or rec.number})
+        title, detail = "AestheticsPro invoice refunded", f"Refund: {format_money(amount)}" if amount else "Refund: full"
+    else:
+        if rec.voided:
+            return Outcome.DUPLICATE if rec.void_event_id == ev.event_id else Outcome.REPEATED_INVOICE
+        rec = rec.model_copy(update={"voided": True, "void_event_id": ev.event_id, "number": inv.number or rec.number})
+        title, detail = "AestheticsPro invoice voided", None
+    w.invoices[inv.id] = rec
+    w.put_demographics(address=False)
+
+    ltv = w.lifetime_value
+    w.upsert_contact(IDENTITY_FIELDS, REVERSAL_CUSTOM, ltv=True)
+    w.note([
+        title,
+        detail,
+        f"Invoice number: {inv.number or rec.number or inv.id}",
+        f"Location: {ev.location.name or ev.location.id}" if (ev.location.name or ev.location.id) else None,
+        f"Patient lifetime value: {format_money(ltv)}",
+    ])
+    if w.stage is not None:  # only an opportunity we already manage gets its value updated; stage unchanged
+        w.opportunity(w.stage.value)
+    return Outcome.APPLIED
+
+
+_FLOWS = {
+    EventKind.CLIENT_UPSERTED: _client,
+    EventKind.APPOINTMENT_BOOKED: _appointment,
+    EventKind.APPOINTMENT_CANCELLED: _appointment,
+    EventKind.APPOINTMENT_NO_SHOW: _appointment,
+    EventKind.APPOINTMENT_UPDATED: _appointment,
+    EventKind.APPOINTMENT_DELETED: _appointment,
+    EventKind.INVOICE_PAID: _invoice_paid,
+    EventKind.INVOICE_REFUNDED: _invoice_reversal,
+    EventKind.INVOICE_VOIDED: _invoice_reversal,
+}
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def event_time(event: NormalizedEvent, now: datetime) -> datetime:
+    """The instant an event is ordered by: occurred_at, else received_at, else `now` (supplied by the caller)."""
+    return event.occurred_at or event.received_at or now
+
+
+def plan(
+    event: NormalizedEvent,
+    state: ClientState | None,
+    *,
+    location_label: str,
+    now: datetime,
+    default_timezone: str = "UTC",
+) -> Plan:
+    """Apply `event` to the client's state and say what the CRM (GoHighLevel location `location_label`) needs.
+
+    `now` is only a fallback event time for events without occurred_at and received_at; pass the Kafka record
+    timestamp, not the wall clock, to keep replays deterministic. `default_timezone` is the zone for locations
+    whose payload names none (the worker passes Settings.default_timezone).
+    """
+    if now.tzinfo is None:
+        raise PlanError("now must be timezone-aware")
+    if state is not None and state.client_id != event.client.id:
+        raise PlanError("state belongs to another client")
+    st = state or ClientState(client_id=event.client.id)
+    if st.knows_event(event.event_id):
+        return Plan(new_state=st, ops=(), outcome=Outcome.DUPLICATE)
+
+    default_zone = _zone(default_timezone, ZoneInfo("UTC"))
+    w = _Work(
+        ev=event, prev=st, at=event_time(event, now), zone=_zone(event.location.timezone, default_zone),
+        default_zone=default_zone, appointments=dict(st.appointments), invoices=dict(st.invoices),
+        contact=dict(st.contact), custom=dict(st.custom), stage=st.stage, demographics_at=st.demographics_at,
+        patient=st.patient, next_visit=st.next_visit,
+    )
+    outcome = _FLOWS[event.kind](w)
+    if outcome in (Outcome.DUPLICATE, Outcome.STALE):
+        return Plan(new_state=st, ops=(), outcome=outcome)
+
+    ops: tuple[CrmOp, ...] = ()
+    if outcome is Outcome.APPLIED:
+        crm_ids = st.crm.get(location_label)
+        reachable = "email" in w.contact or "phone" in w.contact or (crm_ids is not None and crm_ids.contact_id)
+        if reachable:
+            ops = _materialize(w, location_label)
+        else:
+            outcome = Outcome.NO_CONTACT
+    effects = st.effects
+    if ops:
+        effects = (*effects, PendingEffects(event_id=event.event_id, location_label=location_label, ops=ops))
+    new_state = st.model_copy(update={
+        "appointments": w.appointments, "invoices": w.invoices, "contact": w.contact, "custom": w.custom,
+        "stage": w.stage, "demographics_at": w.demographics_at, "patient": w.patient,
+        "next_visit": w.next_visit,
+        "clock": max(w.at, st.clock) if st.clock else w.at,
+        "applied_event_ids": (*st.applied_event_ids, event.event_id)[-MAX_EVENT_IDS:],
+        "effects": effects,
+    })
+    return Plan(new_state=new_state, ops=ops, outcome=outcome)
+
+
+def _materialize(w: _Work, location_label: str) -> tuple[CrmOp, ...]:
+    """Give every op its stable id: event id, kind, ordinal within the kind."""
+    counts: dict[OpKind, int] = {}
+    out: list[CrmOp] = []
+    for cls, kwargs in w.ops:
+        kind: OpKind = cls.model_fields["kind"].default
+        n = counts.get(kind, 0)
+        counts[kind] = n + 1
+        out.append(cls(op_id=op_id_for(w.ev.event_id, kind, n), event_id=w.ev.event_id, client_id=w.ev.client.id,
+                       location_label=location_label, **kwargs))
+    return tuple(out)
+
+
+__all__ = ["Outcome", "Plan", "PlanError", "event_time", "format_local", "format_money", "plan"]
