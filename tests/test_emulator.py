@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 
-from sinks.emulator import EmulatorConfig, EmulatorServer, FaultsConfig, LocationConfig, RateLimitConfig
-from sinks.emulator.config import FaultRule
+from sinks.emulator import EmulatorConfig, EmulatorServer, RateLimitConfig
 
 
 def _client(emu, location_id: str | None = None) -> httpx.Client:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import socket
 import threading
 import time
 from collections import deque
@@ -375,12 +374,6 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
 
 
 # ---------------------------------------------------------------------------------------------------- runners
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 class EmulatorServer:
     """`async with EmulatorServer(config) as emu:` → serving on a free loopback port at `emu.base_url`."""
 
