@@ -1,0 +1,196 @@
+"""The normalization agent: raw webhook records → normalized | skipped | dead-letter topics (Kafka I/O only).
+
+Delivery: at least once. Events are taken in small batches; every output of a batch is written and acknowledged
+by the broker before the batch's offsets are acked (Faust commits only acked offsets), so a crash replays, never
+loses. Replays and webhook retries are caught by the bounded event-id dedupe (streams/dedupe.py).
+Ordering: one agent instance per partition and outputs sent in input order, so a client's events stay in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+import faust
+from faust.streams import _current_event  # the context var Faust routes table changelog writes by
+
+from apro_sync import headers as H
+from apro_sync import metrics as M
+from apro_sync.config import Settings
+from streams.dedupe import EventDeduper
+from streams.events import NormalizedEvent, Skipped, Unreadable
+from streams.normalize import body_hash, normalize
+
+log = logging.getLogger("apro_sync.normalize")
+
+STAGE = "normalize"
+BATCH_MAX = 500
+BATCH_WITHIN_S = 0.05
+RETRY_MAX_S = 30.0
+
+
+def _header_pairs(headers: dict[str, str], extra: Iterable[tuple[str, str | None]] = ()) -> list[tuple[str, bytes]]:
+    merged = dict(headers)
+    for name, value in extra:
+        if value is not None:
+            merged[name] = value
+    return [(name, value.encode("utf-8")) for name, value in merged.items()]
+
+
+class _Output:
+    __slots__ = ("topic", "key", "value", "headers")
+
+    def __init__(self, topic: faust.TopicT, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        self.topic, self.key, self.value, self.headers = topic, key, value, headers
+
+
+class Normalizer:
+    """Turns one batch of raw Faust events into output records, then writes them and updates the dedupe table."""
+
+    def __init__(self, app: faust.App, settings: Settings, topics: dict[str, faust.TopicT], table: Any) -> None:
+        self.app = app
+        self.settings = settings
+        self.topics = topics
+        self.deduper = EventDeduper(table, settings.dedupe_window)
+
+    def route(self, event: faust.EventT, pending: set[tuple[int, str]]) -> tuple[_Output | None, str | None]:
+        """One raw event → (output record or None for a duplicate, event id to remember). Never raises."""
+        message = event.message
+        raw = message.value if isinstance(message.value, bytes) else (event.value or b"")
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8")
+        headers = H.to_dict(message.headers)
+        try:
+            result = normalize(raw, headers, default_timezone=self.settings.default_timezone,
+                               default_region=self.settings.default_phone_region)
+        except Exception as exc:  # noqa: BLE001 - normalize never raises; belt and braces
+            result = Unreadable(event_id=body_hash(raw), reason=f"internal error: {type(exc).__name__}")
+        location = result.location.key
+        M.LAST_EVENT_TIME.labels(location=location).set(time.time())
+        if isinstance(result, Unreadable):
+            return self.deadletter(event, raw, headers, result.reason, result.event_id, location), None
+        key = (message.partition, result.event_id)
+        if key in pending or self.deduper.seen(result.event_id, message.partition):
+            M.EVENTS_DUPLICATE.labels(location=location).inc()
+            return None, None
+        pending.add(key)
+        value = result.model_dump_json().encode("utf-8")
+        if isinstance(result, NormalizedEvent):
+            M.EVENTS_NORMALIZED.labels(location=location, kind=result.kind.value).inc()
+            extra = [(H.DLQ_EVENT_ID, result.event_id)]
+            return _Output(self.topics["normalized"], result.client.id.encode(), value,
+                           _header_pairs(headers, extra)), result.event_id
+        assert isinstance(result, Skipped)
+        M.EVENTS_SKIPPED.labels(location=location, reason=result.reason.value).inc()
+        out_key = (result.client_id or result.event_id).encode()
+        extra = [(H.REASON, result.reason.value), (H.DLQ_EVENT_ID, result.event_id)]
+        return _Output(self.topics["skipped"], out_key, value, _header_pairs(headers, extra)), result.event_id
+
+    def deadletter(self, event: faust.EventT, raw: bytes, headers: dict[str, str], reason: str, event_id: str,
+                   location: str) -> _Output:
+        message = event.message
+        M.EVENTS_DEADLETTERED.labels(location=location, stage=STAGE, reason=reason.split(":")[0][:60]).inc()
+        extra = [
+            (H.DLQ_STAGE, STAGE),
+            (H.REASON, reason),
+            (H.DLQ_EVENT_ID, event_id),
+            (H.DLQ_SOURCE_TOPIC, message.topic),
+            (H.DLQ_SOURCE_PARTITION, str(message.partition)),
+            (H.DLQ_SOURCE_OFFSET, str(message.offset)),
+            (H.DLQ_AT, datetime.now(timezone.utc).isoformat()),
+            (H.DLQ_LOCATION, location),
+        ]
+        return _Output(self.topics["deadletter"], message.key if isinstance(message.key, bytes) else None, raw,
+                       _header_pairs(headers, extra))
+
+    async def write(self, outputs: list[_Output]) -> None:
+        """Send all outputs in order and wait for the broker's acks; retry (blocking the batch) on failure."""
+        delay = 0.5
+        while True:
+            try:
+                futures = [await o.topic.send(key=o.key, value=o.value, headers=o.headers) for o in outputs]
+                await asyncio.gather(*futures)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never lose a batch: resend (downstream dedupes by event id)
+                log.warning("normalize: writing %d records failed (%s); retrying in %.1fs",
+                            len(outputs), type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    async def process(self, events: list[faust.EventT]) -> None:
+        outputs: list[_Output] = []
+        remember: list[tuple[faust.EventT, str]] = []
+        pending: set[tuple[int, str]] = set()
+        for event in events:
+            try:
+                output, event_id = self.route(event, pending)
+            except Exception as exc:  # noqa: BLE001 - dead-letter with the exception type, move on
+                log.exception("normalize: routing failed (%s)", type(exc).__name__)
+                raw = event.message.value if isinstance(event.message.value, bytes) else b""
+                output = self.deadletter(event, raw, H.to_dict(event.message.headers),
+                                         f"internal error: {type(exc).__name__}", body_hash(raw), "unknown")
+                event_id = None
+            if output is not None:
+                outputs.append(output)
+            if event_id is not None:
+                remember.append((event, event_id))
+        if outputs:
+            await self.write(outputs)
+        # Only after the outputs are durable: a crash before this line replays and re-sends, never drops.
+        for event, event_id in remember:
+            token = _current_event.set(weakref.ref(event))
+            try:
+                self.deduper.remember(event_id, event.message.partition)
+            except Exception as exc:  # noqa: BLE001 - a lost dedupe entry only risks a duplicate, never a loss
+                log.warning("normalize: dedupe update failed (%s)", type(exc).__name__)
+            finally:
+                _current_event.reset(token)
+
+
+def register_normalizer(app: faust.App, settings: Settings) -> None:
+    """Declare the normalization topics, the dedupe table and the agent on `app`."""
+    names = settings.topics
+    partitions = settings.topic_partitions
+    raw_topic = app.topic(names.raw, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                          partitions=partitions)
+    topics = {
+        name: app.topic(getattr(names, name), key_type=bytes, value_type=bytes, key_serializer="raw",
+                        value_serializer="raw", partitions=partitions)
+        for name in ("normalized", "skipped", "deadletter")
+    }
+    table = app.Table("normalize-dedupe", default=None, partitions=partitions, key_type=str,
+                      help="Event ids already passed on, bounded per partition (APRO_DEDUPE_WINDOW).")
+    normalizer = Normalizer(app, settings, topics, table)
+
+    @app.on_partitions_revoked.connect
+    async def _forget(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:  # noqa: ARG001
+        normalizer.deduper.forget_partitions({tp.partition for tp in revoked if tp.topic == names.raw})
+
+    @app.agent(raw_topic, name="normalize")
+    async def normalize_agent(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            try:
+                await normalizer.process(list(events))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Faust would ack the batch anyway: dead-letter it instead
+                log.exception("normalize: batch failed (%s)", type(exc).__name__)
+                await normalizer.write([
+                    normalizer.deadletter(e, e.message.value if isinstance(e.message.value, bytes) else b"",
+                                          H.to_dict(e.message.headers), f"internal error: {type(exc).__name__}",
+                                          body_hash(e.message.value if isinstance(e.message.value, bytes) else b""),
+                                          "unknown")
+                    for e in events
+                ])
+
+    app.normalizer = normalizer  # type: ignore[attr-defined]  # for tests and the benchmark
+
+
+__all__ = ["Normalizer", "register_normalizer"]

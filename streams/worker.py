@@ -1,0 +1,63 @@
+"""`apro-sync worker`: one Faust worker running every registered agent (normalization, then the sync engine)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import faust
+
+from apro_sync.config import Settings
+from streams.app import build_app
+from streams.normalize_agent import register_normalizer
+
+Registration = Callable[[faust.App, Settings], None]
+
+# Each stream stage appends its `register_*(app, settings)` here; `run` calls them in order.
+AGENT_REGISTRATIONS: list[Registration] = [register_normalizer]
+
+log = logging.getLogger("apro_sync.worker")
+
+
+def _configure_logging(level: str) -> None:
+    try:
+        from apro_sync.logs import configure_logging
+    except ImportError:  # pragma: no cover - the structured logger ships with the package
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        return
+    configure_logging(level, json=os.environ.get("APRO_LOG_FORMAT", "json") != "console")
+
+
+def build_worker_app(settings: Settings, registrations: Sequence[Registration] | None = None,
+                     app_id: str | None = None) -> faust.App:
+    """The Faust app with every agent registered (the tests and the benchmark build it the same way)."""
+    app = build_app(settings, app_id=app_id)
+    for register in AGENT_REGISTRATIONS if registrations is None else registrations:
+        register(app, settings)
+    return app
+
+
+def _start_metrics(port: int) -> None:
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port)
+        log.info("metrics on :%d/metrics", port)
+
+
+def run(settings: Settings, registrations: Sequence[Registration] | None = None) -> None:
+    """Configure logging, build the app, start /metrics, run the Faust worker until stopped (blocks)."""
+    level = os.environ.get("APRO_LOG_LEVEL", "INFO").upper()
+    _configure_logging(level)
+    app = build_worker_app(settings, registrations)
+    _start_metrics(settings.metrics_port)
+    # override_logging=False: keep our redacting handler instead of mode's default console handler.
+    worker = faust.Worker(app, loglevel=level, override_logging=False, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m streams.worker` == `apro-sync worker`
+    from apro_sync.config import load_settings
+
+    run(load_settings())
