@@ -231,4 +231,4 @@ def load_locations(settings: Settings, env: Mapping[str, str] | None = None) -> 
     if not settings.ghl_location_id:
         raise LocationsError("set APRO_GHL_LOCATION_ID and APRO_GHL_TOKEN, or APRO_LOCATIONS_FILE")
     default = TargetConfig(ghl_location_id=settings.ghl_location_id)
-    return Locations([], _target("APRO_GHL_LOCATION_ID", default, settings, env or {}))
+    return Locations([], _target("settings (APRO_GHL_LOCATION_ID)", default, settings, env or {}))
