@@ -21,8 +21,8 @@ from apro_sync.config import Settings
 from apro_sync.embedded_broker import EmbeddedBroker
 from apro_sync.kafka_admin import ensure_topics, wait_for_broker
 
-DEV_GHL_LOCATION = "devLocation000000001"
-DEV_GHL_TOKEN = "pit-dev-emulator-token"
+DEV_GHL_LOCATION = "emuLocation000000001"  # the emulator default config (sinks/emulator/config.py)
+DEV_GHL_TOKEN = "pit-emulator-location-1"
 
 
 def _wait_http(url: str, timeout_s: float = 30.0) -> None:
