@@ -96,6 +96,7 @@ def configure_logging(level: str | int = "INFO", json: bool = True) -> None:
             structlog.stdlib.filter_by_level,
             *shared,
             structlog.processors.StackInfoRenderer(),
+            _redact_processor,  # here too, so in-process consumers of the records (tests, other handlers) see it
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),

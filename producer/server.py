@@ -45,7 +45,8 @@ from producer.intake import (
 from producer.publisher import Publisher, PublishError
 
 WEBHOOK_PREFIX = "/webhooks/aestheticspro"
-_LOG_KEY = "apro_log"  # request-scoped fields the access logger adds to its single line per request
+# Request-scoped fields the access logger adds to its single line per request.
+_LOG_KEY: web.RequestKey[dict[str, Any]] = web.RequestKey("apro_log", dict)
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 _access_stdlib = logging.getLogger("aiohttp.access")
