@@ -186,7 +186,7 @@ class GhlClient:
                          params: Mapping[str, Any] | None = None, body: Any = None) -> Any:
         endpoint = f"{method} {template}"
         path = template.format(**{k: quote(str(v), safe="") for k, v in (path_params or {}).items()})
-        await self.limiter.acquire()
+        slot = await self.limiter.acquire()
         started = self._clock()
         try:
             response = await self._http.request(
@@ -201,6 +201,7 @@ class GhlClient:
             raise GhlTransientError(f"connection error ({type(exc).__name__}) calling {endpoint}",
                                     endpoint=endpoint) from None
         finally:
+            self.limiter.settle(slot)
             GHL_LATENCY.labels(self.label, endpoint).observe(max(0.0, self._clock() - started))
         self.limiter.observe(response.headers)
         status = response.status_code

@@ -61,7 +61,10 @@ class RateLimiter:
         self.daily = daily
         self._clock = clock
         self._sleep = sleep
-        self._sent: deque[float] = deque()  # times of requests inside the burst window (may hold header padding)
+        # Requests inside the burst window, as one-element lists so `settle` can move a request's time to when
+        # its answer arrived: the server counts a request when it receives it, which is after we sent it, so
+        # counting from our send time would let us exceed the server's window by the network latency.
+        self._sent: deque[list[float]] = deque()
         self._daily_tokens = float(daily)
         self._daily_at = clock()
         self._paused_until = 0.0
@@ -70,8 +73,8 @@ class RateLimiter:
 
     # -- state -------------------------------------------------------------------------------------------------
     def _expire(self, now: float) -> None:
-        while self._sent and self._sent[0] <= now - self.interval_s:
-            self._sent.popleft()
+        if any(slot[0] <= now - self.interval_s for slot in self._sent):
+            self._sent = deque(slot for slot in self._sent if slot[0] > now - self.interval_s)
 
     def _refill(self, now: float) -> None:
         elapsed = max(0.0, now - self._daily_at)
@@ -106,21 +109,29 @@ class RateLimiter:
         waits = [self._paused_until - now]
         if len(self._sent) >= self.burst:
             # the oldest request that must leave the window before there is room for one more
-            waits.append(self._sent[len(self._sent) - self.burst] + self.interval_s - now)
+            times = sorted(slot[0] for slot in self._sent)  # settled slots may be out of order
+            waits.append(times[len(times) - self.burst] + self.interval_s - now)
         if self._daily_tokens < 1.0:
             waits.append((1.0 - self._daily_tokens) * DAY_S / self.daily)
         return max(0.0, *waits)
 
     # -- use ---------------------------------------------------------------------------------------------------
-    async def acquire(self) -> None:
-        """Wait (never fail) until a request fits both budgets and no 429 pause is on, then take one slot."""
+    async def acquire(self) -> list[float]:
+        """Wait (never fail) until a request fits both budgets and no 429 pause is on, then take one slot.
+
+        Returns the slot; pass it to `settle` when the answer (or error) arrives."""
         async with self._lock:  # FIFO: waiters are served in order, none overtakes a sleeping one
             while (delay := self.wait_time()) > 0:
                 await self._sleep(delay)
-            now = self._clock()
-            self._sent.append(now)
+            slot = [self._clock()]
+            self._sent.append(slot)
             self._daily_tokens -= 1.0
             self._publish()
+            return slot
+
+    def settle(self, slot: list[float]) -> None:
+        """The request of `slot` is answered: count it from now, which is never earlier than the server did."""
+        slot[0] = max(slot[0], self._clock())
 
     def pause(self, seconds: float) -> None:
         """Hold every request to this location for `seconds` (after a 429). Extends, never shortens, a pause."""
@@ -143,7 +154,7 @@ class RateLimiter:
             # pad the window with "now" entries so our remaining never exceeds the server's.
             missing = (self.burst - len(self._sent)) - remaining
             for _ in range(max(0, missing)):
-                self._sent.append(now)
+                self._sent.append([now])
         daily_limit = _int_header(headers, H_DAILY_LIMIT)
         if daily_limit:
             self.daily = daily_limit
