@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -39,10 +39,10 @@ def inspect_body(raw: bytes, content_type: str | None) -> Inspection:
 
 
 def request_id_from(header: str | None) -> str:
-    """The sender's X-Request-ID when it looks like an id (bounded, no spaces or control chars), else a uuid4."""
+    """The sender's X-Request-ID when it looks like an id (bounded, no spaces or control chars), else 128 random bits (hex)."""
     if header and _SANE_REQUEST_ID.fullmatch(header):
         return header
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 def metric_location(token_location: str | None, payload_location: str | None) -> str:

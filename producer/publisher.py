@@ -55,6 +55,7 @@ _librdkafka_log = logging.getLogger("librdkafka")
 _librdkafka_log.addFilter(_RepeatFilter())
 
 DEFAULT_MESSAGE_TIMEOUT_MS = 30_000
+DEFAULT_LINGER_MS = 2.0
 
 
 class PublishError(Exception):
@@ -88,7 +89,7 @@ class Publisher:
         *,
         produce_timeout_s: float = 5.0,
         message_timeout_ms: int = DEFAULT_MESSAGE_TIMEOUT_MS,
-        linger_ms: float = 2.0,
+        linger_ms: float | None = None,
         config: Mapping[str, Any] | None = None,
     ) -> None:
         self.produce_timeout_s = produce_timeout_s
@@ -98,7 +99,7 @@ class Publisher:
             "enable.idempotence": True,
             "acks": "all",
             # A small linger lets concurrent webhooks share one produce request without adding visible latency.
-            "linger.ms": linger_ms,
+            "linger.ms": DEFAULT_LINGER_MS if linger_ms is None else linger_ms,
             # Bounded life for queued records when the broker is down (see module doc).
             "message.timeout.ms": message_timeout_ms,
             # Reconnect quickly once the broker is back, so readiness and intake recover within a second or so.
@@ -162,7 +163,8 @@ class Publisher:
         Raises PublishTimeout after `produce_timeout_s`, PublishFailed when librdkafka reports a failure.
         """
         producer = self._current_producer()
-        fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[int, int]] = loop.create_future()
         try:
             producer.produce(topic, value, key, headers=headers, on_delivery=partial(self._on_delivery, fut))
         except BufferError:
@@ -172,13 +174,16 @@ class Publisher:
             reason = _reason(exc.args[0] if exc.args else None)
             PRODUCE_ERRORS.labels(topic, reason).inc()
             raise PublishFailed(reason) from None
+        # A plain timer on the future (cheaper than asyncio.timeout, which reschedules a task cancellation).
+        timer = loop.call_later(self.produce_timeout_s, _expire, fut)
         try:
-            async with asyncio.timeout(self.produce_timeout_s):
-                return await fut
-        except TimeoutError:
+            return await fut
+        except PublishTimeout:
             PRODUCE_ERRORS.labels(topic, "timeout").inc()
             self._after_timeout()
-            raise PublishTimeout("timeout") from None
+            raise
+        finally:
+            timer.cancel()
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
         """True when a broker answers a metadata request within `timeout_s`."""
@@ -269,6 +274,11 @@ def _resolve(batch: list[_Delivery]) -> None:
                 fut.set_exception(PublishFailed(reason))
         elif not fut.done():
             fut.set_result((msg.partition() or 0, msg.offset() or 0))
+
+
+def _expire(fut: "asyncio.Future[tuple[int, int]]") -> None:
+    if not fut.done():
+        fut.set_exception(PublishTimeout("timeout"))
 
 
 def _retire(producer: Producer) -> None:

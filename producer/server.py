@@ -28,7 +28,7 @@ from aiohttp.web_response import StreamResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from apro_sync.config import Settings
-from apro_sync.logs import configure_logging, get_logger, redact_path
+from apro_sync.logs import configure_logging, get_logger, log_enabled, log_line, redact_path
 from apro_sync.metrics import WEBHOOK_LATENCY, WEBHOOKS_RECEIVED
 from producer.auth import check_token
 from producer.intake import (
@@ -50,7 +50,6 @@ _LOG_KEY: web.RequestKey[dict[str, Any]] = web.RequestKey("apro_log", dict)
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 _access_stdlib = logging.getLogger("aiohttp.access")
-_access = get_logger("apro_sync.producer.access")
 log = get_logger("apro_sync.producer")
 
 
@@ -59,10 +58,11 @@ class RedactingAccessLogger(AbstractAccessLogger):
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         path = request.path
-        if path in _PROBES and response.status < 500 and not _access_stdlib.isEnabledFor(logging.DEBUG):
+        if path in _PROBES and response.status < 500 and not log_enabled(logging.DEBUG):
             return  # probes every few seconds would drown the useful lines
         fields: dict[str, Any] = request.get(_LOG_KEY) or {}
-        _access.info(
+        log_line(
+            "apro_sync.producer.access",
             "request",
             method=request.method,
             path=redact_path(path),
@@ -73,7 +73,7 @@ class RedactingAccessLogger(AbstractAccessLogger):
 
     @property
     def enabled(self) -> bool:
-        return _access_stdlib.isEnabledFor(logging.INFO)
+        return log_enabled(logging.INFO)
 
 
 class WebhookHandler:
