@@ -86,7 +86,7 @@ class WebhookHandler:
         self.tokens = list(settings.webhook_tokens)
         self.retry_after = str(settings.retry_after_s)
 
-    async def __call__(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         resource_hint = request.match_info.get("resource")
         token = check_token(request.match_info.get("token"), self.tokens)
@@ -160,8 +160,8 @@ def create_app(settings: Settings, publisher: Publisher) -> web.Application:
     """The intake application. The caller owns the publisher's lifecycle (start before serving, close after)."""
     app = web.Application(client_max_size=settings.max_body_bytes)
     handler = WebhookHandler(settings, publisher)
-    app.router.add_post(WEBHOOK_PREFIX + "/{token}", handler)
-    app.router.add_post(WEBHOOK_PREFIX + "/{token}/{resource}", handler)
+    app.router.add_post(WEBHOOK_PREFIX + "/{token}", handler.handle)
+    app.router.add_post(WEBHOOK_PREFIX + "/{token}/{resource}", handler.handle)
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
