@@ -137,6 +137,9 @@ class Publisher:
         self._stop.clear()
         self._thread = threading.Thread(target=self._poll_forever, name="kafka-producer-poll", daemon=True)
         self._thread.start()
+        # Connect now (and let the idempotent producer get its id) so the first webhook is not the slow one.
+        # A broker that is down is not an error here: /readyz reports it and librdkafka keeps reconnecting.
+        await self.ready(timeout_s=min(5.0, self.produce_timeout_s))
 
     async def close(self, timeout_s: float = 10.0) -> int:
         """Stop polling, flush what is queued (up to `timeout_s`) and resolve the remaining waiters.
@@ -146,6 +149,8 @@ class Publisher:
         thread, self._thread = self._thread, None
         if thread is None or self._producer is None:
             return 0
+        if self._healing is not None:
+            await asyncio.wait([self._healing], timeout=timeout_s)
         self._stop.set()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, thread.join)

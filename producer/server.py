@@ -33,7 +33,6 @@ from apro_sync.metrics import WEBHOOK_LATENCY, WEBHOOKS_RECEIVED
 from producer.auth import check_token
 from producer.intake import (
     RESOURCES,
-    UNKNOWN,
     PayloadError,
     inspect_body,
     metric_location,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import datetime
 
 import pytest
+import structlog
 
 from apro_sync import headers as H
 from apro_sync.config import Settings
@@ -187,7 +189,18 @@ async def test_probes_and_metrics(settings: Settings) -> None:
     assert 'apro_webhook_request_seconds_count{outcome="accepted"}' in text
 
 
-async def test_tokens_never_reach_the_logs(settings: Settings, capsys, caplog) -> None:
+@pytest.fixture
+def restore_logging():
+    """configure_logging changes process-wide state: put it back for the tests that follow."""
+    root = logging.getLogger()
+    handlers, level, config = list(root.handlers), root.level, structlog.get_config()
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.configure(**config)
+
+
+async def test_tokens_never_reach_the_logs(settings: Settings, capsys, caplog, restore_logging) -> None:
     configure_logging("DEBUG")
     wrong = "wrong-secret-0123456789abcdef"
     async with running_intake(settings) as intake:
@@ -200,7 +213,6 @@ async def test_tokens_never_reach_the_logs(settings: Settings, capsys, caplog) -
         ]:
             async with intake.session.post(url, data=body, headers={"Content-Type": "text/plain"}) as resp:
                 assert resp.status in (202, 400, 401, 404)
-    configure_logging("INFO")
     captured = capsys.readouterr()
     logged = captured.err + captured.out + caplog.text
     assert "/webhooks/aestheticspro/***" in logged  # the access log did run
