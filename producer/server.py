@@ -84,6 +84,7 @@ class WebhookHandler:
         self.topics = settings.topics
         self.tokens = list(settings.webhook_tokens)
         self.retry_after = str(settings.retry_after_s)
+        self.too_large = {"status": "too_large", "reason": f"body exceeds {settings.max_body_bytes} bytes"}
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -112,14 +113,12 @@ class WebhookHandler:
             return finish("not_found", 404, {"status": "not_found", "reason": "unknown resource"}, resource="invalid")
         resource = resource_hint
 
-        limit = self.settings.max_body_bytes
-        too_large = {"status": "too_large", "reason": f"body exceeds {limit} bytes"}
-        if request.content_length is not None and request.content_length > limit:
-            return finish("too_large", 413, too_large, resource=resource)
+        if request.content_length is not None and request.content_length > self.settings.max_body_bytes:
+            return finish("too_large", 413, self.too_large, resource=resource)
         try:
             raw = await request.read()  # client_max_size enforces the limit for chunked bodies too
         except web.HTTPRequestEntityTooLarge:
-            return finish("too_large", 413, too_large, resource=resource)
+            return finish("too_large", 413, self.too_large, resource=resource)
 
         content_type = request.headers.get("Content-Type", "")
         received_at = received_at_now()
