@@ -70,6 +70,18 @@ class Settings(BaseSettings):
     ghl_location_id: str | None = None
     locations_file: Path | None = None
     ghl_timeout_s: float = Field(default=15.0, gt=0)
+    ghl_max_retries: int = Field(default=5, ge=1, le=20)  # attempts per GHL call before the sink backs off
+    ghl_rate_share: float = Field(default=1.0, gt=0, le=1)  # this worker's share of each location's burst budget
+
+    # Sync engine (sinks/sink_agent.py, docs/sync-engine.md)
+    sink_lanes: int = Field(default=32, ge=1, le=1024)  # clients progressing concurrently per worker
+    sink_lane_queue: int = Field(default=64, ge=1)  # bounded per-lane queue: backpressure on the consumer
+    sink_retry_base_s: float = Field(default=1.0, gt=0)  # lane backoff after a transient failure (capped exp.)
+    sink_retry_max_s: float = Field(default=60.0, gt=0)
+    sink_pause_after: int = Field(default=5, ge=1)  # consecutive transient failures that pause a location
+    sink_pause_s: float = Field(default=10.0, gt=0)  # first pause; doubles up to sink_pause_max_s
+    sink_pause_max_s: float = Field(default=300.0, gt=0)
+    sink_revoke_grace_s: float = Field(default=1.0, ge=0)  # on rebalance: let in-flight ops finish this long
 
     @field_validator("webhook_tokens", mode="before")
     @classmethod

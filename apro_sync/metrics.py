@@ -52,3 +52,15 @@ GHL_API_ANOMALIES = Counter(
     "Known GoHighLevel API defects detected (kind = upsert_phone_dropped | opportunity_created_despite_error).",
     ["location", "kind"],
 )
+SYNC_IN_DOUBT = Counter(
+    "apro_sync_in_doubt_ops_total",
+    "Ops that may have reached GoHighLevel before a failure or crash, by how they were settled "
+    "(found = already there, skipped; repeated = executed again, e.g. a workflow enrollment).",
+    ["location", "op", "resolution"],
+)
+SYNC_OUTCOMES = Counter(
+    "apro_sync_outcomes_total", "Planner outcomes per synced event (applied, duplicate, stale, ...).", ["location", "outcome"]
+)
+GHL_LOCATION_PAUSED = Gauge(
+    "apro_ghl_location_paused", "1 while the sink holds a GoHighLevel location paused after repeated failures.", ["location"]
+)

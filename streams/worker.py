@@ -10,12 +10,13 @@ import faust
 
 from apro_sync.config import Settings
 from streams.app import build_app
+from sinks.sink_agent import register_sink
 from streams.normalize_agent import register_normalizer
 
 Registration = Callable[[faust.App, Settings], None]
 
 # Each stream stage appends its `register_*(app, settings)` here; `run` calls them in order.
-AGENT_REGISTRATIONS: list[Registration] = [register_normalizer]
+AGENT_REGISTRATIONS: list[Registration] = [register_normalizer, register_sink]
 
 log = logging.getLogger("apro_sync.worker")
 
