@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 _SEPARATORS = re.compile(r"[\s_\-.]+")
+_INTEGRAL_TEXT = re.compile(r"\d+\.0+")
 ENVELOPE_KEYS = ("data", "payload", "body", "record")
 ENTITY_KEYS = ("client", "appointment", "invoice")
 CLIENT_ID_KEYS = ("clientId", "client_id", "clientNumber", "customerId", "patientId", "guestId")
@@ -26,19 +27,39 @@ class PayloadError(ValueError):
     """A body that is not a readable webhook. The message is safe to log (it never quotes the body)."""
 
 
+_NORM_CACHE: dict[str, str] = {}
+_NORM_CACHE_MAX = 4096  # distinct key spellings are few; the bound only matters against hostile bodies
+
+
 def norm_key(key: object) -> str:
     """`clientId`, `client_id`, `CLIENTID`, `Client-Id` → `clientid`."""
+    # Memoised: the same few dozen spellings come back on every webhook, and the regex costs ~1 µs a call.
+    if type(key) is str:
+        normed = _NORM_CACHE.get(key)
+        if normed is None:
+            normed = _SEPARATORS.sub("", key).lower()
+            if len(key) <= 64:
+                if len(_NORM_CACHE) >= _NORM_CACHE_MAX:
+                    _NORM_CACHE.clear()
+                _NORM_CACHE[key] = normed
+        return normed
     return _SEPARATORS.sub("", str(key)).lower()
 
 
-def get(obj: Any, *names: str) -> Any:
-    """First non-empty value under any of `names`, comparing keys case- and separator-insensitively."""
-    if not isinstance(obj, Mapping):
-        return None
-    wanted = [norm_key(n) for n in names]
+def _index(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Normalised key → value; the first key (in the object's order) that normalises to a name wins."""
     index: dict[str, Any] = {}
+    cache = _NORM_CACHE
     for key, value in obj.items():
-        index.setdefault(norm_key(key), value)
+        normed = cache.get(key) if type(key) is str else None  # inlined norm_key hit: this loop is the hot one
+        if normed is None:
+            normed = norm_key(key)
+        if normed not in index:
+            index[normed] = value
+    return index
+
+
+def _first(index: dict[str, Any], wanted: Iterable[str]) -> Any:
     for name in wanted:
         value = index.get(name)
         if value is not None and value != "" and value != [] and value != {}:
@@ -46,20 +67,38 @@ def get(obj: Any, *names: str) -> Any:
     return None
 
 
+def get(obj: Any, *names: str) -> Any:
+    """First non-empty value under any of `names`, comparing keys case- and separator-insensitively."""
+    if type(obj) is not dict and not isinstance(obj, Mapping):
+        return None
+    wanted = [norm_key(n) for n in names]
+    return _first(_index(obj), wanted)
+
+
 def get_block(obj: Any, *names: str) -> Mapping[str, Any] | None:
     value = get(obj, *names)
     return value if isinstance(value, Mapping) else None
 
 
+_SCALARS = frozenset({str, int, float, bool, Decimal, type(None)})
+
+
 def _check_depth(value: Any, depth: int = 0) -> None:
     if depth > MAX_DEPTH:
         raise PayloadError(f"body nests deeper than {MAX_DEPTH} levels")
-    if isinstance(value, Mapping):
-        for v in value.values():
-            _check_depth(v, depth + 1)
+    if type(value) is dict or isinstance(value, Mapping):
+        children: Iterable[Any] = value.values()
     elif isinstance(value, list):
-        for v in value:
-            _check_depth(v, depth + 1)
+        children = value
+    else:
+        return
+    for child in children:
+        # Recurse into containers only (a call per scalar leaf is most of the cost); a leaf is still a level.
+        if type(child) in _SCALARS:
+            if depth >= MAX_DEPTH:
+                raise PayloadError(f"body nests deeper than {MAX_DEPTH} levels")
+        else:
+            _check_depth(child, depth + 1)
 
 
 def _parse_json(raw: bytes) -> Any:
@@ -170,57 +209,115 @@ def id_str(value: Any) -> str | None:
         text = value.strip()
         if not text or len(text) > 128:
             return None
-        if re.fullmatch(r"\d+\.0+", text):
+        if _INTEGRAL_TEXT.fullmatch(text):
             text = text.split(".")[0]
         return text
     return None
 
 
-def _client_blocks(body: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
-    block = get_block(body, *CLIENT_BLOCK_KEYS)
+class _Lookup:
+    """`get` / `get_block` for one inspection, building each object's normalised-key index only once.
+
+    The finders look at the same few objects many times (the unwrapped body, the client block); an entry keeps
+    its object alive, so an id cannot be reused while the lookup exists. Objects must not change meanwhile.
+    """
+
+    __slots__ = ("_indexes",)
+
+    def __init__(self) -> None:
+        self._indexes: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+    def get(self, obj: Any, wanted: tuple[str, ...]) -> Any:
+        """`get(obj, *names)` with `wanted` = the names already normalised."""
+        if type(obj) is not dict and not isinstance(obj, Mapping):
+            return None
+        entry = self._indexes.get(id(obj))
+        if entry is None or entry[0] is not obj:
+            entry = (obj, _index(obj))
+            self._indexes[id(obj)] = entry
+        return _first(entry[1], wanted)
+
+    def block(self, obj: Any, wanted: tuple[str, ...]) -> Mapping[str, Any] | None:
+        value = self.get(obj, wanted)
+        return value if isinstance(value, Mapping) else None
+
+
+def _names(*names: str) -> tuple[str, ...]:
+    return tuple(norm_key(n) for n in names)
+
+
+_N_CLIENT_BLOCK = _names(*CLIENT_BLOCK_KEYS)
+_N_CLIENT_ID = _names(*CLIENT_ID_KEYS)
+_N_ID_OR_CLIENT_ID = _names("id", *CLIENT_ID_KEYS)
+_N_PARENTS = (("invoice", _names("invoice")), ("appointment", _names("appointment")))
+_N_APPOINTMENT = _names("appointment")
+_N_LOCATION_BLOCK = _names("location", "clinic", "site", "business")
+_N_LOCATION_BLOCK_ID = _names("id", "locationId")
+_N_LOCATION_BLOCK_NAME = _names("name", "locationName")
+_N_LOCATION_ID = _names("locationId", "location_id", "clinicId", "siteId")
+_N_LOCATION_NAME = _names("locationName", "clinicName", "siteName")
+_N_LOCATION = _names("location")
+
+
+def _client_blocks(body: Mapping[str, Any], look: _Lookup) -> Iterable[Mapping[str, Any]]:
+    block = look.block(body, _N_CLIENT_BLOCK)
     if block:
         yield block
-    for entity in ("invoice", "appointment"):
-        parent = get_block(body, entity)
+    for _entity, wanted in _N_PARENTS:
+        parent = look.block(body, wanted)
         if parent:
-            nested = get_block(parent, *CLIENT_BLOCK_KEYS)
+            nested = look.block(parent, _N_CLIENT_BLOCK)
             if nested:
                 yield nested
-            grand = get_block(parent, "appointment")
+            grand = look.block(parent, _N_APPOINTMENT)
             if grand:
-                nested = get_block(grand, *CLIENT_BLOCK_KEYS)
+                nested = look.block(grand, _N_CLIENT_BLOCK)
                 if nested:
                     yield nested
 
 
-def find_client_id(body: Mapping[str, Any]) -> str | None:
-    """The AestheticsPro client id wherever the payload puts it; None when there is none (e.g. a test ping)."""
-    flat = unwrap(body)
-    for block in _client_blocks(flat):
-        found = id_str(get(block, "id", *CLIENT_ID_KEYS))
+def _client_id(flat: Mapping[str, Any], look: _Lookup) -> str | None:
+    for block in _client_blocks(flat, look):
+        found = id_str(look.get(block, _N_ID_OR_CLIENT_ID))
         if found:
             return found
-    found = id_str(get(flat, *CLIENT_ID_KEYS))
+    found = id_str(look.get(flat, _N_CLIENT_ID))
     if found:
         return found
-    for entity in ("invoice", "appointment"):
-        found = id_str(get(get_block(flat, entity), *CLIENT_ID_KEYS))
+    for _entity, wanted in _N_PARENTS:
+        found = id_str(look.get(look.block(flat, wanted), _N_CLIENT_ID))
         if found:
             return found
     return None
 
 
-def find_location(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """(location id, location name) from a `location` block or flat `locationId` / `locationName` fields."""
-    flat = unwrap(body)
-    block = get_block(flat, "location", "clinic", "site", "business")
-    loc_id = id_str(get(block, "id", "locationId")) if block else None
-    name = get(block, "name", "locationName") if block else None
+def _location(flat: Mapping[str, Any], look: _Lookup) -> tuple[str | None, str | None]:
+    block = look.block(flat, _N_LOCATION_BLOCK)
+    loc_id = id_str(look.get(block, _N_LOCATION_BLOCK_ID)) if block else None
+    name = look.get(block, _N_LOCATION_BLOCK_NAME) if block else None
     if loc_id is None:
-        loc_id = id_str(get(flat, "locationId", "location_id", "clinicId", "siteId"))
+        loc_id = id_str(look.get(flat, _N_LOCATION_ID))
     if name is None:
-        raw_name = get(flat, "locationName", "clinicName", "siteName")
-        if raw_name is None and isinstance(get(flat, "location"), str):
-            raw_name = get(flat, "location")
+        raw_name = look.get(flat, _N_LOCATION_NAME)
+        if raw_name is None and isinstance(look.get(flat, _N_LOCATION), str):
+            raw_name = look.get(flat, _N_LOCATION)
         name = raw_name
     return loc_id, (str(name).strip() if isinstance(name, (str, int)) and str(name).strip() else None)
+
+
+def find_client_id(body: Mapping[str, Any]) -> str | None:
+    """The AestheticsPro client id wherever the payload puts it; None when there is none (e.g. a test ping)."""
+    return _client_id(unwrap(body), _Lookup())
+
+
+def find_location(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(location id, location name) from a `location` block or flat `locationId` / `locationName` fields."""
+    return _location(unwrap(body), _Lookup())
+
+
+def find_client_and_location(body: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """`(find_client_id(body), *find_location(body))` in one pass: one unwrap, each object indexed once."""
+    flat = unwrap(body)
+    look = _Lookup()
+    client_id = _client_id(flat, look)
+    return (client_id, *_location(flat, look))
