@@ -315,6 +315,37 @@ async def post_many(base_url: str, posts: Sequence[Post], concurrency: int = 16,
         return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(posts))))
 
 
+def raw_post(port: int, path: str, headers: Mapping[str, str], chunks: Iterable[bytes],
+             timeout_s: float = 10.0) -> int:
+    """POST over a plain socket (exact control of Content-Length / chunking); returns the status code.
+
+    The server may answer (413) and close before the whole body is sent: a send error is ignored and the
+    answer read anyway. 0 when no status line came back.
+    """
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        try:
+            sock.sendall(head.encode("latin-1"))
+            for chunk in chunks:
+                sock.sendall(chunk)
+        except OSError:
+            pass
+        data = b""
+        try:
+            while b"\r\n" not in data:
+                part = sock.recv(4096)
+                if not part:
+                    break
+                data += part
+        except OSError:
+            pass
+    match = re.match(rb"HTTP/1\.[01] (\d{3})", data)
+    return int(match.group(1)) if match else 0
+
+
 def scrape(url: str, timeout_s: float = 5.0) -> str:
     resp = httpx.get(url, timeout=timeout_s)
     resp.raise_for_status()
@@ -483,10 +514,17 @@ class Hit:
         return f"{self.source}:{self.line}: {self.label} #{self.needle_index}"
 
 
+def _needle_pattern(value: str) -> re.Pattern[str]:
+    """Case-insensitive; a needle that starts/ends with a word character must start/end at a word boundary, so
+    a short surname does not hit inside an ordinary word."""
+    head = r"\b" if re.match(r"\w", value) else ""
+    tail = r"\b" if re.search(r"\w$", value) else ""
+    return re.compile(head + re.escape(value) + tail, re.IGNORECASE)
+
+
 def scan_text(source: str, text: str, needles: Sequence[tuple[str, str]]) -> list[Hit]:
     """Case-insensitive search of every (label, value) needle in `text`, line by line."""
-    patterns = [(i, label, re.compile(re.escape(value), re.IGNORECASE)) for i, (label, value) in enumerate(needles)
-                if value]
+    patterns = [(i, label, _needle_pattern(value)) for i, (label, value) in enumerate(needles) if value]
     hits: list[Hit] = []
     for n, line in enumerate(text.splitlines(), 1):
         for i, label, pattern in patterns:
