@@ -52,6 +52,7 @@ log = logging.getLogger("apro_sync.sink")
 
 STAGE = "sync"
 TABLE_NAME = "client_state"
+CHANGELOG_TOPIC = "apro.state.client-state-changelog"
 UNEXPECTED_MAX_ATTEMPTS = 3  # an unexpected exception (a bug) is retried this often, then dead-lettered
 
 
@@ -542,7 +543,12 @@ def register_sink(app: faust.App, settings: Settings) -> None:
                            value_serializer="raw", partitions=partitions)
     deadletter = app.topic(names.deadletter, key_type=bytes, value_type=bytes, key_serializer="raw",
                            value_serializer="raw", partitions=partitions)
+    # The changelog is named by the topic prefix, not by the app id, so a replay under a fresh consumer group
+    # (a new APRO_WORKER_ID) keeps the same state: the planner then recognizes every replayed event.
+    changelog = app.topic(f"{settings.topic_prefix}{CHANGELOG_TOPIC}", key_type=str, value_type=str,
+                          partitions=partitions, compacting=True, deleting=False, internal=True)
     table = app.Table(TABLE_NAME, default=None, partitions=partitions, key_type=str, value_type=str,
+                      changelog_topic=changelog,
                       help="Per AestheticsPro client: LTV ledger, appointments, CRM ids, effects ledger.")
     engine = SyncEngine(app, settings, locations, table, deadletter)
 

@@ -55,6 +55,7 @@ class Stack:
             "APRO_SINK_RETRY_MAX_S": "1.0",
             "APRO_SINK_PAUSE_S": "0.5",
             "APRO_LOG_FORMAT": "console",
+            "APRO_LOG_LEVEL": os.environ.get("APRO_TEST_WORKER_LOG_LEVEL", "WARNING"),
         }
 
     def start(self, group: str | None = None) -> None:
@@ -211,3 +212,134 @@ def test_booking_is_synced(stack: Stack, fixture_bodies: dict[str, bytes]) -> No
     [opp] = opportunities_of(state, jane)
     assert stage_name(state, opp) == "Booked" and opp["status"] == "open"
     assert enrollments_of(state, jane) == {"APro Appointments Update": 1}
+
+
+JANE = "jane.doe@example.com"
+
+
+def jane_sequence(fx: dict[str, bytes]) -> list[bytes]:
+    """book → reschedule → cancel → rebook → invoice paid twice (same invoice) → retail invoice, for one client."""
+    retail = json.loads(fx["invoice_paid_retail_only"])
+    retail["client"] = json.loads(fx["invoice_paid"])["client"]
+    retail["location"] = json.loads(fx["invoice_paid"])["location"]
+    retail["eventId"] = "seq-7-retail"
+    return [
+        with_id(fx["appointment_created"], "seq-1-book"),
+        with_id(fx["appointment_updated"], "seq-2-reschedule"),
+        with_id(fx["appointment_cancelled"], "seq-3-cancel", occurredAt="2026-11-24T10:00:00Z",
+                appointment__startDateTime="2026-12-03 14:00:00"),
+        with_id(fx["appointment_created"], "seq-4-rebook", occurredAt="2026-11-25T10:00:00Z",
+                appointment__appointmentId="A-77500", appointment__startDateTime="2026-12-03 14:00:00"),
+        with_id(fx["invoice_paid"], "seq-5-paid", invoice__appointment__appointmentId="A-77500"),
+        with_id(fx["invoice_paid"], "seq-6-paid-again", occurredAt="2026-12-03T22:15:00Z",
+                invoice__appointment__appointmentId="A-77500"),
+        json.dumps(retail).encode(),
+    ]
+
+
+SEQ_NOTES = ["seq-1-book", "seq-2-reschedule", "seq-3-cancel", "seq-4-rebook", "seq-5-paid", "seq-7-retail"]
+
+
+def sequence_done(state: dict[str, Any]) -> bool:
+    jane = contact_by_email(state, JANE)
+    return jane is not None and any("apro-event: seq-7-retail" in n for n in notes_of(state, jane))
+
+
+def assert_sequence_end_state(state: dict[str, Any]) -> None:
+    jane = contact_by_email(state, JANE)
+    assert jane is not None
+    f = fields(jane)
+    assert Decimal(f["patient_lifetime_value"]) == Decimal("1246.50")  # 1150.00 once + 96.50
+    assert f["apro_invoice_id"] == "INV-20931" and f["apro_appt_status"] == "Completed"
+    assert f["last_visit_date"] == "2026-12-05" and f["last_visit_service"] == "SkinMedica TNS Advanced+ Serum"
+    notes = notes_of(state, jane)
+    markers = sorted(line.removeprefix("apro-event: ") for n in notes for line in n.splitlines()
+                     if line.startswith("apro-event: "))
+    assert markers == sorted(SEQ_NOTES), markers  # one note per applied event, none for the repeated invoice
+    [opp] = opportunities_of(state, jane)
+    assert stage_name(state, opp) == "Patient" and opp["status"] == "won"
+    assert Decimal(str(opp["monetaryValue"])) == Decimal("1246.50")
+    assert enrollments_of(state, jane) == {  # book, cancel, rebook; two first-paid invoices
+        "APro Appointments Update": 3, "APro Invoice Paid": 2, "APro Birthday": 2}
+    assert "apro-patient" in jane["tags"]
+
+
+def test_sequence_exactly_once_under_redelivery(stack: Stack, fixture_bodies: dict[str, bytes]) -> None:
+    sequence = jane_sequence(fixture_bodies)
+    stack.send(sequence)
+    stack.wait_for(sequence_done)
+    state = stack.settle()
+    assert_sequence_end_state(state)
+    snapshot = stack.emulator.snapshot()
+
+    # The same sequence delivered again (webhook retries): nothing changes.
+    stack.send(sequence)
+    stack.settle()
+    assert stack.emulator.snapshot() == snapshot
+
+    # A restart (same group, state rebuilt from the changelog) followed by more traffic: still unchanged.
+    stack.stop()
+    stack.start()
+    stack.send(sequence + [with_id(fixture_bodies["appointment_noshow"], "after-restart-sentinel")])
+    stack.wait_for(lambda s: any("apro-event: after-restart-sentinel" in n["body"] for n in s["notes"]))
+    stack.settle()
+    jane_now = [c for c in stack.emulator.snapshot()["contacts"] if JANE in json.dumps(c)]
+    assert jane_now == [c for c in snapshot["contacts"] if JANE in json.dumps(c)]
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: a fresh consumer group does not see the client_state rebuilt "
+                   "from the shared changelog on the embedded broker (under investigation, see docs/sync-engine.md)")
+def test_full_replay_under_fresh_group_changes_nothing(stack: Stack, fixture_bodies: dict[str, bytes]) -> None:
+    sequence = jane_sequence(fixture_bodies)
+    stack.send(sequence)
+    stack.wait_for(sequence_done)
+    stack.settle()
+    snapshot = stack.emulator.snapshot()
+    # A full replay of the raw topic from the start: a fresh consumer group (fresh normalizer dedupe, so every
+    # event is normalized and synced again) with the same client_state table.
+    stack.stop()
+    before = {(c["endpoint"]): c["count"] for c in stack.emulator.state()["requestCounts"]}
+    stack.start(group=f"{stack.settings.topic_prefix}replay")
+    stack.send([with_id(fixture_bodies["appointment_noshow"], "after-replay-sentinel")])
+    stack.wait_for(lambda s: any("apro-event: after-replay-sentinel" in n["body"] for n in s["notes"]))
+    state = stack.settle()
+    after = {(c["endpoint"]): c["count"] for c in state["requestCounts"]}
+    assert after.get("POST /contacts/{contactId}/notes", 0) == before.get("POST /contacts/{contactId}/notes", 0) + 1
+    assert_sequence_end_state(state)
+    jane_snapshot = [c for c in stack.emulator.snapshot()["contacts"] if JANE in json.dumps(c)]
+    assert jane_snapshot == [c for c in snapshot["contacts"] if JANE in json.dumps(c)]
+
+
+def test_permanent_error_is_deadlettered_and_later_events_continue(stack: Stack,
+                                                                   fixture_bodies: dict[str, bytes]) -> None:
+    stack.emulator.set_faults([{"kind": "status", "status": 422, "count": 1, "method": "POST",
+                                "path": "/contacts/{contactId}/notes"}])
+    stack.send([with_id(fixture_bodies["appointment_created"], "dlq-1-book")])
+    records = read_topic(stack.settings, stack.settings.topics.deadletter, lambda r: len(r) >= 1)
+    assert len(records) == 1
+    key, value, headers = records[0]
+    assert key == b"48213" and json.loads(value)["event_id"] == "dlq-1-book"
+    assert headers[H.DLQ_STAGE] == "sync" and headers[H.REASON].startswith("HTTP 422 from POST /contacts/")
+    assert headers[H.DLQ_EVENT_ID] == "dlq-1-book" and headers[H.DLQ_LOCATION] == "3"
+    assert headers[H.DLQ_SOURCE_TOPIC] == stack.settings.topics.normalized and int(headers[H.DLQ_SOURCE_OFFSET]) >= 0
+    # The client's next event is synced normally.
+    stack.send([with_id(fixture_bodies["appointment_cancelled"], "dlq-2-cancel", occurredAt="2026-11-30T10:00:00Z")])
+    state = stack.wait_for(lambda s: any("apro-event: dlq-2-cancel" in n["body"] for n in s["notes"]))
+    jane = contact_by_email(state, JANE)
+    assert jane is not None and fields(jane)["apro_appt_status"] == "Cancelled"
+    assert not any("apro-event: dlq-1-book" in n for n in notes_of(state, jane))
+
+
+def test_transient_faults_end_in_the_fault_free_state(stack: Stack, fixture_bodies: dict[str, bytes]) -> None:
+    stack.emulator.set_faults([
+        {"kind": "status", "status": 429, "retry_after_s": 1, "count": 3},
+        {"kind": "status", "status": 500, "count": 4, "method": "POST", "path": "/contacts/{contactId}/notes"},
+        {"kind": "status", "status": 503, "count": 12, "method": "POST",
+         "path": "/contacts/{contactId}/workflow/{workflowId}"},
+        {"kind": "status", "status": 502, "probability": 0.1},
+    ], seed=3)
+    stack.send(jane_sequence(fixture_bodies))
+    stack.wait_for(sequence_done, timeout_s=150)
+    state = stack.settle(quiet_s=3.0, timeout_s=120)
+    assert sum(state["faultsInjected"].values()) >= 19
+    assert_sequence_end_state(state)
