@@ -1,0 +1,124 @@
+"""Broker outage with the real producer and worker processes: 503 + Retry-After while the broker is down, then
+both recover by themselves (no restart) once it is back.
+
+Uses its own embedded broker on a fixed port (stopped and started here), never the session one. Tansu keeps
+everything in memory, so a restarted broker is empty: the test re-creates the topics a real (persistent) Kafka
+would still have, including the worker's internal Faust topics. Committed offsets are gone too, so the worker
+re-reads the raw topic from the start of the new (empty) log — exactly the records posted after the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from apro_sync.embedded_broker import EmbeddedBroker
+from apro_sync.kafka_admin import ensure_topics
+from tests.reliability.generator import generate
+from tests.reliability.harness import (
+    Post,
+    Stack,
+    StackConfig,
+    post_many,
+    read_topic,
+    start_stack,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+RETRY_AFTER = 7
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as b:
+        yield b
+
+
+@pytest.fixture
+def stack(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Stack]:
+    config = StackConfig.for_broker(broker.bootstrap, tmp_path, produce_timeout_s=1.5, retry_after_s=RETRY_AFTER,
+                                    log_level="INFO")
+    yield from start_stack(config)
+
+
+def _posts(events: list, prefix: str) -> list[Post]:  # type: ignore[type-arg]
+    return [Post(e.body, e.content_type, request_id=f"{prefix}-{e.seq:05d}", resource=e.resource) for e in events]
+
+
+def _passed_on(stack: Stack, request_ids: set[str]) -> set[str]:
+    topics = stack.config.topics
+    seen: set[str] = set()
+    for topic in (topics.normalized, topics.skipped):
+        seen |= {r.request_id for r in read_topic(stack.config.bootstrap, topic) if r.request_id in request_ids}
+    return seen
+
+
+def test_broker_outage_503_then_both_recover(broker: EmbeddedBroker, stack: Stack) -> None:
+    stream = generate(99, clients=10, events=120)
+    # Only events the normalizer passes on (no redeliveries: after the restart, dedupe state is gone with the broker).
+    events = [e for e in stream.events if e.expect != "duplicate"]
+    before, after = events[:40], events[40:80]
+    producer, worker = stack.producer, stack.worker
+
+    answers = asyncio.run(post_many(producer.webhook_url(), _posts(before, "pre")))
+    assert {a.status for a in answers} == {202}
+    before_ids = {a.request_id for a in answers if a.request_id}
+    wait_until(lambda: _passed_on(stack, before_ids) == before_ids, 60, 1.0, "events before the outage normalized")
+
+    # ---- outage
+    broker.stop()
+    t0 = time.monotonic()
+    down = asyncio.run(post_many(producer.webhook_url(), _posts(after[:5], "down"), concurrency=5))
+    down_s = time.monotonic() - t0
+    assert {a.status for a in down} == {503}, [a.status for a in down]
+    assert all(a.retry_after == str(RETRY_AFTER) for a in down)
+    garbage = asyncio.run(post_many(producer.webhook_url(), [Post(b"{broken", request_id="down-garbage")]))[0]
+    assert garbage.status == 503  # cannot quarantine either: retry, never a 400 that would lose the body
+    import httpx
+
+    assert httpx.get(producer.base + "/readyz", timeout=5).status_code == 503
+    assert httpx.get(producer.base + "/healthz", timeout=5).status_code == 200
+    time.sleep(3)  # let the worker notice (heartbeats, fetches and commits fail) before the broker returns
+    assert producer.alive and worker.alive, "a process exited during the outage"
+
+    # ---- recovery: same port, empty broker; re-create what a persistent Kafka would still have
+    broker.start()
+    t_back = time.monotonic()
+    stack.config.create_topics()
+    wid = worker.worker_id
+    ensure_topics(broker.bootstrap, [f"{wid}-normalize-dedupe-changelog", f"{wid}-__assignor-__leader"],
+                  stack.config.partitions)
+
+    first_202: float | None = None
+    retry_statuses: list[int] = []
+    deadline = time.monotonic() + 60
+    while first_202 is None and time.monotonic() < deadline:  # what AestheticsPro's retries do
+        answer = asyncio.run(post_many(producer.webhook_url(), _posts(after[:1], "retry")))[0]
+        retry_statuses.append(answer.status)
+        if answer.status == 202:
+            first_202 = time.monotonic() - t_back
+        else:
+            assert answer.status == 503, answer.status
+            time.sleep(0.5)
+    assert first_202 is not None, f"producer did not recover by itself: {retry_statuses[-10:]}"
+    assert httpx.get(producer.base + "/readyz", timeout=5).status_code == 200
+
+    answers = asyncio.run(post_many(producer.webhook_url(), _posts(after[1:], "post")))
+    assert {a.status for a in answers} == {202}
+    after_ids = {a.request_id for a in answers if a.request_id}
+    try:
+        wait_until(lambda: _passed_on(stack, after_ids) == after_ids, 120, 1.0, "events after the outage normalized")
+    finally:
+        recovered_s = time.monotonic() - t_back
+        print(f"\noutage: {len(down)} posts during the outage → 503 in {down_s:.1f}s (produce_timeout_s=1.5); "
+              f"first 202 {first_202:.1f}s after the broker restart ({len(retry_statuses)} tries); all "
+              f"{len(after_ids)} new events normalized {recovered_s:.1f}s after the restart; "
+              f"worker restarts: {worker.starts - 1}")
+    assert worker.alive and worker.starts == 1, "the worker recovered by restarting, not by itself"
+    assert producer.alive and producer.starts == 1
