@@ -74,6 +74,128 @@ def lag_exporter(
     run(load_settings(), groups=group or [], topics=topic or [], host=host, port=port, interval_s=interval)
 
 
+@app.command()
+def replay(
+    since: str = typer.Option(..., help="Start of the range (inclusive). Accepts ISO 8601 (no offset = UTC), "
+                              "relative (30m, 2h, 1d, 1w, 1h30m), epoch seconds or milliseconds, or 'now'."),
+    until: Optional[str] = typer.Option(None, help="End of the range (inclusive), same forms; default: now."),
+    location: Optional[str] = typer.Option(None, help="Only records of this location (id or name)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be replayed; publish nothing."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    reset_offsets: bool = typer.Option(False, "--reset-offsets", help="Instead of republishing, move the workers' "
+                                       "consumer group back to --since (refused while workers run)."),
+    group: Optional[str] = typer.Option(None, help="Consumer group for --reset-offsets (default: APRO_WORKER_ID)."),
+) -> None:
+    """Process the raw webhooks of a time range again.
+
+    Default: copy the selected records back onto the raw topic (same key, value, partition; original headers plus
+    apro-replay and apro-replayed-from), safe while workers run: the normalizer lets replays past its dedupe and
+    the sync ledger applies each effect once. Times are record timestamps (the embedded broker uses write time).
+    --reset-offsets rewinds the workers' group instead; its records are re-read as they are, so the normalizer's
+    dedupe window still drops event ids it already passed on.
+    """
+    from datetime import datetime, timezone
+
+    from apro_sync import replay as R
+    from apro_sync.kafka_records import OperatorError
+    from apro_sync.timeparse import TimeParseError, parse_time
+
+    now = datetime.now(timezone.utc)
+    try:
+        start = parse_time(since, now)
+        end = parse_time(until, now) if until else None
+    except TimeParseError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if end is not None and start > end:
+        raise typer.BadParameter(f"--since ({start.isoformat()}) is after --until ({end.isoformat()})")
+    settings = load_settings()
+    confirm = (lambda _msg: True) if yes else (lambda msg: typer.confirm(msg, default=False))
+    try:
+        if reset_offsets:
+            if end is not None or location is not None:
+                raise OperatorError("--reset-offsets rewinds whole partitions: --until and --location need the "
+                                    "default (republish) mode")
+            group_id = group or settings.worker_id
+            typer.echo(f"consumer group {group_id} on {settings.topics.raw} from {start.isoformat()}:")
+            R.reset_offsets(settings, start, group_id, dry_run, confirm, typer.echo)
+            typer.echo("dry run: offsets unchanged" if dry_run else "offsets reset; start the workers")
+            return
+        summary = R.republish(settings, R.ReplayRequest(start, end, location, dry_run), confirm, typer.echo)
+    except OperatorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    span = f"{start.isoformat()} .. {end.isoformat() if end else 'now'}"
+    typer.echo(f"replay of {settings.topics.raw} for {span}" + (f", location {location}" if location else ""))
+    for line in summary.lines("republished", dry_run):
+        typer.echo(line)
+
+
+dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and redrive dead-letter records (headers only, never payloads).")
+app.add_typer(dlq_app, name="dlq")
+
+_STAGES = ("intake", "normalize", "sync")
+
+
+def _check_stage(stage: Optional[str]) -> Optional[str]:
+    if stage is not None and stage not in _STAGES:
+        raise typer.BadParameter(f"--stage must be one of {', '.join(_STAGES)}")
+    return stage
+
+
+@dlq_app.command("list")
+def dlq_list(
+    stage: Optional[str] = typer.Option(None, help="intake | normalize | sync"),
+    limit: Optional[int] = typer.Option(None, min=1, help="Show at most this many records."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
+    pending: bool = typer.Option(False, "--pending", help="Hide records already redriven."),
+    quarantine: bool = typer.Option(False, "--quarantine", help="List the producer's quarantine topic instead."),
+) -> None:
+    """List dead-letter records: id (topic:partition:offset), stage, reason, event id, location, attempts, time,
+    and whether it was redriven. Reads the whole topic without a consumer group; never prints a payload."""
+    from apro_sync import dlq as D
+    from apro_sync.kafka_records import OperatorError
+
+    _check_stage(stage)
+    try:
+        entries = D.list_entries(load_settings(), quarantine=quarantine, stage=stage, limit=limit,
+                                 include_redriven=not pending)
+    except OperatorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(D.format_json(entries) if as_json else D.format_table(entries))
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    record_ids: Optional[list[str]] = typer.Option(None, "--id", help="Record id from `dlq list` (repeatable)."),
+    all_: bool = typer.Option(False, "--all", help="Every record not redriven yet."),
+    stage: Optional[str] = typer.Option(None, help="Only records of this stage: intake | normalize | sync."),
+    force: bool = typer.Option(False, "--force", help="Redrive records again even if already redriven."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be redriven; publish nothing."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    quarantine: bool = typer.Option(False, "--quarantine", help="Redrive from the quarantine topic (to the raw topic)."),
+) -> None:
+    """Publish dead-letter records back to their source topic (same key and partition; dead-letter headers
+    removed; apro-dlq-attempts + 1) and wait for the broker's acknowledgement.
+
+    Each acknowledged record gets a marker in the compacted topic `<dead-letter topic>.redriven` keyed by its id:
+    `dlq list` shows it as redriven and `--all` does not send it twice. No store outside Kafka is needed.
+    """
+    from apro_sync import dlq as D
+    from apro_sync.kafka_records import OperatorError
+
+    _check_stage(stage)
+    confirm = (lambda _msg: True) if yes else (lambda msg: typer.confirm(msg, default=False))
+    try:
+        summary = D.redrive(load_settings(), ids=record_ids or [], all_=all_, stage=stage, quarantine=quarantine,
+                            force=force, dry_run=dry_run, confirm=confirm)
+    except OperatorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for line in summary.lines(dry_run):
+        typer.echo(line)
+
+
 def main() -> None:
     app()
 

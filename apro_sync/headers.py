@@ -23,6 +23,10 @@ DLQ_AT = "apro-dlq-at"
 DLQ_LOCATION = "apro-dlq-location"
 DLQ_ATTEMPTS = "apro-dlq-attempts"
 
+# Set by the operator tools (`apro-sync replay`, `apro-sync dlq redrive`) on records they publish again.
+REPLAY = "apro-replay"  # replay | redrive: the normalizer passes the record on even if its event id was seen
+REPLAYED_FROM = "apro-replayed-from"  # "<topic>:<partition>:<offset>" of the record this one copies
+
 
 def to_dict(headers: Iterable[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None] | None) -> dict[str, str]:
     """Kafka headers (list of pairs or mapping, bytes or str values) → {name: str}; the last value wins."""

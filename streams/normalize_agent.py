@@ -75,7 +75,8 @@ class Normalizer:
         if isinstance(result, Unreadable):
             return self.deadletter(event, raw, headers, result.reason, result.event_id, location), None
         key = (message.partition, result.event_id)
-        if key in pending or self.deduper.seen(result.event_id, message.partition):
+        # An operator replay (H.REPLAY) is a deliberate re-run: only the sync ledger dedupes it, not this window.
+        if key in pending or (H.REPLAY not in headers and self.deduper.seen(result.event_id, message.partition)):
             M.EVENTS_DUPLICATE.labels(location=location).inc()
             return None, None
         pending.add(key)
