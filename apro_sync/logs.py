@@ -11,6 +11,7 @@ import json as _json
 import logging
 import re
 import sys
+import time as _time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,15 +19,17 @@ import structlog
 
 # `/webhooks/aestheticspro/{token}` or `/webhooks/aestheticspro/{token}/{resource}`: the token is the segment
 # right after the prefix. Anything up to the next `/`, `?`, `#`, whitespace or quote is treated as the token.
-_WEBHOOK_TOKEN = re.compile(r"(/webhooks/aestheticspro/)[^/?#\s\"']+", re.IGNORECASE)
+# A lookbehind (not a group) so the replacement is a literal: `\1***` costs a template expansion per match.
+_WEBHOOK_TOKEN = re.compile(r"(?<=/webhooks/aestheticspro/)[^/?#\s\"']+", re.IGNORECASE)
 REDACTED = "***"
 
 
 def redact_path(path: str) -> str:
     """Replace the token segment of a webhook path (or any text containing one) with `***`."""
-    if "aestheticspro" not in path.lower():  # fast path: most strings are not webhook URLs
+    # Fast path: most strings are not webhook URLs (and one cannot be without a slash).
+    if "/" not in path or "aestheticspro" not in path.lower():
         return path
-    return _WEBHOOK_TOKEN.sub(r"\1" + REDACTED, path)
+    return _WEBHOOK_TOKEN.sub(REDACTED, path)
 
 
 def _redact_processor(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -137,6 +140,23 @@ def configure_logging(level: str | int = "INFO", json: bool = True) -> None:
     )
 
 
+_LEVEL_NAMES = {n: logging.getLevelName(n).lower() for n in (10, 20, 30, 40, 50)}
+_encode_line = _json.JSONEncoder(default=str).encode  # json.dumps(default=...) builds an encoder per call
+_stamp_second: tuple[int, str] = (-1, "")
+
+
+def _utc_timestamp() -> str:
+    """`2026-11-20T15:58:02.123456Z`, as structlog's TimeStamper(fmt="iso", utc=True); the date part is
+    formatted once per second."""
+    global _stamp_second
+    sec, ns = divmod(_time.time_ns(), 1_000_000_000)
+    cached, text = _stamp_second
+    if sec != cached:
+        text = datetime.fromtimestamp(sec, timezone.utc).isoformat()[:-6]  # drop "+00:00"
+        _stamp_second = (sec, text)
+    return f"{text}.{ns // 1000:06d}Z"
+
+
 def log_line(name: str, event: str, level: int = logging.INFO, **fields: Any) -> None:
     """One structured line with the same shape as a structlog JSON line, for per-request hot paths.
 
@@ -152,10 +172,10 @@ def log_line(name: str, event: str, level: int = logging.INFO, **fields: Any) ->
         if isinstance(value, str):
             fields[key] = redact_path(value)
     fields["event"] = redact_path(event)
-    fields["level"] = logging.getLevelName(level).lower()
+    fields["level"] = _LEVEL_NAMES.get(level) or logging.getLevelName(level).lower()
     fields["logger"] = name
-    fields["timestamp"] = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-    sys.stderr.write(_json.dumps(fields, default=str) + "\n")
+    fields["timestamp"] = _utc_timestamp()
+    sys.stderr.write(_encode_line(fields) + "\n")
 
 
 def log_enabled(level: int = logging.INFO) -> bool:

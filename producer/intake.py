@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
+
+import orjson
 
 from apro_sync import headers as H
-from streams.payload import PayloadError, find_client_id, find_location, parse_body
+from streams.payload import MAX_DEPTH, PayloadError, find_client_and_location, parse_body
 
 RESOURCES = frozenset({"clients", "appointments", "invoices"})
 # Records without a client id (test pings, unknown shapes) all share one key so they stay ordered together.
@@ -31,11 +35,44 @@ class Inspection:
 
 def inspect_body(raw: bytes, content_type: str | None) -> Inspection:
     """Parse just enough of the body to key it. Raises PayloadError (safe message) when it is unreadable."""
-    body = parse_body(raw, content_type)
-    client_id = find_client_id(body)
-    location_id, _name = find_location(body)
+    body = _fast_json(raw, content_type)
+    if body is None:
+        body = parse_body(raw, content_type)
+    client_id, location_id, _name = find_client_and_location(body)
     key = client_id.encode("utf-8") if client_id else FALLBACK_KEY
     return Inspection(key=key, location=location_id)
+
+
+def _fast_json(raw: bytes, content_type: str | None) -> dict[str, Any] | None:
+    """orjson's reading of a JSON-object body when it is certainly what `parse_body` would return, else None.
+
+    orjson is ~4x faster than the stdlib parser but has no Decimal floats and turns integers beyond 64 bits
+    into floats; a float can change an id's canonical string (`48213.50` vs `48213.5`). So any float, any
+    orjson error (NaN, lone surrogates, a BOM, invalid UTF-8), form content types, non-object bodies and deep
+    nesting all go to `parse_body` (the normalizer's exact parser), which decides and words the error.
+    """
+    if raw[:1] != b"{":
+        return None
+    if content_type and content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        return None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return body if type(body) is dict and _plain(body, 0) else None
+
+
+def _plain(value: dict[str, Any] | list[Any], depth: int) -> bool:
+    """No float anywhere and comfortably within MAX_DEPTH (deeper bodies get parse_body's exact check)."""
+    if depth >= MAX_DEPTH:
+        return False
+    for child in value.values() if type(value) is dict else value:
+        kind = type(child)
+        if kind is float:
+            return False
+        if (kind is dict or kind is list) and not _plain(child, depth + 1):
+            return False
+    return True
 
 
 def request_id_from(header: str | None) -> str:
@@ -53,8 +90,18 @@ def metric_location(token_location: str | None, payload_location: str | None) ->
     return UNKNOWN
 
 
+_second: tuple[int, str] = (-1, "")  # (unix second, its ISO text): formatting a datetime per request costs ~1 µs
+
+
 def received_at_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    """Now in UTC as ISO 8601 with milliseconds, e.g. `2026-11-20T15:58:02.123+00:00`."""
+    global _second
+    sec, ns = divmod(time.time_ns(), 1_000_000_000)
+    cached_sec, text = _second
+    if sec != cached_sec:
+        text = datetime.fromtimestamp(sec, timezone.utc).isoformat()[:-6]  # drop "+00:00"
+        _second = (sec, text)
+    return f"{text}.{ns // 1_000_000:03d}+00:00"
 
 
 def raw_headers(

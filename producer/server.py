@@ -15,10 +15,12 @@ token segment of the path, and the per-request log line carries only ids, outcom
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import time
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -28,7 +30,7 @@ from aiohttp.web_response import StreamResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from apro_sync.config import Settings
-from apro_sync.logs import configure_logging, get_logger, log_enabled, log_line, redact_path
+from apro_sync.logs import configure_logging, get_logger, log_enabled, log_line
 from apro_sync.metrics import WEBHOOK_LATENCY, WEBHOOKS_RECEIVED
 from producer.auth import check_token
 from producer.intake import (
@@ -57,22 +59,64 @@ class RedactingAccessLogger(AbstractAccessLogger):
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         path = request.path
-        if path in _PROBES and response.status < 500 and not log_enabled(logging.DEBUG):
+        status = response.status
+        if path in _PROBES and status < 500 and not log_enabled(logging.DEBUG):
             return  # probes every few seconds would drown the useful lines
-        fields: dict[str, Any] = request.get(_LOG_KEY) or {}
+        fields: dict[str, Any] | None = request.get(_LOG_KEY)
+        if fields is None:
+            fields = {}
+        # log_line redacts every string field (the path included) and builds the line from `fields` in place.
         log_line(
-            "apro_sync.producer.access",
-            "request",
-            method=request.method,
-            path=redact_path(path),
-            status=response.status,
-            latency_ms=round(time * 1000, 2),
-            **fields,
+            "apro_sync.producer.access", "request", method=request.method, path=path, status=status,
+            latency_ms=round(time * 1000, 2), **fields,
         )
 
     @property
     def enabled(self) -> bool:
         return log_enabled(logging.INFO)
+
+
+_JSON_TYPE = "application/json; charset=utf-8"  # what web.json_response sends
+
+
+def _json_answer(status: int, body: bytes, request_id: str, extra: dict[str, str] | None = None) -> web.Response:
+    headers = {"Content-Type": _JSON_TYPE, "X-Request-ID": request_id}
+    if extra:
+        headers.update(extra)
+    return web.Response(body=body, status=status, headers=headers)
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()  # the same bytes web.json_response would send
+
+
+# The 202 body is the same for every request but for the request id, which is id-like (hex, or a sender id that
+# matched _SANE_REQUEST_ID: no quotes or backslashes), so it is spliced in without a JSON encoder.
+_ACCEPTED_HEAD = b'{"status": "accepted", "requestId": "'
+_ACCEPTED_TAIL = b'"}'
+
+
+class _Metrics:
+    """The two per-request metrics with their label children bound once (a `.labels()` lookup costs ~1 µs)."""
+
+    _MAX_CHILDREN = 10_000  # label values are bounded upstream; this only caps our own cache
+
+    def __init__(self) -> None:
+        self._received: dict[tuple[str, str, str], Any] = {}
+        self._latency: dict[str, Any] = {}
+
+    def record(self, location: str, resource: str, outcome: str, seconds: float) -> None:
+        key = (location, resource, outcome)
+        counter = self._received.get(key)
+        if counter is None:
+            if len(self._received) >= self._MAX_CHILDREN:
+                self._received.clear()
+            counter = self._received[key] = WEBHOOKS_RECEIVED.labels(location, resource, outcome)
+        counter.inc()
+        latency = self._latency.get(outcome)
+        if latency is None:
+            latency = self._latency[outcome] = WEBHOOK_LATENCY.labels(outcome)
+        latency.observe(seconds)
 
 
 class WebhookHandler:
@@ -82,38 +126,45 @@ class WebhookHandler:
         self.settings = settings
         self.publisher = publisher
         self.topics = settings.topics
+        self.raw_topic = settings.topics.raw
+        self.max_body_bytes = settings.max_body_bytes
         self.tokens = list(settings.webhook_tokens)
         self.retry_after = str(settings.retry_after_s)
-        self.too_large = {"status": "too_large", "reason": f"body exceeds {settings.max_body_bytes} bytes"}
+        self.metrics = _Metrics()
+        self.too_large = _encode({"status": "too_large", "reason": f"body exceeds {settings.max_body_bytes} bytes"})
+        self.unavailable = _encode({"status": "unavailable", "reason": "event log unavailable, retry later"})
+
+    def _finish(
+        self, request: web.Request, started: float, request_id: str, token_location: str | None, outcome: str,
+        status: int, body: bytes, *, location: str | None = None, resource: str | None = None,
+        headers: dict[str, str] | None = None, reason: str | None = None,
+    ) -> web.Response:
+        label_location = metric_location(token_location, location)
+        label_resource = resource or "none"
+        self.metrics.record(label_location, label_resource, outcome, time.perf_counter() - started)
+        fields = {"request_id": request_id, "outcome": outcome, "resource": label_resource, "location": label_location}
+        if reason:
+            fields["reason"] = reason
+        request[_LOG_KEY] = fields
+        return _json_answer(status, body, request_id, headers)
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        resource_hint = request.match_info.get("resource")
-        token = check_token(request.match_info.get("token"), self.tokens)
+        match_info = request.match_info
+        resource_hint = match_info.get("resource")
+        token = check_token(match_info.get("token"), self.tokens)
         request_id = request_id_from(request.headers.get("X-Request-ID"))
         token_location = token.location if token else None
-
-        def finish(outcome: str, status: int, body: dict[str, Any], *, location: str | None = None,
-                   resource: str | None = None, headers: dict[str, str] | None = None, reason: str | None = None,
-                   ) -> web.Response:
-            label_location = metric_location(token_location, location)
-            label_resource = resource or "none"
-            WEBHOOKS_RECEIVED.labels(label_location, label_resource, outcome).inc()
-            WEBHOOK_LATENCY.labels(outcome).observe(time.perf_counter() - started)
-            request[_LOG_KEY] = {
-                "request_id": request_id, "outcome": outcome, "resource": label_resource, "location": label_location,
-                **({"reason": reason} if reason else {}),
-            }
-            return web.json_response(body, status=status, headers={"X-Request-ID": request_id, **(headers or {})})
+        finish = partial(self._finish, request, started, request_id, token_location)
 
         if token is None:
-            return finish("unauthorized", 401, {"status": "unauthorized"})
+            return finish("unauthorized", 401, _UNAUTHORIZED)
         if resource_hint is not None and resource_hint not in RESOURCES:
             # The URL segment is sender-controlled: never a label value.
-            return finish("not_found", 404, {"status": "not_found", "reason": "unknown resource"}, resource="invalid")
+            return finish("not_found", 404, _NOT_FOUND, resource="invalid")
         resource = resource_hint
 
-        if request.content_length is not None and request.content_length > self.settings.max_body_bytes:
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
             return finish("too_large", 413, self.too_large, resource=resource)
         try:
             raw = await request.read()  # client_max_size enforces the limit for chunked bodies too
@@ -134,7 +185,7 @@ class WebhookHandler:
                 await self.publisher.publish(self.topics.quarantine, request_id.encode(), raw, headers)
             except PublishError as err:
                 return self._unavailable(finish, resource, None, err)
-            return finish("malformed", 400, {"status": "rejected", "reason": reason, "requestId": request_id},
+            return finish("malformed", 400, _encode({"status": "rejected", "reason": reason, "requestId": request_id}),
                           resource=resource, reason=reason)
 
         headers = raw_headers(
@@ -142,16 +193,19 @@ class WebhookHandler:
             token_location=token_location,
         )
         try:
-            await self.publisher.publish(self.topics.raw, inspection.key, raw, headers)
+            await self.publisher.publish(self.raw_topic, inspection.key, raw, headers)
         except PublishError as err:
             return self._unavailable(finish, resource, inspection.location, err)
-        return finish("accepted", 202, {"status": "accepted", "requestId": request_id},
+        return finish("accepted", 202, _ACCEPTED_HEAD + request_id.encode() + _ACCEPTED_TAIL,
                       resource=resource, location=inspection.location)
 
     def _unavailable(self, finish: Any, resource: str | None, location: str | None, err: PublishError) -> web.Response:
-        return finish("unavailable", 503, {"status": "unavailable", "reason": "event log unavailable, retry later"},
-                      resource=resource, location=location, headers={"Retry-After": self.retry_after},
-                      reason=f"publish_{err.reason}")
+        return finish("unavailable", 503, self.unavailable, resource=resource, location=location,
+                      headers={"Retry-After": self.retry_after}, reason=f"publish_{err.reason}")
+
+
+_UNAUTHORIZED = _encode({"status": "unauthorized"})
+_NOT_FOUND = _encode({"status": "not_found", "reason": "unknown resource"})
 
 
 def create_app(settings: Settings, publisher: Publisher) -> web.Application:
