@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from apro_sync.oprecords import HeaderList, PartitionRange
 
 TIMEOUT_S = 10.0
+CONNECT_S = 5.0  # first metadata request: an unreachable broker is reported after this long
 STALL_S = 30.0  # a read that makes no progress this long is an error, not a hang
 
 
@@ -36,7 +37,7 @@ def admin(bootstrap: str) -> AdminClient:
 def partition_counts(client: AdminClient, bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
     """Partitions per existing topic; raises OperatorError when the broker cannot be reached."""
     try:
-        metadata = client.list_topics(timeout=TIMEOUT_S)
+        metadata = client.list_topics(timeout=CONNECT_S)
     except KafkaException as exc:
         raise OperatorError(f"cannot reach the Kafka broker at {bootstrap}: {exc.args[0]}") from None
     if not metadata.brokers:
@@ -124,7 +125,7 @@ def read_ranges(consumer: Consumer, topic: str, ranges: Sequence[PartitionRange]
     last_progress = time.monotonic()
     try:
         while todo:
-            batch = consumer.consume(num_messages=500, timeout=0.5)
+            batch = consumer.consume(num_messages=500, timeout=0.1)
             for msg in batch:
                 err = msg.error()
                 if err is not None:
