@@ -162,6 +162,9 @@ def dlq_list(
     except OperatorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    if not entries and not as_json:
+        typer.echo("no records")
+        return
     typer.echo(D.format_json(entries) if as_json else D.format_table(entries))
 
 

@@ -204,3 +204,28 @@ def test_dlq_redrive_by_id_then_all(dead_letters: Settings) -> None:
     assert unknown.exit_code == 1 and "no such record" in unknown.stderr
     neither = runner.invoke(app, ["dlq", "redrive", "--yes"], env=env)
     assert neither.exit_code == 1 and "--all" in neither.stderr
+
+
+def test_quarantine_list_and_redrive_to_raw(settings: Settings) -> None:
+    """Producer quarantine records (REASON only, no source topic) list as stage intake and redrive to the raw topic."""
+    ensure_topics(settings.kafka_bootstrap_servers or "", settings.topics.all(), settings.topic_partitions)
+    body = b'{"firstName": "' + PHI_NAME.encode() + b'", '  # truncated JSON, as AestheticsPro sometimes sends
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "batch.num.messages": 1})
+    producer.produce(settings.topics.quarantine, key=b"req-9", value=body, partition=1,
+                     headers=[(H.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (H.TOKEN_LOCATION, b"3"),
+                              (H.REASON, b"body is not valid JSON (line 1)")])
+    assert producer.flush(10) == 0
+    runner = CliRunner()
+    rows = _list(runner, settings, "--quarantine")
+    rid = f"{settings.topics.quarantine}:1:0"
+    assert [(r["id"], r["stage"], r["reason"], r["location"]) for r in rows] == [
+        (rid, "intake", "body is not valid JSON (line 1)", "3")]
+    assert _list(runner, settings) == []  # the dead-letter topic is a different list
+
+    result = runner.invoke(app, ["dlq", "redrive", "--quarantine", "--all", "--yes"], env=_env(settings))
+    assert result.exit_code == 0, result.output
+    assert "records redriven: 1" in result.stdout
+    [(_, key, value, hdrs)] = _read(settings, settings.topics.raw)
+    assert (key, value, hdrs[H.REPLAYED_FROM], hdrs[H.TOKEN_LOCATION]) == (b"req-9", body, rid, "3")
+    assert H.REASON not in hdrs
+    assert [r["redriven"] for r in _list(runner, settings, "--quarantine")] == [True]

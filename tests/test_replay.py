@@ -27,7 +27,7 @@ from apro_sync.oprecords import (
     replay_decision,
     replay_headers,
 )
-from apro_sync.timeparse import TimeParseError, parse_time, to_millis
+from apro_sync.timeparse import TimeParseError, parse_time
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
 PHI = "Jane Q. Replaytest"
@@ -279,4 +279,5 @@ def test_reset_offsets_refuses_with_active_members_then_rewinds(
                           env=env)
     assert mixed.exit_code == 1
     assert "--location" in mixed.stderr
-    assert to_millis(t1) > 0
+
+
