@@ -120,7 +120,7 @@ def replay(
             R.reset_offsets(settings, start, group_id, dry_run, confirm, typer.echo)
             typer.echo("dry run: offsets unchanged" if dry_run else "offsets reset; start the workers")
             return
-        summary = R.republish(settings, R.ReplayRequest(start, end, location, dry_run), confirm, typer.echo)
+        summary = R.republish(settings, R.ReplayRequest(start, end, location, dry_run), confirm)
     except OperatorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

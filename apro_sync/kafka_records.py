@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from apro_sync.oprecords import HeaderList, PartitionRange
@@ -217,5 +217,5 @@ class Writer:
         return delivered, failed
 
 
-__all__ = ["OFFSET_END", "OperatorError", "Writer", "admin", "ensure_compacted", "offsets_at", "partition_counts",
+__all__ = ["OperatorError", "Writer", "admin", "ensure_compacted", "offsets_at", "partition_counts",
            "read_all", "read_ranges", "reader", "require_topic", "watermarks"]

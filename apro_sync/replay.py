@@ -92,7 +92,7 @@ def _verified_start(consumer: K.Consumer, topic: str, partition: int, start: int
     return high
 
 
-def republish(settings: Settings, request: ReplayRequest, confirm: Confirm, echo: Echo) -> ScanSummary:
+def republish(settings: Settings, request: ReplayRequest, confirm: Confirm) -> ScanSummary:
     """Copy the selected raw records back onto the raw topic; returns the counts (raises K.OperatorError)."""
     check_range(request.since, request.until)
     bootstrap = _bootstrap(settings)

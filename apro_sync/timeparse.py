@@ -10,7 +10,7 @@ Accepted forms:
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 from dateutil.parser import isoparse
 
@@ -52,8 +52,6 @@ def parse_time(text: str, now: datetime) -> datetime:
         parsed = isoparse(text.strip())
     except (ValueError, OverflowError):
         raise TimeParseError(f"not a time: {text!r} (expected {HELP})") from None
-    if isinstance(parsed, date) and not isinstance(parsed, datetime):  # pragma: no cover - isoparse returns datetime
-        parsed = datetime(parsed.year, parsed.month, parsed.day)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)  # documented: naive = UTC
     return parsed.astimezone(timezone.utc)
