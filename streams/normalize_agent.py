@@ -1,8 +1,11 @@
 """The normalization agent: raw webhook records → normalized | skipped | dead-letter topics (Kafka I/O only).
 
-Delivery: at least once. Events are taken in small batches; every output of a batch is written and acknowledged
-by the broker before the batch's offsets are acked (Faust commits only acked offsets), so a crash replays, never
-loses. Replays and webhook retries are caught by the bounded event-id dedupe (streams/dedupe.py).
+Delivery: at least once. Events are taken in batches; every output of a batch is written and acknowledged by
+the broker before the batch's offsets are acked (Faust commits only acked offsets), so a crash replays, never
+loses. Replays and webhook retries are caught by the bounded event-id dedupe (streams/dedupe.py), updated once per
+batch and partition after the outputs are durable.
+Throughput: outputs go through a batching librdkafka producer (streams/output_producer.py), not Faust's, which
+the embedded broker limits to one record per request; Faust's producer writes only the dedupe changelog.
 Ordering: one agent instance per partition and outputs sent in input order, so a client's events stay in order.
 """
 
@@ -12,6 +15,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
@@ -25,12 +29,14 @@ from apro_sync.config import Settings
 from streams.dedupe import EventDeduper
 from streams.events import NormalizedEvent, Skipped, Unreadable
 from streams.normalize import body_hash, normalize
+from streams.output_producer import OutputProducer, OutputRecord, producer_config
 
 log = logging.getLogger("apro_sync.normalize")
 
 STAGE = "normalize"
-BATCH_MAX = 500
+BATCH_MAX = 1000
 BATCH_WITHIN_S = 0.05
+OUTPUT_LINGER_MS = 5.0
 RETRY_MAX_S = 30.0
 
 
@@ -42,21 +48,33 @@ def _header_pairs(headers: dict[str, str], extra: Iterable[tuple[str, str | None
     return [(name, value.encode("utf-8")) for name, value in merged.items()]
 
 
-class _Output:
-    __slots__ = ("topic", "key", "value", "headers")
-
-    def __init__(self, topic: faust.TopicT, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        self.topic, self.key, self.value, self.headers = topic, key, value, headers
+_Output = OutputRecord
 
 
 class Normalizer:
     """Turns one batch of raw Faust events into output records, then writes them and updates the dedupe table."""
 
-    def __init__(self, app: faust.App, settings: Settings, topics: dict[str, faust.TopicT], table: Any) -> None:
+    def __init__(self, app: faust.App, settings: Settings, topics: dict[str, faust.TopicT], table: Any,
+                 producer: OutputProducer | None = None) -> None:
         self.app = app
         self.settings = settings
         self.topics = topics
+        self.names = {name: topic.get_topic_name() for name, topic in topics.items()}
         self.deduper = EventDeduper(table, settings.dedupe_window)
+        self.producer = producer or OutputProducer(producer_config(
+            settings.kafka_bootstrap_servers or "", linger_ms=OUTPUT_LINGER_MS, client_id=f"{settings.worker_id}-normalize"))
+        self._declared = False
+
+    async def start(self) -> None:
+        """Create the output topics if missing (Faust declares only what it consumes), then the producer."""
+        if not self._declared:
+            for topic in self.topics.values():
+                await topic.maybe_declare()
+            self._declared = True
+        self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
 
     def route(self, event: faust.EventT, pending: set[tuple[int, str]]) -> tuple[_Output | None, str | None]:
         """One raw event → (output record or None for a duplicate, event id to remember). Never raises."""
@@ -84,13 +102,13 @@ class Normalizer:
         if isinstance(result, NormalizedEvent):
             M.EVENTS_NORMALIZED.labels(location=location, kind=result.kind.value).inc()
             extra = [(H.DLQ_EVENT_ID, result.event_id)]
-            return _Output(self.topics["normalized"], result.client.id.encode(), value,
+            return _Output(self.names["normalized"], result.client.id.encode(), value,
                            _header_pairs(headers, extra)), result.event_id
         assert isinstance(result, Skipped)
         M.EVENTS_SKIPPED.labels(location=location, reason=result.reason.value).inc()
         out_key = (result.client_id or result.event_id).encode()
         extra = [(H.REASON, result.reason.value), (H.DLQ_EVENT_ID, result.event_id)]
-        return _Output(self.topics["skipped"], out_key, value, _header_pairs(headers, extra)), result.event_id
+        return _Output(self.names["skipped"], out_key, value, _header_pairs(headers, extra)), result.event_id
 
     def deadletter(self, event: faust.EventT, raw: bytes, headers: dict[str, str], reason: str, event_id: str,
                    location: str) -> _Output:
@@ -106,7 +124,7 @@ class Normalizer:
             (H.DLQ_AT, datetime.now(timezone.utc).isoformat()),
             (H.DLQ_LOCATION, location),
         ]
-        return _Output(self.topics["deadletter"], message.key if isinstance(message.key, bytes) else None, raw,
+        return _Output(self.names["deadletter"], message.key if isinstance(message.key, bytes) else None, raw,
                        _header_pairs(headers, extra))
 
     async def write(self, outputs: list[_Output]) -> None:
@@ -114,8 +132,9 @@ class Normalizer:
         delay = 0.5
         while True:
             try:
-                futures = [await o.topic.send(key=o.key, value=o.value, headers=o.headers) for o in outputs]
-                await asyncio.gather(*futures)
+                if not self.producer.started:
+                    await self.start()
+                await self.producer.write(outputs)
                 return
             except asyncio.CancelledError:
                 raise
@@ -145,10 +164,16 @@ class Normalizer:
         if outputs:
             await self.write(outputs)
         # Only after the outputs are durable: a crash before this line replays and re-sends, never drops.
+        # One table write per partition of the batch (each changelog record is its own produce request).
+        by_partition: dict[int, list[str]] = defaultdict(list)
+        last_event: dict[int, faust.EventT] = {}
         for event, event_id in remember:
-            token = _current_event.set(weakref.ref(event))
+            by_partition[event.message.partition].append(event_id)
+            last_event[event.message.partition] = event
+        for partition, event_ids in by_partition.items():
+            token = _current_event.set(weakref.ref(last_event[partition]))
             try:
-                self.deduper.remember(event_id, event.message.partition)
+                self.deduper.remember_many(event_ids, partition)
             except Exception as exc:  # noqa: BLE001 - a lost dedupe entry only risks a duplicate, never a loss
                 log.warning("normalize: dedupe update failed (%s)", type(exc).__name__)
             finally:
@@ -169,6 +194,10 @@ def register_normalizer(app: faust.App, settings: Settings) -> None:
     table = app.Table("normalize-dedupe", default=None, partitions=partitions, key_type=str,
                       help="Event ids already passed on, bounded per partition (APRO_DEDUPE_WINDOW).")
     normalizer = Normalizer(app, settings, topics, table)
+
+    @app.on_before_shutdown.connect
+    async def _close(app: faust.App, **kwargs: Any) -> None:  # noqa: ARG001
+        await normalizer.stop()
 
     @app.on_partitions_revoked.connect
     async def _forget(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:  # noqa: ARG001

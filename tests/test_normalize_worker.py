@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -43,16 +44,14 @@ def worker_env(settings: Settings) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def normalize_worker(settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Only the normalizer (the sync stage has its own tests), as `apro-sync worker` runs it."""
-    topics = settings.topics
-    ensure_topics(settings.kafka_bootstrap_servers or "", [topics.raw, topics.normalized, topics.skipped,
-                                                           topics.deadletter], settings.topic_partitions)
-    log = open(tmp_path / "worker.log", "wb")
+def start_worker(settings: Settings, log_path: Path) -> tuple[subprocess.Popen[bytes], Any]:
+    log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-c", WORKER_CODE], cwd=REPO, env=worker_env(settings), stdout=log,
                             stderr=subprocess.STDOUT)
-    yield proc
+    return proc, log
+
+
+def stop_worker(proc: subprocess.Popen[bytes], log: Any) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=15)
@@ -60,6 +59,21 @@ def normalize_worker(settings: Settings, tmp_path: Path) -> Iterator[subprocess.
         proc.kill()
         proc.wait()
     log.close()
+
+
+def create_topics(settings: Settings) -> None:
+    topics = settings.topics
+    ensure_topics(settings.kafka_bootstrap_servers or "", [topics.raw, topics.normalized, topics.skipped,
+                                                           topics.deadletter], settings.topic_partitions)
+
+
+@pytest.fixture
+def normalize_worker(settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Only the normalizer (the sync stage has its own tests), as `apro-sync worker` runs it."""
+    create_topics(settings)
+    proc, log = start_worker(settings, tmp_path / "worker.log")
+    yield proc
+    stop_worker(proc, log)
 
 
 def produce(settings: Settings, records: list[tuple[bytes, bytes, dict[str, str]]]) -> None:
@@ -149,3 +163,42 @@ def test_worker_normalizes_skips_dedupes_and_deadletters(settings: Settings, fix
     assert int(headers[H.DLQ_SOURCE_OFFSET]) >= 0 and int(headers[H.DLQ_SOURCE_PARTITION]) >= 0
     assert headers[H.DLQ_EVENT_ID] and headers[H.DLQ_AT] and headers[H.DLQ_LOCATION] == "unknown"
     assert headers[H.RECEIVED_AT] == "2026-12-01T00:00:05+00:00"
+
+
+def _event(fixture_bodies: dict[str, bytes], event_id: str) -> bytes:
+    body = json.loads(fixture_bodies["client_updated"])
+    body["eventId"] = event_id
+    return json.dumps(body).encode()
+
+
+def test_dedupe_memory_survives_a_worker_restart(settings: Settings, fixture_bodies: dict[str, bytes],
+                                                 tmp_path: Path) -> None:
+    """Events passed on before a restart are still recognised after it: a redelivery is dropped, nothing lost."""
+    create_topics(settings)
+    first_batch = [raw_record(_event(fixture_bodies, f"before-{i}")) for i in range(30)]
+    produce(settings, first_batch)
+    outputs = Outputs(settings)
+    try:
+        proc, log = start_worker(settings, tmp_path / "worker-1.log")
+        try:
+            outputs.poll_until(lambda r: len(r["normalized"]) >= 30)
+            assert len(outputs.records["normalized"]) == 30, "first worker did not pass every event on"
+            time.sleep(1.0)  # let the dedupe changelog write follow the outputs (it is sent after they are acked)
+        finally:
+            stop_worker(proc, log)  # graceful stop: commits offsets, flushes the changelog
+
+        # Redeliveries of already passed events (new offsets: only the recovered dedupe table can catch them).
+        produce(settings, [raw_record(_event(fixture_bodies, f"before-{i}")) for i in (0, 7, 29)])
+        produce(settings, [raw_record(_event(fixture_bodies, "after-restart"))])
+        proc, log = start_worker(settings, tmp_path / "worker-2.log")
+        try:
+            outputs.poll_until(lambda r: any(json.loads(v)["event_id"] == "after-restart"
+                                             for _, v, _ in r["normalized"]))
+            outputs.poll_until(lambda r: False, timeout_s=1.0)  # a late duplicate would show up here
+            assert proc.poll() is None, "worker exited"
+        finally:
+            stop_worker(proc, log)
+    finally:
+        outputs.close()
+    ids = [json.loads(v)["event_id"] for _, v, _ in outputs.records["normalized"]]
+    assert sorted(ids) == sorted([f"before-{i}" for i in range(30)] + ["after-restart"]), ids
