@@ -42,7 +42,17 @@ def _spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[
     return subprocess.Popen([sys.executable, "-m", "apro_sync.cli", *args], env=env)
 
 
+def _terminate_on_sigterm() -> None:
+    """`kill`, `timeout` and process managers send SIGTERM: stop the children as Ctrl-C does, never orphan them."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
+    _terminate_on_sigterm()
     broker: EmbeddedBroker | None = None
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     env = dict(os.environ)
@@ -65,6 +75,14 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
             _wait_http(f"{emulator_url}/_emulator/state")
             env.update(APRO_GHL_BASE_URL=emulator_url, APRO_GHL_TOKEN=DEV_GHL_TOKEN, APRO_GHL_LOCATION_ID=DEV_GHL_LOCATION)
             print(f"  GoHighLevel emulator at {emulator_url} (inspect: {emulator_url}/_emulator/state)")
+            # A fresh sub-account has none of our custom fields: create them as an operator would.
+            provisioned = subprocess.run(
+                [sys.executable, "-m", "apro_sync.cli", "provision"], env=env, capture_output=True, text=True
+            )
+            if provisioned.returncode != 0:
+                print(provisioned.stdout + provisioned.stderr, file=sys.stderr)
+                raise SystemExit("provisioning the GoHighLevel emulator failed")
+            print("  provisioned the emulator's custom fields (apro-sync provision)")
 
         token = None
         if not settings.webhook_tokens:

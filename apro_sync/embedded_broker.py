@@ -10,11 +10,25 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from apro_sync.kafka_admin import ensure_topics, wait_for_broker
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGTERM the broker when the process that started it dies, even by SIGKILL,
+    so a crashed test run or dev stack never leaves an orphaned broker behind."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port() -> int:
@@ -58,6 +72,7 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         log.close()
         try:
