@@ -53,6 +53,7 @@ log = logging.getLogger("apro_sync.sink")
 STAGE = "sync"
 TABLE_NAME = "client_state"
 CHANGELOG_TOPIC = "apro.state.client-state-changelog"
+CHANGELOG_SERIALIZER = "json"  # what faust.Table uses for str keys/values; the changelog topic must match it
 UNEXPECTED_MAX_ATTEMPTS = 3  # an unexpected exception (a bug) is retried this often, then dead-lettered
 
 
@@ -545,11 +546,17 @@ def register_sink(app: faust.App, settings: Settings) -> None:
                            value_serializer="raw", partitions=partitions)
     # The changelog is named by the topic prefix, not by the app id, so a replay under a fresh consumer group
     # (a new APRO_WORKER_ID) keeps the same state: the planner then recognizes every replayed event.
+    # The table serializes str keys and values as JSON (Faust's default for non-bytes types); a changelog topic
+    # passed in explicitly must decode them the same way, or recovery rebuilds the table under the JSON text of
+    # each key ('"48213"' instead of '48213') and every lookup after a restart or replay misses.
     changelog = app.topic(f"{settings.topic_prefix}{CHANGELOG_TOPIC}", key_type=str, value_type=str,
+                          key_serializer=CHANGELOG_SERIALIZER, value_serializer=CHANGELOG_SERIALIZER,
                           partitions=partitions, compacting=True, deleting=False, internal=True)
     table = app.Table(TABLE_NAME, default=None, partitions=partitions, key_type=str, value_type=str,
                       changelog_topic=changelog,
                       help="Per AestheticsPro client: LTV ledger, appointments, CRM ids, effects ledger.")
+    if (table.key_serializer, table.value_serializer) != (changelog.key_serializer, changelog.value_serializer):
+        raise RuntimeError("client_state changelog serializers differ from the table's: recovery would lose state")
     engine = SyncEngine(app, settings, locations, table, deadletter)
 
     # Fence before Faust waits for in-flight events (wait_empty), i.e. at the very start of a rebalance.

@@ -287,8 +287,6 @@ def test_sequence_exactly_once_under_redelivery(stack: Stack, fixture_bodies: di
     assert jane_now == [c for c in snapshot["contacts"] if JANE in json.dumps(c)]
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: a fresh consumer group does not see the client_state rebuilt "
-                   "from the shared changelog on the embedded broker (under investigation, see docs/sync-engine.md)")
 def test_full_replay_under_fresh_group_changes_nothing(stack: Stack, fixture_bodies: dict[str, bytes]) -> None:
     sequence = jane_sequence(fixture_bodies)
     stack.send(sequence)
