@@ -99,7 +99,10 @@ def get(obj: Any, *names: str) -> Any:
         entry = (obj, index)
         _INDEXES[id(obj)] = entry
     index = entry[1]
-    for name in _wanted(names):
+    wanted = _WANTED.get(names)
+    if wanted is None:
+        wanted = _wanted(names)
+    for name in wanted:
         value = index.get(name)
         if value is not None and value != "" and value != [] and value != {}:
             return value
