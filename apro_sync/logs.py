@@ -8,6 +8,7 @@ the webhook token wherever a webhook URL appears, so a secret cannot leak throug
 from __future__ import annotations
 
 import json as _json
+import json.encoder as _json_encoder
 import logging
 import re
 import sys
@@ -141,7 +142,21 @@ def configure_logging(level: str | int = "INFO", json: bool = True) -> None:
 
 
 _LEVEL_NAMES = {n: logging.getLevelName(n).lower() for n in (10, 20, 30, 40, 50)}
-_encode_line = _json.JSONEncoder(default=str).encode  # json.dumps(default=...) builds an encoder per call
+
+
+def _line_encoder() -> Any:
+    """json.dumps(fields, default=str), minus the ~2 µs of building a C encoder on every call: built once.
+
+    No circular-reference markers (log fields are flat values), so one encoder serves every thread.
+    """
+    c_make_encoder = getattr(_json_encoder, "c_make_encoder", None)
+    if c_make_encoder is None:
+        return _json.JSONEncoder(default=str).encode
+    encoder = c_make_encoder(None, str, _json_encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True)
+    return lambda fields: "".join(encoder(fields, 0))
+
+
+_encode_line = _line_encoder()
 _stamp_second: tuple[int, str] = (-1, "")
 
 

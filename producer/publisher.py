@@ -1,8 +1,13 @@
 """Async publishing over confluent_kafka.Producer: `await publish(...)` returns only once the broker acked.
 
-librdkafka does the batching and retrying in its own threads; one poll thread of ours serves the delivery
-reports and hands them to the event loop in batches (one `call_soon_threadsafe` per poll round, not per
-message), which keeps the per-request cost low.
+librdkafka does the batching and retrying in its own threads. Delivery reports are served on the event loop
+itself: a loop timer calls `poll(0)` every POLL_INTERVAL_S while acks are awaited (every IDLE_POLL_INTERVAL_S
+otherwise, for error and log callbacks). That resolves the futures directly. A separate poll thread, as before,
+needed the GIL once per delivery report while the loop thread held it, and every hand-off cost both threads
+latency under load: with 32 concurrent webhooks the intake ran at ~6k req/s with the loop ~30 % idle, waiting.
+The same tick expires waiters past `produce_timeout_s` (one deque in deadline order instead of a timer per
+request). Callbacks that fire on other threads (flush at close, purge of a retired producer) are handed to the
+loop in batches with `call_soon_threadsafe`.
 
 Delivery after a timeout: when the broker is down we answer 503 after `produce_timeout_s`, but librdkafka keeps
 the message queued and retries it until `message.timeout.ms` (30 s by default here) expires. If the broker comes
@@ -17,6 +22,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -55,7 +61,13 @@ _librdkafka_log = logging.getLogger("librdkafka")
 _librdkafka_log.addFilter(_RepeatFilter())
 
 DEFAULT_MESSAGE_TIMEOUT_MS = 30_000
-DEFAULT_LINGER_MS = 2.0
+# Short: under load every webhook waits for its batch's linger plus the ack, and with a fixed number of senders
+# that wait caps throughput (bench/intake.py, 32 connections: 2 ms → ~5.2k req/s, 1 ms → ~6.7k, 0.2–0.5 ms →
+# ~8.5k; 0 sends one request per record and costs librdkafka and the broker more CPU for less).
+DEFAULT_LINGER_MS = 0.5
+# Loop-side polling period while acks are awaited: adds at most this much to a request's latency.
+POLL_INTERVAL_S = 0.0005
+IDLE_POLL_INTERVAL_S = 0.1
 
 
 class PublishError(Exception):
@@ -112,9 +124,12 @@ class Publisher:
         }
         self._producer: Producer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._batch: list[_Delivery] = []  # filled by delivery callbacks, which run on the poll thread
+        self._loop_thread: int | None = None
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._ticking_fast = False
+        # (deadline on the loop clock, waiter), in deadline order: the timeout is the same for every record.
+        self._pending: deque[tuple[float, asyncio.Future[tuple[int, int]]]] = deque()
+        self._batch: list[_Delivery] = []  # delivery reports that fired on another thread, for the loop
         self._batch_lock = threading.Lock()
         self._fatal: KafkaError | None = None
         self._healing: asyncio.Future[None] | None = None
@@ -130,13 +145,12 @@ class Publisher:
     # lifecycle -----------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._thread is not None:
+        if self._loop is not None:
             return
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._producer = Producer(self._config)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._poll_forever, name="kafka-producer-poll", daemon=True)
-        self._thread.start()
+        self._schedule_tick(IDLE_POLL_INTERVAL_S)
         # Connect now (and let the idempotent producer get its id) so the first webhook is not the slow one.
         # A broker that is down is not an error here: /readyz reports it and librdkafka keeps reconnecting.
         await self.ready(timeout_s=min(5.0, self.produce_timeout_s))
@@ -146,18 +160,22 @@ class Publisher:
 
         Returns the number of records still undelivered.
         """
-        thread, self._thread = self._thread, None
-        if thread is None or self._producer is None:
+        loop, self._loop = self._loop, None
+        if loop is None or self._producer is None:
             return 0
         if self._healing is not None:
             await asyncio.wait([self._healing], timeout=timeout_s)
-        self._stop.set()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, thread.join)
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
         producer = self._producer
+        # flush polls on the executor thread: its delivery reports come back through the batch.
         left = await loop.run_in_executor(None, producer.flush, timeout_s)
-        self._dispatch()
-        await asyncio.sleep(0)  # let the resolutions scheduled by _dispatch run
+        self._drain()
+        while self._pending:  # not delivered within the flush: their senders get the timeout answer
+            _deadline, fut = self._pending.popleft()
+            _expire(fut)
+        await asyncio.sleep(0)  # let the waiters resume
         return int(left)
 
     # publishing ----------------------------------------------------------------------------------------------
@@ -168,7 +186,8 @@ class Publisher:
         Raises PublishTimeout after `produce_timeout_s`, PublishFailed when librdkafka reports a failure.
         """
         producer = self._current_producer()
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None
         fut: asyncio.Future[tuple[int, int]] = loop.create_future()
         try:
             producer.produce(topic, value, key, headers=headers, on_delivery=partial(self._on_delivery, fut))
@@ -179,16 +198,15 @@ class Publisher:
             reason = _reason(exc.args[0] if exc.args else None)
             PRODUCE_ERRORS.labels(topic, reason).inc()
             raise PublishFailed(reason) from None
-        # A plain timer on the future (cheaper than asyncio.timeout, which reschedules a task cancellation).
-        timer = loop.call_later(self.produce_timeout_s, _expire, fut)
+        self._pending.append((loop.time() + self.produce_timeout_s, fut))
+        if not self._ticking_fast:
+            self._schedule_tick(POLL_INTERVAL_S)
         try:
             return await fut
         except PublishTimeout:
             PRODUCE_ERRORS.labels(topic, "timeout").inc()
             self._after_timeout()
             raise
-        finally:
-            timer.cancel()
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
         """True when a broker answers a metadata request within `timeout_s`."""
@@ -205,6 +223,27 @@ class Publisher:
         return await asyncio.get_running_loop().run_in_executor(None, probe)
 
     # internals -----------------------------------------------------------------------------------------------
+
+    def _schedule_tick(self, delay: float) -> None:
+        if self._loop is None:
+            return
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self._ticking_fast = delay <= POLL_INTERVAL_S
+        self._tick_handle = self._loop.call_later(delay, self._tick)
+
+    def _tick(self) -> None:
+        """Serve delivery reports (resolving waiters right here, on the loop) and expire overdue waiters."""
+        self._tick_handle = None
+        producer = self._producer
+        if producer is not None:
+            producer.poll(0)
+        pending = self._pending
+        if pending:
+            now = self._loop.time() if self._loop is not None else float("inf")
+            while pending and (pending[0][1].done() or pending[0][0] <= now):
+                _expire(pending.popleft()[1])
+        self._schedule_tick(POLL_INTERVAL_S if pending else IDLE_POLL_INTERVAL_S)
 
     def _current_producer(self) -> Producer:
         if self._producer is None or self._loop is None:
@@ -249,36 +288,35 @@ class Publisher:
             log.warning("Kafka producer error: %s", err.name())
 
     def _on_delivery(self, fut: "asyncio.Future[tuple[int, int]]", err: KafkaError | None, msg: Message) -> None:
-        with self._batch_lock:  # callbacks may also fire on an executor thread (flush, purge of a retired producer)
-            self._batch.append((fut, err, msg))
-
-    def _poll_forever(self) -> None:
-        while not self._stop.is_set():
-            producer = self._producer
-            if producer is not None:
-                producer.poll(0.05)
-            self._dispatch()
-
-    def _dispatch(self) -> None:
-        if not self._batch or self._loop is None:
+        if threading.get_ident() == self._loop_thread:  # the usual case: poll(0) in _tick
+            _settle(fut, err, msg)
             return
+        # flush at close or purge of a retired producer, on an executor thread: hand over to the loop.
+        with self._batch_lock:
+            first = not self._batch
+            self._batch.append((fut, err, msg))
+        loop = self._loop or fut.get_loop()
+        if first:
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # loop already closed at shutdown: nobody is waiting any more
+                pass
+
+    def _drain(self) -> None:
         with self._batch_lock:
             batch, self._batch = self._batch, []
-        try:
-            self._loop.call_soon_threadsafe(_resolve, batch)
-        except RuntimeError:  # loop already closed at shutdown: nobody is waiting any more
-            pass
+        for fut, err, msg in batch:
+            _settle(fut, err, msg)
 
 
-def _resolve(batch: list[_Delivery]) -> None:
-    for fut, err, msg in batch:
-        if err is not None:
-            reason = _reason(err)
-            PRODUCE_ERRORS.labels(msg.topic() or "unknown", reason).inc()
-            if not fut.done():
-                fut.set_exception(PublishFailed(reason))
-        elif not fut.done():
-            fut.set_result((msg.partition() or 0, msg.offset() or 0))
+def _settle(fut: "asyncio.Future[tuple[int, int]]", err: KafkaError | None, msg: Message) -> None:
+    if err is not None:
+        reason = _reason(err)
+        PRODUCE_ERRORS.labels(msg.topic() or "unknown", reason).inc()
+        if not fut.done():
+            fut.set_exception(PublishFailed(reason))
+    elif not fut.done():
+        fut.set_result((msg.partition() or 0, msg.offset() or 0))
 
 
 def _expire(fut: "asyncio.Future[tuple[int, int]]") -> None:
