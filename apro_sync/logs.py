@@ -178,6 +178,11 @@ def log_line(name: str, event: str, level: int = logging.INFO, **fields: Any) ->
     The generic processor chain costs tens of microseconds per line; this inlines the same steps (level filter,
     redaction, ISO UTC timestamp, JSON) for flat fields. With console output it defers to structlog.
     """
+    log_fields(name, event, fields, level)
+
+
+def log_fields(name: str, event: str, fields: dict[str, Any], level: int = logging.INFO) -> None:
+    """`log_line` with the fields as a dict, which it takes over (adds to and redacts in place): no kwargs copy."""
     if level < _state["level"]:
         return
     if not _state["json"]:

@@ -30,7 +30,7 @@ from aiohttp.web_response import StreamResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from apro_sync.config import Settings
-from apro_sync.logs import configure_logging, get_logger, log_enabled, log_line
+from apro_sync.logs import configure_logging, get_logger, log_enabled, log_fields
 from apro_sync.metrics import WEBHOOK_LATENCY, WEBHOOKS_RECEIVED
 from producer.auth import check_token
 from producer.intake import (
@@ -62,14 +62,11 @@ class RedactingAccessLogger(AbstractAccessLogger):
         status = response.status
         if path in _PROBES and status < 500 and not log_enabled(logging.DEBUG):
             return  # probes every few seconds would drown the useful lines
+        line = {"method": request.method, "path": path, "status": status, "latency_ms": round(time * 1000, 2)}
         fields: dict[str, Any] | None = request.get(_LOG_KEY)
-        if fields is None:
-            fields = {}
-        # log_line redacts every string field (the path included) and builds the line from `fields` in place.
-        log_line(
-            "apro_sync.producer.access", "request", method=request.method, path=path, status=status,
-            latency_ms=round(time * 1000, 2), **fields,
-        )
+        if fields:
+            line.update(fields)
+        log_fields("apro_sync.producer.access", "request", line)  # redacts every string field, the path included
 
     @property
     def enabled(self) -> bool:
@@ -212,8 +209,9 @@ def create_app(settings: Settings, publisher: Publisher) -> web.Application:
     """The intake application. The caller owns the publisher's lifecycle (start before serving, close after)."""
     app = web.Application(client_max_size=settings.max_body_bytes)
     handler = WebhookHandler(settings, publisher)
-    app.router.add_post(WEBHOOK_PREFIX + "/{token}", handler.handle)
+    # The resource form first: it is what AestheticsPro is configured with, and resolution tries routes in order.
     app.router.add_post(WEBHOOK_PREFIX + "/{token}/{resource}", handler.handle)
+    app.router.add_post(WEBHOOK_PREFIX + "/{token}", handler.handle)
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
