@@ -46,7 +46,7 @@ from sinks.provision import ResolvedIdsCache
 from streams.crm_ops import OpKind
 from streams.events import NormalizedEvent
 from streams.planner import Outcome, PlanError, plan
-from streams.state import ClientState, mark_done
+from streams.state import ClientState, mark_done, park_failed
 
 log = logging.getLogger("apro_sync.sink")
 
@@ -392,10 +392,16 @@ class SyncEngine:
         client_id = ev.client.id
         state = self._load(client_id)
         now = datetime.fromtimestamp(event.message.timestamp or time.time(), timezone.utc)
-        p = plan(ev, state, location_label=rt.label, now=now, default_timezone=self.settings.default_timezone)
+        # An operator redrive / replay resumes the ops a dead letter of this event parked (docs/sync-engine.md).
+        resume_failed = H.REPLAY in H.to_dict(event.message.headers)
+        p = plan(ev, state, location_label=rt.label, now=now, default_timezone=self.settings.default_timezone,
+                 resume_failed=resume_failed)
         if state is None or p.new_state != state:
             await self._save(client_id, p.new_state, partition)  # durable BEFORE any GoHighLevel call
-            lane.clean.update(op.op_id for op in p.ops)
+            if p.outcome is Outcome.RESUMED:
+                log.info("sink: resuming %d op(s) of dead-lettered event %s", len(p.ops), ev.event_id)
+            else:  # resumed ops were attempted before: in doubt
+                lane.clean.update(op.op_id for op in p.ops)
         if item.attempts == 0 and item.failures == 0:
             M.SYNC_OUTCOMES.labels(location, p.outcome.value).inc()
         state = p.new_state
@@ -434,12 +440,11 @@ class SyncEngine:
         try:
             ev = _parse(event)
             location, event_id = ev.location.key, ev.event_id
-            # Drop the event's remaining ops so the client's later events are not blocked behind them.
+            # Park the remaining ops (not done, not applied) so the client's later events are not blocked behind
+            # them and a redrive of this dead letter resumes exactly them.
             state = self._load(ev.client.id)
             if state is not None and state.effects:
-                kept = tuple(e for e in state.effects if e.event_id != event_id)
-                if kept != state.effects:
-                    await self._save(ev.client.id, state.model_copy(update={"effects": kept}), message.partition)
+                await self._save(ev.client.id, park_failed(state, event_id), message.partition)
         except _Unreadable:
             pass
         headers = H.to_dict(message.headers)

@@ -9,7 +9,9 @@ How a plan stays correct under redelivery, replay and reordering:
   per-invoice records, which remember the last event applied to them);
 - an appointment event older than the last one applied to that appointment → STALE: no state change, no ops;
 - contact fields are last-writer-wins registers, and ops carry the registers' current (absolute) values, so an
-  event that is late for the client but not for its appointment re-asserts the current truth, never an old one.
+  event that is late for the client but not for its appointment re-asserts the current truth, never an old one;
+- a dead-lettered event's unfinished ops are parked in the state (`ClientState.failed`); its redrive or replay
+  (`resume_failed=True`) → RESUMED: exactly those ops again, contact/opportunity values refreshed (`resume`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Outcome(StrEnum):
     STALE = "stale"  # older than what was already applied: nothing changes
     REPEATED_INVOICE = "repeated_invoice"  # an already-counted invoice paid again with the same amount: counted once
     NO_CONTACT = "no_contact"  # state updated, but no email, phone or known contact id to address the CRM with
+    RESUMED = "resumed"  # a redriven/replayed dead-lettered event: its parked ops (not done) are run again
 
 
 class PlanError(ValueError):
@@ -459,18 +462,22 @@ def plan(
     location_label: str,
     now: datetime,
     default_timezone: str = "UTC",
+    resume_failed: bool = False,
 ) -> Plan:
     """Apply `event` to the client's state and say what the CRM (GoHighLevel location `location_label`) needs.
 
     `now` is only a fallback event time for events without occurred_at and received_at; pass the Kafka record
     timestamp, not the wall clock, to keep replays deterministic. `default_timezone` is the zone for locations
-    whose payload names none (the worker passes Settings.default_timezone).
+    whose payload names none (the worker passes Settings.default_timezone). `resume_failed`: the record is an
+    operator redrive or replay, so the ops a dead letter of this event parked are resumed (`resume`).
     """
     if now.tzinfo is None:
         raise PlanError("now must be timezone-aware")
     if state is not None and state.client_id != event.client.id:
         raise PlanError("state belongs to another client")
     st = state or ClientState(client_id=event.client.id)
+    if resume_failed and st.parked_for(event.event_id):
+        return resume(st, event.event_id)
     if st.knows_event(event.event_id):
         return Plan(new_state=st, ops=(), outcome=Outcome.DUPLICATE)
 
@@ -507,6 +514,47 @@ def plan(
     return Plan(new_state=new_state, ops=ops, outcome=outcome)
 
 
+def resume(state: ClientState, event_id: str) -> Plan:
+    """Move the entries parked by `event_id`'s dead letter back to the end of the pending effects.
+
+    Only the ops not done are run again. Contact and opportunity ops are refreshed from the current state:
+    later events of the client may have run since, and re-sending the values captured when the dead-lettered
+    event was planned would drag newer fields back (ops stay absolute: they carry the current truth).
+    """
+    parked = state.parked_for(event_id)
+    entries = tuple(e.model_copy(update={"parked_by": None, "ops": tuple(_refresh(op, state) for op in e.ops)})
+                    for e in parked)
+    new_state = state.model_copy(update={
+        "failed": tuple(f for f in state.failed if f not in parked),
+        "effects": (*state.effects, *entries),
+    })
+    ops = tuple(op for e in entries for op in e.remaining)
+    return Plan(new_state=new_state, ops=ops, outcome=Outcome.RESUMED)
+
+
+def _refresh(op: CrmOp, st: ClientState) -> CrmOp:
+    """The op with the client's current values for the fields it writes (same op id, same fields)."""
+    if isinstance(op, UpsertContact):
+        standard = {k: st.contact[k].value if k in st.contact else v for k, v in op.standard.to_body().items()}
+        custom: dict[str, Any] = {}
+        for key, value in op.custom.items():
+            if key == F.PATIENT_LIFETIME_VALUE.key:
+                custom[key] = st.lifetime_value
+            elif key == F.NEXT_VISIT_DATE.key:
+                custom[key] = st.next_visit.date.isoformat() if st.next_visit else ""
+            elif key == F.NEXT_VISIT_SERVICE.key:
+                custom[key] = st.next_visit.service if st.next_visit else ""
+            else:
+                custom[key] = st.custom[key].value if key in st.custom else value
+        return op.model_copy(update={"standard": ContactFields(**standard), "custom": custom})
+    if isinstance(op, UpsertOpportunity):
+        return op.model_copy(update={
+            "stage": st.stage.value if st.stage else op.stage, "status": "won" if st.patient else "open",
+            "monetary_value": st.lifetime_value if st.patient else op.monetary_value,
+        })
+    return op
+
+
 def _materialize(w: _Work, location_label: str) -> tuple[CrmOp, ...]:
     """Give every op its stable id: event id, kind, ordinal within the kind."""
     counts: dict[OpKind, int] = {}
@@ -520,4 +568,4 @@ def _materialize(w: _Work, location_label: str) -> tuple[CrmOp, ...]:
     return tuple(out)
 
 
-__all__ = ["Outcome", "Plan", "PlanError", "event_time", "format_local", "format_money", "plan"]
+__all__ = ["Outcome", "Plan", "PlanError", "event_time", "format_local", "format_money", "plan", "resume"]

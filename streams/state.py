@@ -24,6 +24,7 @@ from streams.events import AppointmentStatus
 
 ZERO = Decimal("0.00")
 MAX_EVENT_IDS = 512  # recent event ids kept for plain duplicate detection (records below catch older replays)
+MAX_FAILED = 64  # parked entries of dead-lettered events kept per client (oldest dropped: redrive no longer resumes)
 
 
 class _Model(BaseModel):
@@ -94,6 +95,7 @@ class PendingEffects(_Model):
     location_label: str
     ops: tuple[CrmOp, ...]
     done: tuple[str, ...] = ()  # op ids the executor has completed
+    parked_by: str | None = None  # in `ClientState.failed`: the dead-lettered event whose redrive resumes these
 
     @property
     def remaining(self) -> tuple[CrmOp, ...]:
@@ -115,6 +117,9 @@ class ClientState(_Model):
     crm: dict[str, CrmIds] = Field(default_factory=dict)  # GHL location label → ids
     applied_event_ids: tuple[str, ...] = ()  # most recent last, bounded by MAX_EVENT_IDS
     effects: tuple[PendingEffects, ...] = ()  # FIFO: execute in this order
+    # Ops of dead-lettered events, never done: parked (they do not block later events) until the dead letter is
+    # redriven or the event replayed (`plan(..., resume_failed=True)`), which puts them back into `effects`.
+    failed: tuple[PendingEffects, ...] = ()
 
     @property
     def lifetime_value(self) -> Decimal:
@@ -126,7 +131,12 @@ class ClientState(_Model):
         return (date.fromisoformat(d.value), s.value if s else "") if d else None
 
     def knows_event(self, event_id: str) -> bool:
-        return event_id in self.applied_event_ids or any(p.event_id == event_id for p in self.effects)
+        return (event_id in self.applied_event_ids or any(p.event_id == event_id for p in self.effects)
+                or any(p.event_id == event_id for p in self.failed))
+
+    def parked_for(self, event_id: str) -> tuple[PendingEffects, ...]:
+        """Failed entries a redrive/replay of `event_id` resumes: its own and those parked with its dead letter."""
+        return tuple(p for p in self.failed if event_id in (p.event_id, p.parked_by))
 
     def pending_ops(self) -> list[CrmOp]:
         """Every op not yet done, in execution order (oldest event first)."""
@@ -151,6 +161,17 @@ def mark_done(state: ClientState, op_id: str) -> ClientState:
     return state.model_copy(update={"effects": tuple(entries)})
 
 
+def park_failed(state: ClientState, event_id: str) -> ClientState:
+    """The event `event_id` is dead-lettered: move every pending entry to `failed` (not done, not applied) so
+    later events of the client run, and a redrive of `event_id` resumes exactly the ops not done. Entries of
+    older events still pending at that point are parked with it (one of them may be what failed)."""
+    if not state.effects:
+        return state
+    parked = tuple(e.model_copy(update={"parked_by": event_id}) for e in state.effects)
+    failed = (*(f for f in state.failed if f.event_id not in {e.event_id for e in parked}), *parked)
+    return state.model_copy(update={"effects": (), "failed": failed[-MAX_FAILED:]})
+
+
 def _with_ids(state: ClientState, location_label: str, **ids: str) -> ClientState:
     crm = dict(state.crm)
     crm[location_label] = crm.get(location_label, CrmIds()).model_copy(update=ids)
@@ -166,6 +187,6 @@ def record_opportunity_id(state: ClientState, location_label: str, opportunity_i
 
 
 __all__ = [
-    "AppointmentRecord", "ClientState", "CrmIds", "InvoiceRecord", "MAX_EVENT_IDS", "NextVisit", "PendingEffects",
-    "Register", "mark_done", "record_contact_id", "record_opportunity_id",
+    "AppointmentRecord", "ClientState", "CrmIds", "InvoiceRecord", "MAX_EVENT_IDS", "MAX_FAILED", "NextVisit",
+    "PendingEffects", "Register", "mark_done", "park_failed", "record_contact_id", "record_opportunity_id",
 ]

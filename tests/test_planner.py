@@ -556,3 +556,70 @@ def test_fixture_webhooks_plan_as_the_seed_describes() -> None:
     assert contact(retail).custom["last_visit_service"] == "SkinMedica TNS Advanced+ Serum"
     noshow = plan(normalized("appointment_noshow"), None, location_label=LABEL, now=NOW)
     assert contact(noshow).custom["apro_appt_status"] == "NoShow" and contact(noshow).standard.email is None
+
+
+# ---------------------------------------------------------------- dead-lettered events: park and resume
+
+
+def test_dead_lettered_event_is_parked_and_a_redrive_resumes_only_the_ops_not_done() -> None:
+    from streams.state import park_failed
+
+    state, (p1,) = run([booked("b1", t(20))])
+    assert state is not None
+    contact_op = contact(p1)
+    state = mark_done(state, contact_op.op_id)
+    state = park_failed(state, "b1")  # e.g. a 422 on the opportunity: dead-lettered
+    assert state.effects == () and [e.event_id for e in state.failed] == ["b1"]
+    # A later event of the client runs unblocked, and changes the next visit and the appointment fields.
+    state, (p2,) = run([booked("b2", t(21), appt_id="A2", start=t(28, 16))], state)
+    assert state is not None and [e.event_id for e in state.effects] == ["b2"]
+    for op in p2.ops:
+        state = mark_done(state, op.op_id)
+    # Not a redrive (a plain redelivery): nothing.
+    again = plan(booked("b1", t(20)), state, location_label=LABEL, now=NOW)
+    assert again.outcome is Outcome.DUPLICATE and again.ops == ()
+    # The redrive: exactly b1's remaining ops (no contact upsert: done), parked entry back in the ledger.
+    redriven = plan(booked("b1", t(20)), state, location_label=LABEL, now=NOW, resume_failed=True)
+    assert redriven.outcome is Outcome.RESUMED
+    assert [op.op_id for op in redriven.ops] == [op.op_id for op in p1.ops if op.op_id != contact_op.op_id]
+    assert redriven.new_state.failed == ()
+    assert [e.event_id for e in redriven.new_state.effects] == ["b1"]
+    # Refreshed from the current state: the opportunity follows the latest stage register (b2), not b1's copy.
+    (opp,) = of(redriven, UpsertOpportunity)
+    assert opp.stage == redriven.new_state.stage.value  # type: ignore[union-attr]
+    # Once resumed, a second redrive finds nothing parked.
+    once_more = plan(booked("b1", t(20)), redriven.new_state, location_label=LABEL, now=NOW, resume_failed=True)
+    assert once_more.outcome is Outcome.DUPLICATE and once_more.ops == ()
+
+
+def test_resumed_contact_op_carries_current_values_not_the_parked_ones() -> None:
+    from streams.state import park_failed
+
+    state, (p1,) = run([invoice_event("i1", t(20), amount="100.00")])
+    assert state is not None
+    state = park_failed(state, "i1")  # the contact upsert itself failed
+    state, _ = run([invoice_event("i2", t(21), inv_id="INV-2", amount="50.00")], state)
+    assert state is not None
+    state = ClientState.model_validate_json(state.to_json())  # survives the changelog round trip
+    redriven = plan(invoice_event("i1", t(20), amount="100.00"), state, location_label=LABEL, now=NOW,
+                    resume_failed=True)
+    assert redriven.outcome is Outcome.RESUMED
+    assert contact(p1).custom[F.PATIENT_LIFETIME_VALUE.key] == Decimal("100.00")
+    assert contact(redriven).custom[F.PATIENT_LIFETIME_VALUE.key] == Decimal("150.00")
+    assert contact(redriven).custom[F.APRO_INVOICE_ID.key] == "INV-2"  # the newer invoice's register
+    assert contact(redriven).op_id == contact(p1).op_id
+    (opp,) = of(redriven, UpsertOpportunity)
+    assert opp.monetary_value == Decimal("150.00") and opp.status == "won"
+    assert len(of(redriven, AddNote)) == 1 and len(of(redriven, EnrollWorkflow)) == 2
+
+
+def test_parking_keeps_a_bounded_history() -> None:
+    from streams.state import MAX_FAILED, park_failed
+
+    state: ClientState | None = None
+    for i in range(MAX_FAILED + 3):
+        state, _ = run([booked(f"b{i}", t(1) + timedelta(hours=i), appt_id=f"A{i}")], state)
+        assert state is not None
+        state = park_failed(state, f"b{i}")
+    assert state is not None and len(state.failed) == MAX_FAILED
+    assert state.failed[0].event_id == "b3" and state.parked_for("b0") == ()

@@ -380,6 +380,48 @@ def test_permanent_error_is_deadlettered_and_later_events_continue(stack: Stack,
     assert not any("apro-event: dlq-1-book" in n for n in notes_of(state, jane))
 
 
+def run_cli(stack: Stack, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "apro_sync.cli", *args], cwd=REPO,
+                          env={**stack.env(), "APRO_LOG_LEVEL": "WARNING"}, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    return done.stdout.decode()
+
+
+def test_redriven_sync_dead_letter_resumes_exactly_the_ops_not_done(stack: Stack,
+                                                                    fixture_bodies: dict[str, bytes]) -> None:
+    """422 on the audit note → dead letter (contact, opportunity and enrollment already done) → the client's
+    next event runs → the fault is gone → `apro-sync dlq redrive` → exactly the missing note, nothing repeated."""
+    stack.emulator.set_faults([{"kind": "status", "status": 422, "count": 1, "method": "POST",
+                                "path": "/contacts/{contactId}/notes"}])
+    stack.send([with_id(fixture_bodies["appointment_created"], "redrive-1-book")])
+    dead = read_topic(stack.settings, stack.settings.topics.deadletter, lambda r: len(r) >= 1)
+    assert [json.loads(v)["event_id"] for _, v, _ in dead] == ["redrive-1-book"]
+    stack.send([with_id(fixture_bodies["appointment_cancelled"], "redrive-2-cancel",
+                        occurredAt="2026-11-30T10:00:00Z")])
+    stack.wait_for(lambda s: any("apro-event: redrive-2-cancel" in n["body"] for n in s["notes"]))
+    before = stack.settle()
+    jane = contact_by_email(before, JANE)
+    assert jane is not None and not any("apro-event: redrive-1-book" in n for n in notes_of(before, jane))
+    enrolled = enrollments_of(before, jane)
+    assert enrolled == {"APro Appointments Update": 2}  # book's enrollment ran before its note failed
+    writes = write_requests(before)
+
+    out = run_cli(stack, "dlq", "redrive", "--all", "--stage", "sync", "--yes")
+    assert "1" in out
+    state = stack.wait_for(lambda s: any("apro-event: redrive-1-book" in n["body"] for n in s["notes"]))
+    state = stack.settle()
+    jane = contact_by_email(state, JANE)
+    assert jane is not None
+    markers = [line for n in notes_of(state, jane) for line in n.splitlines() if line.startswith("apro-event: ")]
+    assert sorted(markers) == ["apro-event: redrive-1-book", "apro-event: redrive-2-cancel"]
+    assert enrollments_of(state, jane) == enrolled  # not enrolled again
+    assert len(opportunities_of(state, jane)) == 1
+    assert fields(jane)["apro_appt_status"] == "Cancelled"  # the newer event's values were not dragged back
+    assert write_requests(state) == writes + 1  # the note and nothing else
+    dead = read_topic(stack.settings, stack.settings.topics.deadletter, lambda r: len(r) >= 2, timeout_s=3)
+    assert len(dead) == 1  # not dead-lettered again
+
+
 def test_transient_faults_end_in_the_fault_free_state(stack: Stack, fixture_bodies: dict[str, bytes]) -> None:
     stack.emulator.set_faults([
         {"kind": "status", "status": 429, "retry_after_s": 1, "count": 3},
