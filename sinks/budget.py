@@ -9,18 +9,22 @@ workers) so that concurrent workers cannot all spend the same remaining budget a
 
 `LocationBreaker`: consecutive transient failures (after the client's own retries) of any lane for a location
 pause that location for every lane (capped exponential), so an outage costs one probe per pause, not a storm of
-retries; the first success closes it. An outage never dead-letters an event.
+retries; the first success closes it. An outage never dead-letters an event, nor do rejected credentials
+(401/403 for the whole location): they pause the location until a probe gets through.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
 
 from apro_sync.metrics import GHL_LOCATION_PAUSED
 from sinks.ghl.ratelimit import RateLimiter
+
+log = logging.getLogger("apro_sync.sink")
 
 
 class SharedRateLimiter(RateLimiter):
@@ -46,53 +50,115 @@ class SharedRateLimiter(RateLimiter):
 
 
 class LocationBreaker:
-    """Pauses a GoHighLevel location after `threshold` consecutive transient failures (shared by all lanes)."""
+    """Pauses a GoHighLevel location for every lane of this worker (shared by all lanes).
+
+    - Outage: `threshold` consecutive transient failures pause it (capped exponential).
+    - Credentials: a 401/403 the sink has confirmed as location-wide (bad or rotated token, missing scope) pauses
+      it at once (`record_auth_failure`), capped exponential too; events are held, never dead-lettered.
+    While tripped, an expired pause lets ONE caller through as the probe (half-open): its success closes the
+    breaker for everyone, its failure pauses again for twice as long. A probe that never reports (its event was
+    abandoned) frees the slot after `probe_timeout_s`, or at once through `release_probe`.
+    """
 
     def __init__(self, label: str, *, threshold: int = 5, base_s: float = 5.0, max_s: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 probe_timeout_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.label = label
         self.threshold = max(1, threshold)
         self.base_s = base_s
         self.max_s = max_s
+        self.probe_timeout_s = probe_timeout_s
         self._clock = clock
         self.failures = 0
         self.trips = 0
+        self.auth_failed = False
         self.paused_until = 0.0
+        self._probe_until = 0.0
+        self._probe_holder = 0  # token of the caller currently probing (0: none)
+        self._tokens = 0
+        self._changed = asyncio.Event()
         GHL_LOCATION_PAUSED.labels(label).set(0)
 
     @property
     def paused_for(self) -> float:
         return max(0.0, self.paused_until - self._clock())
 
+    @property
+    def tripped(self) -> bool:
+        """Paused at least once since the last success: calls go through one probe at a time."""
+        return self.trips > 0 or self.auth_failed
+
+    def _notify(self) -> None:
+        self._probe_until = 0.0
+        self._probe_holder = 0
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _trip(self) -> float:
+        pause = min(self.max_s, self.base_s * (2 ** min(self.trips, 32)))
+        self.trips += 1
+        self.failures = 0
+        self.paused_until = max(self.paused_until, self._clock() + pause)
+        GHL_LOCATION_PAUSED.labels(self.label).set(1)
+        self._notify()
+        return pause
+
     def record_success(self) -> None:
-        if self.failures or self.trips:
+        if self.auth_failed:
+            log.warning("sink: GoHighLevel location %s accepts the credentials again; resuming", self.label)
+        if self.failures or self.tripped:
             GHL_LOCATION_PAUSED.labels(self.label).set(0)
+        was_tripped = self.tripped
         self.failures = 0
         self.trips = 0
+        self.auth_failed = False
         self.paused_until = 0.0
+        if was_tripped:
+            self._notify()
 
     def record_failure(self) -> float:
         """Count a transient failure; returns the pause (seconds) now in force (0 if none)."""
         self.failures += 1
-        if self.failures >= self.threshold:
-            pause = min(self.max_s, self.base_s * (2 ** self.trips))
-            self.trips += 1
-            self.failures = 0
-            self.paused_until = max(self.paused_until, self._clock() + pause)
-            GHL_LOCATION_PAUSED.labels(self.label).set(1)
+        if self.failures >= self.threshold or self.tripped:  # a failed probe pauses again at once
+            self._trip()
         return self.paused_for
 
-    async def wait_ready(self, stop: asyncio.Event | None = None) -> None:
-        """Sleep while the location is paused (returns early when `stop` is set)."""
-        while (delay := self.paused_for) > 0:
-            if stop is None:
-                await asyncio.sleep(delay)
-                continue
+    def record_auth_failure(self) -> float:
+        """GoHighLevel rejected the location's credentials (401/403 location-wide): pause; returns the pause."""
+        self.auth_failed = True
+        return self._trip()
+
+    def release_probe(self, token: int) -> None:
+        """The probe `token` ended without a verdict (no GoHighLevel call, dead-lettered, abandoned): let the
+        next caller probe. A no-op once any verdict was recorded or another caller holds the slot."""
+        if token and token == self._probe_holder:
+            self._notify()
+
+    async def wait_ready(self, stop: asyncio.Event | None = None) -> int:
+        """Sleep while the location is paused, then (if tripped) until this caller may be the probe. Returns a
+        probe token (non-zero) when the caller is the probe: it must end with record_success / record_failure /
+        record_auth_failure or `release_probe(token)`. Returns 0 at once when `stop` is set."""
+        while True:
+            if stop is not None and stop.is_set():
+                return 0
+            delay = self.paused_for
+            if delay <= 0:
+                if not self.tripped:
+                    return 0
+                now = self._clock()
+                if now >= self._probe_until:  # no probe in flight (or it was lost): this caller probes
+                    self._tokens += 1
+                    self._probe_holder = self._tokens
+                    self._probe_until = now + self.probe_timeout_s
+                    return self._probe_holder
+                delay = self._probe_until - now
+            waits = [asyncio.ensure_future(self._changed.wait())]
+            if stop is not None:
+                waits.append(asyncio.ensure_future(stop.wait()))
             try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-                return
-            except asyncio.TimeoutError:
-                pass
+                await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
 
 
 __all__ = ["LocationBreaker", "SharedRateLimiter"]

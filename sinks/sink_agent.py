@@ -54,6 +54,7 @@ STAGE = "sync"
 TABLE_NAME = "client_state"
 CHANGELOG_TOPIC = "apro.state.client-state-changelog"
 CHANGELOG_SERIALIZER = "json"  # what faust.Table uses for str keys/values; the changelog topic must match it
+AUTH_STATUSES = (401, 403)  # credentials rejected: pause the location (after a location-level check)
 UNEXPECTED_MAX_ATTEMPTS = 3  # an unexpected exception (a bug) is retried this often, then dead-lettered
 
 
@@ -165,6 +166,7 @@ class _Item:
     generation: int
     attempts: int = 0
     failures: int = 0
+    probe: tuple[LocationBreaker, int] | None = None  # this attempt probes a paused location
 
 
 @dataclass
@@ -311,8 +313,23 @@ class SyncEngine:
         except Abandoned:
             abandon(self.app, item.event)
 
+    @staticmethod
+    def _end_probe(item: _Item) -> None:
+        """An attempt that probed a paused location and ended without a verdict (no GoHighLevel call,
+        dead-lettered, abandoned) frees the probe slot for another lane."""
+        if item.probe is not None:
+            breaker, token = item.probe
+            item.probe = None
+            breaker.release_probe(token)
+
     async def _attempt(self, lane: Lane, item: _Item) -> bool:
         """One try at an event: True when it is finished (done or dead-lettered), False to try again."""
+        try:
+            return await self._attempt_once(lane, item)
+        finally:
+            self._end_probe(item)
+
+    async def _attempt_once(self, lane: Lane, item: _Item) -> bool:
         event = item.event
         try:
             self._check(item)
@@ -331,7 +348,12 @@ class SyncEngine:
                         exc.reason, _event_id(item), delay, item.failures)
             await self._wait(delay, item)
             return False
-        except (GhlPermanentError, SyncError, PlanError, UnknownLocation, LocationsError, _Unreadable) as exc:
+        except GhlPermanentError as exc:
+            if exc.status in AUTH_STATUSES and (pause := await self._credentials_rejected(item, exc)) is not None:
+                await self._wait(pause, item)  # held, not dead-lettered: the location is paused until a probe works
+                return False
+            return await self._deadletter_safely(lane, item, _reason(exc))
+        except (SyncError, PlanError, UnknownLocation, LocationsError, _Unreadable) as exc:
             return await self._deadletter_safely(lane, item, _reason(exc))
         except Exception as exc:  # noqa: BLE001 - a bug or a Kafka error: retry a few times, then dead-letter
             item.attempts += 1
@@ -342,6 +364,30 @@ class SyncEngine:
             await self._wait(min(self.settings.sink_retry_max_s,
                                  self.settings.sink_retry_base_s * 2 ** item.attempts), item)
             return False
+
+    async def _credentials_rejected(self, item: _Item, exc: GhlPermanentError) -> float | None:
+        """A 401/403: is it the location's credentials (bad or rotated token, missing scope) or this one
+        request? A location-level read with the same token tells. Credentials → the location is paused (every
+        lane; the gauge apro_ghl_location_paused says so) and the pause is returned; None → dead-letter."""
+        try:
+            rt = self.runtime(self.locations.resolve(_parse(item.event).location))
+        except Exception:  # noqa: BLE001 - cannot tell: dead-letter as before
+            return None
+        try:
+            await rt.client.list_custom_fields()
+        except GhlPermanentError as probe:
+            if probe.status not in AUTH_STATUSES:
+                return None
+        except GhlTransientError:
+            return rt.breaker.record_failure() or self.settings.sink_retry_base_s  # cannot tell now: retry later
+        else:
+            rt.breaker.record_success()
+            return None  # the token works for the location: this request alone was refused
+        pause = rt.breaker.record_auth_failure()
+        # No secret here: the status, the endpoint template and the GoHighLevel location id only.
+        log.warning("sink: GoHighLevel location %s rejects the configured credentials (%s); location paused "
+                    "for %.1fs, events held (check the token and its scopes)", rt.label, exc.reason, pause)
+        return pause
 
     def _breaker_failure(self, item: _Item) -> float:
         try:
@@ -383,7 +429,9 @@ class SyncEngine:
         ev = _parse(event)
         target = self.locations.resolve(ev.location)
         rt = self.runtime(target)
-        await rt.breaker.wait_ready(self._fence)
+        token = await rt.breaker.wait_ready(self._fence)
+        if token:
+            item.probe = (rt.breaker, token)  # released by _attempt unless a verdict was recorded
         self._check(item)
         executor = await rt.executor()
         location = ev.location.key

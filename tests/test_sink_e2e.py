@@ -56,6 +56,7 @@ class Stack:
             "APRO_SINK_RETRY_BASE_S": "0.2",
             "APRO_SINK_RETRY_MAX_S": "1.0",
             "APRO_SINK_PAUSE_S": "0.5",
+            "APRO_SINK_PAUSE_MAX_S": "2.0",
             "APRO_LOG_FORMAT": "console",
             "APRO_LOG_LEVEL": os.environ.get("APRO_TEST_WORKER_LOG_LEVEL", "WARNING"),
         }
@@ -420,6 +421,29 @@ def test_redriven_sync_dead_letter_resumes_exactly_the_ops_not_done(stack: Stack
     assert write_requests(state) == writes + 1  # the note and nothing else
     dead = read_topic(stack.settings, stack.settings.topics.deadletter, lambda r: len(r) >= 2, timeout_s=3)
     assert len(dead) == 1  # not dead-lettered again
+
+
+def test_rejected_credentials_pause_the_location_and_the_backlog_drains_once_fixed(
+        stack: Stack, fixture_bodies: dict[str, bytes]) -> None:
+    """Every call answered 401 (bad or rotated token): the location is paused and probed with backoff, nothing
+    is dead-lettered; once GoHighLevel accepts the credentials again the held events are synced."""
+    stack.emulator.set_faults([{"kind": "status", "status": 401, "count": 100000}])
+    stack.send(jane_sequence(fixture_bodies))
+    deadline = time.monotonic() + 60
+    while "rejects the configured credentials" not in stack.log_text():
+        assert time.monotonic() < deadline, stack.log_text()[-3000:]
+        time.sleep(0.2)
+    time.sleep(3.0)  # paused: a few probes (0.5s doubling), not a request storm, and no dead letter
+    rejected = sum(stack.emulator.state()["faultsInjected"].values())
+    assert rejected < 40, rejected
+    stack.emulator.set_faults([], replace=True)  # the token works again
+    stack.wait_for(sequence_done, timeout_s=90)
+    state = stack.settle()
+    assert_sequence_end_state(state)
+    assert read_topic(stack.settings, stack.settings.topics.deadletter, lambda r: len(r) >= 1, timeout_s=3) == []
+    log_text = stack.log_text()
+    assert stack.emulator.token not in log_text
+    assert "accepts the credentials again" in log_text
 
 
 def test_transient_faults_end_in_the_fault_free_state(stack: Stack, fixture_bodies: dict[str, bytes]) -> None:
