@@ -71,3 +71,70 @@ async def test_in_doubt_note_is_not_written_twice_and_opportunity_is_found(ghl_e
     finally:
         await client.aclose()
         await once.aclose()
+
+
+# ---------------------------------------------------------------- location breaker (sinks/budget.py)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _paused_gauge(label: str) -> float:
+    from apro_sync.metrics import GHL_LOCATION_PAUSED
+
+    return GHL_LOCATION_PAUSED.labels(label)._value.get()  # noqa: SLF001
+
+
+def test_breaker_auth_failure_pauses_at_once_with_capped_backoff_and_success_resumes() -> None:
+    import asyncio
+
+    from sinks.budget import LocationBreaker
+
+    async def scenario() -> None:
+        clock = _Clock()
+        b = LocationBreaker("auth-loc", threshold=5, base_s=1.0, max_s=4.0, clock=clock)
+        assert [b.record_auth_failure() for _ in range(4)] == [1.0, 2.0, 4.0, 4.0]
+        assert b.tripped and b.paused_for == 4.0 and _paused_gauge("auth-loc") == 1
+        clock.now += 4.0
+        token = await asyncio.wait_for(b.wait_ready(), 1)
+        assert token  # the pause is over: this caller probes
+        b.record_success()
+        assert not b.tripped and _paused_gauge("auth-loc") == 0
+        assert await asyncio.wait_for(b.wait_ready(), 1) == 0  # closed: no probing any more
+
+    asyncio.run(scenario())
+
+
+def test_breaker_lets_one_probe_through_and_a_failed_probe_pauses_again() -> None:
+    import asyncio
+
+    from sinks.budget import LocationBreaker
+
+    async def scenario() -> None:
+        clock = _Clock()
+        b = LocationBreaker("probe-loc", threshold=2, base_s=1.0, max_s=8.0, clock=clock)
+        b.record_failure()
+        assert b.paused_for == 0  # below the threshold
+        b.record_failure()
+        assert b.paused_for == 1.0
+        clock.now += 1.0
+        first = await asyncio.wait_for(b.wait_ready(), 1)
+        second = asyncio.ensure_future(b.wait_ready())
+        await asyncio.sleep(0.05)
+        assert first and not second.done()  # one probe at a time
+        b.release_probe(first + 1)  # a stale token changes nothing
+        await asyncio.sleep(0.05)
+        assert not second.done()
+        b.release_probe(first)  # the probe ended without a verdict: the next caller probes
+        token = await asyncio.wait_for(second, 1)
+        assert token and token != first
+        assert b.record_failure() == 2.0  # a failed probe pauses again at once, twice as long
+        b.release_probe(token)  # after a verdict: no-op
+        assert b.paused_for == 2.0
+
+    asyncio.run(scenario())
