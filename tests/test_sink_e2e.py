@@ -446,6 +446,25 @@ def test_rejected_credentials_pause_the_location_and_the_backlog_drains_once_fix
     assert "accepts the credentials again" in log_text
 
 
+def test_shutdown_while_ghl_is_down_then_restart_ends_in_the_fault_free_state(
+        stack: Stack, fixture_bodies: dict[str, bytes]) -> None:
+    """The fence path: the worker is stopped while every GoHighLevel call fails with 503 (events in flight,
+    location paused), then restarted (same group) against a healthy GoHighLevel."""
+    stack.emulator.set_faults([{"kind": "status", "status": 503, "count": 100000}])
+    stack.send(jane_sequence(fixture_bodies))
+    deadline = time.monotonic() + 60
+    while sum(stack.emulator.state()["faultsInjected"].values()) < 3:
+        assert time.monotonic() < deadline, stack.log_text()[-3000:]
+        time.sleep(0.2)
+    stack.stop()  # SIGTERM: fence, in-flight events abandoned (neither acked nor committed)
+    stack.emulator.set_faults([], replace=True)
+    stack.start()
+    stack.wait_for(sequence_done, timeout_s=90)
+    state = stack.settle()
+    assert_sequence_end_state(state)
+    assert read_topic(stack.settings, stack.settings.topics.deadletter, lambda r: len(r) >= 1, timeout_s=3) == []
+
+
 def test_transient_faults_end_in_the_fault_free_state(stack: Stack, fixture_bodies: dict[str, bytes]) -> None:
     stack.emulator.set_faults([
         {"kind": "status", "status": 429, "retry_after_s": 1, "count": 3},
