@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -27,8 +26,7 @@ __all__ = ["Inspection", "PayloadError", "inspect_body", "request_id_from", "met
            "quarantine_headers", "received_at_now", "RESOURCES", "FALLBACK_KEY", "UNKNOWN"]
 
 
-@dataclass(frozen=True, slots=True)
-class Inspection:
+class Inspection(NamedTuple):  # a NamedTuple: built per request, and cheaper to build than a frozen dataclass
     key: bytes  # Kafka record key: the AestheticsPro client id, or FALLBACK_KEY
     location: str | None  # payload location id, if any (never a name: names go nowhere near labels)
 

@@ -239,7 +239,7 @@ class _Lookup:
 
     def block(self, obj: Any, wanted: tuple[str, ...]) -> Mapping[str, Any] | None:
         value = self.get(obj, wanted)
-        return value if isinstance(value, Mapping) else None
+        return value if type(value) is dict or isinstance(value, Mapping) else None
 
 
 def _names(*names: str) -> tuple[str, ...]:
@@ -259,10 +259,7 @@ _N_LOCATION_NAME = _names("locationName", "clinicName", "siteName")
 _N_LOCATION = _names("location")
 
 
-def _client_blocks(body: Mapping[str, Any], look: _Lookup) -> Iterable[Mapping[str, Any]]:
-    block = look.block(body, _N_CLIENT_BLOCK)
-    if block:
-        yield block
+def _nested_client_blocks(body: Mapping[str, Any], look: _Lookup) -> Iterable[Mapping[str, Any]]:
     for _entity, wanted in _N_PARENTS:
         parent = look.block(body, wanted)
         if parent:
@@ -277,7 +274,13 @@ def _client_blocks(body: Mapping[str, Any], look: _Lookup) -> Iterable[Mapping[s
 
 
 def _client_id(flat: Mapping[str, Any], look: _Lookup) -> str | None:
-    for block in _client_blocks(flat, look):
+    # The top-level client block first, without a generator: it is where almost every payload has the id.
+    block = look.block(flat, _N_CLIENT_BLOCK)
+    if block:
+        found = id_str(look.get(block, _N_ID_OR_CLIENT_ID))
+        if found:
+            return found
+    for block in _nested_client_blocks(flat, look):
         found = id_str(look.get(block, _N_ID_OR_CLIENT_ID))
         if found:
             return found
