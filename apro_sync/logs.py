@@ -198,6 +198,41 @@ def log_fields(name: str, event: str, fields: dict[str, Any], level: int = loggi
     sys.stderr.write(_encode_line(fields) + "\n")
 
 
+json_string = _json_encoder.encode_basestring_ascii  # a str as JSON text, exactly as json.dumps writes it
+_TAILS: dict[tuple[str, str, int], str] = {}
+
+
+def json_members(fields: dict[str, Any]) -> str:
+    """Flat fields as JSON object members (`"k": v, ` each), redacted, exactly as `log_line` renders them.
+
+    For hot paths: render what is known early (once), then write the line with `log_members`.
+    """
+    if all(type(k) is str and type(v) is str for k, v in fields.items()):  # the usual case, without an encoder
+        return "".join([f"{json_string(k)}: {json_string(redact_path(v))}, " for k, v in fields.items()])
+    text = _encode_line({k: redact_path(v) if isinstance(v, str) else v for k, v in fields.items()})
+    return text[1:-1] + ", " if len(text) > 2 else ""
+
+
+def log_members(name: str, event: str, members: str, level: int = logging.INFO) -> None:
+    """The line `log_line(name, event, **fields)` writes, from `members` = `json_members(fields)` (or members
+    rendered the same way: redacted, JSON-escaped). The access log's per-request cost, mostly rendering, is
+    ~3x lower this way than building and encoding a dict per line."""
+    if level < _state["level"]:
+        return
+    if not _state["json"]:
+        fields = _json.loads("{" + members.rstrip().rstrip(",") + "}")
+        structlog.get_logger(name).log(level, event, **fields)
+        return
+    tail = _TAILS.get((name, event, level))
+    if tail is None:
+        level_name = _LEVEL_NAMES.get(level) or logging.getLevelName(level).lower()
+        tail = (f'"event": {json_string(redact_path(event))}, "level": {json_string(level_name)}, '
+                f'"logger": {json_string(name)}, "timestamp": "')
+        if len(_TAILS) < 1000:
+            _TAILS[(name, event, level)] = tail
+    sys.stderr.write("{" + members + tail + _utc_timestamp() + '"}\n')
+
+
 def log_enabled(level: int = logging.INFO) -> bool:
     return level >= _state["level"]
 

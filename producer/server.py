@@ -30,7 +30,7 @@ from aiohttp.web_response import StreamResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from apro_sync.config import Settings
-from apro_sync.logs import configure_logging, get_logger, log_enabled, log_fields
+from apro_sync.logs import configure_logging, get_logger, json_members, json_string, log_enabled, log_members, redact_path
 from apro_sync.metrics import WEBHOOK_LATENCY, WEBHOOKS_RECEIVED
 from producer.auth import check_token
 from producer.intake import (
@@ -47,7 +47,7 @@ from producer.publisher import Publisher, PublishError
 
 WEBHOOK_PREFIX = "/webhooks/aestheticspro"
 # Request-scoped fields the access logger adds to its single line per request.
-_LOG_KEY: web.RequestKey[dict[str, Any]] = web.RequestKey("apro_log", dict)
+_LOG_KEY: web.RequestKey[str] = web.RequestKey("apro_log", str)  # pre-rendered JSON members (json_members)
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 _access_stdlib = logging.getLogger("aiohttp.access")
@@ -62,11 +62,13 @@ class RedactingAccessLogger(AbstractAccessLogger):
         status = response.status
         if path in _PROBES and status < 500 and not log_enabled(logging.DEBUG):
             return  # probes every few seconds would drown the useful lines
-        line = {"method": request.method, "path": path, "status": status, "latency_ms": round(time * 1000, 2)}
-        fields: dict[str, Any] | None = request.get(_LOG_KEY)
-        if fields:
-            line.update(fields)
-        log_fields("apro_sync.producer.access", "request", line)  # redacts every string field, the path included
+        # Same line as log_line(..., method=, path=, status=, latency_ms=, **fields), rendered without a dict:
+        # the request's own fields were rendered (redacted) by the handler, the rest is escaped here.
+        members = (
+            f'"method": {json_string(request.method)}, "path": {json_string(redact_path(path))}, '
+            f'"status": {int(status)}, "latency_ms": {float(round(time * 1000, 2))!r}, '
+        )
+        log_members("apro_sync.producer.access", "request", members + (request.get(_LOG_KEY) or ""))
 
     @property
     def enabled(self) -> bool:
@@ -142,7 +144,8 @@ class WebhookHandler:
         fields = {"request_id": request_id, "outcome": outcome, "resource": label_resource, "location": label_location}
         if reason:
             fields["reason"] = reason
-        request[_LOG_KEY] = fields
+        if log_enabled(logging.INFO):
+            request[_LOG_KEY] = json_members(fields)
         return _json_answer(status, body, request_id, headers)
 
     async def handle(self, request: web.Request) -> web.Response:
