@@ -50,10 +50,9 @@ from tests.prom_live_support import (
 )
 from tests.reliability import harness as RH
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(PROMETHEUS is None, reason="prometheus binary not installed (Debian package `prometheus`)"),
-]
+pytestmark = pytest.mark.integration
+needs_prometheus = pytest.mark.skipif(PROMETHEUS is None,
+                                      reason="prometheus binary not installed (Debian package `prometheus`)")
 
 PROM_DIR = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "apro-sync.json"
@@ -111,7 +110,7 @@ def _posts() -> tuple[list[RH.Post], list[RH.Post]]:
 
 
 # Series that must exist in Prometheus before the second wave (histograms whose rate must see an increase).
-WAVE_SERIES = ("apro_webhook_request_seconds_count", "apro_sync_e2e_seconds_count", "apro_ghl_request_seconds_count")
+WAVE_SERIES = ('apro_webhook_request_seconds_count{{instance="{producer}"}}', "apro_sync_e2e_seconds_count", "apro_ghl_request_seconds_count")
 
 
 def _second_wave() -> list[RH.Post]:
@@ -183,7 +182,9 @@ def live(kafka_bootstrap: str, using_embedded_broker: bool, tmp_path_factory: py
             # A labelled series is born on its first observation, and rate() cannot see the step from "no series"
             # to its first value: after one burst a histogram's rate stays 0 and its quantiles NaN. Traffic in
             # production is continuous; here a second wave, once Prometheus holds the series, stands in for it.
-            RH.wait_until(lambda: all(prometheus.query(m) for m in WAVE_SERIES), 90, 0.5,  # type: ignore[union-attr]
+            # (The healthy producer's own series: the cut-off producer's would satisfy a bare name.)
+            wave_series = [m.format(producer=f"127.0.0.1:{producer.http_port}") for m in WAVE_SERIES]
+            RH.wait_until(lambda: all(prometheus.query(m) for m in wave_series), 90, 0.5,  # type: ignore[union-attr]
                           "first wave scraped")
             second = asyncio.run(RH.post_many(producer.webhook_url(), _second_wave(), concurrency=4))
             assert {a.status for a in second} == {202}, [a.status for a in second]
@@ -204,6 +205,7 @@ def _missing(live: Live, queries: list[tuple[PanelQuery, str]]) -> list[str]:
     return missing
 
 
+@needs_prometheus
 def test_every_panel_query_returns_data(live: Live) -> None:
     values = grafana_vars(live.dashboard, rate_interval=RATE_INTERVAL, interval=STEP, range_="5m")
     queries = [(q, substitute(q.expr, values)) for q in panel_queries(live.dashboard)]
@@ -221,6 +223,7 @@ def test_every_panel_query_returns_data(live: Live) -> None:
         + f"\nlogs in {live.logs}")
 
 
+@needs_prometheus
 def test_location_variable_lists_the_locations(live: Live) -> None:
     """The $location variable's query (label_values(apro_events_normalized_total, location)) has values."""
     [var] = [v for v in live.dashboard["templating"]["list"] if v["name"] == "location"]
@@ -230,6 +233,7 @@ def test_location_variable_lists_the_locations(live: Live) -> None:
     assert "3" in values, values  # the fixtures' AestheticsPro location id
 
 
+@needs_prometheus
 def test_every_target_is_up(live: Live) -> None:
     def all_up() -> list[dict[str, Any]] | None:
         targets = live.prometheus.targets()
@@ -244,6 +248,7 @@ def test_every_target_is_up(live: Live) -> None:
     assert jobs == {"apro-sync-producer", "apro-sync-worker", "apro-sync-lag", "prometheus"}
 
 
+@needs_prometheus
 def test_alert_rules_load_and_evaluate(live: Live) -> None:
     deployed = yaml.safe_load((PROM_DIR / "alerts.yml").read_text(encoding="utf-8"))
     expected = {r.get("alert") or r.get("record") for g in deployed["groups"] for r in g["rules"]}
@@ -259,3 +264,28 @@ def test_alert_rules_load_and_evaluate(live: Live) -> None:
     loaded = {r["name"] for g in groups for r in g["rules"]}
     assert loaded == expected
     assert rule_problems(groups) == []
+
+
+# ------------------------------------------------------------------------------------------------ helpers (pure)
+
+
+def test_live_config_keeps_jobs_and_rules_and_rewrites_targets() -> None:
+    base = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text(encoding="utf-8"))
+    targets = {sc["job_name"]: [f"127.0.0.1:{9000 + i}"] for i, sc in enumerate(base["scrape_configs"])}
+    config = live_config(base, PROM_DIR, targets, "1s")
+    assert [sc["job_name"] for sc in config["scrape_configs"]] == list(targets)
+    assert [sc["static_configs"] for sc in config["scrape_configs"]] == [[{"targets": t}] for t in targets.values()]
+    assert config["rule_files"] == [str((PROM_DIR / f).resolve()) for f in base["rule_files"]]
+    assert config["global"]["scrape_interval"] == "1s" and config["global"]["external_labels"]
+    with pytest.raises(ValueError):
+        live_config(base, PROM_DIR, dict(list(targets.items())[1:]))  # a job without live targets
+
+
+def test_substitute_and_finite_values() -> None:
+    values = {"location": ".*", "__rate_interval": "15s"}
+    assert substitute('rate(x{location=~"$location"}[$__rate_interval])', values) == 'rate(x{location=~".*"}[15s])'
+    assert substitute('x{l=~"${location:regex}"}[[location]]', values) == 'x{l=~".*"}.*'
+    with pytest.raises(KeyError):
+        substitute("x[$__range]", values)
+    assert not has_finite_value([]) and not has_finite_value([{"values": [[1, "NaN"], [2, "NaN"]]}])
+    assert has_finite_value([{"values": [[1, "NaN"], [2, "0"]]}]) and has_finite_value([{"value": [1, "3"]}])
