@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ from tests.prom_live_support import (
     substitute,
 )
 from tests.reliability import harness as RH
+from tests.test_sink_e2e import write_requests
 
 pytestmark = pytest.mark.integration
 needs_prometheus = pytest.mark.skipif(PROMETHEUS is None,
@@ -73,6 +76,8 @@ class Live:
     dashboard: dict[str, Any]
     worker_id: str
     logs: Path
+    webhook_url: str  # the healthy producer's
+    cli_env: dict[str, str]  # environment for `apro-sync <command>` against this stack
 
 
 def _emulator_config() -> EmulatorConfig:
@@ -188,7 +193,8 @@ def live(kafka_bootstrap: str, using_embedded_broker: bool, tmp_path_factory: py
                           "first wave scraped")
             second = asyncio.run(RH.post_many(producer.webhook_url(), _second_wave(), concurrency=4))
             assert {a.status for a in second} == {202}, [a.status for a in second]
-            yield Live(prometheus, emulator, started_at, dashboard, worker.worker_id, work / "logs")
+            yield Live(prometheus, emulator, started_at, dashboard, worker.worker_id, work / "logs",
+                       producer.webhook_url(), config.env(APRO_WORKER_ID=worker.worker_id))
         finally:
             if prometheus is not None:
                 prometheus.stop()
@@ -264,6 +270,70 @@ def test_alert_rules_load_and_evaluate(live: Live) -> None:
     loaded = {r["name"] for g in groups for r in g["rules"]}
     assert loaded == expected
     assert rule_problems(groups) == []
+
+
+def _total(live: Live, expr: str) -> float:
+    result = live.prometheus.query(f"sum({expr})")
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+def _outage_clients(n: int) -> list[bytes]:
+    """`n` bookings of new clients (ids, e-mails and phones of their own, no real person): each writes a contact,
+    a note (with its `apro-event:` line), an opportunity and a workflow enrollment."""
+    base = json.loads((FIXTURES / "appointment_created.json").read_bytes())
+    bodies = []
+    for i in range(n):
+        data = json.loads(json.dumps(base))
+        data["eventId"] = f"prom-outage-{i}"
+        data["client"].update(clientId=f"990{i}", email=f"outage.client{i}@example.com",
+                              mobilePhone=f"(480) 555-01{50 + i}")
+        data["appointment"]["appointmentId"] = f"A-990{i}"
+        bodies.append(json.dumps(data).encode())
+    return bodies
+
+
+@needs_prometheus
+def test_replay_after_a_ghl_outage_is_visible_and_changes_nothing(live: Live) -> None:
+    """docs/operations.md "Replay after an outage", watched through Prometheus: GoHighLevel answers 503 to
+    everything while webhooks arrive (the 5xx series grows, nothing is dead-lettered), it recovers and the held
+    events are synced, then `apro-sync replay --since <outage start>` republishes them: the sync engine counts
+    each replayed event as a duplicate, the consumer lag drains back to 0, and GoHighLevel gets no new write."""
+    prom = live.prometheus
+    group_lag = f'apro_consumer_lag{{group="{live.worker_id}"}}'
+    # Start from a settled stack: no fault left over, everything of the earlier waves synced and committed.
+    live.emulator.set_faults([], replace=True)
+    RH.wait_until(lambda: prom.query(group_lag) and _total(live, group_lag) == 0, 60, 0.5, "lag 0 before the outage")
+    dead_before = _total(live, "apro_events_deadlettered_total")
+    server_errors = _total(live, 'apro_ghl_requests_total{status_class="5xx"}')
+    since = datetime.now(timezone.utc) - timedelta(seconds=1)
+
+    live.emulator.set_faults([{"kind": "status", "status": 503, "count": 100_000}])
+    bodies = _outage_clients(3)
+    # One at a time: each webhook its own produce batch (the embedded broker under-reports end offsets after
+    # multi-record batches, and replay reads up to the end offsets).
+    answers = asyncio.run(RH.post_many(live.webhook_url, [RH.Post(b) for b in bodies], concurrency=1))
+    assert [a.status for a in answers] == [202] * len(bodies)
+    RH.wait_until(lambda: _total(live, 'apro_ghl_requests_total{status_class="5xx"}') >= server_errors + 3, 60, 0.5,
+                  "the outage visible as GoHighLevel 5xx answers")
+    live.emulator.set_faults([], replace=True)  # GoHighLevel is back
+
+    def synced() -> bool:
+        notes = " ".join(n["body"] for n in live.emulator.state()["notes"])
+        return all(f"apro-event: prom-outage-{i}" in notes for i in range(len(bodies)))
+
+    RH.wait_until(synced, 90, 0.5, "the held events synced once GoHighLevel is back")
+    RH.wait_until(lambda: _total(live, group_lag) == 0, 60, 0.5, "lag 0 after the outage")
+    writes = write_requests(live.emulator.state())
+    duplicates = _total(live, 'apro_sync_outcomes_total{outcome="duplicate"}')
+
+    done = subprocess.run([sys.executable, "-m", "apro_sync.cli", "replay", "--since", since.isoformat(), "--yes"],
+                          cwd=REPO, env=live.cli_env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stdout.decode()[-2000:] + done.stderr.decode()[-2000:]
+    RH.wait_until(lambda: _total(live, 'apro_sync_outcomes_total{outcome="duplicate"}') >= duplicates + len(bodies),
+                  60, 0.5, "every replayed event recognised as already applied")
+    RH.wait_until(lambda: _total(live, group_lag) == 0, 60, 0.5, "lag drained after the replay")
+    assert write_requests(live.emulator.state()) == writes  # not a single GoHighLevel effect repeated
+    assert _total(live, "apro_events_deadlettered_total") == dead_before
 
 
 # ------------------------------------------------------------------------------------------------ helpers (pure)
