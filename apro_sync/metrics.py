@@ -64,3 +64,13 @@ SYNC_OUTCOMES = Counter(
 GHL_LOCATION_PAUSED = Gauge(
     "apro_ghl_location_paused", "1 while the sink holds a GoHighLevel location paused after repeated failures.", ["location"]
 )
+
+
+def location_label(value: str | None) -> str:
+    """A location label value from payload text: printable and short, else "unknown".
+
+    The exposition format needs valid UTF-8; one bad label value would fail every later scrape.
+    """
+    if value and len(value) <= 64 and value.isprintable():
+        return value
+    return "unknown"

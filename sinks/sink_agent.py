@@ -230,12 +230,22 @@ class SyncEngine:
             await rt.aclose()
         self._runtimes.clear()
 
+    def close_intake(self) -> None:
+        """Worker stopping: abandon what is in flight and refuse (abandon) whatever the agent still submits."""
+        self._stopping = True
+        self.fence("stopping")
+
     def lane_for(self, client_key: bytes | str | None) -> Lane:
         data = client_key if isinstance(client_key, bytes) else str(client_key or "").encode()
         return self.lanes[zlib.crc32(data) % len(self.lanes)]
 
     async def submit(self, event: faust.EventT) -> None:
         """Called by the agent, in partition order. Blocks when the lane's queue is full (backpressure)."""
+        if self._stopping:
+            # The agent may still hand over buffered events after the stop fence. Processing one could ack it
+            # past an abandoned earlier event of the same partition (and run a client's events out of order).
+            abandon(self.app, event)
+            return
         self.start()
         self.acker.track(event)
         await self.lane_for(event.message.key).queue.put(_Item(event, self.generation))
@@ -434,7 +444,7 @@ class SyncEngine:
             item.probe = (rt.breaker, token)  # released by _attempt unless a verdict was recorded
         self._check(item)
         executor = await rt.executor()
-        location = ev.location.key
+        location = M.location_label(ev.location.key)
         M.LAST_EVENT_TIME.labels(location=location).set(time.time())
         partition = event.message.partition
         client_id = ev.client.id
@@ -624,7 +634,7 @@ def register_sink(app: faust.App, settings: Settings) -> None:
     original_stop_consumer = app._stop_consumer  # noqa: SLF001
 
     async def stop_consumer() -> None:
-        engine.fence("stopping")
+        engine.close_intake()
         await original_stop_consumer()
 
     app._stop_consumer = stop_consumer  # type: ignore[method-assign]  # noqa: SLF001

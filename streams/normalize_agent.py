@@ -88,7 +88,7 @@ class Normalizer:
                                default_region=self.settings.default_phone_region)
         except Exception as exc:  # noqa: BLE001 - normalize never raises; belt and braces
             result = Unreadable(event_id=body_hash(raw), reason=f"internal error: {type(exc).__name__}")
-        location = result.location.key
+        location = M.location_label(result.location.key)
         M.LAST_EVENT_TIME.labels(location=location).set(time.time())
         if isinstance(result, Unreadable):
             return self.deadletter(event, raw, headers, result.reason, result.event_id, location), None
@@ -139,8 +139,9 @@ class Normalizer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - never lose a batch: resend (downstream dedupes by event id)
-                log.warning("normalize: writing %d records failed (%s); retrying in %.1fs",
+                log.warning("normalize: writing %d records failed (%s); retrying in %.1fs with a fresh producer",
                             len(outputs), type(exc).__name__, delay)
+                await self.producer.reset()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
 

@@ -72,7 +72,9 @@ def producer_config(bootstrap: str, *, linger_ms: float = 5.0, client_id: str = 
         "batch.num.messages": 10_000,
         "queue.buffering.max.messages": 200_000,
         "partitioner": "murmur2_random",
-        "message.timeout.ms": 120_000,
+        # Bounded, so a producer that cannot deliver fails the batch and gets replaced (`reset`) instead of
+        # waiting on a broker that forgot its producer id (an in-memory broker after a restart).
+        "message.timeout.ms": 30_000,
     }
     config.update(extra or {})
     return config
@@ -132,6 +134,16 @@ class OutputProducer:
             for _ in range(unsent):
                 batch.delivered(exc.args[0], None)
         await batch.future
+
+    async def reset(self) -> None:
+        """Drop the current producer (its queued records are purged, their batch already failed) and start a
+        fresh one on the next write. A fresh producer gets a new idempotent producer id: the way out when a
+        broker lost the old id's state (librdkafka would otherwise bump the epoch and never deliver)."""
+        producer = self._producer
+        if producer is None:
+            return
+        producer.purge()
+        await self.stop(timeout_s=1.0)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Flush what is queued (bounded), then stop the delivery thread."""

@@ -108,11 +108,28 @@ def _parse_json(raw: bytes) -> Any:
         raise PayloadError("body is not valid UTF-8") from None
     try:
         # Exact decimals: a float would already have lost cents before we see them.
-        return json.loads(text, parse_float=Decimal)
+        value = json.loads(text, parse_float=Decimal)
     except RecursionError:
         raise PayloadError(f"body nests deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:
         raise PayloadError(f"body is not valid JSON (line {getattr(exc, 'lineno', '?')})") from None
+    if _SURROGATE_ESCAPE.search(raw) and not _valid_unicode(value):
+        # The stdlib parser keeps a lone `\ud800` as a lone surrogate, which no UTF-8 encoder (Kafka keys,
+        # JSON output, metric labels) accepts further down: reject the body here, with a reason.
+        raise PayloadError("body contains a lone UTF-16 surrogate escape (not valid Unicode)")
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _valid_unicode(value: Any) -> bool:
+    """True when every string (keys included) in the decoded JSON encodes as UTF-8 (surrogate pairs did combine)."""
+    try:
+        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _set_bracketed(target: dict[str, Any], key: str, value: str) -> None:

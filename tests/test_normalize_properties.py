@@ -281,8 +281,10 @@ def test_reference_results_are_events() -> None:
 
 # ---------------------------------------------------------------------------------------- never raises
 
+# Text includes lone surrogates (json.dumps escapes them as `\ud800`): the fuzz run found they broke output.
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20)
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
+    | st.text(st.characters(exclude_categories=()), max_size=20)
     | st.decimals(allow_nan=False, allow_infinity=False),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(
         st.sampled_from(["event", "client", "appointment", "invoice", "id", "clientId", "email", "phone", "total",
@@ -305,6 +307,7 @@ def test_arbitrary_json_never_raises(body: Any, resource: str) -> None:
     raw = json.dumps(body, default=str).encode()
     result = normalize(raw, {"apro-resource": resource, "apro-received-at": "garbage"})
     assert isinstance(result, (NormalizedEvent, Skipped, Unreadable))
+    result.model_dump_json()  # whatever comes out can be written to a topic
     if isinstance(result, Unreadable):
         assert not result.reason.startswith("internal error"), result.reason
 
@@ -323,5 +326,6 @@ def test_fixture_with_a_junk_field_never_raises(name: str, path_pick: random.Ran
         break
     result = normalize(json.dumps(body, default=str).encode())
     assert isinstance(result, (NormalizedEvent, Skipped, Unreadable))
+    result.model_dump_json()  # whatever comes out can be written to a topic
     if isinstance(result, Unreadable):
         assert not result.reason.startswith("internal error"), result.reason

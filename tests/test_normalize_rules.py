@@ -96,6 +96,23 @@ def test_unreadable_names_the_field_never_the_value(body: bytes, reason: str) ->
     assert "someday" not in result.reason and "ten" not in result.reason.split(":")[-1]
 
 
+@pytest.mark.parametrize("where", ["client id", "location", "first name"])
+def test_lone_surrogate_escape_is_unreadable_not_a_crash(where: str) -> None:
+    lone = chr(0xD800)  # json.dumps (ASCII-only) writes it as the escape `\ud800`, as a careless encoder would
+    client = {"clientId": lone if where == "client id" else "5", "email": "a@example.com",
+              "firstName": f"A{lone}b" if where == "first name" else "Ann"}
+    raw = json.dumps({"event": "client.created", "client": client,
+                      "location": {"id": lone if where == "location" else "L1"}}).encode()
+    result = normalize(raw)
+    assert isinstance(result, Unreadable), result
+    assert "surrogate" in result.reason
+    result.model_dump_json()
+    # A surrogate pair is a real character (an emoji escaped by an ASCII-only encoder): readable.
+    ok = normalize(b'{"event": "client.created", "client": {"clientId": "5", "email": "a@example.com", '
+                   b'"firstName": "\\ud83d\\ude00"}}')
+    assert isinstance(ok, NormalizedEvent) and ok.client.first_name == "\U0001F600"
+
+
 def test_skips() -> None:
     assert run({"event": "webhook.test"}).reason is SkipReason.TEST_PING
     assert run({"event": "client.created", "test": "true", "client": CLIENT}).reason is SkipReason.TEST_PING
