@@ -574,3 +574,28 @@ def start_stack(config: StackConfig, with_worker: bool = True) -> Iterator[Stack
     finally:
         worker.stop()
         producer.stop()
+
+
+def restore_records(bootstrap: str, records: Sequence[Record], timeout_s: float = 30.0) -> None:
+    """Write `records` back to their topic and partition, in offset order, and check they got the same offsets.
+
+    For the in-memory broker: after a restart it is empty, while a real Kafka would still hold the log. Restoring
+    the log keeps the workers' in-memory positions (and any offsets they commit) meaningful.
+    """
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all",
+                         "max.in.flight.requests.per.connection": 1, "log_level": 0})
+    landed: dict[tuple[str, int, int], int] = {}
+
+    def on_delivery(err: Any, msg: Any, expected: int) -> None:
+        if err is None:
+            landed[(msg.topic(), msg.partition(), expected)] = msg.offset()
+
+    for rec in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
+        producer.produce(rec.topic, rec.value, rec.key, partition=rec.partition, headers=list(rec.headers.items()),
+                         on_delivery=lambda err, msg, o=rec.offset: on_delivery(err, msg, o))
+        producer.flush(timeout_s)  # one at a time: contiguous offsets, single-record batches
+    wrong = {k: v for k, v in landed.items() if k[2] != v}
+    if len(landed) != len(records) or wrong:
+        raise RuntimeError(f"restored {len(landed)}/{len(records)} records, offsets moved: {list(wrong.items())[:5]}")
