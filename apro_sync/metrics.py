@@ -64,6 +64,12 @@ SYNC_OUTCOMES = Counter(
 GHL_LOCATION_PAUSED = Gauge(
     "apro_ghl_location_paused", "1 while the sink holds a GoHighLevel location paused after repeated failures.", ["location"]
 )
+STREAM_REWINDS = Counter(
+    "apro_stream_rewinds_total",
+    "Records that reached an agent out of sequence (one before them was dropped on the way): rewind = the "
+    "partition was re-read from the missing offset; hole = the offsets are not in the log and were skipped.",
+    ["agent", "verdict"],
+)
 
 
 def location_label(value: str | None) -> str:

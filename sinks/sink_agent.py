@@ -43,6 +43,7 @@ from sinks.ghl.errors import GhlPermanentError, GhlTransientError
 from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget, Locations, LocationsError, UnknownLocation, load_locations
 from sinks.provision import ResolvedIdsCache
+from streams.consumer_control import SequenceGuard, abandon
 from streams.crm_ops import OpKind
 from streams.events import NormalizedEvent
 from streams.planner import Outcome, PlanError, plan
@@ -103,20 +104,6 @@ class PartitionAcker:
         events = [ev for entries in self._pending.values() for ev, _ in entries.values()]
         self._pending.clear()
         return events
-
-
-def abandon(app: faust.App, event: faust.EventT) -> None:
-    """Stop Faust waiting for this event's ack (rebalance/shutdown) without marking its offset committable.
-
-    Faust's `wait_empty` (stream_wait_empty) blocks a rebalance until every delivered message is acked; acking
-    would let the offset be committed although the event is not done. Removing the message from the consumer's
-    unacked set (private API, faust-streaming 0.15.3) releases the rebalance and leaves the offset uncommitted,
-    so the partition's next owner gets the event again.
-    """
-    try:
-        app.consumer._unacked_messages.discard(event.message)  # noqa: SLF001
-    except Exception:  # noqa: BLE001 - consumer not started: nothing waits for it
-        pass
 
 
 # ------------------------------------------------------------------------------------------------- targets
@@ -188,6 +175,7 @@ class SyncEngine:
         self.table = table
         self.deadletter_topic = deadletter
         self.acker = PartitionAcker()
+        self.sequence = SequenceGuard(app, "sync")
         self.generation = 0
         self._fence = asyncio.Event()
         self._ids_cache = ResolvedIdsCache()
@@ -246,6 +234,8 @@ class SyncEngine:
             # past an abandoned earlier event of the same partition (and run a client's events out of order).
             abandon(self.app, event)
             return
+        if not await self.sequence.admit(event):
+            return  # out of sequence (a record before it was dropped on the way): it comes again in order
         self.start()
         self.acker.track(event)
         await self.lane_for(event.message.key).queue.put(_Item(event, self.generation))
@@ -257,6 +247,7 @@ class SyncEngine:
         old, self._fence = self._fence, asyncio.Event()
         old.set()
         abandoned = self.acker.clear()
+        self.sequence.forget()
         for lane in self.lanes:
             while not lane.queue.empty():
                 lane.queue.get_nowait()
@@ -641,6 +632,7 @@ def register_sink(app: faust.App, settings: Settings) -> None:
 
     @app.on_partitions_revoked.connect
     async def _revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:  # noqa: ARG001
+        engine.sequence.forget(revoked)
         if engine.acker.in_flight():
             engine.fence("partitions revoked")
 
@@ -655,4 +647,4 @@ def register_sink(app: faust.App, settings: Settings) -> None:
     app.sync_engine = engine  # type: ignore[attr-defined]  # for tests
 
 
-__all__ = ["PartitionAcker", "SyncEngine", "abandon", "ghl_configured", "register_sink"]
+__all__ = ["PartitionAcker", "SyncEngine", "ghl_configured", "register_sink"]

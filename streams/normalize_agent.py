@@ -26,6 +26,7 @@ from faust.streams import _current_event  # the context var Faust routes table c
 from apro_sync import headers as H
 from apro_sync import metrics as M
 from apro_sync.config import Settings
+from streams.consumer_control import SequenceGuard
 from streams.dedupe import EventDeduper
 from streams.events import NormalizedEvent, Skipped, Unreadable
 from streams.normalize import body_hash, normalize
@@ -61,6 +62,7 @@ class Normalizer:
         self.topics = topics
         self.names = {name: topic.get_topic_name() for name, topic in topics.items()}
         self.deduper = EventDeduper(table, settings.dedupe_window)
+        self.sequence = SequenceGuard(app, "normalize")
         self.producer = producer or OutputProducer(producer_config(
             settings.kafka_bootstrap_servers or "", linger_ms=OUTPUT_LINGER_MS, client_id=f"{settings.worker_id}-normalize"))
         self._declared = False
@@ -149,6 +151,8 @@ class Normalizer:
         outputs: list[_Output] = []
         remember: list[tuple[faust.EventT, str]] = []
         pending: set[tuple[int, str]] = set()
+        # A record Faust dropped on the way would otherwise be committed past (never normalized).
+        events = [event for event in events if await self.sequence.admit(event)]
         for event in events:
             try:
                 output, event_id = self.route(event, pending)
@@ -203,6 +207,7 @@ def register_normalizer(app: faust.App, settings: Settings) -> None:
     @app.on_partitions_revoked.connect
     async def _forget(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:  # noqa: ARG001
         normalizer.deduper.forget_partitions({tp.partition for tp in revoked if tp.topic == names.raw})
+        normalizer.sequence.forget(revoked)
 
     @app.agent(raw_topic, name="normalize")
     async def normalize_agent(stream: faust.StreamT) -> None:

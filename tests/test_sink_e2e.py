@@ -446,12 +446,11 @@ def test_rejected_credentials_pause_the_location_and_the_backlog_drains_once_fix
     assert "accepts the credentials again" in log_text
 
 
-@pytest.mark.xfail(strict=False, reason="known gap (about 1 run in 3): after a stop during the outage the restarted "
-                   "worker processed no normalized event, or lost one event's note; see docs/sync-engine.md")
 def test_shutdown_while_ghl_is_down_then_restart_ends_in_the_fault_free_state(
         stack: Stack, fixture_bodies: dict[str, bytes]) -> None:
     """The fence path: the worker is stopped while every GoHighLevel call fails with 503 (events in flight,
-    location paused), then restarted (same group) against a healthy GoHighLevel."""
+    location paused), then restarted (same group) against a healthy GoHighLevel. This test found Faust dropping
+    a record around the restart's seek (about 1 run in 4, see docs/sync-engine.md, SequenceGuard)."""
     stack.emulator.set_faults([{"kind": "status", "status": 503, "count": 100000}])
     stack.send(jane_sequence(fixture_bodies))
     deadline = time.monotonic() + 60
