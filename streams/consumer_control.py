@@ -9,6 +9,7 @@ are touched here and only here).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -19,6 +20,9 @@ from apro_sync import metrics as M
 from streams.offset_sequence import OffsetSequencer, Verdict
 
 log = logging.getLogger("apro_sync.consumer")
+
+REWIND_RETRY_S = 0.5  # first re-seek while a missing record has not come yet (doubling)
+REWIND_RETRY_MAX_S = 5.0
 
 
 def abandon(app: faust.App, event: faust.EventT) -> None:
@@ -39,6 +43,7 @@ class SequenceGuard:
         self.app = app
         self.agent = agent
         self.sequencer = sequencer or OffsetSequencer()
+        self._watchers: dict[Any, asyncio.Future[None]] = {}
 
     async def admit(self, event: faust.EventT) -> bool:
         """True: process it now. False: it was dropped (abandoned) and will come again in sequence."""
@@ -54,7 +59,8 @@ class SequenceGuard:
                 log.warning("%s: %s[%d] offset %d arrived but %d did not; re-reading from %d",
                             self.agent, tp.topic, tp.partition, message.offset, decision.expected, decision.expected)
                 abandon(self.app, event)
-                await self.app.consumer.seek(tp, decision.expected)
+                await self._seek(tp, decision.expected)
+                self._watch(tp, decision.expected, message.generation_id or 0)
                 return False
         if decision.verdict is Verdict.HOLE:
             M.STREAM_REWINDS.labels(self.agent, "hole").inc()
@@ -68,6 +74,35 @@ class SequenceGuard:
 
     def forget(self, tps: Iterable[Any] | None = None) -> None:
         self.sequencer.forget(tps)
+
+    def _watch(self, tp: Any, expected: int, generation: int) -> None:
+        """Seek again until the missing record arrives. A seek made while Faust's consumer is still handing out
+        an earlier fetch can be undone by it (it raises its read position past the records the seek asked for
+        and then drops them), and once the records that ran ahead are held back nothing else would arrive."""
+        if tp not in self._watchers:
+            self._watchers[tp] = asyncio.ensure_future(self._rewind_until_read(tp, expected, generation))
+
+    async def _rewind_until_read(self, tp: Any, expected: int, generation: int) -> None:
+        delay = REWIND_RETRY_S
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                if self.sequencer.expected(tp, generation) != expected:
+                    return  # it arrived, or the partition was revoked
+                if not await self._seek(tp, expected):
+                    return
+                delay = min(delay * 2, REWIND_RETRY_MAX_S)
+        finally:
+            self._watchers.pop(tp, None)
+
+    async def _seek(self, tp: Any, offset: int) -> bool:
+        try:
+            await self.app.consumer.seek(tp, offset)
+        except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile: its next owner reads it
+            log.warning("%s: seeking %s[%d] to %d failed (%s)", self.agent, tp.topic, tp.partition, offset,
+                        type(exc).__name__)
+            return False
+        return True
 
     def _committed(self, tp: Any) -> int | None:
         try:

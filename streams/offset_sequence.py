@@ -83,6 +83,11 @@ class OffsetSequencer:
         pos.rewound_at = now
         return Decision(Verdict.REWIND, pos.expected)
 
+    def expected(self, tp: Hashable, generation: int) -> int | None:
+        """The next offset `tp` waits for in `generation`, or None (forgotten, or another generation)."""
+        pos = self._positions.get(tp)
+        return pos.expected if pos is not None and pos.generation == generation else None
+
     def accept_hole(self, tp: Hashable, offset: int) -> Decision:
         """Offsets before `offset` are not in the log (the broker says so, or rewinds never brought them)."""
         pos = self._positions[tp]

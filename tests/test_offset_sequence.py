@@ -34,6 +34,7 @@ def test_the_restart_seen_in_the_wild_rewinds_then_takes_the_missing_record_firs
     decision = seq.check(TP, 3, 1, None)
     assert (decision.verdict, decision.expected) == (Verdict.REWIND, 2)
     assert verdicts(seq, [4, 5]) == ["held", "held"]
+    assert (seq.expected(TP, 1), seq.expected(TP, 2)) == (2, None)  # what a re-seek would target, per generation
     assert verdicts(seq, [2, 3, 4, 5, 6]) == ["process"] * 5
 
 
