@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from apro_sync.config import Settings
 from apro_sync.kafka_admin import ensure_topics
-from streams.output_producer import OutputProducer, OutputRecord, producer_config
+from streams.output_producer import DeliveryFailed, OutputProducer, OutputRecord, producer_config
 
 pytestmark = pytest.mark.integration
 
@@ -58,3 +58,26 @@ def test_output_producer_writes_in_order_on_faust_partitions(settings: Settings)
     for key in keys[:20]:
         values = [int(v) for _, k, v in got if k == key]
         assert values == sorted(values) and len(values) == 3
+
+
+def test_failed_batch_raises_and_reset_gives_a_working_producer(settings: Settings) -> None:
+    """A batch with a record the producer refuses fails as a whole with DeliveryFailed (the records around it
+    are still accounted for, nothing hangs), and after `reset` the next write goes through a fresh producer."""
+    topic = f"{settings.topic_prefix}out-reset"
+    ensure_topics(settings.kafka_bootstrap_servers or "", [topic], settings.topic_partitions)
+
+    async def main() -> None:
+        producer = OutputProducer(producer_config(settings.kafka_bootstrap_servers or "",
+                                                  extra={"message.max.bytes": 10_000}))
+        try:
+            with pytest.raises(DeliveryFailed):
+                await producer.write([OutputRecord(topic, b"k", b"x" * 20_000, [])])
+            await producer.reset()
+            assert not producer.started
+            await producer.write([OutputRecord(topic, b"k", b"after-reset", [])])
+            assert producer.started
+        finally:
+            await producer.stop()
+
+    asyncio.run(main())
+    assert [v for _p, _k, v in read_all(settings, topic, 1)] == [b"after-reset"]
