@@ -58,6 +58,27 @@ def provision(dry_run: bool = typer.Option(False, help="Report what is missing w
     raise typer.Exit(run(load_settings(), dry_run=dry_run))
 
 
+@app.command()
+def peek(
+    topic: str = typer.Argument("raw", help="raw | quarantine | normalized | skipped | deadletter, or a topic name."),
+    show_payload: bool = typer.Option(False, "--show-payload",
+                                      help="Also print keys and bodies (patient data: development only)."),
+) -> None:
+    """List the records of a topic: partition:offset, time, request id, resource, size (and reason on
+    quarantine / dead-letter topics). Reads without a consumer group. Uses KAFKA_BOOTSTRAP_SERVERS."""
+    from apro_sync import peek as P
+    from apro_sync.kafka_records import OperatorError
+
+    settings = load_settings()
+    short = {"raw", "quarantine", "normalized", "skipped", "deadletter"}
+    name = getattr(settings.topics, topic) if topic in short else topic
+    try:
+        P.run(settings.kafka_bootstrap_servers or "localhost:9092", name, show_payload, typer.echo)
+    except OperatorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 @app.command("lag-exporter")
 def lag_exporter(
     port: int = typer.Option(9308, help="Port for the Prometheus /metrics endpoint."),

@@ -104,6 +104,7 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
             f"http://127.0.0.1:{settings.metrics_port}/metrics (worker)\n"
             f"  example: curl -sS -H 'Content-Type: application/json' --data-binary @{fixtures}/appointment_created.json "
             f"{base}/{shown}\n"
+            f"  raw records: KAFKA_BOOTSTRAP_SERVERS={bootstrap} apro-sync peek\n"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )
