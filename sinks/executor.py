@@ -251,8 +251,8 @@ class OpExecutor:
                 SYNC_IN_DOUBT.labels(self.label, "enroll_workflow", "found").inc()
                 return
             SYNC_IN_DOUBT.labels(self.label, "enroll_workflow", "repeated").inc()
-            log.warning("sink: enrollment in doubt for event %s in %s; enrolling (at least once)",
-                        op.event_id, self.label)
+            log.warning("sink: enrollment in doubt for event %s in %s, workflow %r; enrolling (at least once)",
+                        op.event_id, self.label, op.workflow)
         attempt = 0
         while True:
             attempt += 1
@@ -262,6 +262,8 @@ class OpExecutor:
             except GhlTransientError as exc:
                 if ambiguous(exc):
                     SYNC_IN_DOUBT.labels(self.label, "enroll_workflow", "repeated").inc()
+                    log.warning("sink: enrollment in doubt for event %s in %s, workflow %r (%s); enrolling again "
+                                "(at least once)", op.event_id, self.label, op.workflow, exc.reason)
                 if attempt >= self.client.policy.max_attempts:
                     raise
                 await self._pause(exc, attempt)
