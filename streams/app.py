@@ -24,6 +24,8 @@ def build_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
             broker_rebalance_timeout=2,
             producer_max_batch_size=1,
         )
+    if settings.embedded_broker:
+        _short_fetch_wait_for_embedded_broker()
     return faust.App(
         app_id or settings.worker_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
@@ -37,3 +39,28 @@ def build_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         stream_wait_empty=True,
         **extra,
     )
+
+
+EMBEDDED_FETCH_MAX_WAIT_MS = 50
+
+
+def _short_fetch_wait_for_embedded_broker() -> None:
+    """faust-streaming 0.15.3 creates its consumer with a hard-coded `fetch_max_wait_ms=1500`. Apache Kafka answers
+    a fetch as soon as a record arrives (fetch.min.bytes=1), but the embedded Tansu broker holds it for the whole
+    wait, which put ~1.3 s on every webhook's way through the two topics (bench/sink.py). For the embedded broker
+    only, the consumer class Faust instantiates gets a short wait instead."""
+    from faust.transport.drivers import aiokafka as driver
+
+    original = driver.aiokafka.AIOKafkaConsumer
+    if getattr(original, "_apro_short_wait", False):
+        return
+
+    class ShortWaitConsumer(original):  # type: ignore[misc, valid-type]
+        _apro_short_wait = True
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            if "group_id" in kwargs:  # the stream consumer (not Faust's reply/client consumer)
+                kwargs["fetch_max_wait_ms"] = EMBEDDED_FETCH_MAX_WAIT_MS
+            super().__init__(*args, **kwargs)
+
+    driver.aiokafka.AIOKafkaConsumer = ShortWaitConsumer
