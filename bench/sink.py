@@ -23,6 +23,7 @@ import asyncio
 import io
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -43,7 +44,7 @@ from sinks.emulator.config import EmulatorConfig, FaultsConfig, LocationConfig, 
 from sinks.emulator.server import ThreadedEmulator  # noqa: E402
 from sinks.locations import load_locations  # noqa: E402
 from sinks.provision import provision_all  # noqa: E402
-from tests.reliability.harness import TOKEN, StackConfig, wait_until  # noqa: E402
+from tests.reliability.harness import TOKEN, StackConfig  # noqa: E402
 
 FIXTURES = REPO.parent / "shared" / "fixtures" / "webhooks"
 MINIMUM = {"client": 1, "appointment": 4, "invoice": 5}
@@ -95,8 +96,6 @@ class Bodies:
 
 def mixed_kinds(count: int) -> list[str]:
     kinds = [kind for kind, share in MIX for _ in range(round(count * share))]
-    import random
-
     random.Random(5).shuffle(kinds)
     return kinds[:count]
 
@@ -166,8 +165,8 @@ class Stack:
 
 
 async def post(url: str, bodies: list[bytes], rate: float | None = None, concurrency: int = 8) -> list[int]:
-    """POST in order; with `rate`, paced at that many per second (open loop); else as fast as `concurrency` allows
-    while keeping each client's events in order (one client per body here: order across bodies is free)."""
+    """POST in order; with `rate`, paced at that many per second (open loop); else in sequential batches of
+    `concurrency` (callers put distinct clients in a batch, so each client's events stay in order)."""
     statuses: list[int] = []
     async with aiohttp.ClientSession() as session:
         async def one(body: bytes) -> None:
