@@ -17,7 +17,7 @@ from typing import Any
 import faust
 
 from apro_sync import metrics as M
-from streams.offset_sequence import OffsetSequencer, Verdict
+from streams.offset_sequence import MAX_REWINDS, OffsetSequencer, Verdict
 
 log = logging.getLogger("apro_sync.consumer")
 
@@ -50,6 +50,10 @@ class SequenceGuard:
         message = event.message
         tp = message.tp
         decision = self.sequencer.check(tp, message.offset, message.generation_id or 0, self._committed(tp))
+        if decision.skipped is not None:
+            M.STREAM_REWINDS.labels(self.agent, "skipped").inc()
+            log.error("%s: %s[%d] offset %d was not delivered after %d rewinds; skipped (replay it: "
+                      "apro-sync replay)", self.agent, tp.topic, tp.partition, decision.skipped, MAX_REWINDS)
         if decision.verdict is Verdict.REWIND:
             earliest = await self._earliest(tp)
             if earliest is not None and earliest > decision.expected:
@@ -114,7 +118,7 @@ class SequenceGuard:
     async def _earliest(self, tp: Any) -> int | None:
         try:
             return (await self.app.consumer.earliest_offsets(tp)).get(tp)
-        except Exception:  # noqa: BLE001 - unknown: rewind anyway (a real hole is accepted after a few rewinds)
+        except Exception:  # noqa: BLE001 - unknown: rewind anyway (the next rewind asks again)
             return None
 
 

@@ -10,8 +10,9 @@ records ran ahead of it. Faust then commits past the hole, because its gap check
 Our topics are written by idempotent, non-transactional producers and are not compacted, so their offsets are
 contiguous: an offset jump inside one consumer generation means a record was dropped on the way. The agent
 then rewinds the partition to the first missing offset and holds back the records that ran ahead until the
-missing one comes; only a hole the broker confirms (the log starts later, retention) or one that survives
-several rewinds is accepted, with a warning.
+missing one comes. A hole the broker confirms (the log starts later, retention) is accepted. A single record that
+does not come back after MAX_REWINDS rewinds is skipped alone, with a warning naming its offset; never the records
+held back after it (a long-mode crash run showed an earlier version skipping hundreds of those).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 REWIND_PATIENCE_S = 10.0  # a rewind's records normally arrive within milliseconds; after this, rewind again
-MAX_REWINDS = 3  # rewinds for one missing offset before the hole is accepted
+MAX_REWINDS = 3  # rewinds for one missing record before that single record is skipped (and logged)
 
 
 class Verdict(enum.Enum):
@@ -30,7 +31,7 @@ class Verdict(enum.Enum):
     SEEN = "seen"  # delivered again (a rewind re-reads what ran ahead): already handed over, drop
     HELD = "held"  # ahead of a rewind in progress: drop, it comes again after the missing record
     REWIND = "rewind"  # a record is missing before this one: seek back to `expected`, drop this one
-    HOLE = "hole"  # a missing range survived the rewinds: accept it and process this record
+    HOLE = "hole"  # the broker says the missing offsets are gone (retention): accept and process this record
 
 
 @dataclass
@@ -45,6 +46,7 @@ class _Position:
 class Decision:
     verdict: Verdict
     expected: int  # the offset that should have come (REWIND/HOLE: first missing one)
+    skipped: int | None = None  # a single record given up on after MAX_REWINDS rewinds (to be logged)
 
     @property
     def process(self) -> bool:
@@ -78,7 +80,13 @@ class OffsetSequencer:
         if pos.rewound_at is not None and now - pos.rewound_at < self._patience_s:
             return Decision(Verdict.HELD, pos.expected)
         if pos.rewinds >= self._max_rewinds:
-            return self.accept_hole(tp, offset)
+            # The one record at `expected` never came back. Skip exactly that one (the caller logs it loudly, by
+            # offset, for a replay) and re-read from the next: the records after it were held back by us, not
+            # lost, so skipping up to `offset` would drop them all (a long-mode crash run did exactly that).
+            skipped = pos.expected
+            pos.expected, pos.rewound_at, pos.rewinds = skipped + 1, None, 0
+            decision = self.check(tp, offset, generation, committed)
+            return Decision(decision.verdict, decision.expected, skipped)
         pos.rewinds += 1
         pos.rewound_at = now
         return Decision(Verdict.REWIND, pos.expected)
@@ -89,7 +97,7 @@ class OffsetSequencer:
         return pos.expected if pos is not None and pos.generation == generation else None
 
     def accept_hole(self, tp: Hashable, offset: int) -> Decision:
-        """Offsets before `offset` are not in the log (the broker says so, or rewinds never brought them)."""
+        """Offsets before `offset` are not in the log (the broker's log start is past them)."""
         pos = self._positions[tp]
         missing = pos.expected
         pos.expected, pos.rewound_at, pos.rewinds = offset + 1, None, 0
