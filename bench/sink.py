@@ -1,34 +1,44 @@
 """Sink benchmark: GoHighLevel calls per event, end-to-end latency at nominal load, rate-budget use on a backlog.
 
-Real processes (`apro-sync producer`, `apro-sync worker`) on the embedded broker (or KAFKA_BOOTSTRAP_SERVERS),
-the GoHighLevel emulator in this process. Every figure is printed against its baseline from the same run:
+Real processes (`apro-sync producer`, `apro-sync worker`) on the embedded broker started here (or the broker in
+KAFKA_BOOTSTRAP_SERVERS), the GoHighLevel emulator in this process on loopback with 11 sub-accounts (one per
+AestheticsPro location, through a locations file), every figure printed against a baseline from the same run:
 
-(a) calls per event on the standard mix (30 % client, 50 % appointment, 20 % invoice events) for clients whose
-    contact already exists, divided by the theoretical minimum (client 1, appointment 4, invoice 5 calls).
-    Target 1.00. The calls are counted by endpoint from the emulator, so any extra call is named.
-(b) latency webhook accepted (the producer's received-at) → the event's last GoHighLevel call (its audit note,
-    written last) at nominal load: 10 locations, each its own GoHighLevel sub-account, 20 events/s, 50 ms per
-    emulated call. Baseline: the emulated time of the calls themselves (4-5 calls × 50 ms).
-    Target p50 < 300 ms, p99 < 1 s.
-(c) share of one location's 100 requests / 10 s budget used while a backlog drains, and the share of 429s.
-    Target ≥ 95 % with < 1 % 429s.
+(c) budget: a backlog of bookings for ONE location is posted while the worker is stopped, then the worker starts
+    and drains it. From the emulator's own request log: requests per sliding 10 s window / the 100-request limit,
+    and the share of 429s. Target >= 95 % with < 1 % 429s.
+(a) calls per event / theoretical minimum (client 1, appointment 4, invoice 5), target 1.00, on the standard mix
+    (30 % client, 50 % appointment, 20 % invoice events). Cold: each client's first event (new contact). Steady:
+    the events of (b), for clients whose contact and opportunity already exist. Every call is attributed to its
+    event (by contact, in order; the audit note's `apro-event:` marker checks the attribution), so the extra
+    calls are named per event kind.
+(b) latency webhook accepted (the producer's received-at) -> the end of the event's last GoHighLevel call (as the
+    emulator answered it), 10 locations, 20 events/s offered open loop, 50 ms per emulated call. Baseline: the
+    emulator's measured time per call x the kind's minimum calls. Also split by stage (normalize, sink pick-up,
+    calls) and compared with the worker's own apro_sync_e2e_seconds histogram. Target p50 < 300 ms, p99 < 1 s.
 
-    python bench/sink.py [--quick]
+    python bench/sink.py [--quick] [--only load|budget] [--rate 20] [--seconds 45] [--call-ms 50]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import io
 import json
+import math
 import os
 import random
+import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -37,22 +47,39 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import aiohttp  # noqa: E402
+from aiohttp import web  # noqa: E402
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: E402
 
 from apro_sync.config import Settings  # noqa: E402
 from apro_sync.embedded_broker import EmbeddedBroker  # noqa: E402
-from sinks.emulator.config import EmulatorConfig, FaultsConfig, LocationConfig, RateLimitConfig  # noqa: E402
+from sinks.emulator.config import EmulatorConfig, LocationConfig  # noqa: E402
 from sinks.emulator.server import ThreadedEmulator  # noqa: E402
 from sinks.locations import load_locations  # noqa: E402
 from sinks.provision import provision_all  # noqa: E402
-from tests.reliability.harness import TOKEN, StackConfig  # noqa: E402
+from tests.reliability.harness import TOKEN, StackConfig, parse_metrics, scrape  # noqa: E402
 
 FIXTURES = REPO.parent / "shared" / "fixtures" / "webhooks"
 MINIMUM = {"client": 1, "appointment": 4, "invoice": 5}
 MIX = (("client", 0.3), ("appointment", 0.5), ("invoice", 0.2))
 MARKER = "apro-event: "
+CONTACT_WRITES = {"PUT /contacts/{contactId}", "POST /contacts/upsert"}  # the first op of every event
+LOAD_LOCATIONS = [str(n) for n in range(101, 111)]  # AestheticsPro location ids of (a)/(b), one sub-account each
+BACKLOG_LOCATION = "999"  # (c): its own sub-account, untouched by (a)/(b)
+BURST = 100  # GoHighLevel: 100 requests / 10 s per location (the emulator's default)
+WINDOW_S = 10.0
 
 
 # ------------------------------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True)
+class Ev:
+    event_id: str
+    kind: str
+    cid: int
+    location: str
+    phase: str
+    body: bytes
 
 
 class Bodies:
@@ -62,22 +89,11 @@ class Bodies:
         self.fx = {p.stem: json.loads(p.read_text()) for p in FIXTURES.glob("*.json")}
         self.n = 0
         self.t0 = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
+        self.by_cid: dict[int, list[Ev]] = defaultdict(list)  # every event of a client, in posting order
+        self.by_id: dict[str, Ev] = {}
 
-    def _client(self, body: dict[str, Any], cid: int, location: str) -> dict[str, Any]:
-        client = dict(body["client"])
-        for key in ("clientId", "id"):
-            if key in client:
-                client[key] = str(cid)
-        client["email"] = f"bench{cid}@example.com"
-        client["mobilePhone"] = f"(602) 555-{cid % 10_000:04d}"
-        body["client"] = client
-        body["location"] = {"id": location, "name": f"Bench {location}"}
-        return body
-
-    def make(self, kind: str, cid: int, location: str) -> tuple[str, bytes]:
+    def make(self, kind: str, cid: int, location: str, phase: str) -> Ev:
         self.n += 1
-        event_id = f"bench-{kind}-{self.n}"
-        occurred = (self.t0 + timedelta(seconds=self.n)).isoformat()
         if kind == "client":
             body = json.loads(json.dumps(self.fx["client_updated"]))
         elif kind == "appointment":
@@ -89,35 +105,111 @@ class Bodies:
             body = json.loads(json.dumps(self.fx["invoice_paid"]))
             body["invoice"]["invoiceId"] = f"I-bench-{self.n}"
             body["invoice"]["invoiceNumber"] = f"B{self.n}"
-        body["eventId"] = event_id
-        body["occurredAt"] = occurred
-        return event_id, json.dumps(self._client(body, cid, location)).encode()
+        body["eventId"] = f"bench-{kind}-{self.n}"
+        body["occurredAt"] = (self.t0 + timedelta(seconds=self.n)).isoformat()
+        client = dict(body["client"])
+        for key in ("clientId", "id"):
+            if key in client:
+                client[key] = str(cid)
+        client["email"] = f"bench{cid}@example.com"
+        client["mobilePhone"] = f"(602) 555-{cid % 10_000:04d}"
+        body["client"] = client
+        body["location"] = {"id": location, "name": f"Bench {location}"}
+        ev = Ev(body["eventId"], kind, cid, location, phase, json.dumps(body).encode())
+        self.by_cid[cid].append(ev)
+        self.by_id[ev.event_id] = ev
+        return ev
 
 
-def mixed_kinds(count: int) -> list[str]:
+def mixed_kinds(count: int, seed: int) -> list[str]:
+    """`count` kinds in the standard mix proportions, shuffled (seeded)."""
     kinds = [kind for kind, share in MIX for _ in range(round(count * share))]
-    random.Random(5).shuffle(kinds)
+    while len(kinds) < count:
+        kinds.append("appointment")
+    random.Random(seed).shuffle(kinds)
     return kinds[:count]
 
 
-# ------------------------------------------------------------------------------------------------ stack
+# ------------------------------------------------------------------------------------------------ emulator
 
 
-def start_emulator(locations: list[str], *, latency_ms: int = 0, burst: int = 100) -> ThreadedEmulator:
+@dataclass
+class Call:
+    """One GoHighLevel request as the emulator served it (recorded by a middleware of this benchmark)."""
+
+    endpoint: str  # "PUT /contacts/{contactId}"
+    start: float  # time.time() on arrival
+    end: float  # time.time() when the emulator's answer was ready (after its injected latency)
+    status: int
+    location: str  # GoHighLevel location id (from the token)
+    contact: str | None = None
+    opportunity: str | None = None
+    event: str | None = None  # the note's `apro-event:` marker
+
+
+class Recorder:
+    """An aiohttp middleware on the emulator app: per request, the endpoint template, the object ids it touches
+    (contact, opportunity, the note's event marker) and arrival/answer times. The emulator's own request log
+    keeps only the template and arrival time, which cannot say which event a `PUT /contacts/{id}` belongs to."""
+
+    def __init__(self, tokens: dict[str, str]) -> None:
+        self.tokens = tokens  # token → GoHighLevel location id
+        self.calls: list[Call] = []
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> list[Call]:
+        with self._lock:
+            return list(self.calls)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        start = time.time()
+        resp = await handler(request)
+        end = time.time()
+        resource = request.match_info.route.resource
+        template = resource.canonical if resource is not None else request.path
+        if template.startswith("/_emulator"):
+            return resp
+        auth = request.headers.get("Authorization", "")
+        call = Call(f"{request.method} {template}", start, end, resp.status, self.tokens.get(auth[7:].strip(), "?"))
+        m = request.match_info
+        call.contact = m.get("contactId") or request.query.get("contact_id")
+        if template.startswith("/opportunities/{id}"):
+            call.opportunity = m.get("id")
+        if call.endpoint in ("POST /contacts/upsert", "POST /opportunities/", "POST /contacts/{contactId}/notes"):
+            try:
+                sent = json.loads(await request.read() or b"{}")
+                answer = json.loads(getattr(resp, "body", b"") or b"{}")
+            except ValueError:
+                sent, answer = {}, {}
+            if call.endpoint == "POST /contacts/upsert":
+                call.contact = (answer.get("contact") or {}).get("id")
+            elif call.endpoint == "POST /opportunities/":
+                call.contact = sent.get("contactId")
+                call.opportunity = (answer.get("opportunity") or {}).get("id")
+            elif MARKER in (sent.get("body") or ""):
+                call.event = sent["body"].split(MARKER, 1)[1].split()[0]
+        with self._lock:
+            self.calls.append(call)
+        return resp
+
+
+def start_emulator(count: int) -> tuple[ThreadedEmulator, Recorder]:
     config = EmulatorConfig(
-        locations=[LocationConfig(id=f"benchLoc{n:02d}xxxxxxxxxx", token=f"pit-bench-{n:02d}") for n in range(len(locations))],
-        rate_limit=RateLimitConfig(burst_max=burst),
-        faults=FaultsConfig(latency_ms=latency_ms),
+        locations=[LocationConfig(id=f"benchLoc{n:02d}xxxxxxxxxx", token=f"pit-bench-{n:02d}") for n in range(count)],
+        max_request_log=1_000_000,
     )
-    emulator = ThreadedEmulator(config).start()
-    return emulator
+    emulator = ThreadedEmulator(config)
+    recorder = Recorder({loc.token: loc.id for loc in config.locations})
+    emulator.server.app.middlewares.append(recorder.middleware)  # before start: the app is frozen then
+    return emulator.start(), recorder
 
 
 def locations_file(work: Path, emulator: ThreadedEmulator, apro_ids: list[str]) -> tuple[Path, dict[str, str]]:
     """One GoHighLevel sub-account per AestheticsPro location; tokens in env variables (no secrets in the file)."""
     env: dict[str, str] = {}
     lines = ["locations:"]
-    for apro, loc in zip(apro_ids, emulator.server.config.locations):
+    for apro, loc in zip(apro_ids, emulator.server.config.locations, strict=True):
         var = f"BENCH_GHL_TOKEN_{apro}"
         env[var] = loc.token
         lines += [f"  - apro: [\"{apro}\"]", f"    ghl_location_id: {loc.id}", f"    token_env: {var}",
@@ -142,207 +234,462 @@ def provision(env: dict[str, str]) -> None:
         os.environ.update(saved)
 
 
+# ------------------------------------------------------------------------------------------------ posting
+
+
+async def _post(url: str, evs: Sequence[Ev], rate: float | None, concurrency: int) -> dict[str, float]:
+    """POST each event; returns event id → time.time() of its 202. With `rate`: open loop, evenly paced; else in
+    sequential batches of `concurrency` (callers put distinct clients in a batch, so a client's events stay in
+    order). Any answer other than 202 aborts the benchmark."""
+    accepted: dict[str, float] = {}
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def one(ev: Ev) -> None:
+            async with session.post(url, data=ev.body, headers={"Content-Type": "application/json"}) as resp:
+                await resp.read()
+                if resp.status != 202:
+                    raise RuntimeError(f"producer answered {resp.status} to {ev.event_id}")
+                accepted[ev.event_id] = time.time()
+
+        if rate is None:
+            for i in range(0, len(evs), concurrency):
+                await asyncio.gather(*(one(e) for e in evs[i:i + concurrency]))
+        else:
+            start = time.monotonic()
+            tasks = []
+            for i, ev in enumerate(evs):
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.ensure_future(one(ev)))
+            await asyncio.gather(*tasks)
+    return accepted
+
+
+def post(url: str, evs: Sequence[Ev], rate: float | None = None, concurrency: int = 8) -> dict[str, float]:
+    return asyncio.run(_post(url, evs, rate, concurrency))
+
+
+def wait_done(recorder: Recorder, bodies: Bodies, evs: Sequence[Ev], timeout_s: float, quiet_s: float = 0.5) -> None:
+    """Until every event of `evs` had its last call answered, then `quiet_s` without any new call. The last call
+    of an appointment/invoice event is its audit note; a client event has one call, its contact write, and every
+    event posted so far starts with exactly one contact write."""
+    notes = {e.event_id for e in evs if e.kind != "client"}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        calls = recorder.snapshot()
+        seen = {c.event for c in calls if c.event and c.status < 300}
+        writes = sum(1 for c in calls if c.endpoint in CONTACT_WRITES and c.status < 300)
+        if notes <= seen and writes >= len(bodies.by_id) and time.time() - max(c.end for c in calls) >= quiet_s:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the worker did not finish {len(evs)} events within {timeout_s:.0f}s")
+
+
+def wait_window_clear(recorder: Recorder) -> None:
+    """Sleep until the last call is older than the 10 s window: the next phase starts with a full budget."""
+    calls = recorder.snapshot()
+    if calls:
+        time.sleep(max(0.0, max(c.end for c in calls) + WINDOW_S + 0.2 - time.time()))
+
+
+# ------------------------------------------------------------------------------------------------ stack
+
+
 class Stack:
+    """`apro-sync producer` and `apro-sync worker` processes (tests/reliability/harness.py), one topic prefix."""
+
     def __init__(self, bootstrap: str, embedded: bool, work: Path, env: dict[str, str]) -> None:
         self.config = StackConfig.for_broker(bootstrap, work, embedded_broker=embedded, partitions=12,
-                                            extra_env={**env, "APRO_LOG_LEVEL": "WARNING"}, log_level="WARNING")
+                                            extra_env={**env, "APRO_LOG_FORMAT": "console"}, log_level="WARNING")
         self.config.create_topics()
         self.producer = self.config.producer()
         self.worker = self.config.worker()
-
-    def start(self, worker: bool = True) -> "Stack":
-        self.producer.start()
-        if worker:
-            self.worker.start()
-        self.producer.wait_ready()
-        if worker:
-            self.worker.wait_ready()
-        return self
 
     def stop(self) -> None:
         self.worker.stop()
         self.producer.stop()
 
 
-async def post(url: str, bodies: list[bytes], rate: float | None = None, concurrency: int = 8) -> list[int]:
-    """POST in order; with `rate`, paced at that many per second (open loop); else in sequential batches of
-    `concurrency` (callers put distinct clients in a batch, so each client's events stay in order)."""
-    statuses: list[int] = []
-    async with aiohttp.ClientSession() as session:
-        async def one(body: bytes) -> None:
-            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
-                statuses.append(resp.status)
-
-        if rate is None:
-            for i in range(0, len(bodies), concurrency):
-                await asyncio.gather(*(one(b) for b in bodies[i:i + concurrency]))
-        else:
-            start = time.monotonic()
-            tasks = []
-            for i, body in enumerate(bodies):
-                delay = start + i / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.ensure_future(one(body)))
-            await asyncio.gather(*tasks)
-    return statuses
+# ------------------------------------------------------------------------------------------------ analysis (pure)
 
 
-def calls(emulator: ThreadedEmulator) -> Counter[str]:
-    return Counter({c["endpoint"]: c["count"] for c in emulator.state()["requestCounts"]})
+def quantile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank quantile of `values` (unsorted is fine)."""
+    xs = sorted(values)
+    return xs[max(0, min(len(xs) - 1, math.ceil(q * len(xs)) - 1))]
 
 
-def settle(emulator: ThreadedEmulator, quiet_s: float = 3.0, timeout_s: float = 600.0) -> None:
-    last, since, deadline = None, time.monotonic(), time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        total = sum(calls(emulator).values())
-        if total != last:
-            last, since = total, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return
-        time.sleep(0.3)
-    raise RuntimeError("the worker never went idle")
+@dataclass
+class Attribution:
+    per_event: dict[str, list[Call]] = field(default_factory=dict)
+    setup: list[Call] = field(default_factory=list)  # calls of no contact (id resolution at worker start)
+    unattributed: list[Call] = field(default_factory=list)
+    mismatched: int = 0  # segments whose note names another event than expected
 
 
-def ghl_env_single(emulator: ThreadedEmulator) -> dict[str, str]:
-    loc = emulator.server.config.locations[0]
-    return {"APRO_GHL_BASE_URL": emulator.base_url, "APRO_GHL_TOKEN": loc.token, "APRO_GHL_LOCATION_ID": loc.id}
+def attribute(calls: Iterable[Call], bodies: Bodies, contact_cid: dict[str, int], opp_contact: dict[str, str],
+              ) -> Attribution:
+    """Assign every call to its event. A client's events run strictly one after the other (one lane per client),
+    each starts with its contact write and (appointment/invoice) ends with its audit note, so a contact's calls
+    in arrival order, cut at each contact write, are its events' calls in posting order."""
+    out = Attribution()
+    by_cid: dict[int, list[Call]] = defaultdict(list)
+    for c in calls:
+        contact = c.contact or opp_contact.get(c.opportunity or "")
+        if contact is None:
+            (out.setup if c.endpoint.startswith(("GET /locations", "GET /opportunities/pipelines", "GET /workflows"))
+             else out.unattributed).append(c)
+            continue
+        cid = contact_cid.get(contact)
+        if cid is None:
+            out.unattributed.append(c)
+            continue
+        by_cid[cid].append(c)
+    for cid, cs in by_cid.items():
+        cs.sort(key=lambda c: c.start)
+        segments: list[list[Call]] = []
+        for c in cs:
+            if c.endpoint in CONTACT_WRITES or not segments:
+                segments.append([])
+            segments[-1].append(c)
+        events = bodies.by_cid.get(cid, [])
+        for ev, seg in zip(events, segments, strict=False):
+            marked = {c.event for c in seg if c.event}
+            if marked and marked != {ev.event_id}:
+                out.mismatched += 1
+            out.per_event[ev.event_id] = seg
+        for seg in segments[len(events):]:
+            out.unattributed.extend(seg)
+    return out
+
+
+def windows(times: Sequence[float], start: float, end: float, step: float = 0.1) -> list[int]:
+    """Request counts of the sliding windows [t, t + 10 s) for t from `start` to `end - 10 s` every `step`."""
+    xs = sorted(times)
+    out = []
+    t = start
+    while t + WINDOW_S <= end + 1e-9:
+        out.append(bisect.bisect_left(xs, t + WINDOW_S) - bisect.bisect_left(xs, t))
+        t += step
+    return out
+
+
+def max_window(times: Sequence[float]) -> int:
+    xs = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(xs):
+        while xs[lo] <= t - WINDOW_S:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def histogram_quantile(buckets: dict[float, float], q: float) -> float:
+    """Prometheus-style quantile from cumulative bucket counts {upper bound: count}, linear within a bucket."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    prev_bound, prev_count = 0.0, 0.0
+    for b in bounds:
+        if buckets[b] >= rank:
+            if math.isinf(b):
+                return prev_bound
+            span = buckets[b] - prev_count
+            return prev_bound + (b - prev_bound) * ((rank - prev_count) / span if span else 1.0)
+        prev_bound, prev_count = b, buckets[b]
+    return prev_bound
+
+
+def e2e_buckets(metrics_url: str) -> dict[float, float]:
+    samples = parse_metrics(scrape(metrics_url))
+    out: dict[float, float] = defaultdict(float)
+    for (name, labels), value in samples.items():
+        if name == "apro_sync_e2e_seconds_bucket":
+            out[float(dict(labels)["le"])] += value
+    return dict(out)
+
+
+@dataclass(frozen=True)
+class Normalized:
+    received: datetime
+    written: float  # the normalized record's Kafka timestamp (s)
+
+
+def read_normalized(bootstrap: str, topic: str, want: set[str], timeout_s: float = 60.0) -> dict[str, Normalized]:
+    """event id → (received_at, normalized record timestamp) for the `want` events, read from the beginning."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-sink-{time.time_ns()}",
+                         "enable.auto.commit": False, "log_level": 0})
+    out: dict[str, Normalized] = {}
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        deadline = time.monotonic() + timeout_s
+        while not want <= out.keys() and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.5):
+                if msg.error():
+                    continue
+                data = json.loads(msg.value())
+                eid, received = data.get("event_id"), data.get("received_at")
+                if eid in want and received:
+                    out[eid] = Normalized(datetime.fromisoformat(received), msg.timestamp()[1] / 1000)
+    finally:
+        consumer.close()
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ parts
 
 
-def part_calls(bootstrap: str, embedded: bool, work: Path, events: int) -> None:
-    emulator = start_emulator(["3"], burst=1_000_000)
-    env = ghl_env_single(emulator)
-    provision(env)
-    stack = Stack(bootstrap, embedded, work / "calls", env).start()
-    try:
-        bodies = Bodies()
-        clients = list(range(1000, 1000 + max(20, events // 5)))
-        url = stack.producer.webhook_url()
-        asyncio.run(post(url, [bodies.make("client", c, "3")[1] for c in clients]))  # warm-up: contacts exist
-        settle(emulator)
-        before = calls(emulator)
-        kinds = mixed_kinds(events)
-        asyncio.run(post(url, [bodies.make(k, clients[i % len(clients)], "3")[1] for i, k in enumerate(kinds)]))
-        settle(emulator)
-        spent = calls(emulator) - before
-    finally:
-        stack.stop()
-        emulator.stop()
-    per_kind = Counter(kinds)
-    minimum = sum(MINIMUM[k] * n for k, n in per_kind.items())
-    total = sum(spent.values())
-    print(f"(a) calls per event, steady state: {len(kinds)} events {dict(per_kind)}")
-    for endpoint, n in sorted(spent.items(), key=lambda kv: -kv[1]):
-        print(f"      {n:6d}  {endpoint}")
-    print(f"    {total} calls / theoretical minimum {minimum} = {total / minimum:.2f}  (target 1.00)")
+def run_budget(stack: Stack, emulator: ThreadedEmulator, recorder: Recorder, bodies: Bodies, count: int,
+               call_ms: int) -> dict[str, Any]:
+    """(c): post a backlog for one location with the worker stopped, then start the worker to drain it."""
+    loc_id = emulator.config.locations[len(LOAD_LOCATIONS)].id
+    backlog = [bodies.make("appointment", 50_000 + i, BACKLOG_LOCATION, "backlog") for i in range(count)]
+    post(stack.producer.webhook_url(), backlog, concurrency=16)
+    wait_window_clear(recorder)  # `apro-sync provision`'s calls out of the window: the drain starts with 100
+    started = time.time()
+    stack.worker.start().wait_ready()
+    return {"loc_id": loc_id, "backlog": backlog, "worker_started": started, "call_ms": call_ms}
 
 
-def part_latency(bootstrap: str, embedded: bool, work: Path, seconds: float, rate: float, call_ms: int) -> None:
-    apro_ids = [str(n) for n in range(101, 111)]
-    emulator = start_emulator(apro_ids, latency_ms=call_ms)
+def report_budget(emu_log: list[dict[str, Any]], info: dict[str, Any], timeline: bool = False) -> None:
+    """(c) from the emulator's own request log (arrival times as its rate limiter counted them, statuses)."""
+    log = [r for r in emu_log if r.get("locationId") == info["loc_id"] and r["at"] >= info["worker_started"]]
+    accepted = sorted(r["at"] for r in log if r.get("status") != 429)
+    limited = sum(1 for r in log if r.get("status") == 429)
+    if len(accepted) < 2:
+        print("(c) no requests logged")
+        return
+    first, last = accepted[0], accepted[-1]
+    span = last - first
+    # Backlog left for certain until the last booking's first call (each booking is a new contact: one upsert);
+    # windows ending after it may be short of work, not of budget.
+    last_start = max(r["at"] for r in log if r["path"] == "/contacts/upsert" and r.get("status") != 429)
+    drain = windows(accepted, first, last_start)
+    print(f"(c) budget while draining a backlog: {len(info['backlog'])} bookings for one location (new clients, "
+          f"5 calls each), one sub-account, limit {BURST} requests / 10 s, {info['call_ms']} ms per call")
+    print(f"    {len(accepted)} calls answered in {span:.1f} s (first to last call) = "
+          f"{len(accepted) / span * WINDOW_S:.1f} per 10 s")
+    if drain:
+        print(f"    sliding 10 s windows while bookings were still waiting ({len(drain)} windows, every 0.1 s over "
+              f"{last_start - WINDOW_S - first:.1f} s): mean {statistics.mean(drain):.1f}, min {min(drain)}, "
+              f"max {max(drain)} → budget used {statistics.mean(drain) / BURST:.1%} (target ≥ 95 %)")
+    else:
+        print("    the backlog drained within one window: too short to measure; use a larger --backlog")
+    print(f"    429s: {limited} of {len(log)} requests = {limited / len(log):.2%} (target < 1 %)")
+    if timeline:
+        per_s = Counter(int(t - first) for t in accepted)
+        print("    calls per second from the first call: " + " ".join(str(per_s[i]) for i in range(int(span) + 1)))
+
+
+def report_calls(att: Attribution, bodies: Bodies, phases: Sequence[tuple[str, str]]) -> None:
+    """(a) calls per event against the theoretical minimum, per phase and kind, with the extra calls named."""
+    first_invoice_seen: set[int] = set()
+    extra_tag_redundant = Counter()  # phase → tag calls on a client that was already a patient
+    for cid, evs in bodies.by_cid.items():
+        for ev in evs:
+            if ev.kind != "invoice":
+                continue
+            if cid in first_invoice_seen:
+                calls = att.per_event.get(ev.event_id, [])
+                extra_tag_redundant[ev.phase] += sum(1 for c in calls if c.endpoint == "POST /contacts/{contactId}/tags")
+            first_invoice_seen.add(cid)
+    for phase, title in phases:
+        evs = [e for e in bodies.by_id.values() if e.phase == phase]
+        done = [e for e in evs if e.event_id in att.per_event]
+        if not evs:
+            continue
+        kinds = Counter(e.kind for e in done)
+        total = sum(len(att.per_event[e.event_id]) for e in done)
+        minimum = sum(MINIMUM[e.kind] for e in done)
+        print(f"(a) {title}: {len(done)}/{len(evs)} events attributed {dict(sorted(kinds.items()))}")
+        for kind in ("client", "appointment", "invoice"):
+            ke = [e for e in done if e.kind == kind]
+            if not ke:
+                continue
+            n = sum(len(att.per_event[e.event_id]) for e in ke)
+            endpoints = Counter(c.endpoint for e in ke for c in att.per_event[e.event_id])
+            listing = ", ".join(f"{v / len(ke):.2f} {k}" for k, v in sorted(endpoints.items(), key=lambda kv: -kv[1]))
+            print(f"      {kind:11s} {n / len(ke):.2f} calls/event (minimum {MINIMUM[kind]}): {listing}")
+        if minimum:
+            print(f"    {total} calls / theoretical minimum {minimum} = {total / minimum:.3f}  (target 1.00)")
+            redundant = extra_tag_redundant[phase]
+            if redundant:
+                print(f"    of which {redundant} `POST /contacts/{{id}}/tags` for clients already tagged as patients "
+                      f"by an earlier invoice; without them {(total - redundant) / minimum:.3f}")
+    print(f"    setup calls (id resolution per location at worker start): "
+          f"{dict(Counter(c.endpoint for c in att.setup))}; unattributed: {len(att.unattributed)}; "
+          f"attribution mismatches: {att.mismatched}")
+
+
+@dataclass(frozen=True)
+class Sample:
+    ev: Ev
+    received: float  # received-at (the producer's stamp when it took the webhook)
+    normalized: float  # the normalized record's timestamp
+    first: float  # arrival of the event's first GoHighLevel call at the emulator
+    last: float  # answer of its last call
+    calls: list[Call]
+
+    @property
+    def latency(self) -> float:
+        return self.last - self.received
+
+
+def report_latency(att: Attribution, bodies: Bodies, normalized: dict[str, Normalized], accepted: dict[str, float],
+                   calls: list[Call], rate: float, seconds: float, call_ms: int, hist: dict[float, float]) -> None:
+    evs = [e for e in bodies.by_id.values() if e.phase == "steady"]
+    rows: list[Sample] = []
+    for e in evs:
+        seg, norm = att.per_event.get(e.event_id), normalized.get(e.event_id)
+        if seg and norm is not None:
+            rows.append(Sample(e, norm.received.timestamp(), norm.written, seg[0].start, max(c.end for c in seg), seg))
+    if not rows:
+        print("(b) no latency samples")
+        return
+    ms = 1000
+    per_call = [c.end - c.start for r in rows for c in r.calls]
+    base_call = statistics.median(per_call)
+    lat = [r.latency for r in rows]
+    print(f"(b) latency accepted (received-at) → last GoHighLevel call answered: {len(rows)}/{len(evs)} events, "
+          f"{rate:.0f}/s offered for {seconds:.0f} s, 10 locations each with its own sub-account (locations file), "
+          f"{call_ms} ms injected per call")
+    print(f"    all kinds: p50 {quantile(lat, .5) * ms:.0f} ms, p99 {quantile(lat, .99) * ms:.0f} ms, "
+          f"max {max(lat) * ms:.0f} ms  (targets p50 < 300 ms, p99 < 1000 ms)")
+    print(f"    baseline: the emulator's measured time per call, median {base_call * ms:.1f} ms "
+          f"(p99 {quantile(per_call, .99) * ms:.1f} ms)")
+    for kind in ("client", "appointment", "invoice"):
+        kr = [r for r in rows if r.ev.kind == kind]
+        if not kr:
+            continue
+        kl = [r.latency for r in kr]
+        made = statistics.mean(len(r.calls) for r in kr)
+        base = MINIMUM[kind] * base_call
+        print(f"      {kind:11s} n={len(kl):4d}  p50 {quantile(kl, .5) * ms:4.0f} ms  p99 {quantile(kl, .99) * ms:4.0f} ms"
+              f"   baseline {MINIMUM[kind]} × {base_call * ms:.0f} = {base * ms:3.0f} ms → p50 / baseline "
+              f"{quantile(kl, .5) / base:.2f}   (calls made {made:.2f} → {made * base_call * ms:.0f} ms)")
+    stages = {
+        "accepted → normalized record written": [r.normalized - r.received for r in rows],
+        "normalized → first GoHighLevel call": [r.first - r.normalized for r in rows],
+        "first call → last call answered": [r.last - r.first for r in rows],
+        "  of which inside the calls": [sum(c.end - c.start for c in r.calls) for r in rows],
+        "  between two calls of one event": [b.start - a.end for r in rows for a, b in zip(r.calls, r.calls[1:])],
+    }
+    print("    where the time goes:")
+    for name, values in stages.items():
+        if values:
+            print(f"      {name:38s} p50 {quantile(values, .5) * ms:5.0f} ms   p99 {quantile(values, .99) * ms:5.0f} ms")
+    acks = [accepted[r.ev.event_id] - r.received for r in rows if r.ev.event_id in accepted]
+    if acks:
+        print(f"      (received-at → 202 seen by the load generator: p50 {quantile(acks, .5) * ms:.0f} ms)")
+    if hist:
+        print(f"    the worker's apro_sync_e2e_seconds over the same events (bucket-interpolated; observed after the "
+              f"final state write): p50 ≈ {histogram_quantile(hist, .5) * ms:.0f} ms, "
+              f"p99 ≈ {histogram_quantile(hist, .99) * ms:.0f} ms")
+    t0, t1 = min(r.received for r in rows), max(r.last for r in rows)
+    per_loc = defaultdict(list)
+    for c in calls:
+        if t0 <= c.start <= t1:
+            per_loc[c.location].append(c.start)
+    busiest = max((max_window(ts) for ts in per_loc.values()), default=0)
+    limited = sum(1 for c in calls if t0 <= c.start <= t1 and c.status == 429)
+    print(f"    rate budget during (b): busiest 10 s window of any location {busiest} / {BURST} requests, "
+          f"{limited} × 429")
+
+
+def diff_buckets(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
+    return {b: after.get(b, 0.0) - before.get(b, 0.0) for b in after}
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def run(bootstrap: str, embedded: bool, work: Path, *, quick: bool, only: str | None, rate: float,
+        seconds: float, call_ms: int, backlog: int, timeline: bool = False) -> None:
+    apro_ids = [*LOAD_LOCATIONS, BACKLOG_LOCATION]
+    emulator, recorder = start_emulator(len(apro_ids))
     path, token_env = locations_file(work, emulator, apro_ids)
     env = {"APRO_GHL_BASE_URL": emulator.base_url, "APRO_LOCATIONS_FILE": str(path), "APRO_GHL_TOKEN": "unused",
            **token_env}
+    t_start = time.monotonic()
     provision(env)
-    stack = Stack(bootstrap, embedded, work / "latency", env).start()
+    emulator.set_faults(latency_ms=call_ms)  # every call from here on takes `call_ms` at the emulator
+    stack = Stack(bootstrap, embedded, work / "stack", env)
+    bodies = Bodies()
     try:
-        bodies = Bodies()
-        clients = {apro: list(range(2000 + n * 100, 2000 + n * 100 + 20)) for n, apro in enumerate(apro_ids)}
+        stack.producer.start().wait_ready()
         url = stack.producer.webhook_url()
-        warm = [bodies.make("client", c, apro)[1] for apro, cs in clients.items() for c in cs]
-        asyncio.run(post(url, warm))
-        settle(emulator)
-        count = int(seconds * rate)
-        kinds = mixed_kinds(count)
-        flat = [(apro, c) for apro, cs in clients.items() for c in cs]
-        made = [bodies.make(k, *reversed(flat[i % len(flat)])) for i, k in enumerate(kinds)]
-        started = datetime.now(timezone.utc)
-        asyncio.run(post(url, [b for _, b in made], rate=rate))
-        settle(emulator)
-        state = emulator.state()
+        budget = None
+        if only in (None, "budget"):
+            budget = run_budget(stack, emulator, recorder, bodies, backlog, call_ms)
+            worker_started = budget["worker_started"]
+            wait_done(recorder, bodies, budget["backlog"], timeout_s=backlog * 5 / 8 + 120)
+        else:
+            worker_started = time.time()
+            stack.worker.start().wait_ready()
+        if only in (None, "load"):
+            # Cold: each client's first event (10 clients per location, kinds in the standard mix).
+            clients = list(range(1000, 1000 + 10 * len(LOAD_LOCATIONS)))
+            loc_of = {cid: LOAD_LOCATIONS[i % len(LOAD_LOCATIONS)] for i, cid in enumerate(clients)}
+            cold = [bodies.make(k, cid, loc_of[cid], "cold") for k, cid in zip(mixed_kinds(len(clients), 1), clients,
+                                                                               strict=True)]
+            post(url, cold)
+            wait_done(recorder, bodies, cold, timeout_s=120)
+            # Steady state needs an opportunity per contact: a booking for the clients that only have a contact.
+            warm = [bodies.make("appointment", e.cid, e.location, "warm") for e in cold if e.kind == "client"]
+            post(url, warm)
+            wait_done(recorder, bodies, warm, timeout_s=120)
+            wait_window_clear(recorder)
+            before = e2e_buckets(stack.worker.metrics_url)
+            steady = [bodies.make(k, clients[i % len(clients)], loc_of[clients[i % len(clients)]], "steady")
+                      for i, k in enumerate(mixed_kinds(int(rate * seconds), 2))]
+            accepted = post(url, steady, rate=rate)
+            wait_done(recorder, bodies, steady, timeout_s=180)
+            hist = diff_buckets(e2e_buckets(stack.worker.metrics_url), before)
+        elapsed = time.monotonic() - t_start
     finally:
         stack.stop()
-        emulator.stop()
-    noted = {n["body"].split(MARKER, 1)[1].split()[0]: datetime.fromisoformat(n["dateAdded"].replace("Z", "+00:00"))
-             for n in state["notes"] if MARKER in n["body"]}
-    # received-at is in the raw topic; the producer stamps it within a millisecond of accepting the request, and
-    # the post pacing is known, so the accepted time of event i is read back from the raw topic instead.
-    received = received_times(bootstrap, stack.config.topics.raw)
-    lat = sorted((noted[e] - received[e]).total_seconds() for e, _ in made if e in noted and e in received)
-    if not lat:
-        print("(b) no latency samples")
-        return
-    p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-    base = call_ms / 1000 * statistics.mean(MINIMUM[k] for k in kinds if k != "client")
-    print(f"(b) latency accepted → last call, {len(lat)} appointment/invoice events at {rate:.0f}/s over 10 "
-          f"sub-accounts, {call_ms} ms per call (posting started {started:%H:%M:%S}):")
-    print(f"    p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms  (targets 300 / 1000 ms)")
-    if base:
-        print(f"    baseline (calls × {call_ms} ms) {base * 1000:.0f} ms → p50 / baseline = {p50 / base:.2f}")
+    calls = [c for c in recorder.snapshot() if c.start >= worker_started]  # not `apro-sync provision`'s
+    state = emulator.state()
+    emu_log = emulator.requests()
+    emulator.stop()
 
-
-def received_times(bootstrap: str, topic: str) -> dict[str, datetime]:
-    from tests.reliability.harness import read_topic
-
-    out = {}
-    for rec in read_topic(bootstrap, topic):
-        try:
-            event_id = json.loads(rec.value or b"{}").get("eventId")
-        except ValueError:
-            continue
-        if event_id and "apro-received-at" in rec.headers:
-            out[event_id] = datetime.fromisoformat(rec.headers["apro-received-at"])
-    return out
-
-
-def part_budget(bootstrap: str, embedded: bool, work: Path, events: int) -> None:
-    emulator = start_emulator(["3"], burst=100)
-    env = ghl_env_single(emulator)
-    provision(env)
-    stack = Stack(bootstrap, embedded, work / "budget", env)
-    stack.start(worker=False)
-    try:
-        bodies = Bodies()
-        clients = list(range(5000, 5000 + events))
-        asyncio.run(post(stack.producer.webhook_url(), [bodies.make("appointment", c, "3")[1] for c in clients]))
-        time.sleep(11)  # let the provisioning calls leave the 10 s window
-        before = len(emulator.requests())
-        stack.worker.start().wait_ready()
-        settle(emulator, quiet_s=12)
-        log = emulator.requests()[before:]
-    finally:
-        stack.stop()
-        emulator.stop()
-    times = sorted(r["at"] for r in log if "at" in r)  # the emulator's time.time() at arrival
-    statuses = Counter(r.get("status") for r in log)
-    if len(times) < 2:
-        print("(c) no requests logged")
-        return
-    # Full 10 s windows while the backlog drained (skip the first window: the worker is resolving ids).
-    start, end = times[0] + 10, times[-1]
-    windows = []
-    t = start
-    while t + 10 <= end:
-        windows.append(sum(1 for x in times if t <= x < t + 10))
-        t += 10
-    share = statistics.mean(windows) / 100 if windows else float("nan")
-    print(f"(c) backlog of {events} bookings, one sub-account (100 requests / 10 s): {len(times)} calls, "
-          f"{len(windows)} full windows, mean {statistics.mean(windows) if windows else 0:.1f} per window")
-    print(f"    budget used {share:.1%} (target ≥ 95 %), 429s {statuses.get(429, 0)} = "
-          f"{statuses.get(429, 0) / len(log):.2%} (target < 1 %)")
+    print(f"sink benchmark ({'quick' if quick else 'default'} mode): {elapsed:.0f} s of runs, load average "
+          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (other jobs may be running)")
+    own = Counter(f"{r['method']} {r['path']}" for r in emu_log if r["at"] >= worker_started)
+    print(f"GoHighLevel calls since the worker started: {len(calls)} recorded per request, "
+          f"{sum(own.values())} in the emulator's own request log "
+          f"({'same' if own == Counter(c.endpoint for c in calls) else 'DIFFERENT'} counts per endpoint)")
+    if budget is not None:
+        report_budget(emu_log, budget, timeline)
+    if only in (None, "load"):
+        contact_cid = {c["id"]: int(m.group(1)) for c in state["contacts"]
+                       if (m := re.fullmatch(r"bench(\d+)@example\.com", c.get("email") or ""))}
+        opp_contact = {o["id"]: o["contactId"] for o in state["opportunities"]}
+        att = attribute(calls, bodies, contact_cid, opp_contact)
+        report_calls(att, bodies, [("cold", "cold, each client's first event (new contact)"),
+                                   ("warm", "known contact, first booking (its first opportunity)"),
+                                   ("steady", "steady state = the events of (b) (contact and opportunity known)")])
+        normalized = read_normalized(bootstrap, stack.config.topics.normalized,
+                                     {e.event_id for e in bodies.by_id.values() if e.phase == "steady"})
+        report_latency(att, bodies, normalized, accepted, calls, rate, seconds, call_ms, hist)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smaller runs (about 2 minutes)")
-    ap.add_argument("--only", choices=["calls", "latency", "budget"], action="append")
-    ap.add_argument("--call-ms", type=int, default=50, help="emulated GoHighLevel latency per call for (b)")
+    ap.add_argument("--quick", action="store_true", help="short runs (about 70 s instead of about 3 minutes)")
+    ap.add_argument("--only", choices=["load", "budget"], help="load = (a) and (b); budget = (c)")
     ap.add_argument("--rate", type=float, default=20.0, help="events per second offered in (b)")
+    ap.add_argument("--seconds", type=float, help="duration of (b) (default 60, quick 15)")
+    ap.add_argument("--call-ms", type=int, default=50, help="emulated GoHighLevel time per call")
+    ap.add_argument("--backlog", type=int, help="bookings in the backlog of (c) (default 200, quick 60)")
+    ap.add_argument("--timeline", action="store_true", help="print (c)'s calls per second")
     args = ap.parse_args()
-    parts = set(args.only or ["calls", "latency", "budget"])
+    seconds = args.seconds or (15.0 if args.quick else 60.0)
+    backlog = args.backlog or (60 if args.quick else 200)
     broker = None
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
@@ -350,13 +697,8 @@ def main() -> None:
         bootstrap = broker.bootstrap
     try:
         with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
-            work = Path(tmp)
-            if "calls" in parts:
-                part_calls(bootstrap, broker is not None, work, 200 if args.quick else 1000)
-            if "latency" in parts:
-                part_latency(bootstrap, broker is not None, work, 15 if args.quick else 60, args.rate, args.call_ms)
-            if "budget" in parts:
-                part_budget(bootstrap, broker is not None, work, 150 if args.quick else 400)
+            run(bootstrap, broker is not None, Path(tmp), quick=args.quick, only=args.only, rate=args.rate,
+                seconds=seconds, call_ms=args.call_ms, backlog=backlog, timeline=args.timeline)
     finally:
         if broker is not None:
             broker.stop()
