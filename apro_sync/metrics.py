@@ -64,11 +64,11 @@ SYNC_OUTCOMES = Counter(
 GHL_LOCATION_PAUSED = Gauge(
     "apro_ghl_location_paused", "1 while the sink holds a GoHighLevel location paused after repeated failures.", ["location"]
 )
-STREAM_REWINDS = Counter(
-    "apro_stream_rewinds_total",
-    "Records that reached an agent out of sequence (one before them was dropped on the way): rewind = the "
-    "partition was re-read from the missing offset; hole = the offsets are not in the log and were skipped.",
-    ["agent", "verdict"],
+STREAM_GAP_RECORDS = Counter(
+    "apro_stream_gap_records_total",
+    "Records Faust dropped on the way to an agent (streams/offset_sequence.py): refetched = read from the broker "
+    "and handled in order; gone = no longer in the log (retention), never handled.",
+    ["agent", "outcome"],
 )
 
 

@@ -43,7 +43,7 @@ from sinks.ghl.errors import GhlPermanentError, GhlTransientError
 from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget, Locations, LocationsError, UnknownLocation, load_locations
 from sinks.provision import ResolvedIdsCache
-from streams.consumer_control import SequenceGuard, abandon
+from streams.consumer_control import GapReader, SequenceGuard, abandon
 from streams.crm_ops import OpKind
 from streams.events import NormalizedEvent
 from streams.planner import Outcome, PlanError, plan
@@ -175,7 +175,8 @@ class SyncEngine:
         self.table = table
         self.deadletter_topic = deadletter
         self.acker = PartitionAcker()
-        self.sequence = SequenceGuard(app, "sync")
+        self.sequence = SequenceGuard(app, "sync", GapReader(settings.kafka_bootstrap_servers or "",
+                                                             client_id=f"{settings.worker_id}-sync-gaps"))
         self.generation = 0
         self._fence = asyncio.Event()
         self._ids_cache = ResolvedIdsCache()
@@ -217,6 +218,7 @@ class SyncEngine:
         for rt in self._runtimes.values():
             await rt.aclose()
         self._runtimes.clear()
+        await self.sequence.close()
 
     def close_intake(self) -> None:
         """Worker stopping: abandon what is in flight and refuse (abandon) whatever the agent still submits."""
@@ -234,11 +236,16 @@ class SyncEngine:
             # past an abandoned earlier event of the same partition (and run a client's events out of order).
             abandon(self.app, event)
             return
-        if not await self.sequence.admit(event):
-            return  # out of sequence (a record before it was dropped on the way): it comes again in order
-        self.start()
-        self.acker.track(event)
-        await self.lane_for(event.message.key).queue.put(_Item(event, self.generation))
+        generation = self.generation
+        # A repeat gives nothing; a record after ones Faust dropped on the way gives those (read from the broker)
+        # first, so each client's events still reach its lane in order.
+        for admitted in await self.sequence.admit(event):
+            if self._stopping or self.generation != generation:
+                abandon(self.app, admitted)  # fenced meanwhile: redelivered to the partition's next owner
+                continue
+            self.start()
+            self.acker.track(admitted)
+            await self.lane_for(admitted.message.key).queue.put(_Item(admitted, generation))
 
     def fence(self, why: str) -> None:
         """Rebalance or shutdown: every delivered event not yet done is abandoned (not acked, not committed).

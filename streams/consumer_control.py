@@ -2,27 +2,30 @@
 are touched here and only here).
 
 - `abandon`: drop a delivered record without acking it, so its offset is never committed and the partition's
-  next owner (or a rewind) delivers it again.
-- `SequenceGuard`: keep each partition's records in sequence (streams/offset_sequence.py explains why): a record
-  that arrives after a dropped one triggers a seek back to the missing offset.
+  next owner delivers it again.
+- `SequenceGuard`: keep each partition's records in sequence (streams/offset_sequence.py explains why): records
+  Faust dropped on the way are read straight from the broker by a `GapReader` and handed to the agent first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import time
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types.tuples import ConsumerMessage
 
 from apro_sync import metrics as M
-from streams.offset_sequence import MAX_REWINDS, OffsetSequencer, Verdict
+from streams.offset_sequence import OffsetSequencer, Verdict
 
 log = logging.getLogger("apro_sync.consumer")
 
-REWIND_RETRY_S = 0.5  # first re-seek while a missing record has not come yet (doubling)
-REWIND_RETRY_MAX_S = 5.0
+READ_RETRY_S = 0.5  # first retry of a gap read that failed (broker unreachable), doubling
+READ_RETRY_MAX_S = 10.0
+READ_TIMEOUT_S = 30.0  # one attempt at reading a gap
 
 
 def abandon(app: faust.App, event: faust.EventT) -> None:
@@ -36,90 +39,160 @@ def abandon(app: faust.App, event: faust.EventT) -> None:
         pass
 
 
-class SequenceGuard:
-    """Decides, per delivered record, whether the agent may act on it now; rewinds partitions that lost one."""
+class GapReader:
+    """Reads offsets [start, end) of one partition straight from the broker: its own consumer, no group, no
+    commits, so Faust's consumer and its position are left alone."""
 
-    def __init__(self, app: faust.App, agent: str, sequencer: OffsetSequencer | None = None) -> None:
+    def __init__(self, bootstrap: str, client_id: str) -> None:
+        self.bootstrap = bootstrap
+        self.client_id = client_id
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+
+    async def read(self, topic: str, partition: int, start: int, end: int,
+                   timeout_s: float = READ_TIMEOUT_S) -> list[Any]:
+        """The records of [start, end) still in the log, in order (fewer than asked only where retention removed
+        some). Raises TimeoutError when the broker does not deliver them in time."""
+        async with self._lock:
+            consumer = await self._started()
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            records: list[Any] = []
+            deadline = time.monotonic() + timeout_s
+            position = start
+            while position < end:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{topic}[{partition}] {position}..{end - 1} not read in {timeout_s:.0f}s")
+                batch = await consumer.getmany(tp, timeout_ms=500, max_records=end - position)
+                for record in batch.get(tp, []):
+                    if record.offset >= end:
+                        return records
+                    if record.offset >= position:
+                        records.append(record)
+                        position = record.offset + 1
+            return records
+
+    async def log_start(self, topic: str, partition: int) -> int:
+        """The partition's first offset still in the log."""
+        async with self._lock:
+            consumer = await self._started()
+            tp = TopicPartition(topic, partition)
+            offsets = await asyncio.wait_for(consumer.beginning_offsets([tp]), READ_TIMEOUT_S)
+            return int(offsets[tp])
+
+    async def _started(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, client_id=self.client_id, group_id=None,
+                                        enable_auto_commit=False, auto_offset_reset="earliest",
+                                        fetch_max_wait_ms=50)
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                await consumer.stop()
+            except Exception as exc:  # noqa: BLE001 - shutting down
+                log.debug("gap reader stop failed (%s)", type(exc).__name__)
+
+
+class SequenceGuard:
+    """Decides, per delivered record, what the agent handles now: nothing (a repeat), the record, or the records
+    Faust dropped before it (read from the broker) followed by the record."""
+
+    def __init__(self, app: faust.App, agent: str, reader: GapReader | None,
+                 sequencer: OffsetSequencer | None = None) -> None:
         self.app = app
         self.agent = agent
+        self.reader = reader
         self.sequencer = sequencer or OffsetSequencer()
-        self._watchers: dict[Any, asyncio.Future[None]] = {}
 
-    async def admit(self, event: faust.EventT) -> bool:
-        """True: process it now. False: it was dropped (abandoned) and will come again in sequence."""
+    async def admit(self, event: faust.EventT) -> list[faust.EventT]:
+        """The events to handle now, in offset order. Events read from the broker are not Faust's: whoever
+        handles them acks them (`event.ack()`) like any other. An event not returned was abandoned."""
         message = event.message
         tp = message.tp
-        decision = self.sequencer.check(tp, message.offset, message.generation_id or 0, self._committed(tp))
-        if decision.skipped is not None:
-            M.STREAM_REWINDS.labels(self.agent, "skipped").inc()
-            log.error("%s: %s[%d] offset %d was not delivered after %d rewinds; skipped (replay it: "
-                      "apro-sync replay)", self.agent, tp.topic, tp.partition, decision.skipped, MAX_REWINDS)
-        if decision.verdict is Verdict.REWIND:
-            earliest = await self._earliest(tp)
-            if earliest is not None and earliest > decision.expected:
-                decision = self.sequencer.accept_hole(tp, message.offset)  # retention removed them
-            else:
-                M.STREAM_REWINDS.labels(self.agent, "rewind").inc()
-                log.warning("%s: %s[%d] offset %d arrived but %d did not; re-reading from %d",
-                            self.agent, tp.topic, tp.partition, message.offset, decision.expected, decision.expected)
-                abandon(self.app, event)
-                await self._seek(tp, decision.expected)
-                self._watch(tp, decision.expected, message.generation_id or 0)
-                return False
-        if decision.verdict is Verdict.HOLE:
-            M.STREAM_REWINDS.labels(self.agent, "hole").inc()
-            log.warning("%s: %s[%d] offsets %d..%d are not in the log; continuing at %d", self.agent, tp.topic,
-                        tp.partition, decision.expected, message.offset - 1, message.offset)
-            return True
-        if decision.process:
-            return True
-        abandon(self.app, event)  # SEEN or HELD: it comes again in sequence
-        return False
+        generation = message.generation_id or 0
+        seed = None
+        if message.offset > 0 and self.sequencer.expected(tp, generation) is None:
+            # The first record of this partition in this generation: where should it have started?
+            seed = self._committed(tp)
+            if seed is None:  # nothing committed yet: the group starts at the log's start (auto_offset_reset)
+                seed = await self._log_start(tp)
+        decision = self.sequencer.check(tp, message.offset, generation, seed)
+        if decision.verdict is Verdict.PROCESS:
+            return [event]
+        if decision.verdict is Verdict.SEEN:
+            abandon(self.app, event)
+            return []
+        missing = await self._read_gap(tp, decision.expected, message.offset, generation)
+        if missing is None or not self.sequencer.handed_over(tp, generation, message.offset):
+            abandon(self.app, event)  # revoked meanwhile: the partition's next owner reads all of it
+            return []
+        return [*missing, event]
 
-    def forget(self, tps: Iterable[Any] | None = None) -> None:
+    def forget(self, tps: Any = None) -> None:
         self.sequencer.forget(tps)
 
-    def _watch(self, tp: Any, expected: int, generation: int) -> None:
-        """Seek again until the missing record arrives. A seek made while Faust's consumer is still handing out
-        an earlier fetch can be undone by it (it raises its read position past the records the seek asked for
-        and then drops them), and once the records that ran ahead are held back nothing else would arrive."""
-        if tp not in self._watchers:
-            self._watchers[tp] = asyncio.ensure_future(self._rewind_until_read(tp, expected, generation))
+    async def close(self) -> None:
+        if self.reader is not None:
+            await self.reader.close()
 
-    async def _rewind_until_read(self, tp: Any, expected: int, generation: int) -> None:
-        delay = REWIND_RETRY_S
-        try:
-            while True:
-                await asyncio.sleep(delay)
-                if self.sequencer.expected(tp, generation) != expected:
-                    return  # it arrived, or the partition was revoked
-                if not await self._seek(tp, expected):
-                    return
-                delay = min(delay * 2, REWIND_RETRY_MAX_S)
-        finally:
-            self._watchers.pop(tp, None)
+    async def _read_gap(self, tp: Any, start: int, end: int, generation: int) -> list[faust.EventT] | None:
+        """The records [start, end) as events, or None if the partition was revoked before they could be read."""
+        log.warning("%s: %s[%d] offsets %d..%d did not reach the agent; reading them from the broker",
+                    self.agent, tp.topic, tp.partition, start, end - 1)
+        if self.reader is None:
+            raise RuntimeError("records went missing and no gap reader is configured")
+        delay = READ_RETRY_S
+        while True:
+            try:
+                records = await self.reader.read(tp.topic, tp.partition, start, end)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the broker is unreachable: nothing after the gap goes first
+                log.warning("%s: reading %s[%d] %d..%d failed (%s); retrying in %.1fs", self.agent, tp.topic,
+                            tp.partition, start, end - 1, type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, READ_RETRY_MAX_S)
+            if self.sequencer.expected(tp, generation) != start:
+                return None
+        gone = (end - start) - len(records)
+        M.STREAM_GAP_RECORDS.labels(self.agent, "refetched").inc(len(records))
+        if gone:
+            M.STREAM_GAP_RECORDS.labels(self.agent, "gone").inc(gone)
+            log.error("%s: %d of %s[%d] offsets %d..%d are no longer in the log (retention?); they were never "
+                      "processed", self.agent, gone, tp.topic, tp.partition, start, end - 1)
+        return [self._event(tp, record, generation) for record in records]
 
-    async def _seek(self, tp: Any, offset: int) -> bool:
+    def _event(self, tp: Any, record: Any, generation: int) -> faust.EventT:
+        timestamp = record.timestamp / 1000.0 if record.timestamp is not None else None
+        message = ConsumerMessage(record.topic, record.partition, record.offset, timestamp,  # type: ignore[arg-type]
+                                  record.timestamp_type, record.headers, record.key, record.value,
+                                  record.checksum, record.serialized_key_size, record.serialized_value_size, tp,
+                                  generation_id=generation)
+        return faust.Event(self.app, record.key, record.value, record.headers, message)
+
+    async def _log_start(self, tp: Any) -> int | None:
+        if self.reader is None:
+            return None
         try:
-            await self.app.consumer.seek(tp, offset)
-        except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile: its next owner reads it
-            log.warning("%s: seeking %s[%d] to %d failed (%s)", self.agent, tp.topic, tp.partition, offset,
+            return await self.reader.log_start(tp.topic, tp.partition)
+        except Exception as exc:  # noqa: BLE001 - unknown: the first record delivered starts the sequence
+            log.warning("%s: log start of %s[%d] unknown (%s)", self.agent, tp.topic, tp.partition,
                         type(exc).__name__)
-            return False
-        return True
+            return None
 
     def _committed(self, tp: Any) -> int | None:
         try:
             committed = self.app.consumer._committed_offset.get(tp)  # noqa: SLF001 - kept up to date by Faust
         except Exception:  # noqa: BLE001 - no consumer (test_context): no seed
             return None
-        return committed if isinstance(committed, int) and committed > 0 else None
-
-    async def _earliest(self, tp: Any) -> int | None:
-        try:
-            return (await self.app.consumer.earliest_offsets(tp)).get(tp)
-        except Exception:  # noqa: BLE001 - unknown: rewind anyway (the next rewind asks again)
-            return None
+        return committed if isinstance(committed, int) and committed > 0 else None  # Faust keeps 0 as None
 
 
-__all__ = ["SequenceGuard", "abandon"]
+__all__ = ["GapReader", "SequenceGuard", "abandon"]

@@ -26,7 +26,7 @@ from faust.streams import _current_event  # the context var Faust routes table c
 from apro_sync import headers as H
 from apro_sync import metrics as M
 from apro_sync.config import Settings
-from streams.consumer_control import SequenceGuard
+from streams.consumer_control import GapReader, SequenceGuard
 from streams.dedupe import EventDeduper
 from streams.events import NormalizedEvent, Skipped, Unreadable
 from streams.normalize import body_hash, normalize
@@ -62,7 +62,8 @@ class Normalizer:
         self.topics = topics
         self.names = {name: topic.get_topic_name() for name, topic in topics.items()}
         self.deduper = EventDeduper(table, settings.dedupe_window)
-        self.sequence = SequenceGuard(app, "normalize")
+        self.sequence = SequenceGuard(app, "normalize", GapReader(
+            settings.kafka_bootstrap_servers or "", client_id=f"{settings.worker_id}-normalize-gaps"))
         self.producer = producer or OutputProducer(producer_config(
             settings.kafka_bootstrap_servers or "", linger_ms=OUTPUT_LINGER_MS, client_id=f"{settings.worker_id}-normalize"))
         self._declared = False
@@ -77,6 +78,15 @@ class Normalizer:
 
     async def stop(self) -> None:
         await self.producer.stop()
+        await self.sequence.close()
+
+    async def admit(self, events: list[faust.EventT]) -> list[faust.EventT]:
+        """The batch in strict offset order per partition: repeats dropped, records Faust lost on the way read
+        from the broker and put in their place (a lost record would otherwise be committed past, unnormalized)."""
+        admitted: list[faust.EventT] = []
+        for event in events:
+            admitted.extend(await self.sequence.admit(event))
+        return admitted
 
     def route(self, event: faust.EventT, pending: set[tuple[int, str]]) -> tuple[_Output | None, str | None]:
         """One raw event → (output record or None for a duplicate, event id to remember). Never raises."""
@@ -151,8 +161,6 @@ class Normalizer:
         outputs: list[_Output] = []
         remember: list[tuple[faust.EventT, str]] = []
         pending: set[tuple[int, str]] = set()
-        # A record Faust dropped on the way would otherwise be committed past (never normalized).
-        events = [event for event in events if await self.sequence.admit(event)]
         for event in events:
             try:
                 output, event_id = self.route(event, pending)
@@ -212,8 +220,9 @@ def register_normalizer(app: faust.App, settings: Settings) -> None:
     @app.agent(raw_topic, name="normalize")
     async def normalize_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            batch = await normalizer.admit(list(events))
             try:
-                await normalizer.process(list(events))
+                await normalizer.process(batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Faust would ack the batch anyway: dead-letter it instead
@@ -223,8 +232,10 @@ def register_normalizer(app: faust.App, settings: Settings) -> None:
                                           H.to_dict(e.message.headers), f"internal error: {type(exc).__name__}",
                                           body_hash(e.message.value if isinstance(e.message.value, bytes) else b""),
                                           "unknown")
-                    for e in events
+                    for e in batch
                 ])
+            for event in batch:  # Faust acks the events it delivered; the ones read from the broker are ours
+                event.ack()
 
     app.normalizer = normalizer  # type: ignore[attr-defined]  # for tests and the benchmark
 

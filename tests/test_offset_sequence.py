@@ -1,21 +1,13 @@
-"""OffsetSequencer: records handed over strictly in offset order; a dropped record means a rewind."""
+"""OffsetSequencer: records handed over strictly in offset order; records dropped on the way make a gap to read."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.offset_sequence import MAX_REWINDS, REWIND_PATIENCE_S, OffsetSequencer, Verdict
+from streams.offset_sequence import OffsetSequencer, Verdict
 
 TP = ("apro.events.normalized", 3)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def verdicts(seq: OffsetSequencer, offsets: list[int], generation: int = 1, committed: int | None = None) -> list[str]:
@@ -26,27 +18,30 @@ def test_contiguous_records_are_processed() -> None:
     assert verdicts(OffsetSequencer(), [0, 1, 2, 3]) == ["process"] * 4
 
 
-def test_the_restart_seen_in_the_wild_rewinds_then_takes_the_missing_record_first() -> None:
-    """Offsets 0, 1, 3, 4 arrived (2 dropped by Faust): 3 triggers a rewind to 2, 4 is held back, then the
-    re-read brings 2, 3, 4 in order."""
-    seq = OffsetSequencer(Clock())
+def test_the_restart_seen_in_the_wild_is_a_gap_before_the_record() -> None:
+    """Offsets 0, 1, 3, 4 arrived (2 dropped by Faust): 3 reveals the gap [2, 3); once 2 and 3 are handed over
+    the sequence goes on at 4, and a late redelivery of 2 or 3 is a repeat."""
+    seq = OffsetSequencer()
     assert verdicts(seq, [0, 1]) == ["process", "process"]
     decision = seq.check(TP, 3, 1, None)
-    assert (decision.verdict, decision.expected) == (Verdict.REWIND, 2)
-    assert verdicts(seq, [4, 5]) == ["held", "held"]
-    assert (seq.expected(TP, 1), seq.expected(TP, 2)) == (2, None)  # what a re-seek would target, per generation
-    assert verdicts(seq, [2, 3, 4, 5, 6]) == ["process"] * 5
+    assert (decision.verdict, decision.expected) == (Verdict.GAP, 2)
+    assert seq.expected(TP, 1) == 2  # a gap does not move the position by itself
+    assert seq.handed_over(TP, 1, 3)
+    assert verdicts(seq, [4, 2, 3, 5]) == ["process", "seen", "seen", "process"]
 
 
-def test_first_record_after_the_committed_offset_missing_is_noticed() -> None:
-    seq = OffsetSequencer(Clock())
+def test_first_record_after_the_committed_offset_missing_is_a_gap() -> None:
+    seq = OffsetSequencer()
     decision = seq.check(TP, 7, 1, 5)  # group committed 5: records 5 and 6 never came
-    assert (decision.verdict, decision.expected) == (Verdict.REWIND, 5)
-    assert verdicts(seq, [5, 6, 7]) == ["process"] * 3
+    assert (decision.verdict, decision.expected) == (Verdict.GAP, 5)
 
 
 def test_without_a_committed_offset_the_first_record_starts_the_sequence() -> None:
     assert verdicts(OffsetSequencer(), [40, 41], committed=None) == ["process", "process"]
+
+
+def test_a_committed_offset_past_the_record_does_not_seed_a_gap() -> None:
+    assert verdicts(OffsetSequencer(), [3, 4], committed=9) == ["process", "process"]
 
 
 def test_records_delivered_again_are_seen() -> None:
@@ -61,6 +56,19 @@ def test_a_new_generation_starts_over() -> None:
     assert verdicts(seq, [2, 3, 4], generation=2, committed=2) == ["process"] * 3
 
 
+def test_a_gap_read_across_a_rebalance_is_not_handed_over() -> None:
+    """The partition was revoked (forgotten) or a new generation began while the gap was read: the reader must
+    drop what it read, the new owner reads it."""
+    seq = OffsetSequencer()
+    verdicts(seq, [0])
+    assert seq.check(TP, 5, 1, None).verdict is Verdict.GAP
+    seq.forget([TP])
+    assert not seq.handed_over(TP, 1, 5)
+    assert verdicts(seq, [0], generation=2) == ["process"]
+    assert not seq.handed_over(TP, 1, 5)
+    assert seq.expected(TP, 2) == 1
+
+
 def test_forget_drops_the_position() -> None:
     seq = OffsetSequencer()
     verdicts(seq, [0, 1, 2])
@@ -70,59 +78,35 @@ def test_forget_drops_the_position() -> None:
     assert verdicts(seq, [0]) == ["process"]
 
 
-def test_a_record_that_never_comes_back_is_skipped_alone_not_what_was_held_after_it() -> None:
-    """Records after the missing one were held back by the guard, not lost: after MAX_REWINDS rewinds only the
-    missing record is given up (and reported), and the partition is re-read from the next one. An earlier
-    version skipped everything up to the newest arrival: hundreds of events in a long-mode crash run."""
-    clock = Clock()
-    seq = OffsetSequencer(clock)
-    verdicts(seq, [0])
-    for _ in range(MAX_REWINDS):
-        assert seq.check(TP, 5, 1, None).verdict is Verdict.REWIND  # waiting for 1
-        assert seq.check(TP, 6, 1, None).verdict is Verdict.HELD
-        clock.now += REWIND_PATIENCE_S + 1
-    decision = seq.check(TP, 5, 1, None)
-    assert (decision.skipped, decision.verdict, decision.expected) == (1, Verdict.REWIND, 2)  # re-read from 2
-    assert verdicts(seq, [2, 3, 4, 5]) == ["process"] * 4
-
-
-def test_accept_hole_when_the_broker_confirms_it() -> None:
-    seq = OffsetSequencer()
-    verdicts(seq, [0])
-    assert seq.check(TP, 9, 1, None).verdict is Verdict.REWIND
-    decision = seq.accept_hole(TP, 9)
-    assert (decision.verdict, decision.expected) == (Verdict.HOLE, 1)
-    assert verdicts(seq, [10]) == ["process"]
-
-
 def test_partitions_are_independent() -> None:
     seq = OffsetSequencer()
     other = ("apro.events.normalized", 4)
-    assert seq.check(TP, 0, 1, None).process and seq.check(other, 100, 1, None).process
-    assert seq.check(other, 101, 1, None).process and seq.check(TP, 1, 1, None).process
+    assert seq.check(TP, 0, 1, None).verdict is Verdict.PROCESS
+    assert seq.check(other, 100, 1, None).verdict is Verdict.PROCESS
+    assert seq.check(other, 101, 1, None).verdict is Verdict.PROCESS
+    assert seq.check(TP, 1, 1, None).verdict is Verdict.PROCESS
 
 
-@settings(max_examples=200, deadline=None)
-@given(n=st.integers(2, 40), drops=st.sets(st.integers(1, 38)), data=st.data())
-def test_whatever_is_dropped_the_processed_order_is_exactly_the_log(n: int, drops: set[int], data: st.DataObject) -> None:
-    """Simulate a consumer that drops records on first delivery and re-reads from the offset it is told to
-    seek to: the processed sequence is 0..n-1, each once, in order. (The first record seeds the position and
-    the last one is never dropped: a drop is noticed when a later record arrives.)"""
-    clock = Clock()
-    seq = OffsetSequencer(clock)
-    dropped_once = {d for d in drops if d < n - 1}
-    position, processed, steps = 0, [], 0
-    while position < n and steps < 10 * n + 100:
-        steps += 1
-        offset = position
-        position += 1
-        if offset in dropped_once:
-            dropped_once.discard(offset)
-            continue
-        decision = seq.check(TP, offset, 1, None)
-        if decision.process:
-            processed.append(offset)
-        elif decision.verdict is Verdict.REWIND:
-            position = decision.expected
-            clock.now += data.draw(st.sampled_from([0.0, 0.001]))
-    assert processed == list(range(n))
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(1, 60), drops=st.sets(st.integers(0, 59)), repeats=st.lists(st.integers(0, 59), max_size=20),
+       committed=st.integers(0, 5))
+def test_whatever_is_dropped_or_repeated_the_agent_gets_exactly_the_log(
+        n: int, drops: set[int], repeats: list[int], committed: int) -> None:
+    """A consumer that drops some records for good and delivers others again (redeliveries); the guard reads the
+    gaps from the 'log'. The agent gets committed..n-1, each once, in order, as long as the last record arrives."""
+    committed = min(committed, n - 1)
+    seq = OffsetSequencer()
+    deliveries = [o for o in range(committed, n) if o not in drops or o == n - 1]
+    for r in repeats:  # a repeat of an offset already delivered, inserted after it
+        if committed <= r < n and r in deliveries:
+            deliveries.insert(deliveries.index(r) + 1, r)
+    handled: list[int] = []
+    for offset in deliveries:
+        decision = seq.check(TP, offset, 1, committed)
+        if decision.verdict is Verdict.PROCESS:
+            handled.append(offset)
+        elif decision.verdict is Verdict.GAP:
+            handled.extend(range(decision.expected, offset))  # read from the log
+            assert seq.handed_over(TP, 1, offset)
+            handled.append(offset)
+    assert handled == list(range(committed, n))

@@ -188,9 +188,34 @@ class Run:
     seconds: float
     notes: int
     in_doubt: Counter[tuple[str, str]]  # (event id, workflow) → enrollments the workers flagged as repeated
+    gaps: "GapReads"
+
+
+@dataclass
+class GapReads:
+    """Records Faust dropped on the way to an agent, as the workers logged them (streams/consumer_control.py)."""
+    reads: int = 0  # gaps read from the broker
+    records: int = 0  # records in them
+    gone: int = 0  # records no longer in the log: never processed
+
+    def __str__(self) -> str:
+        return f"{self.reads} gaps of dropped records ({self.records} records) read back from the broker"
 
 
 _IN_DOUBT = re.compile(r"enrollment in doubt for event (\S+) in \S+, workflow '([^']+)'")
+_GAP = re.compile(r"offsets (\d+)\.\.(\d+) did not reach the agent")
+_GONE = re.compile(r"(\d+) of \S+ offsets \d+\.\.\d+ are no longer in the log")
+
+
+def gap_reads(log_dir: Path) -> GapReads:
+    found = GapReads()
+    for path in log_dir.glob("worker-*.err"):
+        text = path.read_text(errors="replace")
+        for match in _GAP.finditer(text):
+            found.reads += 1
+            found.records += int(match.group(2)) - int(match.group(1)) + 1
+        found.gone += sum(int(match.group(1)) for match in _GONE.finditer(text))
+    return found
 
 
 def flagged_enrollments(log_dir: Path) -> Counter[tuple[str, str]]:
@@ -216,6 +241,7 @@ def assert_same_end_state(run: Run, reference: Run, stream: GeneratedStream) -> 
     """Everything equal to the clean run, except that a workflow enrollment the worker repeated in doubt (a crash
     or timeout while the call was in flight: GoHighLevel has no API to read enrollments back) may count twice;
     no other enrollment may differ, and none may be missing."""
+    assert run.gaps.gone == 0, f"{run.gaps.gone} dropped records were no longer in the log: never processed"
     got, want = run.snapshot, reference.snapshot
     assert {k: v for k, v in got.items() if k != "enrollments"} == \
         {k: v for k, v in want.items() if k != "enrollments"}, summarize_difference(got, want)
@@ -238,7 +264,8 @@ def run_stack(work_dir: Path, bootstrap: str, embedded: bool, stream: GeneratedS
     """Post the stream through a producer to `workers` workers; SIGKILL + restart a worker when the note count
     passes each fraction in `kills` (of `expected_notes`), or kill one for good at `kill_and_leave`."""
     config = StackConfig.for_broker(bootstrap, work_dir, embedded_broker=embedded, partitions=4,
-                                    extra_env=ghl_env(emulator), log_level="WARNING")
+                                    extra_env=ghl_env(emulator),
+                                    log_level=os.environ.get("APRO_CRASH_LOG_LEVEL", "WARNING"))
     config.create_topics()
     producer = config.producer()
     procs: list[WorkerProcess] = [config.worker(name=f"worker-{n}", worker_id=f"{config.topic_prefix}group")
@@ -286,7 +313,7 @@ def run_stack(work_dir: Path, bootstrap: str, embedded: bool, stream: GeneratedS
         snapshot = settle(emulator)
         seconds = time.monotonic() - started
         return Run(snapshot, statuses, seconds, sum(len(c["notes"]) for c in snapshot["contacts"]),
-                   flagged_enrollments(work_dir / "logs"))
+                   flagged_enrollments(work_dir / "logs"), gap_reads(work_dir / "logs"))
     finally:
         for proc in procs:
             proc.stop()
@@ -318,7 +345,7 @@ def reference(kafka_bootstrap: str, using_embedded_broker: bool, stream: Generat
         assert not run.in_doubt, "the clean run repeated an enrollment"
         assert run.notes > EVENTS // 4, run.notes  # the stream really exercised the sink
         print(f"\ncrash/reference: {EVENTS} events ({stream.counts()}), {len(run.snapshot['contacts'])} contacts, "
-              f"{run.notes} notes, {len(run.snapshot['opportunities'])} opportunities in {run.seconds:.0f}s")
+              f"{run.notes} notes, {len(run.snapshot['opportunities'])} opportunities, {run.gaps}, in {run.seconds:.0f}s")
         yield run
     finally:
         emulator.stop()
@@ -340,7 +367,7 @@ def test_worker_killed_five_times_under_faults_ends_in_the_reference_state(
         emulator.stop()
     print(f"\ncrash/kills: {KILLS} SIGKILLs at {[round(k, 2) for k in kills]} of the notes, {sum(faults.values())} "
           f"faults injected of {calls} calls ({faults}), {run.notes} notes, "
-          f"{sum(run.in_doubt.values())} enrollments repeated in doubt, {run.seconds:.0f}s")
+          f"{sum(run.in_doubt.values())} enrollments repeated in doubt, {run.gaps}, {run.seconds:.0f}s")
     assert sum(faults.values()) > calls * 0.04, faults
     assert_same_end_state(run, reference, stream)
 
@@ -357,5 +384,6 @@ def test_two_workers_one_killed_for_good_ends_in_the_reference_state(
     finally:
         emulator.stop()
     print(f"\ncrash/two workers: one SIGKILLed at 40 % of the notes, {sum(faults.values())} faults, "
-          f"{run.notes} notes, {sum(run.in_doubt.values())} enrollments repeated in doubt, {run.seconds:.0f}s")
+          f"{run.notes} notes, {sum(run.in_doubt.values())} enrollments repeated in doubt, {run.gaps}, "
+          f"{run.seconds:.0f}s")
     assert_same_end_state(run, reference, stream)
