@@ -103,7 +103,7 @@ class SequenceGuard:
     """Decides, per delivered record, what the agent handles now: nothing (a repeat), the record, or the records
     Faust dropped before it (read from the broker) followed by the record."""
 
-    def __init__(self, app: faust.App, agent: str, reader: GapReader | None,
+    def __init__(self, app: faust.App, agent: str, reader: GapReader,
                  sequencer: OffsetSequencer | None = None) -> None:
         self.app = app
         self.agent = agent
@@ -138,15 +138,12 @@ class SequenceGuard:
         self.sequencer.forget(tps)
 
     async def close(self) -> None:
-        if self.reader is not None:
-            await self.reader.close()
+        await self.reader.close()
 
     async def _read_gap(self, tp: Any, start: int, end: int, generation: int) -> list[faust.EventT] | None:
         """The records [start, end) as events, or None if the partition was revoked before they could be read."""
         log.warning("%s: %s[%d] offsets %d..%d did not reach the agent; reading them from the broker",
                     self.agent, tp.topic, tp.partition, start, end - 1)
-        if self.reader is None:
-            raise RuntimeError("records went missing and no gap reader is configured")
         delay = READ_RETRY_S
         while True:
             try:
@@ -178,8 +175,6 @@ class SequenceGuard:
         return faust.Event(self.app, record.key, record.value, record.headers, message)
 
     async def _log_start(self, tp: Any) -> int | None:
-        if self.reader is None:
-            return None
         try:
             return await self.reader.log_start(tp.topic, tp.partition)
         except Exception as exc:  # noqa: BLE001 - unknown: the first record delivered starts the sequence
