@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from faust.types.tuples import ConsumerMessage
 
 from apro_sync import metrics as M
@@ -47,6 +48,7 @@ class GapReader:
         self.bootstrap = bootstrap
         self.client_id = client_id
         self._consumer: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
         self._lock = asyncio.Lock()
 
     async def read(self, topic: str, partition: int, start: int, end: int,
@@ -81,6 +83,19 @@ class GapReader:
             offsets = await asyncio.wait_for(consumer.beginning_offsets([tp]), READ_TIMEOUT_S)
             return int(offsets[tp])
 
+    async def committed(self, group: str, topic: str, partition: int) -> int | None:
+        """The group's committed offset for the partition according to the broker, None if it has none."""
+        async with self._lock:
+            if self._admin is None:
+                admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=self.client_id)
+                await admin.start()
+                self._admin = admin
+            tp = TopicPartition(topic, partition)
+            offsets = await asyncio.wait_for(self._admin.list_consumer_group_offsets(group, partitions=[tp]),
+                                             READ_TIMEOUT_S)
+            found = offsets.get(tp)
+            return found.offset if found is not None and found.offset >= 0 else None
+
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, client_id=self.client_id, group_id=None,
@@ -92,11 +107,14 @@ class GapReader:
 
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            try:
+        admin, self._admin = self._admin, None
+        try:
+            if consumer is not None:
                 await consumer.stop()
-            except Exception as exc:  # noqa: BLE001 - shutting down
-                log.debug("gap reader stop failed (%s)", type(exc).__name__)
+            if admin is not None:
+                await admin.close()
+        except Exception as exc:  # noqa: BLE001 - shutting down
+            log.debug("gap reader stop failed (%s)", type(exc).__name__)
 
 
 class SequenceGuard:
@@ -118,10 +136,7 @@ class SequenceGuard:
         generation = message.generation_id or 0
         seed = None
         if message.offset > 0 and self.sequencer.expected(tp, generation) is None:
-            # The first record of this partition in this generation: where should it have started?
-            seed = self._committed(tp)
-            if seed is None:  # nothing committed yet: the group starts at the log's start (auto_offset_reset)
-                seed = await self._log_start(tp)
+            seed = await self._start_of(tp)  # the first record of this partition in this generation
         decision = self.sequencer.check(tp, message.offset, generation, seed)
         if decision.verdict is Verdict.PROCESS:
             return [event]
@@ -174,12 +189,18 @@ class SequenceGuard:
                                   generation_id=generation)
         return faust.Event(self.app, record.key, record.value, record.headers, message)
 
-    async def _log_start(self, tp: Any) -> int | None:
+    async def _start_of(self, tp: Any) -> int | None:
+        """Where this generation's reading of `tp` should start: the group's committed offset (Faust's copy, else
+        the broker's: Faust resumes fetching before it loads its copy), else the log's start (a group without a
+        committed offset starts there: auto_offset_reset=earliest). None if the broker cannot say."""
+        committed = self._committed(tp)
+        if committed is not None:
+            return committed
         try:
-            return await self.reader.log_start(tp.topic, tp.partition)
+            committed = await self.reader.committed(self.app.conf.id, tp.topic, tp.partition)
+            return committed if committed is not None else await self.reader.log_start(tp.topic, tp.partition)
         except Exception as exc:  # noqa: BLE001 - unknown: the first record delivered starts the sequence
-            log.warning("%s: log start of %s[%d] unknown (%s)", self.agent, tp.topic, tp.partition,
-                        type(exc).__name__)
+            log.warning("%s: start of %s[%d] unknown (%s)", self.agent, tp.topic, tp.partition, type(exc).__name__)
             return None
 
     def _committed(self, tp: Any) -> int | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import faust
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
@@ -26,6 +26,15 @@ def produce(bootstrap: str, topic: str, count: int) -> None:
         producer.produce(topic, key=f"client-{i % 3}".encode(), value=f"body-{i}".encode(),
                          headers=[("x-apro-request-id", f"r-{i}".encode())])
     assert producer.flush(30) == 0
+
+
+def commit(bootstrap: str, group: str, topic: str, offset: int) -> None:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "log_level": 0})
+    try:
+        consumer.commit(offsets=[TopicPartition(topic, 0, offset)], asynchronous=False)
+    finally:
+        consumer.close()
 
 
 def delivered(app: faust.App, topic: str, offset: int, generation: int = 1) -> faust.EventT:
@@ -77,6 +86,10 @@ def test_dropped_records_are_read_from_the_log_and_handed_over_first(
             # 0..9 never came (Faust seeks a fresh group to the earliest offset).
             assert offsets(await guard.admit(delivered(app, topic, 10, generation=2))) == list(range(11))
             assert counter("test-guard", "refetched") - before == 3 + 10
+            # Once the group has committed, a new generation starts there (the broker's word: Faust loads its own
+            # copy only after fetching has resumed).
+            commit(kafka_bootstrap, app.conf.id, topic, 8)
+            assert offsets(await guard.admit(delivered(app, topic, 10, generation=3))) == [8, 9, 10]
         finally:
             await guard.close()
 
@@ -92,6 +105,9 @@ class RevokingReader:
     async def read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
         self.guard_ref[0].forget()
         return []
+
+    async def committed(self, group: str, topic: str, partition: int) -> int | None:
+        return None
 
     async def log_start(self, topic: str, partition: int) -> int:
         return 0
@@ -120,6 +136,9 @@ class LeakyLog:
 
         return [ConsumerRecord(topic, partition, o, 0, 0, b"k", b"v", None, 1, 1, []) for o in range(start, end)
                 if o not in (2, 3)]
+
+    async def committed(self, group: str, topic: str, partition: int) -> int | None:
+        return None
 
     async def log_start(self, topic: str, partition: int) -> int:
         return 0
