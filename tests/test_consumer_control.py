@@ -8,6 +8,7 @@ from typing import Any
 
 import faust
 import pytest
+from aiokafka.structs import ConsumerRecord
 from confluent_kafka import Consumer, Producer, TopicPartition
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
@@ -96,15 +97,11 @@ def test_dropped_records_are_read_from_the_log_and_handed_over_first(
     asyncio.run(run())
 
 
-class RevokingReader:
-    """Reads the gap, but the partition is revoked while it does."""
-
-    def __init__(self, guard_ref: list[SequenceGuard]) -> None:
-        self.guard_ref = guard_ref
+class FakeLog:
+    """A GapReader stand-in: a log of offsets 0.. with nothing committed; `read` says what a gap read returns."""
 
     async def read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
-        self.guard_ref[0].forget()
-        return []
+        return [ConsumerRecord(topic, partition, o, 0, 0, b"k", b"v", None, 1, 1, []) for o in range(start, end)]
 
     async def committed(self, group: str, topic: str, partition: int) -> int | None:
         return None
@@ -114,6 +111,17 @@ class RevokingReader:
 
     async def close(self) -> None:
         pass
+
+
+class RevokingReader(FakeLog):
+    """Reads the gap, but the partition is revoked while it does."""
+
+    def __init__(self, guard_ref: list[SequenceGuard]) -> None:
+        self.guard_ref = guard_ref
+
+    async def read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
+        self.guard_ref[0].forget()
+        return await super().read(topic, partition, start, end)
 
 
 def test_a_gap_read_across_a_revocation_is_dropped(app: faust.App) -> None:
@@ -128,23 +136,11 @@ def test_a_gap_read_across_a_revocation_is_dropped(app: faust.App) -> None:
     asyncio.run(run())
 
 
-class LeakyLog:
+class LeakyLog(FakeLog):
     """Retention removed offsets 2 and 3 of the gap."""
 
     async def read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
-        from aiokafka.structs import ConsumerRecord
-
-        return [ConsumerRecord(topic, partition, o, 0, 0, b"k", b"v", None, 1, 1, []) for o in range(start, end)
-                if o not in (2, 3)]
-
-    async def committed(self, group: str, topic: str, partition: int) -> int | None:
-        return None
-
-    async def log_start(self, topic: str, partition: int) -> int:
-        return 0
-
-    async def close(self) -> None:
-        pass
+        return [r for r in await super().read(topic, partition, start, end) if r.offset not in (2, 3)]
 
 
 def test_records_no_longer_in_the_log_are_counted_as_gone(app: faust.App) -> None:
