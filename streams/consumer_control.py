@@ -127,6 +127,8 @@ class SequenceGuard:
         self.agent = agent
         self.reader = reader
         self.sequencer = sequencer or OffsetSequencer()
+        for outcome in ("refetched", "gone"):  # exported at 0 from the start: panels and alerts see the first one
+            M.STREAM_GAP_RECORDS.labels(agent, outcome)
 
     async def admit(self, event: faust.EventT) -> list[faust.EventT]:
         """The events to handle now, in offset order. Events read from the broker are not Faust's: whoever
