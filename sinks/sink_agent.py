@@ -43,7 +43,7 @@ from sinks.ghl.errors import GhlPermanentError, GhlTransientError
 from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget, Locations, LocationsError, UnknownLocation, load_locations
 from sinks.provision import ResolvedIdsCache
-from streams.consumer_control import GapReader, SequenceGuard, abandon
+from streams.consumer_control import SequenceGuard, abandon
 from streams.crm_ops import OpKind
 from streams.events import NormalizedEvent
 from streams.planner import Outcome, PlanError, plan
@@ -175,8 +175,7 @@ class SyncEngine:
         self.table = table
         self.deadletter_topic = deadletter
         self.acker = PartitionAcker()
-        self.sequence = SequenceGuard(app, "sync", GapReader(settings.kafka_bootstrap_servers or "",
-                                                             client_id=f"{settings.worker_id}-sync-gaps"))
+        self.sequence = SequenceGuard.for_agent(app, settings, "sync")
         self.generation = 0
         self._fence = asyncio.Event()
         self._ids_cache = ResolvedIdsCache()

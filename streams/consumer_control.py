@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.types.tuples import ConsumerMessage
 
 from apro_sync import metrics as M
+from apro_sync.config import Settings
 from streams.offset_sequence import OffsetSequencer, Verdict
 
 log = logging.getLogger("apro_sync.consumer")
@@ -150,6 +151,12 @@ class SequenceGuard:
             abandon(self.app, event)  # revoked meanwhile: the partition's next owner reads all of it
             return []
         return [*missing, event]
+
+    @classmethod
+    def for_agent(cls, app: faust.App, settings: Settings, agent: str) -> SequenceGuard:
+        """The guard of one agent of a worker, with its own gap reader on the configured broker."""
+        reader = GapReader(settings.kafka_bootstrap_servers or "", client_id=f"{settings.worker_id}-{agent}-gaps")
+        return cls(app, agent, reader)
 
     def forget(self, tps: Any = None) -> None:
         self.sequencer.forget(tps)

@@ -26,7 +26,7 @@ from faust.streams import _current_event  # the context var Faust routes table c
 from apro_sync import headers as H
 from apro_sync import metrics as M
 from apro_sync.config import Settings
-from streams.consumer_control import GapReader, SequenceGuard
+from streams.consumer_control import SequenceGuard
 from streams.dedupe import EventDeduper
 from streams.events import NormalizedEvent, Skipped, Unreadable
 from streams.normalize import body_hash, normalize
@@ -62,8 +62,7 @@ class Normalizer:
         self.topics = topics
         self.names = {name: topic.get_topic_name() for name, topic in topics.items()}
         self.deduper = EventDeduper(table, settings.dedupe_window)
-        self.sequence = SequenceGuard(app, "normalize", GapReader(
-            settings.kafka_bootstrap_servers or "", client_id=f"{settings.worker_id}-normalize-gaps"))
+        self.sequence = SequenceGuard.for_agent(app, settings, "normalize")
         self.producer = producer or OutputProducer(producer_config(
             settings.kafka_bootstrap_servers or "", linger_ms=OUTPUT_LINGER_MS, client_id=f"{settings.worker_id}-normalize"))
         self._declared = False
