@@ -95,7 +95,7 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
 
         base = f"http://{settings.http_host}:{port}/webhooks/aestheticspro"
         shown = token or "<one of your APRO_WEBHOOK_TOKENS>"
-        fixtures = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "webhooks"
+        fixtures = Path(__file__).resolve().parent.parent / "examples" / "webhooks"
         print(
             "\napro-sync dev stack is up.\n"
             f"  POST webhooks to: {base}/{shown}\n"

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 TOKEN = "bench-token-0123456789abcdef"
-BODY_FILE = REPO.parent / "shared" / "fixtures" / "webhooks" / "client_created.json"
+BODY_FILE = REPO / "examples" / "webhooks" / "client_created.json"
 PATH = f"/webhooks/aestheticspro/{TOKEN}/clients"
 
 

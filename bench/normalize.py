@@ -33,7 +33,7 @@ from apro_sync.config import Settings  # noqa: E402
 from apro_sync.embedded_broker import EmbeddedBroker  # noqa: E402
 from apro_sync.kafka_admin import ensure_topics  # noqa: E402
 
-FIXTURES = REPO.parent / "shared" / "fixtures" / "webhooks"
+FIXTURES = REPO / "examples" / "webhooks"
 FIRST = ["Jane", "Omar", "Lucia", "Maya", "Ava", "Noah", "Liam", "Emma", "Zoe", "Ivan"]
 LAST = ["Doe", "Haddad", "Moreno", "Lee", "Chen", "Smith", "Garcia", "Nguyen", "Patel", "Kim"]
 WORKER_CODE = (

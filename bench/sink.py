@@ -58,7 +58,7 @@ from sinks.locations import load_locations  # noqa: E402
 from sinks.provision import provision_all  # noqa: E402
 from tests.reliability.harness import TOKEN, StackConfig, parse_metrics, scrape  # noqa: E402
 
-FIXTURES = REPO.parent / "shared" / "fixtures" / "webhooks"
+FIXTURES = REPO / "examples" / "webhooks"
 MINIMUM = {"client": 1, "appointment": 4, "invoice": 5}
 MIX = (("client", 0.3), ("appointment", 0.5), ("invoice", 0.2))
 MARKER = "apro-event: "

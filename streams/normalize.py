@@ -1,6 +1,6 @@
 """Raw AestheticsPro webhook → NormalizedEvent | Skipped | Unreadable. Pure: no I/O, no logging, never raises.
 
-Rules (../shared/fixtures/README.md, and the decisions below):
+Rules (examples/webhooks/README.md, and the decisions below):
 - The event kind comes from `event` / `eventType` / `event_type` / `type` (+ `action`), else the `apro-resource`
   header (clients | appointments | invoices) with the status deciding, else the blocks the body carries.
 - Test pings (a test/ping kind or flag, or a body with no client, appointment or invoice) → Skipped(TEST_PING).

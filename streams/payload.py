@@ -1,6 +1,6 @@
 """Tolerant reading of AestheticsPro webhook bodies, shared by the producer (for the Kafka key) and the normalizer.
 
-AestheticsPro's payloads vary (../shared/fixtures/README.md): key spellings (camelCase, snake_case, PascalCase,
+AestheticsPro's payloads vary (examples/webhooks/README.md): key spellings (camelCase, snake_case, PascalCase,
 UPPERCASE), envelopes (`data` / `payload`), JSON or form bodies, ids as numbers or strings. Everything here is
 pure and never logs: bodies are PHI.
 """

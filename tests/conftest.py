@@ -19,9 +19,8 @@ from apro_sync.embedded_broker import EmbeddedBroker
 pytest_plugins = ["tests.ghl_emulator_fixture"]
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-FIXTURES = SHARED / "fixtures" / "webhooks"
-OPENAPI = SHARED / "ghl-openapi"
+FIXTURES = REPO / "examples" / "webhooks"
+OPENAPI = REPO / "sinks" / "emulator" / "openapi"
 
 
 @pytest.fixture(scope="session")

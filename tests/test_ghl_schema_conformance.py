@@ -26,7 +26,7 @@ from sinks.ghl.models import ContactInput, CustomFieldValue
 from streams import crm_fields
 from tests.test_ghl_support import FakeTime, LoopbackGhl, Reply, ghl_loopback, make_client  # noqa: F401
 
-OPENAPI = Path(__file__).resolve().parent.parent.parent / "shared" / "ghl-openapi"
+OPENAPI = Path(__file__).resolve().parent.parent / "sinks" / "emulator" / "openapi"
 APPS = ("contacts", "opportunities", "locations", "workflows")
 METHODS = ("get", "post", "put", "delete", "patch")
 

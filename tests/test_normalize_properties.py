@@ -1,6 +1,6 @@
 """Property tests: every allowed re-spelling of a fixture normalizes to the same event; nothing ever raises.
 
-The variations follow ../shared/fixtures/README.md. Alternative spellings are computed here with the standard
+The variations follow examples/webhooks/README.md. Alternative spellings are computed here with the standard
 library (not with the code under test); the reference result for each fixture is pinned by the golden tests.
 """
 

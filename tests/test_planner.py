@@ -22,7 +22,7 @@ from streams.normalize import normalize
 from streams.planner import Outcome, Plan, PlanError, format_local, format_money, plan
 from streams.state import ClientState, mark_done, record_contact_id, record_opportunity_id
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "webhooks"
+FIXTURES = Path(__file__).resolve().parent.parent / "examples" / "webhooks"
 UTC = timezone.utc
 PHX = Location(id="3", name="Scottsdale", timezone="America/Phoenix")  # UTC-7, no DST
 NOW = datetime(2030, 1, 1, tzinfo=UTC)  # only a fallback; every event here has occurred_at

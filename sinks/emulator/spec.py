@@ -18,7 +18,8 @@ from typing import Any
 
 from jsonschema import Draft7Validator
 
-DEFAULT_SPEC_DIR = Path(os.environ.get("APRO_GHL_OPENAPI_DIR") or Path(__file__).resolve().parents[3] / "shared" / "ghl-openapi")
+# Vendored official specs (package data; source and licence in openapi/SOURCE.md).
+DEFAULT_SPEC_DIR = Path(os.environ.get("APRO_GHL_OPENAPI_DIR") or Path(__file__).resolve().parent / "openapi")
 SPEC_FILES = ("contacts", "opportunities", "locations", "workflows")
 V2 = "2021-07-28"
 V3 = "v3"
