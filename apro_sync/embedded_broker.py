@@ -18,7 +18,7 @@ from pathlib import Path
 from apro_sync.kafka_admin import ensure_topics, wait_for_broker
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: have the kernel SIGTERM the broker when the process that started it dies, even by SIGKILL,
     so a crashed test run or dev stack never leaves an orphaned broker behind."""
     try:
@@ -38,7 +38,9 @@ def free_port() -> int:
 
 
 class EmbeddedBroker:
-    """Start/stop one Tansu process on a loopback port. `stop()` then `start()` keeps the port."""
+    """Start/stop one Tansu process on a loopback port. `stop()` then `start()` keeps the port (not the data)."""
+
+    persistent = False  # a restart starts empty
 
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
         self.port = port or free_port()
@@ -72,7 +74,7 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
         log.close()
         try:

