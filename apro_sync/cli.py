@@ -6,7 +6,17 @@ from typing import Optional
 
 import typer
 
-from apro_sync.config import load_settings
+from apro_sync.config import Settings, load_settings
+
+def _kafka_settings() -> Settings:
+    """Settings for a command that talks to Kafka: refused TLS/SASL credentials stop it with a clear message."""
+    from apro_sync.kafka_admin import check_credentials
+
+    settings = load_settings()
+    if settings.kafka_bootstrap_servers:
+        check_credentials(settings.kafka)
+    return settings
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sync AestheticsPro webhooks into GoHighLevel.")
 
@@ -36,6 +46,24 @@ def worker() -> None:
     from streams.worker import run
 
     run(load_settings())
+
+
+@app.command()
+def topics(check: bool = typer.Option(False, "--check", help="Only report differences; create nothing.")) -> None:
+    """Create apro-sync's topics with their production configs, then report any that differ (exit 1)."""
+    from apro_sync.kafka_admin import check_topics, ensure_topics
+
+    settings = _kafka_settings()
+    specs = settings.topic_specs()
+    if not check:
+        ensure_topics(settings.kafka, specs)
+    problems = check_topics(settings.kafka, specs)
+    for spec in specs:
+        typer.echo(f"{spec.name}: {spec.partitions} partitions, replication {spec.replication}, "
+                   + ", ".join(f"{k}={v}" for k, v in sorted(spec.config.items())))
+    for problem in problems:
+        typer.echo(f"MISMATCH {problem}", err=True)
+    raise typer.Exit(1 if problems else 0)
 
 
 @app.command()
@@ -69,11 +97,11 @@ def peek(
     from apro_sync import peek as P
     from apro_sync.kafka_records import OperatorError
 
-    settings = load_settings()
+    settings = _kafka_settings()
     short = {"raw", "quarantine", "normalized", "skipped", "deadletter"}
     name = getattr(settings.topics, topic) if topic in short else topic
     try:
-        P.run(settings.kafka_bootstrap_servers or "localhost:9092", name, show_payload, typer.echo)
+        P.run(settings.kafka if settings.kafka_bootstrap_servers else "localhost:9092", name, show_payload, typer.echo)
     except OperatorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -92,7 +120,7 @@ def lag_exporter(
     """Export consumer lag (end offset minus committed offset) per group and partition to Prometheus."""
     from apro_sync.lag import run
 
-    run(load_settings(), groups=group or [], topics=topic or [], host=host, port=port, interval_s=interval)
+    run(_kafka_settings(), groups=group or [], topics=topic or [], host=host, port=port, interval_s=interval)
 
 
 @app.command()
@@ -129,7 +157,7 @@ def replay(
         raise typer.BadParameter(str(exc)) from None
     if end is not None and start > end:
         raise typer.BadParameter(f"--since ({start.isoformat()}) is after --until ({end.isoformat()})")
-    settings = load_settings()
+    settings = _kafka_settings()
     confirm = (lambda _msg: True) if yes else (lambda msg: typer.confirm(msg, default=False))
     try:
         if reset_offsets:
@@ -178,7 +206,7 @@ def dlq_list(
 
     _check_stage(stage)
     try:
-        entries = D.list_entries(load_settings(), quarantine=quarantine, stage=stage, limit=limit,
+        entries = D.list_entries(_kafka_settings(), quarantine=quarantine, stage=stage, limit=limit,
                                  include_redriven=not pending)
     except OperatorError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -211,7 +239,7 @@ def dlq_redrive(
     _check_stage(stage)
     confirm = (lambda _msg: True) if yes else (lambda msg: typer.confirm(msg, default=False))
     try:
-        summary = D.redrive(load_settings(), ids=record_ids or [], all_=all_, stage=stage, quarantine=quarantine,
+        summary = D.redrive(_kafka_settings(), ids=record_ids or [], all_=all_, stage=stage, quarantine=quarantine,
                             force=force, dry_run=dry_run, confirm=confirm)
     except OperatorError as exc:
         typer.echo(f"error: {exc}", err=True)

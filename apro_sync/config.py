@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
-from apro_sync.topics import Topics
+from apro_sync.kafka_connection import KafkaConnection, SaslMechanism, SecurityProtocol
+from apro_sync.topics import Topics, TopicSpec, topic_specs
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,19 @@ class Settings(BaseSettings):
     topic_prefix: str = ""
     topic_partitions: int = Field(default=12, ge=1, le=1000)
     topic_replication: int = Field(default=1, ge=1, le=5)
+    topic_min_insync_replicas: int = Field(default=1, ge=1, le=5)
+    raw_retention_days: float = Field(default=14, gt=0)  # the replay window: `apro-sync replay` reaches this far back
+    quarantine_retention_days: float = Field(default=30, gt=0)
+    deadletter_retention_days: float = Field(default=30, gt=0)
+    # Managed Kafka (Confluent Cloud, MSK, Aiven, Redpanda Cloud): TLS and SASL, the same for every client.
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_file: Path | None = None
+    kafka_ssl_cert_file: Path | None = None
+    kafka_ssl_key_file: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
     # Set by `apro-sync dev` and the tests: tune Faust for the in-memory Tansu broker (see streams/app.py).
     embedded_broker: bool = False
 
@@ -120,9 +134,42 @@ class Settings(BaseSettings):
             raise ValueError("not an IANA time zone name") from None
         return value
 
+    @model_validator(mode="after")
+    def _kafka_security_complete(self) -> "Settings":
+        if self.kafka_security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+            if not (self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password):
+                raise ValueError("SASL needs APRO_KAFKA_SASL_MECHANISM, APRO_KAFKA_SASL_USERNAME and APRO_KAFKA_SASL_PASSWORD")
+        if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
+            raise ValueError("APRO_KAFKA_SSL_CERT_FILE and APRO_KAFKA_SSL_KEY_FILE go together")
+        for name in ("kafka_ssl_ca_file", "kafka_ssl_cert_file", "kafka_ssl_key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"APRO_{name.upper()} is not a readable file")
+        return self
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """How every Kafka client connects (bootstrap servers, TLS, SASL)."""
+        if not self.kafka_bootstrap_servers:
+            raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set")
+        return KafkaConnection(
+            bootstrap=self.kafka_bootstrap_servers, security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism, sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password, ssl_ca_file=self.kafka_ssl_ca_file,
+            ssl_cert_file=self.kafka_ssl_cert_file, ssl_key_file=self.kafka_ssl_key_file,
+            ssl_key_password=self.kafka_ssl_key_password)
+
     @property
     def topics(self) -> Topics:
         return Topics.with_prefix(self.topic_prefix) if self.topic_prefix else Topics()
+
+    def topic_specs(self) -> list[TopicSpec]:
+        """Every topic with the configs production needs (retention, compaction, replication, size)."""
+        return topic_specs(
+            topics=self.topics, app_id=self.worker_id, partitions=self.topic_partitions,
+            replication=self.topic_replication, min_insync=self.topic_min_insync_replicas,
+            raw_retention_days=self.raw_retention_days, quarantine_retention_days=self.quarantine_retention_days,
+            deadletter_retention_days=self.deadletter_retention_days, max_body_bytes=self.max_body_bytes)
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -132,6 +179,6 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_input=False, include_url=False):
-            name = "APRO_" + "_".join(str(p) for p in err["loc"] if isinstance(p, str)).upper()
-            problems.append(f"  {name}: {err['msg']}")
+            name = "_".join(str(p) for p in err["loc"] if isinstance(p, str)).upper()
+            problems.append(f"  APRO_{name}: {err['msg']}" if name else f"  {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("invalid configuration:\n" + "\n".join(problems)) from None

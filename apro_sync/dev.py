@@ -59,7 +59,7 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
     try:
         if settings.kafka_bootstrap_servers:
             bootstrap = settings.kafka_bootstrap_servers
-            wait_for_broker(bootstrap)
+            wait_for_broker(settings.kafka)
             print(f"  using Kafka at {bootstrap}")
         else:
             broker = EmbeddedBroker().start()
@@ -67,7 +67,7 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
             env["APRO_EMBEDDED_BROKER"] = "true"
             print(f"  embedded Kafka-protocol broker (Tansu, in memory) at {bootstrap}")
         env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
-        ensure_topics(bootstrap, settings.topics.all(), settings.topic_partitions, settings.topic_replication)
+        ensure_topics(settings.kafka if settings.kafka_bootstrap_servers else bootstrap, settings.topic_specs())
 
         if settings.ghl_token is None:
             emulator_url = f"http://127.0.0.1:{emulator_port}"

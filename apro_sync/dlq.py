@@ -24,6 +24,7 @@ from tqdm import tqdm
 from apro_sync import headers as H
 from apro_sync import kafka_records as K
 from apro_sync.config import Settings
+from apro_sync.kafka_connection import KafkaConnection
 from apro_sync.oprecords import (
     DlqEntry,
     dlq_entry,
@@ -69,13 +70,13 @@ class RedriveSummary:
         return out
 
 
-def _bootstrap(settings: Settings) -> str:
+def _bootstrap(settings: Settings) -> KafkaConnection:
     if not settings.kafka_bootstrap_servers:
         raise K.OperatorError("no broker configured: set KAFKA_BOOTSTRAP_SERVERS")
-    return settings.kafka_bootstrap_servers
+    return settings.kafka
 
 
-def _redriven_ids(consumer: K.Consumer, client: K.AdminClient, bootstrap: str, topic: str) -> set[str]:
+def _redriven_ids(consumer: K.Consumer, client: K.AdminClient, bootstrap: KafkaConnection, topic: str) -> set[str]:
     """Record ids with a redrive marker (latest marker per key wins; a tombstone clears it)."""
     markers = marker_topic(topic)
     count = K.partition_counts(client, bootstrap, [markers]).get(markers)

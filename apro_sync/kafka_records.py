@@ -16,6 +16,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from apro_sync.oprecords import HeaderList, PartitionRange
 
+from apro_sync.kafka_connection import KafkaConnection
+
+Bootstrap = KafkaConnection | str
+
 TIMEOUT_S = 10.0
 CONNECT_S = 5.0  # first metadata request: an unreachable broker is reported after this long
 STALL_S = 30.0  # a read that makes no progress this long is an error, not a hang
@@ -25,16 +29,16 @@ class OperatorError(Exception):
     """A problem the operator can act on; the message is safe to print (no payload content)."""
 
 
-def _base(bootstrap: str) -> dict[str, Any]:
+def _base(bootstrap: Bootstrap) -> dict[str, Any]:
     # log_level 0: librdkafka's own connection chatter would bury our one clear error line.
-    return {"bootstrap.servers": bootstrap, "log_level": 0, "socket.timeout.ms": int(TIMEOUT_S * 1000)}
+    return {**KafkaConnection.of(bootstrap).librdkafka(), "log_level": 0, "socket.timeout.ms": int(TIMEOUT_S * 1000)}
 
 
-def admin(bootstrap: str) -> AdminClient:
+def admin(bootstrap: Bootstrap) -> AdminClient:
     return AdminClient(_base(bootstrap))
 
 
-def partition_counts(client: AdminClient, bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
+def partition_counts(client: AdminClient, bootstrap: Bootstrap, topics: Sequence[str]) -> dict[str, int]:
     """Partitions per existing topic; raises OperatorError when the broker cannot be reached."""
     try:
         metadata = client.list_topics(timeout=CONNECT_S)
@@ -50,7 +54,7 @@ def partition_counts(client: AdminClient, bootstrap: str, topics: Sequence[str])
     return counts
 
 
-def require_topic(client: AdminClient, bootstrap: str, topic: str) -> int:
+def require_topic(client: AdminClient, bootstrap: Bootstrap, topic: str) -> int:
     count = partition_counts(client, bootstrap, [topic]).get(topic)
     if count is None:
         raise OperatorError(f"topic {topic} does not exist on {bootstrap} (check APRO_TOPIC_PREFIX)")
@@ -70,7 +74,7 @@ def ensure_compacted(client: AdminClient, topic: str, partitions: int = 1) -> No
                 raise OperatorError(f"could not create topic {name}: {exc.args[0]}") from None
 
 
-def reader(bootstrap: str) -> Consumer:
+def reader(bootstrap: Bootstrap) -> Consumer:
     """A consumer for `assign` reads: unique group id (never joined, never committed)."""
     return Consumer({
         **_base(bootstrap),
@@ -170,7 +174,7 @@ def read_all(consumer: Consumer, topic: str, partitions: int) -> Iterator[Messag
 class Writer:
     """Idempotent producer (acks=all): `send` queues, `flush` waits for every delivery report."""
 
-    def __init__(self, bootstrap: str, *, one_per_batch: bool = False) -> None:
+    def __init__(self, bootstrap: Bootstrap, *, one_per_batch: bool = False) -> None:
         # `one_per_batch` for the embedded Tansu broker, which reports a wrong end offset for multi-record batches.
         extra: dict[str, Any] = {"batch.num.messages": 1} if one_per_batch else {}
         self._producer = Producer({

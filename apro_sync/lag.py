@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from apro_sync.config import Settings
 from apro_sync.metrics import CONSUMER_LAG
+from apro_sync.kafka_connection import KafkaConnection
 
 log = structlog.get_logger(__name__)
 
@@ -65,8 +66,8 @@ def compute_lags(
 class LagReader:
     """Reads committed and end offsets from the broker with one AdminClient (batched requests)."""
 
-    def __init__(self, bootstrap: str, timeout_s: float = 10.0) -> None:
-        self._admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    def __init__(self, bootstrap: KafkaConnection | str, timeout_s: float = 10.0) -> None:
+        self._admin = AdminClient({**KafkaConnection.of(bootstrap).librdkafka(), "log_level": 0})
         self._timeout_s = timeout_s
 
     def partitions(self, topics: Iterable[str]) -> list[TP]:
@@ -167,7 +168,7 @@ def run(
     if not settings.kafka_bootstrap_servers:
         raise SystemExit("KAFKA_BOOTSTRAP_SERVERS is not set")
     groups = list(groups) or [settings.worker_id]
-    reader, gauge = LagReader(settings.kafka_bootstrap_servers), LagGauge()
+    reader, gauge = LagReader(settings.kafka), LagGauge()
     start_http_server(port, addr=host)
     log.info("lag_exporter_started", host=host, port=port, groups=groups, topics=list(topics), interval_s=interval_s)
     while True:

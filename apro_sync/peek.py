@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from apro_sync import headers as H
 from apro_sync.kafka_records import admin, read_all, reader, require_topic
+from apro_sync.kafka_connection import KafkaConnection
 
 
 class Peeked(NamedTuple):
@@ -36,7 +37,7 @@ def format_line(record: Peeked, show_payload: bool) -> str:
     return "  ".join(parts)
 
 
-def peek(bootstrap: str, topic: str) -> Iterable[Peeked]:
+def peek(bootstrap: KafkaConnection | str, topic: str) -> Iterable[Peeked]:
     """Every record currently in `topic`, partition by partition (no consumer group, nothing committed)."""
     partitions = require_topic(admin(bootstrap), bootstrap, topic)
     consumer = reader(bootstrap)
@@ -48,7 +49,7 @@ def peek(bootstrap: str, topic: str) -> Iterable[Peeked]:
         consumer.close()
 
 
-def run(bootstrap: str, topic: str, show_payload: bool, echo: Callable[[str], None]) -> int:
+def run(bootstrap: KafkaConnection | str, topic: str, show_payload: bool, echo: Callable[[str], None]) -> int:
     count = 0
     for record in sorted(peek(bootstrap, topic), key=lambda r: (r.partition, r.offset)):
         echo(format_line(record, show_payload))

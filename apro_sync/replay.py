@@ -38,6 +38,7 @@ from apro_sync.oprecords import (
     replay_headers,
 )
 from apro_sync.timeparse import to_millis
+from apro_sync.kafka_connection import KafkaConnection
 
 FLUSH_EVERY = 1000  # records between waits for delivery, so a failure stops the replay early
 
@@ -210,10 +211,10 @@ def _committed(client: K.AdminClient, group: str, topic: str, partitions: int) -
     return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in result.topic_partitions or []}
 
 
-def _bootstrap(settings: Settings) -> str:
+def _bootstrap(settings: Settings) -> KafkaConnection:
     if not settings.kafka_bootstrap_servers:
         raise K.OperatorError("no broker configured: set KAFKA_BOOTSTRAP_SERVERS")
-    return settings.kafka_bootstrap_servers
+    return settings.kafka
 
 
 def _stderr():  # noqa: ANN202 - whatever sys.stderr is now (the CLI test runner swaps it)

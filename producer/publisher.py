@@ -31,6 +31,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from apro_sync.config import Settings
 from apro_sync.metrics import PRODUCE_ERRORS
+from apro_sync.kafka_connection import KafkaConnection
 
 log = logging.getLogger("apro_sync.producer.publisher")
 
@@ -97,7 +98,7 @@ class Publisher:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: KafkaConnection | str,
         *,
         produce_timeout_s: float = 5.0,
         message_timeout_ms: int = DEFAULT_MESSAGE_TIMEOUT_MS,
@@ -106,7 +107,7 @@ class Publisher:
     ) -> None:
         self.produce_timeout_s = produce_timeout_s
         self._config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
+            **KafkaConnection.of(bootstrap).librdkafka(),
             "client.id": "apro-sync-producer",
             "enable.idempotence": True,
             "acks": "all",
@@ -140,7 +141,7 @@ class Publisher:
     def from_settings(cls, settings: Settings, **kwargs: Any) -> "Publisher":
         if not settings.kafka_bootstrap_servers:
             raise ValueError("KAFKA_BOOTSTRAP_SERVERS is not set")
-        return cls(settings.kafka_bootstrap_servers, produce_timeout_s=settings.produce_timeout_s, **kwargs)
+        return cls(settings.kafka, produce_timeout_s=settings.produce_timeout_s, **kwargs)
 
     # lifecycle -----------------------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from apro_sync.config import Settings
 from apro_sync.logs import configure_logging, get_logger, json_members, json_string, log_enabled, log_members, redact_path
 from apro_sync.metrics import WEBHOOK_LATENCY, WEBHOOKS_RECEIVED
+from apro_sync.kafka_admin import check_credentials
 from producer.auth import check_token
 from producer.intake import (
     RESOURCES,
@@ -278,4 +279,5 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 def run(settings: Settings) -> None:
     """Entry point for `apro-sync producer`."""
     configure_logging(level=os.environ.get("APRO_LOG_LEVEL", "INFO"), json=os.environ.get("APRO_LOG_JSON", "1") != "0")
+    check_credentials(settings.kafka)
     asyncio.run(serve(settings))

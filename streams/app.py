@@ -29,6 +29,7 @@ def build_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     return faust.App(
         app_id or settings.worker_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        broker_credentials=settings.kafka.faust_credentials(),
         store="memory://",  # tables are rebuilt from their changelog topics at start
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,

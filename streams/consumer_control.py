@@ -21,6 +21,7 @@ from faust.types.tuples import ConsumerMessage
 
 from apro_sync import metrics as M
 from apro_sync.config import Settings
+from apro_sync.kafka_connection import KafkaConnection
 from streams.offset_sequence import OffsetSequencer, Verdict
 
 log = logging.getLogger("apro_sync.consumer")
@@ -45,8 +46,8 @@ class GapReader:
     """Reads offsets [start, end) of one partition straight from the broker: its own consumer, no group, no
     commits, so Faust's consumer and its position are left alone."""
 
-    def __init__(self, bootstrap: str, client_id: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, bootstrap: KafkaConnection | str, client_id: str) -> None:
+        self.connection = KafkaConnection.of(bootstrap)
         self.client_id = client_id
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
@@ -88,7 +89,7 @@ class GapReader:
         """The group's committed offset for the partition according to the broker, None if it has none."""
         async with self._lock:
             if self._admin is None:
-                admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=self.client_id)
+                admin = AIOKafkaAdminClient(**self.connection.aiokafka(), client_id=self.client_id)
                 await admin.start()
                 self._admin = admin
             tp = TopicPartition(topic, partition)
@@ -99,7 +100,7 @@ class GapReader:
 
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, client_id=self.client_id, group_id=None,
+            consumer = AIOKafkaConsumer(**self.connection.aiokafka(), client_id=self.client_id, group_id=None,
                                         enable_auto_commit=False, auto_offset_reset="earliest",
                                         fetch_max_wait_ms=50)
             await consumer.start()
@@ -155,7 +156,7 @@ class SequenceGuard:
     @classmethod
     def for_agent(cls, app: faust.App, settings: Settings, agent: str) -> SequenceGuard:
         """The guard of one agent of a worker, with its own gap reader on the configured broker."""
-        reader = GapReader(settings.kafka_bootstrap_servers or "", client_id=f"{settings.worker_id}-{agent}-gaps")
+        reader = GapReader(settings.kafka, client_id=f"{settings.worker_id}-{agent}-gaps")
         return cls(app, agent, reader)
 
     def forget(self, tps: Any = None) -> None:

@@ -64,7 +64,7 @@ class Normalizer:
         self.deduper = EventDeduper(table, settings.dedupe_window)
         self.sequence = SequenceGuard.for_agent(app, settings, "normalize")
         self.producer = producer or OutputProducer(producer_config(
-            settings.kafka_bootstrap_servers or "", linger_ms=OUTPUT_LINGER_MS, client_id=f"{settings.worker_id}-normalize"))
+            settings.kafka, linger_ms=OUTPUT_LINGER_MS, client_id=f"{settings.worker_id}-normalize"))
         self._declared = False
 
     async def start(self) -> None:

@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from apro_sync.kafka_connection import KafkaConnection
+
 
 class OutputRecord(NamedTuple):
     topic: str
@@ -59,12 +61,12 @@ class _Batch:
             self.future.set_result(None)
 
 
-def producer_config(bootstrap: str, *, linger_ms: float = 5.0, client_id: str = "apro-sync-normalize",
+def producer_config(bootstrap: KafkaConnection | str, *, linger_ms: float = 5.0, client_id: str = "apro-sync-normalize",
                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """librdkafka settings: durable (acks=all, idempotent: no duplicates or reordering from its own retries),
     batched (linger), and Java-compatible key partitioning (the same partition as Faust/aiokafka for a key)."""
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
+        **KafkaConnection.of(bootstrap).librdkafka(),
         "client.id": client_id,
         "acks": "all",
         "enable.idempotence": True,

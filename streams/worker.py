@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import faust
 
 from apro_sync.config import Settings
+from apro_sync.kafka_admin import check_credentials, prepare_topics
 from streams.app import build_app
 from sinks.sink_agent import register_sink
 from streams.normalize_agent import register_normalizer
@@ -39,6 +40,17 @@ def build_worker_app(settings: Settings, registrations: Sequence[Registration] |
     return app
 
 
+def _prepare_topics(settings: Settings) -> None:
+    """Create missing topics with their production configs and report differences (the worker still starts)."""
+    try:
+        mismatches = prepare_topics(settings)
+    except Exception as exc:  # noqa: BLE001 - a broker that is not up yet: Faust waits for it
+        log.warning("could not check the topics: %s", type(exc).__name__)
+        return
+    for mismatch in mismatches:
+        log.warning("topic config differs from apro-sync's definition: %s", mismatch)
+
+
 def _start_metrics(port: int) -> None:
     if port:
         from prometheus_client import start_http_server
@@ -51,6 +63,8 @@ def run(settings: Settings, registrations: Sequence[Registration] | None = None)
     """Configure logging, build the app, start /metrics, run the Faust worker until stopped (blocks)."""
     level = os.environ.get("APRO_LOG_LEVEL", "INFO").upper()
     _configure_logging(level)
+    check_credentials(settings.kafka)
+    _prepare_topics(settings)
     app = build_worker_app(settings, registrations)
     _start_metrics(settings.metrics_port)
     # override_logging=False: keep our redacting handler instead of mode's default console handler.
