@@ -32,17 +32,48 @@ def dev(
     run_dev(load_settings(), port=port, emulator_port=emulator_port)
 
 
+CONFIG_HELP = ("Configuration: environment variables (APRO_*, KAFKA_BOOTSTRAP_SERVERS) or a .env file in the "
+               "working directory; `apro-sync config` lists every setting with its default.")
+
+
 @app.command()
+def config(show_defaults_only: bool = typer.Option(False, "--defaults", help="Ignore the environment and .env.")) -> None:
+    """List every setting: its variable, current value (secrets masked) and default."""
+    from apro_sync.config import PROCESS_VARIABLES, Settings, env_name
+
+    current = Settings(_env_file=None) if show_defaults_only else load_settings()
+    rows = []
+    for name, field in Settings.model_fields.items():
+        value, default = getattr(current, name), field.get_default(call_default_factory=True)
+        rows.append((env_name(name), _shown(value), _shown(default)))
+    width = max(len(r[0]) for r in rows)
+    typer.echo(f"{'variable'.ljust(width)}  {'value'.ljust(28)}  default")
+    for variable, value, default in rows:
+        typer.echo(f"{variable.ljust(width)}  {value.ljust(28)}  {default}")
+    typer.echo("\nRead by the processes directly:")
+    for variable, meaning in PROCESS_VARIABLES.items():
+        typer.echo(f"{variable.ljust(width)}  {meaning}")
+
+
+def _shown(value: object) -> str:
+    from pydantic import SecretStr
+
+    if isinstance(value, SecretStr):
+        return "********"
+    if isinstance(value, list):
+        return f"[{len(value)} item(s)]" if value else "[]"
+    return "-" if value is None else str(value)
+
+
+@app.command(help="Run the webhook intake HTTP service (publishes raw webhooks to Kafka).\n\n" + CONFIG_HELP)
 def producer() -> None:
-    """Run the webhook intake HTTP service (publishes raw webhooks to Kafka)."""
     from producer.server import run
 
     run(load_settings())
 
 
-@app.command()
+@app.command(help="Run a Faust worker: normalization, state tables and the GoHighLevel sink.\n\n" + CONFIG_HELP)
 def worker() -> None:
-    """Run a Faust worker: normalization, state tables and the GoHighLevel sink."""
     from streams.worker import run
 
     run(load_settings())

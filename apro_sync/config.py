@@ -7,6 +7,9 @@ Secrets are `SecretStr`, so they never show up in a repr, a log line or a valida
 from __future__ import annotations
 
 import json
+import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -172,8 +175,34 @@ class Settings(BaseSettings):
             deadletter_retention_days=self.deadletter_retention_days, max_body_bytes=self.max_body_bytes)
 
 
+# Variables read outside Settings (logging is configured before settings load; the rest are for tests and tools).
+PROCESS_VARIABLES = {
+    "APRO_LOG_LEVEL": "log level of every process (INFO)",
+    "APRO_LOG_FORMAT": "worker logs: json (default) or console",
+    "APRO_LOG_JSON": "producer logs: 1 = JSON (default), 0 = console",
+    "APRO_GHL_OPENAPI_DIR": "the emulator's OpenAPI folder (default: the vendored copy)",
+    "APRO_KAFKA_CACHE": "where the tests keep Apache Kafka's jars (default ~/.cache/apro-sync/kafka-<version>)",
+    "APRO_TEST_BROKER": "tests: embedded (default), kafka or docker",
+    "APRO_LONG": "tests: 1 = the long reliability mode",
+    "APRO_CRASH_LOG_LEVEL": "tests: the crash tests' worker log level",
+    "APRO_TEST_WORKER_LOG_LEVEL": "tests: the end-to-end tests' worker log level",
+}
+
+
+def env_name(field: str) -> str:
+    return "KAFKA_BOOTSTRAP_SERVERS" if field == "kafka_bootstrap_servers" else f"APRO_{field.upper()}"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """`APRO_*` variables that no setting reads: usually a typo that would otherwise be silently ignored."""
+    known = {f"APRO_{name.upper()}" for name in Settings.model_fields} | set(PROCESS_VARIABLES)
+    return sorted(name for name in environ if name.startswith("APRO_") and name not in known)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings, turning a validation error into a message that names the bad setting only."""
+    for name in unknown_variables(os.environ):
+        print(f"warning: {name} is not an apro-sync setting and is ignored (see `apro-sync config`)", file=sys.stderr)
     try:
         return Settings(**overrides)
     except ValidationError as exc:

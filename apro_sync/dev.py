@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -37,9 +38,13 @@ def _wait_http(url: str, timeout_s: float = 30.0) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
-def _spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _spawn(name: str, args: list[str], env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """A child process whose output goes to the stack's log file, not the terminal."""
     print(f"  starting {name}: apro-sync {' '.join(args)}", flush=True)
-    return subprocess.Popen([sys.executable, "-m", "apro_sync.cli", *args], env=env)
+    log.write(f"==== {name}: apro-sync {' '.join(args)}\n".encode())
+    log.flush()
+    return subprocess.Popen([sys.executable, "-m", "apro_sync.cli", *args], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
 
 
 def _terminate_on_sigterm() -> None:
@@ -56,6 +61,9 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
     broker: EmbeddedBroker | None = None
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     env = dict(os.environ)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = (settings.state_dir / "dev.log").resolve()
+    log = open(log_path, "ab")
     try:
         if settings.kafka_bootstrap_servers:
             bootstrap = settings.kafka_bootstrap_servers
@@ -71,7 +79,7 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
 
         if settings.ghl_token is None:
             emulator_url = f"http://127.0.0.1:{emulator_port}"
-            children.append(("ghl-emulator", _spawn("ghl-emulator", ["emulator", "--port", str(emulator_port)], env)))
+            children.append(("ghl-emulator", _spawn("ghl-emulator", ["emulator", "--port", str(emulator_port)], env, log)))
             _wait_http(f"{emulator_url}/_emulator/state")
             env.update(APRO_GHL_BASE_URL=emulator_url, APRO_GHL_TOKEN=DEV_GHL_TOKEN, APRO_GHL_LOCATION_ID=DEV_GHL_LOCATION)
             print(f"  GoHighLevel emulator at {emulator_url} (inspect: {emulator_url}/_emulator/state)")
@@ -89,9 +97,11 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
             token = secrets.token_urlsafe(24)
             env["APRO_WEBHOOK_TOKENS"] = token
         env["APRO_HTTP_PORT"] = str(port)
-        children.append(("producer", _spawn("producer", ["producer"], env)))
-        children.append(("worker", _spawn("worker", ["worker"], env)))
+        children.append(("producer", _spawn("producer", ["producer"], env, log)))
+        children.append(("worker", _spawn("worker", ["worker"], env, log)))
         _wait_http(f"http://{settings.http_host}:{port}/healthz")
+        if settings.metrics_port:  # the worker is up: the banner is the last thing on the terminal
+            _wait_http(f"http://127.0.0.1:{settings.metrics_port}/metrics", timeout_s=90)
 
         base = f"http://{settings.http_host}:{port}/webhooks/aestheticspro"
         shown = token or "<one of your APRO_WEBHOOK_TOKENS>"
@@ -105,13 +115,15 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
             f"  example: curl -sS -H 'Content-Type: application/json' --data-binary @{fixtures}/appointment_created.json "
             f"{base}/{shown}\n"
             f"  raw records: KAFKA_BOOTSTRAP_SERVERS={bootstrap} apro-sync peek\n"
+            f"  logs of the producer, worker and emulator: {log_path}\n"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )
         while True:
             for name, proc in children:
                 if proc.poll() is not None:
-                    print(f"  {name} exited with code {proc.returncode}; stopping the stack", file=sys.stderr)
+                    print(f"  {name} exited with code {proc.returncode}; stopping the stack (see {log_path})",
+                          file=sys.stderr)
                     raise SystemExit(1)
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -127,3 +139,4 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
                 proc.kill()
         if broker is not None:
             broker.stop()
+        log.close()

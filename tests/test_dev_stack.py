@@ -21,10 +21,13 @@ from tests.conftest import FIXTURES, REPO
 pytestmark = pytest.mark.integration
 
 
-def test_dev_stack_end_to_end(tmp_path: Path) -> None:
+def test_dev_stack_end_to_end(tmp_path: Path, using_embedded_broker: bool, request: pytest.FixtureRequest) -> None:
     port, emulator_port, metrics_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APRO_", "KAFKA_BOOTSTRAP"))}
-    env.update(APRO_METRICS_PORT=str(metrics_port), APRO_STATE_DIR=str(tmp_path / "state"), APRO_LOG_LEVEL="WARNING")
+    env.update(APRO_METRICS_PORT=str(metrics_port), APRO_STATE_DIR=str(tmp_path / "state"), APRO_LOG_LEVEL="INFO",
+               APRO_TOPIC_PREFIX=f"dev{port}.", APRO_WORKER_ID=f"dev{port}")
+    if not using_embedded_broker:  # dev on the session's Apache Kafka instead of its own embedded broker
+        env["KAFKA_BOOTSTRAP_SERVERS"] = request.getfixturevalue("kafka_bootstrap")
     proc = subprocess.Popen([sys.executable, "-m", "apro_sync.cli", "dev", "--port", str(port),
                              "--emulator-port", str(emulator_port)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -37,6 +40,10 @@ def test_dev_stack_end_to_end(tmp_path: Path) -> None:
             time.sleep(0.2)
         time.sleep(0.5)
         text = "".join(lines)
+        # Newcomer view: the banner comes last, the children's start-up logs went to the file it names.
+        banner = text[text.index("dev stack is up"):]
+        assert "Ctrl-C stops everything" in banner and '"level"' not in text and "faust" not in text.lower(), text
+        log_file = Path(re.search(r"logs of the producer, worker and emulator: (\S+)", text).group(1))  # type: ignore[union-attr]
         url = re.search(r"POST webhooks to: (\S+)", text).group(1)  # type: ignore[union-attr]
         peek_env = re.search(r"raw records: KAFKA_BOOTSTRAP_SERVERS=(\S+) apro-sync peek", text).group(1)  # type: ignore[union-attr]
         answer = httpx.post(url, content=(FIXTURES / "appointment_created.json").read_bytes(),
@@ -64,5 +71,7 @@ def test_dev_stack_end_to_end(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
     assert code == 0, "".join(lines)[-3000:]
+    logged = log_file.read_text()
+    assert "==== worker" in logged and "==== producer" in logged and "metrics on" in logged
     with pytest.raises(httpx.HTTPError):  # the producer went down with it
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
