@@ -23,6 +23,7 @@ from pydantic import AliasChoices
 
 import apro_sync.metrics as metrics_module
 from apro_sync.config import Settings
+from apro_sync.apache_kafka import KAFKA_VERSION
 from apro_sync.topics import Topics
 from tests.conftest import REPO
 
@@ -94,14 +95,13 @@ def test_compose_has_every_service(services: dict[str, Any]) -> None:
 
 
 def test_compose_images_are_pinned(services: dict[str, Any]) -> None:
-    assert services["kafka"]["image"].startswith("apache/kafka:")
-    assert services["kafka-init"]["image"] == services["kafka"]["image"]
+    assert services["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}", "compose runs the Kafka the tests run"
     assert services["prometheus"]["image"].startswith("prom/prometheus:v")
     assert services["grafana"]["image"].startswith("grafana/grafana:")
     for name, service in services.items():
         image = service["image"]
         assert ":" in image and not image.endswith(":latest"), f"{name}: image {image} is not pinned"
-    for name in APP_SERVICES:
+    for name in (*APP_SERVICES, "kafka-init"):
         assert services[name]["build"]["dockerfile"] == "Dockerfile"
         assert services[name]["image"] == services["producer"]["image"], "one image for every apro-sync role"
 
@@ -191,11 +191,16 @@ def test_compose_kafka_is_kraft_with_persistent_volume(services: dict[str, Any],
     assert len(env["CLUSTER_ID"]) == 22, "KRaft cluster id must be a base64-encoded UUID"
 
 
-def test_compose_creates_every_topic_with_12_partitions(services: dict[str, Any]) -> None:
-    script = "\n".join(services["kafka-init"]["command"])
-    created = re.findall(r"^\s*create (\S+)", script, flags=re.MULTILINE)
-    assert sorted(created) == sorted(Topics().all())
-    assert "--partitions 12" in script and "--if-not-exists" in script
+def test_compose_creates_every_topic_from_the_code_definitions(services: dict[str, Any]) -> None:
+    init = services["kafka-init"]
+    assert init["command"] == ["topics"], "topics come from apro_sync/topics.py, not a second list"
+    for key in ("KAFKA_BOOTSTRAP_SERVERS", "APRO_TOPIC_PARTITIONS", "APRO_TOPIC_REPLICATION", "APRO_WORKER_ID"):
+        assert init["environment"][key] == services["worker-1"]["environment"][key], key
+    settings = Settings(_env_file=None, **{k.lower(): v for k, v in init["environment"].items()
+                                           if k.startswith("APRO_")}, kafka_bootstrap_servers="kafka:9092")
+    names = {spec.name for spec in settings.topic_specs()}
+    assert names >= set(Topics().all()) and f"{settings.worker_id}-client_state-changelog" in names
+    assert all(spec.partitions == 12 for spec in settings.topic_specs() if not spec.name.endswith(".redriven"))
 
 
 def test_compose_mounted_host_paths_exist(services: dict[str, Any]) -> None:
