@@ -187,6 +187,11 @@ class _Work:
     def set_stage(self, stage: str) -> None:
         self.stage = self._register(stage)
 
+    def values(self) -> tuple[dict[str, str], dict[str, str], str | None]:
+        """What the CRM shows of the registers (their values, not who wrote them)."""
+        return ({k: r.value for k, r in self.contact.items()}, {k: r.value for k, r in self.custom.items()},
+                self.stage.value if self.stage else None)
+
     def put_demographics(self, *, address: bool) -> None:
         c = self.ev.client
         self._put(self.contact, "firstName", c.first_name)
@@ -397,12 +402,11 @@ def _invoice_paid(w: _Work) -> Outcome:
         if not newest:
             return Outcome.REPEATED_INVOICE
         w.invoices[inv.id] = rec.model_copy(update=latest_paid)
-        before = (dict(w.custom), w.stage.value if w.stage else None)
+        before = w.values()
+        w.put_demographics(address=False)
         _paid_registers(w, inv)
         w.recompute_next_visit()
-        after_custom = {k: r.value for k, r in w.custom.items()}
-        if after_custom != {k: r.value for k, r in before[0].items()} or (
-                (w.stage.value if w.stage else None) != before[1]):
+        if w.values() != before or w.next_visit_changed:
             w.upsert_contact(IDENTITY_FIELDS, INVOICE_CUSTOM, ltv=True)
             w.opportunity(w.stage.value if w.stage else F.STAGE_PATIENT)
         return Outcome.REPEATED_INVOICE
@@ -475,6 +479,10 @@ def _invoice_reversal(w: _Work) -> Outcome:
             void_key = rec.void_key
             if void_key is None or w.key > void_key:  # the record names the latest void, whatever the order
                 w.invoices[inv.id] = rec.model_copy(update=latest_void)
+                before = w.values()
+                w.put_demographics(address=False)  # as the newest void, its demographics count (as a paid resend)
+                if w.values() != before:
+                    w.upsert_contact(IDENTITY_FIELDS, REVERSAL_CUSTOM, ltv=True)
             return Outcome.REPEATED_INVOICE
         rec = rec.model_copy(update={"voided": True, "number": inv.number or rec.number, **latest_void})
         title, detail = "AestheticsPro invoice voided", None
