@@ -122,6 +122,9 @@ def configure_logging(level: str | int = "INFO", json: bool = True) -> None:
     root.addHandler(handler)
     root.setLevel(numeric)
     # librdkafka repeats itself at INFO; keep it at WARNING unless debugging.
+    # httpx logs every request URL at INFO; GoHighLevel's duplicate search carries an email/phone in its query.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     logging.getLogger("librdkafka").setLevel(numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING))
 
     structlog.configure(

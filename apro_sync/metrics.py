@@ -61,6 +61,12 @@ SYNC_IN_DOUBT = Counter(
 SYNC_OUTCOMES = Counter(
     "apro_sync_outcomes_total", "Planner outcomes per synced event (applied, duplicate, stale, ...).", ["location", "outcome"]
 )
+SYNC_IDENTITY_CONFLICTS = Counter(
+    "apro_sync_identity_conflicts_total",
+    "Events held (dead-lettered) because their contact upsert would have matched the GoHighLevel contact of "
+    "another AestheticsPro client (shared phone or email) in a location that does not allow duplicate contacts.",
+    ["location"],
+)
 GHL_LOCATION_PAUSED = Gauge(
     "apro_ghl_location_paused", "1 while the sink holds a GoHighLevel location paused after repeated failures.", ["location"]
 )

@@ -14,15 +14,21 @@ Exactly-once per op (see docs/sync-engine.md):
   previous attempt failed ambiguously) first lists the contact's notes and looks for the `apro-event: <id>` line;
 - workflow enrollment: cannot be checked through the API. In doubt, the event's note (always executed last, see
   `execution_order`) proves the whole event done; otherwise the enrollment is repeated (at least once).
+
+Identity: a client's first upsert (no contact id recorded) first asks GoHighLevel which contact it would match
+(duplicate search). A contact whose APro Client ID names another client is never overwritten: where the
+location allows duplicates a separate contact is created, else the event fails with `IdentityConflict`
+(dead-lettered, counted). Either way staff get a note on that contact (ids only).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from apro_sync.metrics import SYNC_IN_DOUBT
+from apro_sync.metrics import SYNC_IDENTITY_CONFLICTS, SYNC_IN_DOUBT
 from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlPermanentError, GhlRateLimited, GhlTransientError
 from sinks.ghl.models import Note
@@ -53,6 +59,7 @@ WORKFLOW_KEYS = {
     F.WORKFLOW_BIRTHDAY: "birthday",
 }
 _NOT_FOUND = (400, 404)  # GHL answers 400 "Contact not found" (and sometimes 404) for a deleted object
+CONFLICT_MARKER_PREFIX = "apro-conflict: "  # + the other client's id: one staff note per contact and client
 
 
 class SyncError(Exception):
@@ -61,6 +68,22 @@ class SyncError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class IdentityConflict(SyncError):
+    """The upsert would overwrite another AestheticsPro client's contact (shared phone or email)."""
+
+
+def conflict_note(owner: str, other: str, shared: str, *, separate: bool) -> str:
+    """Staff note on a contact another patient collides with: client ids and the shared field's name only."""
+    outcome = ("a separate contact was created for them" if separate else
+               "their events are held for review (dead letter, reason \"identity conflict\")")
+    return "\n".join([
+        f"AestheticsPro: another patient shares this contact's {shared}",
+        f"AestheticsPro client {other} has the same {shared} as this contact (AestheticsPro client {owner}).",
+        f"Their events are not written to this contact: {outcome}.",
+        f"{CONFLICT_MARKER_PREFIX}{other}",
+    ])
 
 
 def execution_order(ops: Sequence[CrmOp]) -> list[CrmOp]:
@@ -98,6 +121,9 @@ class OpExecutor:
         self.label = location_label  # key of ClientState.crm (the GHL location id)
         self._memo: dict[str, _EventMemo] = {}
         self._warned_fields: set[str] = set()
+        # Search-then-upsert of new contacts, one at a time in this worker: two clients sharing a phone must not
+        # both find "no contact" and then both upsert into one.
+        self._identity = asyncio.Lock()
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _ids(self, state: ClientState) -> CrmIds:
@@ -181,8 +207,53 @@ class OpExecutor:
                 state = state.model_copy(update={"crm": crm})
         if not op.identifies_contact:
             raise SyncError("no email or phone to identify the contact")
-        result = await self.client.upsert_contact(body)
-        return record_contact_id(state, self.label, result.contact_id)
+        async with self._identity:
+            found = await self.client.find_duplicate(op.standard.email, op.standard.phone)
+            owner = self._owner(found) if found else None
+            if found is None or owner is None or owner == op.client_id:
+                result = await self.client.upsert_contact(body)
+                return record_contact_id(state, self.label, result.contact_id)
+            return await self._collision(op, state, body, found, owner)
+
+    def _owner(self, contact: Mapping[str, object]) -> str | None:
+        """The AestheticsPro client a GoHighLevel contact belongs to (its APro Client ID field), or None."""
+        field_id = self.ids.custom_fields.get(F.APRO_CLIENT_ID.key)
+        for entry in contact.get("customFields") or []:  # type: ignore[union-attr]
+            if isinstance(entry, Mapping) and entry.get("id") == field_id:
+                value = str(entry.get("value", entry.get("field_value")) or "").strip()
+                return value or None
+        return None
+
+    async def _collision(self, op: UpsertContact, state: ClientState, body: dict[str, object],
+                         found: Mapping[str, object], owner: str) -> ClientState:
+        """`found` (another client's contact) is what the upsert would match: never overwrite it."""
+        contact_id = str(found["id"])
+        email, phone = (found.get("email") or ""), (found.get("phone") or "")
+        shared = [name for name, mine, theirs in (
+            ("email", (op.standard.email or "").lower(), str(email).lower()),
+            ("phone", op.standard.phone or "", str(phone))) if mine and mine == theirs]
+        what = " and ".join(shared) or "phone or email"
+        separate = self.ids.allow_duplicate_contacts
+        await self._conflict_note(op.event_id, contact_id, conflict_note(owner, op.client_id, what, separate=separate),
+                                  f"{CONFLICT_MARKER_PREFIX}{op.client_id}")
+        if separate:
+            log.warning("sink: client %s shares the %s of client %s's contact %s in %s; separate contact created",
+                        op.client_id, what, owner, contact_id, self.label)
+            result = await self.client.upsert_contact(body, create_new_if_duplicate_allowed=True)
+            if result.contact_id == contact_id:  # the setting changed meanwhile: GoHighLevel merged after all
+                raise IdentityConflict(f"identity conflict: {what} matches GoHighLevel contact {contact_id} of "
+                                       f"AestheticsPro client {owner} (duplicates no longer allowed)")
+            return record_contact_id(state, self.label, result.contact_id)
+        SYNC_IDENTITY_CONFLICTS.labels(self.client.label).inc()
+        raise IdentityConflict(f"identity conflict: {what} matches GoHighLevel contact {contact_id} of "
+                               f"AestheticsPro client {owner}; location does not allow duplicate contacts")
+
+    async def _conflict_note(self, event_id: str, contact_id: str, body: str, marker: str) -> None:
+        """Once per (contact, other client): a later event of the same client finds the note and adds none."""
+        notes = await self._notes(event_id, contact_id, refresh=True)
+        if any(marker in (n.body or "").splitlines() for n in notes):
+            return
+        await self.once.create_note(contact_id, body)
 
     def _stage_id(self, stage: str) -> str:
         logical = STAGE_KEYS.get(stage, stage)
@@ -273,5 +344,5 @@ def op_kinds(ops: Iterable[CrmOp]) -> list[str]:
     return [op.kind.value for op in ops]
 
 
-__all__ = ["OpExecutor", "STAGE_KEYS", "SyncError", "WORKFLOW_KEYS", "ambiguous", "execution_order",
-           "ordered_pending"]
+__all__ = ["CONFLICT_MARKER_PREFIX", "IdentityConflict", "OpExecutor", "STAGE_KEYS", "SyncError", "WORKFLOW_KEYS",
+           "ambiguous", "conflict_note", "execution_order", "ordered_pending"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TextIO
 
 from apro_sync.config import Settings
@@ -56,6 +56,8 @@ class ResolvedIds:
     workflow_ids: Mapping[str, str]  # appointments_update | invoice_paid | birthday → workflow id
     missing: tuple[str, ...] = ()  # human-readable: 'custom field "APro DOB"', 'workflow "APro Birthday"'
     warnings: tuple[str, ...] = ()
+    # The location's "Allow Duplicate Contact" setting (GET /locations/{id}); False when it cannot be read.
+    allow_duplicate_contacts: bool = False
 
     def field_id(self, key: str) -> str:
         try:
@@ -129,9 +131,21 @@ def match_ids(target: GhlTarget, fields: Sequence[CustomFieldDef], pipelines: Se
 
 async def resolve_ids(client: GhlClient, target: GhlTarget) -> ResolvedIds:
     """Read-only: list fields, pipelines and workflows of the sub-account and match them (see match_ids)."""
-    fields, pipelines, workflows = await asyncio.gather(
-        client.list_custom_fields("contact"), client.list_pipelines(), client.list_workflows())
-    return match_ids(target, fields, pipelines, workflows)
+    fields, pipelines, workflows, duplicates = await asyncio.gather(
+        client.list_custom_fields("contact"), client.list_pipelines(), client.list_workflows(),
+        _allows_duplicates(client))
+    ids = match_ids(target, fields, pipelines, workflows)
+    if duplicates is None:
+        ids = replace(ids, warnings=(*ids.warnings, "cannot read the location's duplicate-contact setting (scope "
+                                     "locations.readonly?); identity conflicts are held, never merged"))
+    return replace(ids, allow_duplicate_contacts=bool(duplicates))
+
+
+async def _allows_duplicates(client: GhlClient) -> bool | None:
+    try:
+        return await client.allows_duplicate_contacts()
+    except GhlError:
+        return None
 
 
 class ResolvedIdsCache:

@@ -147,6 +147,10 @@ class NormalizedEvent(_Model):
     invoice: Invoice | None = None
     # Names (never values) of fields that were present but invalid and were dropped, e.g. "client.email".
     invalid_fields: tuple[str, ...] = ()
+    # Offset of the raw webhook record in its partition (a client's records share one partition): the arrival
+    # order that breaks ties between equal event times. Set by the normalize agent; None in events written
+    # before it existed (they order before any event with an offset at the same time).
+    raw_offset: int | None = Field(default=None, ge=0)
 
     @property
     def partition_key(self) -> str:

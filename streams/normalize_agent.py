@@ -41,6 +41,18 @@ OUTPUT_LINGER_MS = 5.0
 RETRY_MAX_S = 30.0
 
 
+def raw_offset(message: Any, headers: dict[str, str], raw_topic: str) -> int | None:
+    """The raw record's partition offset, the arrival order of a client's webhooks. A replay copy
+    (`apro-sync replay`) carries its original's position in `apro-replayed-from`, so it ties like the original."""
+    source = headers.get(H.REPLAYED_FROM, "")
+    topic, _, rest = source.rpartition(":")  # "<topic>:<partition>:<offset>"
+    topic, _, _partition = topic.rpartition(":")
+    if topic == raw_topic and rest.isdigit():
+        return int(rest)
+    offset = getattr(message, "offset", None)
+    return offset if isinstance(offset, int) and offset >= 0 else None
+
+
 def _header_pairs(headers: dict[str, str], extra: Iterable[tuple[str, str | None]] = ()) -> list[tuple[str, bytes]]:
     merged = dict(headers)
     for name, value in extra:
@@ -61,6 +73,7 @@ class Normalizer:
         self.settings = settings
         self.topics = topics
         self.names = {name: topic.get_topic_name() for name, topic in topics.items()}
+        self.raw_topic = settings.topics.raw
         self.deduper = EventDeduper(table, settings.dedupe_window)
         self.sequence = SequenceGuard.for_agent(app, settings, "normalize")
         self.producer = producer or OutputProducer(producer_config(
@@ -109,6 +122,8 @@ class Normalizer:
             M.EVENTS_DUPLICATE.labels(location=location).inc()
             return None, None
         pending.add(key)
+        if isinstance(result, NormalizedEvent):
+            result = result.model_copy(update={"raw_offset": raw_offset(message, headers, self.raw_topic)})
         value = result.model_dump_json().encode("utf-8")
         if isinstance(result, NormalizedEvent):
             M.EVENTS_NORMALIZED.labels(location=location, kind=result.kind.value).inc()

@@ -7,9 +7,12 @@ extensions) are in docs/sync-rules.md; the op model and the executor contract in
 How a plan stays correct under redelivery, replay and reordering:
 - an event id the state already knows → DUPLICATE, no ops (older replays are caught by the per-appointment and
   per-invoice records, which remember the last event applied to them);
+- events are ordered by `state.order_key` (event time, then the raw record's offset: arrival breaks ties);
 - an appointment event older than the last one applied to that appointment → STALE: no state change, no ops;
 - contact fields are last-writer-wins registers, and ops carry the registers' current (absolute) values, so an
   event that is late for the client but not for its appointment re-asserts the current truth, never an old one;
+- one decision per event: the activity fields (APro Appt fields) and the stage move together, only when the
+  event is newer than every event that wrote any of them (`_Work.is_latest`); the workflow follows the stage;
 - a dead-lettered event's unfinished ops are parked in the state (`ClientState.failed`); its redrive or replay
   (`resume_failed=True`) → RESUMED: exactly those ops again, contact/opportunity values refreshed (`resume`).
 """
@@ -30,9 +33,10 @@ from streams.crm_ops import (
     PATIENT_TAG, AddNote, AddTags, ContactFields, CrmOp, EnrollWorkflow, OpKind, UpsertContact, UpsertOpportunity,
     event_marker, op_id_for,
 )
-from streams.events import AppointmentStatus, EventKind, NormalizedEvent
+from streams.events import AppointmentStatus, EventKind, Invoice, NormalizedEvent
 from streams.state import (
-    MAX_EVENT_IDS, AppointmentRecord, ClientState, InvoiceRecord, NextVisit, PendingEffects, Register,
+    MAX_EVENT_IDS, AppointmentRecord, ClientState, InvoiceRecord, NextVisit, OrderKey, PendingEffects, Register,
+    order_key,
 )
 
 
@@ -70,6 +74,13 @@ INVOICE_CUSTOM = (
     F.APRO_INVOICE_ID.key, F.APRO_LOCATION.key, F.APRO_CLIENT_ID.key, F.APRO_DOB.key,
 )
 CLIENT_CUSTOM = (F.APRO_CLIENT_ID.key, F.APRO_DOB.key)
+# Register groups written as one decision: an event writes all of a group (its non-empty values) or none of it.
+ACTIVITY_GROUP = (  # the client's latest appointment/invoice activity, together with the stage register
+    F.APRO_APPT_STATUS.key, F.APRO_APPT_ID.key, F.APRO_APPT_DATE.key, F.APRO_APPT_SERVICES.key,
+    F.APRO_APPT_SERVICE_TYPE.key, F.APRO_PROVIDER.key, F.APRO_LOCATION.key,
+)
+INVOICE_GROUP = (F.INVOICE_PAID_AMOUNT.key, F.APRO_INVOICE_ID.key)
+VISIT_GROUP = (F.LAST_VISIT_DATE.key, F.LAST_VISIT_SERVICE.key)
 REVERSAL_CUSTOM = (F.APRO_CLIENT_ID.key,)
 
 _STAGE_BY_KIND = {
@@ -144,24 +155,42 @@ class _Work:
     ops: list[tuple[type, dict[str, Any]]] = field(default_factory=list)
 
     # registers -------------------------------------------------------
+    @property
+    def key(self) -> OrderKey:
+        return order_key(self.at, self.ev.raw_offset, self.ev.event_id)
+
+    def _register(self, value: str, at: datetime | None = None) -> Register:
+        return Register(value=value, at=at or self.at, event_id=self.ev.event_id, seq=self.ev.raw_offset)
+
     def _put(self, regs: dict[str, Register], key: str, value: str | None, at: datetime | None = None) -> None:
         if value is None:
             return
-        at = at or self.at
         cur = regs.get(key)
-        if cur is None or cur.loses_to(at, self.ev.event_id):
-            regs[key] = Register(value=value, at=at, event_id=self.ev.event_id)
+        if cur is None or cur.loses_to(order_key(at or self.at, self.ev.raw_offset, self.ev.event_id)):
+            regs[key] = self._register(value, at)
 
     def put_custom(self, key: str, value: str | None, at: datetime | None = None) -> None:
         self._put(self.custom, key, value, at)
 
-    def put_stage(self, stage: str) -> None:
-        if self.stage is None or self.stage.loses_to(self.at, self.ev.event_id):
-            self.stage = Register(value=stage, at=self.at, event_id=self.ev.event_id)
+    def is_latest(self, group: tuple[str, ...], *, stage: bool = False, at: datetime | None = None) -> bool:
+        """Whether this event is newer than every event that wrote a register of `group` (and the stage)."""
+        key = order_key(at or self.at, self.ev.raw_offset, self.ev.event_id)
+        regs = [self.custom.get(k) for k in group] + ([self.stage] if stage else [])
+        return all(r is None or r.loses_to(key) for r in regs)
 
-    def holds(self, reg: Register | None) -> bool:
-        """Whether this event wrote the register's current value (it is the latest such activity)."""
-        return reg is not None and reg.event_id == self.ev.event_id
+    def write_group(self, values: dict[str, str | None], at: datetime | None = None) -> None:
+        """Write a group decided by `is_latest` (values None keep their register: merge, never clear)."""
+        for k, v in values.items():
+            if v is not None:
+                self.custom[k] = self._register(v, at)
+
+    def set_stage(self, stage: str) -> None:
+        self.stage = self._register(stage)
+
+    def values(self) -> tuple[dict[str, str], dict[str, str], str | None]:
+        """What the CRM shows of the registers (their values, not who wrote them)."""
+        return ({k: r.value for k, r in self.contact.items()}, {k: r.value for k, r in self.custom.items()},
+                self.stage.value if self.stage else None)
 
     def put_demographics(self, *, address: bool) -> None:
         c = self.ev.client
@@ -234,9 +263,9 @@ class _Work:
 
 def _client(w: _Work) -> Outcome:
     wm = w.demographics_at
-    if wm is not None and (w.at, w.ev.event_id) < (wm.at, wm.event_id):
+    if wm is not None and not wm.loses_to(w.key):
         return Outcome.STALE
-    w.demographics_at = Register(value="", at=w.at, event_id=w.ev.event_id)
+    w.demographics_at = w._register("")
     w.put_demographics(address=True)
     # Demographic sync only: no note, no opportunity, no workflow (seed).
     w.upsert_contact(IDENTITY_FIELDS + ADDRESS_FIELDS, CLIENT_CUSTOM)
@@ -251,7 +280,7 @@ def _appointment(w: _Work) -> Outcome:
     if rec is not None:
         if rec.last_event_id == ev.event_id:
             return Outcome.DUPLICATE
-        if w.at < rec.last_event_at:
+        if w.key < rec.last_key:
             return Outcome.STALE
     status = _STATUS_BY_KIND.get(ev.kind) or appt.status or (rec.status if rec else AppointmentStatus.BOOKED)
     tzname = ev.location.timezone or (rec.timezone if rec else None)
@@ -266,24 +295,32 @@ def _appointment(w: _Work) -> Outcome:
         timezone=tzname,
         last_event_at=w.at,
         last_event_id=ev.event_id,
+        last_event_seq=ev.raw_offset,
     )
     w.appointments[appt.id] = new
     zone = _zone(tzname, w.default_zone)
     w.put_demographics(address=False)
 
-    # A deletion only touches the APro Appt fields when it deletes the appointment they describe.
+    # One decision for the activity fields, the stage move and the workflow: only the client's latest activity
+    # (newer than every event that wrote any of them) moves them. A deletion only touches the APro Appt fields
+    # when it deletes the appointment they describe.
+    latest = w.is_latest(ACTIVITY_GROUP, stage=True)
     current_id = w.custom.get(F.APRO_APPT_ID.key)
-    if ev.kind is not EventKind.APPOINTMENT_DELETED or (current_id is not None and current_id.value == appt.id):
-        w.put_custom(F.APRO_APPT_STATUS.key, status.value)
-        w.put_custom(F.APRO_APPT_ID.key, appt.id)
-        w.put_custom(F.APRO_APPT_DATE.key, new.start.astimezone(zone).date().isoformat() if new.start else None)
-        w.put_custom(F.APRO_APPT_SERVICES.key, _join(new.services) or None)
-        w.put_custom(F.APRO_APPT_SERVICE_TYPE.key, _join(new.service_types) or None)
-        w.put_custom(F.APRO_PROVIDER.key, new.provider)
-        w.put_custom(F.APRO_LOCATION.key, new.location)
+    describes = ev.kind is not EventKind.APPOINTMENT_DELETED or (
+        current_id is not None and current_id.value == appt.id)
+    if latest and describes:
+        w.write_group({
+            F.APRO_APPT_STATUS.key: status.value,
+            F.APRO_APPT_ID.key: appt.id,
+            F.APRO_APPT_DATE.key: new.start.astimezone(zone).date().isoformat() if new.start else None,
+            F.APRO_APPT_SERVICES.key: _join(new.services) or None,
+            F.APRO_APPT_SERVICE_TYPE.key: _join(new.service_types) or None,
+            F.APRO_PROVIDER.key: new.provider,
+            F.APRO_LOCATION.key: new.location,
+        })
     stage = _STAGE_BY_KIND.get(ev.kind)
-    if stage:
-        w.put_stage(stage)
+    if stage and latest:
+        w.set_stage(stage)
     w.recompute_next_visit()
 
     w.upsert_contact(IDENTITY_FIELDS, APPOINTMENT_CUSTOM, next_visit=True)
@@ -303,8 +340,8 @@ def _appointment(w: _Work) -> Outcome:
     ])
     # Pipeline and workflow follow only the client's latest activity: a late event (older than another
     # appointment's newer event) must not drag the opportunity back or re-route the workflow.
-    if stage and w.holds(w.stage):
-        w.opportunity(w.stage.value)  # type: ignore[union-attr]
+    if stage and latest:
+        w.opportunity(stage)
         w.op(EnrollWorkflow, workflow=F.WORKFLOW_APPOINTMENTS_UPDATE)
     return Outcome.APPLIED
 
@@ -331,6 +368,22 @@ def _visit(w: _Work) -> tuple[datetime, date, str]:
     return at, local, _join(services)
 
 
+def _paid_registers(w: _Work, inv: Invoice) -> None:
+    """The fields a paid event writes, each group as one decision (the visit group by visit time)."""
+    ev = w.ev
+    visit_at, visit_date, visit_service = _visit(w)
+    if w.is_latest(VISIT_GROUP, at=visit_at):
+        w.write_group({F.LAST_VISIT_DATE.key: visit_date.isoformat(), F.LAST_VISIT_SERVICE.key: visit_service},
+                      at=visit_at)
+    if w.is_latest(INVOICE_GROUP):
+        w.write_group({F.INVOICE_PAID_AMOUNT.key: str(inv.amount_paid), F.APRO_INVOICE_ID.key: inv.id})
+    # The visit completes the client's latest activity only if nothing newer (a booking, a cancellation) moved on.
+    if w.is_latest(ACTIVITY_GROUP, stage=True):
+        w.write_group({F.APRO_APPT_STATUS.key: AppointmentStatus.COMPLETED.value,
+                       F.APRO_LOCATION.key: ev.location.name or ev.location.id})
+        w.set_stage(F.STAGE_PATIENT)
+
+
 def _invoice_paid(w: _Work) -> Outcome:
     ev, inv = w.ev, w.ev.invoice
     if inv is None:
@@ -338,24 +391,37 @@ def _invoice_paid(w: _Work) -> Outcome:
     rec = w.invoices.get(inv.id) or InvoiceRecord(id=inv.id, number=inv.number)
     if rec.paid_event_id == ev.event_id:
         return Outcome.DUPLICATE
-    if rec.voided:
-        return Outcome.STALE  # void is terminal: a paid event arriving after it is out of order
-    first = rec.paid_event_id is None
-    if not first:
-        if inv.amount_paid == rec.paid_amount:
+    paid_key = rec.paid_key
+    first = paid_key is None
+    newest = first or w.key > paid_key  # type: ignore[operator]
+    latest_paid = {"paid_event_at": w.at, "paid_event_id": ev.event_id, "paid_event_seq": ev.raw_offset}
+    if not first and inv.amount_paid == rec.paid_amount:
+        # A resend: counted once, no note or enrollment. The ledger's latest paid event still moves to it when it
+        # is newer (the ledger is a function of the set of events seen, not of their order), and so do the
+        # fields it would write: a newer resend re-asserts them (an upsert and the opportunity, if they changed).
+        if not newest:
             return Outcome.REPEATED_INVOICE
-        if (w.at, ev.event_id) < (rec.paid_event_at, rec.paid_event_id):
-            return Outcome.STALE
-    w.invoices[inv.id] = rec.model_copy(update={
-        "number": inv.number or rec.number, "paid_amount": inv.amount_paid,
-        "paid_event_at": w.at, "paid_event_id": ev.event_id,
-    })
+        w.invoices[inv.id] = rec.model_copy(update=latest_paid)
+        before = w.values()
+        w.put_demographics(address=False)
+        _paid_registers(w, inv)
+        w.recompute_next_visit()
+        if w.values() != before or w.next_visit_changed:
+            w.upsert_contact(IDENTITY_FIELDS, INVOICE_CUSTOM, ltv=True)
+            w.opportunity(w.stage.value if w.stage else F.STAGE_PATIENT)
+        return Outcome.REPEATED_INVOICE
+    if not newest:
+        return Outcome.STALE  # an older amount: the newer paid event already decided this invoice
+    # A void does not stop a paid event from counting as the visit: the invoice still contributes 0 (void is
+    # terminal), whatever the order the two arrive in.
+    w.invoices[inv.id] = rec.model_copy(update={"number": inv.number or rec.number, "paid_amount": inv.amount_paid,
+                                                **latest_paid})
     w.patient = True
 
     if inv.appointment is not None:  # the visit happened: its appointment is completed
         a = inv.appointment
         arec = w.appointments.get(a.id)
-        if arec is None or w.at >= arec.last_event_at:
+        if arec is None or w.key > arec.last_key:
             w.appointments[a.id] = AppointmentRecord(
                 id=a.id, status=AppointmentStatus.COMPLETED,
                 start=a.start or (arec.start if arec else None),
@@ -364,18 +430,11 @@ def _invoice_paid(w: _Work) -> Outcome:
                 provider=(a.provider.name if a.provider else None) or (arec.provider if arec else None),
                 location=ev.location.name or ev.location.id or (arec.location if arec else None),
                 timezone=ev.location.timezone or (arec.timezone if arec else None),
-                last_event_at=w.at, last_event_id=ev.event_id,
+                last_event_at=w.at, last_event_id=ev.event_id, last_event_seq=ev.raw_offset,
             )
 
-    visit_at, visit_date, visit_service = _visit(w)
     w.put_demographics(address=False)
-    w.put_custom(F.LAST_VISIT_DATE.key, visit_date.isoformat(), at=visit_at)
-    w.put_custom(F.LAST_VISIT_SERVICE.key, visit_service, at=visit_at)
-    w.put_custom(F.INVOICE_PAID_AMOUNT.key, str(inv.amount_paid))
-    w.put_custom(F.APRO_INVOICE_ID.key, inv.id)
-    w.put_custom(F.APRO_APPT_STATUS.key, AppointmentStatus.COMPLETED.value)
-    w.put_custom(F.APRO_LOCATION.key, ev.location.name or ev.location.id)
-    w.put_stage(F.STAGE_PATIENT)
+    _paid_registers(w, inv)
     w.recompute_next_visit()
 
     ltv = w.lifetime_value
@@ -392,7 +451,7 @@ def _invoice_paid(w: _Work) -> Outcome:
         f"Patient lifetime value: {format_money(ltv)}",
     ])
     # The stage register says Patient unless a newer booking/cancellation already moved on; status stays won.
-    w.opportunity(w.stage.value)  # type: ignore[union-attr]
+    w.opportunity(w.stage.value if w.stage else F.STAGE_PATIENT)
     if first:
         w.op(AddTags, tags=(PATIENT_TAG,))
         w.op(EnrollWorkflow, workflow=F.WORKFLOW_INVOICE_PAID)
@@ -413,9 +472,19 @@ def _invoice_reversal(w: _Work) -> Outcome:
         rec = rec.model_copy(update={"refunds": refunds, "number": inv.number or rec.number})
         title, detail = "AestheticsPro invoice refunded", f"Refund: {format_money(amount)}" if amount else "Refund: full"
     else:
+        latest_void = {"void_event_id": ev.event_id, "void_event_at": w.at, "void_event_seq": ev.raw_offset}
         if rec.voided:
-            return Outcome.DUPLICATE if rec.void_event_id == ev.event_id else Outcome.REPEATED_INVOICE
-        rec = rec.model_copy(update={"voided": True, "void_event_id": ev.event_id, "number": inv.number or rec.number})
+            if rec.void_event_id == ev.event_id:
+                return Outcome.DUPLICATE
+            void_key = rec.void_key
+            if void_key is None or w.key > void_key:  # the record names the latest void, whatever the order
+                w.invoices[inv.id] = rec.model_copy(update=latest_void)
+                before = w.values()
+                w.put_demographics(address=False)  # as the newest void, its demographics count (as a paid resend)
+                if w.values() != before:
+                    w.upsert_contact(IDENTITY_FIELDS, REVERSAL_CUSTOM, ltv=True)
+            return Outcome.REPEATED_INVOICE
+        rec = rec.model_copy(update={"voided": True, "number": inv.number or rec.number, **latest_void})
         title, detail = "AestheticsPro invoice voided", None
     w.invoices[inv.id] = rec
     w.put_demographics(address=False)
@@ -493,12 +562,12 @@ def plan(
         return Plan(new_state=st, ops=(), outcome=outcome)
 
     ops: tuple[CrmOp, ...] = ()
-    if outcome is Outcome.APPLIED:
+    if outcome is Outcome.APPLIED or (outcome is Outcome.REPEATED_INVOICE and w.ops):
         crm_ids = st.crm.get(location_label)
         reachable = "email" in w.contact or "phone" in w.contact or (crm_ids is not None and crm_ids.contact_id)
         if reachable:
             ops = _materialize(w, location_label)
-        else:
+        elif outcome is Outcome.APPLIED:
             outcome = Outcome.NO_CONTACT
     effects = st.effects
     if ops:

@@ -3,10 +3,13 @@
 The sink keys its table by client id (the Kafka key), so all of a patient's events see one record, in order.
 The state is built so that applying events is idempotent and, where it matters, order-independent:
 
-- contact fields are last-writer-wins registers ordered by (event time, event id), so a late event never
-  overwrites a newer value (`Register`);
-- the invoice ledger keeps, per invoice, the paid amount of its latest paid event plus refunds keyed by event id,
-  so lifetime value is exact under duplicates, replays and any arrival order (`InvoiceRecord`);
+- events are ordered by `order_key`: event time, then the raw record's partition offset (arrival), so equal
+  event times follow arrival, never the event id;
+- contact fields are last-writer-wins registers ordered by that key, so a late event never overwrites a newer
+  value (`Register`);
+- the invoice ledger keeps, per invoice, the paid amount of its latest paid event (a resend of the same amount
+  still moves "latest" to it) plus refunds keyed by event id, so lifetime value is a function of the set of
+  events seen: exact under duplicates, replays and any arrival order (`InvoiceRecord`);
 - each appointment remembers the time and id of the last event applied to it, so a stale event is recognized;
 - the effects ledger (`PendingEffects`) holds the ops of each applied event until the executor has marked every
   one done, so a redelivery, replay or restart never repeats a note, an opportunity creation or an enrollment.
@@ -14,7 +17,7 @@ The state is built so that applying events is idempotent and, where it matters, 
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -27,19 +30,33 @@ MAX_EVENT_IDS = 512  # recent event ids kept for plain duplicate detection (reco
 MAX_FAILED = 64  # parked entries of dead-lettered events kept per client (oldest dropped: redrive no longer resumes)
 
 
+OrderKey = tuple[datetime, int, str]
+
+
+def order_key(at: datetime, seq: int | None, event_id: str) -> OrderKey:
+    """The total order of a client's events: event time, then the raw record's partition offset (arrival order;
+    -1 for events from before offsets were carried), then the event id (only left to tell such old events apart)."""
+    return (at, -1 if seq is None else seq, event_id)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Register(_Model):
-    """A last-writer-wins value: replaced only by a write with a greater (at, event_id)."""
+    """A last-writer-wins value: replaced only by a write with a greater `order_key`."""
 
     value: str
     at: AwareDatetime
     event_id: str
+    seq: int | None = None  # raw offset of the writing event
 
-    def loses_to(self, at: AwareDatetime, event_id: str) -> bool:
-        return (at, event_id) > (self.at, self.event_id)
+    @property
+    def key(self) -> OrderKey:
+        return order_key(self.at, self.seq, self.event_id)
+
+    def loses_to(self, key: OrderKey) -> bool:
+        return key > self.key
 
 
 class AppointmentRecord(_Model):
@@ -53,17 +70,37 @@ class AppointmentRecord(_Model):
     timezone: str | None = None
     last_event_at: AwareDatetime
     last_event_id: str
+    last_event_seq: int | None = None
+
+    @property
+    def last_key(self) -> OrderKey:
+        return order_key(self.last_event_at, self.last_event_seq, self.last_event_id)
 
 
 class InvoiceRecord(_Model):
     id: str
     number: str | None = None
-    paid_amount: Decimal = ZERO  # amount of the latest (by event time, id) paid event
+    paid_amount: Decimal = ZERO  # amount of the latest (by `order_key`) paid event
     paid_event_at: AwareDatetime | None = None
     paid_event_id: str | None = None
+    paid_event_seq: int | None = None
     refunds: dict[str, Decimal | None] = Field(default_factory=dict)  # refund event id → amount (None: full)
     voided: bool = False
-    void_event_id: str | None = None
+    void_event_id: str | None = None  # the latest void event (by `order_key`)
+    void_event_at: AwareDatetime | None = None
+    void_event_seq: int | None = None
+
+    @property
+    def paid_key(self) -> OrderKey | None:
+        if self.paid_event_id is None or self.paid_event_at is None:
+            return None
+        return order_key(self.paid_event_at, self.paid_event_seq, self.paid_event_id)
+
+    @property
+    def void_key(self) -> OrderKey | None:
+        if self.void_event_id is None or self.void_event_at is None:
+            return None
+        return order_key(self.void_event_at, self.void_event_seq, self.void_event_id)
 
     @property
     def refunded_amount(self) -> Decimal:
@@ -188,5 +225,5 @@ def record_opportunity_id(state: ClientState, location_label: str, opportunity_i
 
 __all__ = [
     "AppointmentRecord", "ClientState", "CrmIds", "InvoiceRecord", "MAX_EVENT_IDS", "MAX_FAILED", "NextVisit",
-    "PendingEffects", "Register", "mark_done", "park_failed", "record_contact_id", "record_opportunity_id",
+    "OrderKey", "PendingEffects", "Register", "mark_done", "order_key", "park_failed", "record_contact_id", "record_opportunity_id",
 ]

@@ -146,6 +146,8 @@ async def test_every_request_body_conforms_to_the_spec(ghl_loopback: LoopbackGhl
     s.script("GET", "/locations/locTEST123/customFields", Reply(200, {"customFields": []}))
     s.script("POST", "/locations/locTEST123/customFields", Reply(201, {"customField": {"id": "f", "name": "n"}}))
     s.script("GET", "/workflows/", Reply(200, {"workflows": []}))
+    s.script("GET", "/contacts/search/duplicate", Reply(200, {"contact": {"id": "c1"}}))
+    s.script("GET", "/locations/locTEST123", Reply(200, {"location": {"settings": {"allowDuplicateContact": True}}}))
 
     full = ContactInput(
         first_name="Pat", last_name="Doe", email="pat@example.com", phone="+14805550100", address1="1 Main St",
@@ -158,6 +160,9 @@ async def test_every_request_body_conforms_to_the_spec(ghl_loopback: LoopbackGhl
         await client.upsert_contact(full)
         await client.upsert_contact({"email": "x@example.com", "dateOfBirth": date(2000, 1, 2),
                                      "customFields": [{"id": "f1", "field_value": "v"}]})
+        await client.upsert_contact({"email": "x@example.com"}, create_new_if_duplicate_allowed=True)
+        assert (await client.find_duplicate("x@example.com", "+14805550100")) == {"id": "c1"}
+        assert await client.allows_duplicate_contacts()
         await client.get_contact("c1")
         await client.update_contact("c1", full)
         await client.add_tags("c1", ["apro", "patient"])
@@ -180,7 +185,7 @@ async def test_every_request_body_conforms_to_the_spec(ghl_loopback: LoopbackGhl
     assert operations == {
         "upsert-contact", "get-contact", "update-contact", "add-tags", "create-note", "get-all-notes",
         "add-contact-to-workflow", "search-opportunity", "create-opportunity", "update-opportunity", "get-pipelines",
-        "get-custom-fields", "create-custom-field", "get-workflow",
+        "get-custom-fields", "create-custom-field", "get-workflow", "get-duplicate-contact", "get-location",
     }
     money = s.calls("POST", "/opportunities/")[0].body["monetaryValue"]
     assert money == 99.9 and isinstance(money, float)

@@ -91,17 +91,34 @@ def test_every_fixture_is_routed_by_the_pure_normalizer(tmp_path: Path) -> None:
     settings, records = run_agent(tmp_path, messages)
     topics = settings.topics
     assert len(records) == len(bodies)
+    offsets = []
     for (name, body), record in zip(bodies.items(), records):  # one partition: outputs keep input order
         result = normalize(body, {H.RECEIVED_AT: "2026-11-20T15:58:02.123+00:00"})
         if isinstance(result, NormalizedEvent):
             assert record.topic == topics.normalized, name
             assert record.key == result.client.id.encode(), name
-            assert json.loads(record.value) == json.loads(result.model_dump_json()), name
+            value = json.loads(record.value)
+            offsets.append(value.pop("raw_offset"))  # the raw record's offset: the only field added
+            assert value == json.loads(result.model_dump_json(exclude={"raw_offset"})), name
         elif isinstance(result, Skipped):
             assert record.topic == topics.skipped, name
             assert dict(record.headers)[H.REASON] == result.reason.value.encode(), name
         else:
             assert record.topic == topics.deadletter, name
+    # Arrival order: the offsets of the raw records, increasing in input order.
+    assert all(isinstance(o, int) for o in offsets) and offsets == sorted(set(offsets)), offsets
+
+
+def test_a_replay_copy_carries_its_original_raw_offset(tmp_path: Path) -> None:
+    booked = (FIXTURES / "appointment_created.json").read_bytes()
+    again = json.dumps({**json.loads(booked), "eventId": "ctx-redriven"}).encode()
+    settings = Settings(topic_prefix="ctx.", _env_file=None)
+    origin = f"{settings.topics.raw}:0:4711".encode()
+    other = b"ctx.apro.deadletter:0:12"  # a redrive names the dead letter, not a raw record: its own offset counts
+    _, records = run_agent(tmp_path, [(b"k", booked, {H.REPLAY: b"replay", H.REPLAYED_FROM: origin}),
+                                      (b"k", again, {H.REPLAY: b"redrive", H.REPLAYED_FROM: other})])
+    first, second = (json.loads(r.value)["raw_offset"] for r in records)
+    assert first == 4711 and second != 4711 and second >= 0
 
 
 def test_duplicates_pass_once_and_unreadable_bodies_are_dead_lettered(tmp_path: Path) -> None:

@@ -61,6 +61,9 @@ class LocationConfig(_Model):
     workflows: list[WorkflowConfig] = Field(default_factory=_default_workflows)
     custom_fields: list[CustomFieldConfig] = Field(default_factory=list)
     folders: list[str] = Field(default_factory=lambda: [crm_fields.APRO_FOLDER_NAME])
+    # This location's "Allow Duplicate Contact" setting (settings.allowDuplicateContact of GET /locations/{id});
+    # None: EmulatorConfig.allow_duplicate_contacts.
+    allow_duplicate_contacts: bool | None = None
 
 
 class RateLimitConfig(_Model):
@@ -100,11 +103,21 @@ class EmulatorConfig(_Model):
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     # Reproduce GHL's split match: email matches A, phone matches B → A is updated and the phone is dropped.
     upsert_drops_phone_on_split_match: bool = False
-    # GHL Location setting "Allow Duplicate Contact" (lets createNewIfDuplicateAllowed create a new contact).
+    # GHL Location setting "Allow Duplicate Contact" (lets createNewIfDuplicateAllowed create a new contact), for
+    # every location that does not set its own.
     allow_duplicate_contacts: bool = False
+    # The setting's search sequence: upsert and GET /contacts/search/duplicate match the first field that finds a
+    # contact, in this order.
+    contact_match_order: tuple[Literal["email", "phone"], ...] = ("email", "phone")
     validate_requests: bool = True
     spec_dir: str | None = None
     max_request_log: int = 10_000
+
+    def allows_duplicates(self, location_id: str) -> bool:
+        loc = next((loc for loc in self.locations if loc.id == location_id), None)
+        if loc is None or loc.allow_duplicate_contacts is None:
+            return self.allow_duplicate_contacts
+        return loc.allow_duplicate_contacts
 
     def location_by_token(self) -> dict[str, LocationConfig]:
         return {loc.token: loc for loc in self.locations}

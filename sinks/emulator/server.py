@@ -100,8 +100,13 @@ async def update_contact(request: web.Request, ctx: Ctx) -> web.Response:
 
 async def duplicate_contact(request: web.Request, ctx: Ctx) -> web.Response:
     q = request.query
-    found = request.app[STORE].duplicate(ctx.location_id, q.get("locationId"), q.get("email"), q.get("number"))
-    return web.json_response({"contact": found, "matchingField": None if found is None else ("email" if q.get("email") else "phone")})
+    found, field = request.app[STORE].duplicate(ctx.location_id, q.get("locationId"), q.get("email"), q.get("number"))
+    return web.json_response({"contact": found, "matchingField": field})
+
+
+async def get_location(request: web.Request, ctx: Ctx) -> web.Response:
+    return web.json_response({"location": request.app[STORE].location_view(ctx.location_id,
+                                                                          request.match_info["locationId"])})
 
 
 async def add_tags(request: web.Request, ctx: Ctx) -> web.Response:
@@ -195,6 +200,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/contacts/{contactId}/workflow/{workflowId}", enroll),
     ("DELETE", "/contacts/{contactId}/workflow/{workflowId}", unenroll),
     ("GET", "/workflows/", list_workflows),
+    ("GET", "/locations/{locationId}", get_location),
     ("GET", "/locations/{locationId}/customFields", list_custom_fields),
     ("POST", "/locations/{locationId}/customFields", create_custom_field),
     ("GET", "/locations/{locationId}/customFields/{id}", get_custom_field),

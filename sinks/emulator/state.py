@@ -239,12 +239,14 @@ class Store:
         location_id = body.get("locationId")
         self.check_location(token_location, location_id)
         email, phone = body.get("email"), body.get("phone")
-        if body.get("createNewIfDuplicateAllowed") and self.config.allow_duplicate_contacts:
+        # UpsertContactDto.createNewIfDuplicateAllowed: with the location's "Allow Duplicate Contact" on, a new
+        # contact at once, without searching; otherwise ignored (the normal upsert below).
+        if body.get("createNewIfDuplicateAllowed") and self.config.allows_duplicates(location_id):
             c = self._new_contact(location_id)
             self._apply_contact(c, body)
             return self.contact_view(c), True
         by_email, by_phone = self._find(location_id, email, phone)
-        target = by_email or by_phone
+        target = self._first_match(by_email, by_phone)
         split = by_email is not None and by_phone is not None and by_email["id"] != by_phone["id"]
         if target is None:
             c = self._new_contact(location_id)
@@ -257,7 +259,7 @@ class Store:
         location_id = body.get("locationId")
         self.check_location(token_location, location_id)
         by_email, by_phone = self._find(location_id, body.get("email"), body.get("phone"))
-        if (by_email or by_phone) and not self.config.allow_duplicate_contacts:
+        if (by_email or by_phone) and not self.config.allows_duplicates(location_id):
             raise ApiError(400, "This location does not allow duplicated contacts.")
         c = self._new_contact(location_id)
         self._apply_contact(c, body)
@@ -268,11 +270,29 @@ class Store:
         self._apply_contact(c, body)
         return self.contact_view(c)
 
-    def duplicate(self, token_location: str, location_id: str | None, email: str | None, number: str | None):
+    def duplicate(self, token_location: str, location_id: str | None, email: str | None,
+                  number: str | None) -> tuple[dict[str, Any] | None, str | None]:
+        """GET /contacts/search/duplicate: the contact an upsert with this email/phone would update, and the
+        field that matched (the location's search sequence, `contact_match_order`)."""
         self.check_location(token_location, location_id)
         by_email, by_phone = self._find(location_id, email, number)
-        found = by_email or by_phone
-        return self.contact_view(found) if found else None
+        found = self._first_match(by_email, by_phone)
+        if found is None:
+            return None, None
+        return self.contact_view(found), ("email" if found is by_email else "phone")
+
+    def _first_match(self, by_email: dict | None, by_phone: dict | None) -> dict | None:
+        """The contact an upsert resolves to: the first field of the location's search sequence that matches."""
+        found = {"email": by_email, "phone": by_phone}
+        return next((found[f] for f in self.config.contact_match_order if found[f] is not None), None)
+
+    def location_view(self, token_location: str, location_id: str) -> dict[str, Any]:
+        """GET /locations/{locationId} (GetLocationByIdSchema), with the duplicate-contact setting."""
+        self.check_location(token_location, location_id)
+        loc = self.locations[location_id]
+        return {"id": loc.id, "name": loc.name, "settings": {
+            "allowDuplicateContact": self.config.allows_duplicates(location_id), "allowDuplicateOpportunity": False,
+            "allowFacebookNameMerge": False, "disableContactTimezone": False}}
 
     def contact_view(self, c: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in c.items() if k != "customFields" and v is not None}

@@ -247,10 +247,16 @@ class GhlClient:
         )
 
     # -- contacts ------------------------------------------------------------------------------------------------
-    async def upsert_contact(self, fields: ContactInput | Mapping[str, Any]) -> UpsertResult:
-        """POST /contacts/upsert. Never sends `tags`. Flags (and counts) a phone GHL silently dropped."""
+    async def upsert_contact(self, fields: ContactInput | Mapping[str, Any], *,
+                             create_new_if_duplicate_allowed: bool = False) -> UpsertResult:
+        """POST /contacts/upsert. Never sends `tags`. Flags (and counts) a phone GHL silently dropped.
+
+        `create_new_if_duplicate_allowed`: where the location allows duplicate contacts, create a new contact
+        without matching an existing one (ignored by GoHighLevel where it does not)."""
         body = _contact_body(fields, allowed=CONTACT_WIRE_KEYS)
         body["locationId"] = self.location_id
+        if create_new_if_duplicate_allowed:
+            body["createNewIfDuplicateAllowed"] = True
         payload = await self._call("POST", "/contacts/upsert", body=body)
         contact = payload.get("contact") or {}
         contact_id = contact.get("id")
@@ -264,6 +270,24 @@ class GhlClient:
                         hint="the e-mail matched a contact whose phone differs; phone not applied")
         return UpsertResult(contact_id=contact_id, new=bool(payload.get("new")), phone_dropped=dropped,
                             contact=contact)
+
+    async def find_duplicate(self, email: str | None, phone: str | None) -> dict[str, Any] | None:
+        """GET /contacts/search/duplicate: the contact an upsert with this email/phone would resolve to (the
+        location's duplicate search), or None. The raw contact dict is PHI: never log it. (The email and phone
+        travel in the query string, as the endpoint requires; the request log only keeps the path template.)"""
+        if not email and not phone:
+            return None
+        payload = await self._call("GET", "/contacts/search/duplicate",
+                                   params={"locationId": self.location_id, "email": email or None,
+                                           "number": phone or None})
+        contact = payload.get("contact")
+        return contact if isinstance(contact, Mapping) and contact.get("id") else None
+
+    async def allows_duplicate_contacts(self) -> bool:
+        """GET /locations/{locationId} → settings.allowDuplicateContact (the location's "Allow Duplicate Contact")."""
+        payload = await self._call("GET", "/locations/{locationId}", {"locationId": self.location_id})
+        settings = (payload.get("location") or {}).get("settings") or {}
+        return settings.get("allowDuplicateContact") is True
 
     async def get_contact(self, contact_id: str) -> dict[str, Any]:
         """GET /contacts/{contactId} → the raw contact dict (PHI: never log it)."""
