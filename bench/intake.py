@@ -171,6 +171,8 @@ def _record_count(bootstrap: str, topic: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--broker", choices=["embedded", "kafka"], default="embedded",
+                        help="embedded Tansu (default) or single-node Apache Kafka (needs Java and Maven)")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--partitions", type=int, default=4)
@@ -193,15 +195,15 @@ def main() -> None:
         return
 
     from apro_sync.config import Settings
-    from apro_sync.embedded_broker import EmbeddedBroker
     from apro_sync.kafka_admin import ensure_topics
+    from apro_sync.local_brokers import local_broker
 
     load = python_load if args.python_load or not shutil.which("wrk") else wrk_load
     tool = "python-aiohttp" if load is python_load else "wrk"
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     topics = Settings(topic_prefix=prefix, _env_file=None).topics
     results: dict[str, dict[str, float]] = {}
-    with EmbeddedBroker() as broker:
+    with local_broker(args.broker) as broker:
         ensure_topics(broker.bootstrap, [topics.raw, topics.quarantine], args.partitions)
         for name in ("baseline", "producer"):
             port = _free_port()
@@ -218,7 +220,7 @@ def main() -> None:
 
     base, prod = results["baseline"], results["producer"]
     ratio = prod["rps"] / base["rps"]
-    print(f"load: {tool}, {args.connections} connections, {args.duration}s each, body {BODY_FILE.name} "
+    print(f"broker: {args.broker}; load: {tool}, {args.connections} connections, {args.duration}s each, body {BODY_FILE.name} "
           f"({BODY_FILE.stat().st_size} B), {os.cpu_count()} CPUs, access log {'off' if args.no_access_log else 'on'}")
     for name, r in results.items():
         print(f"{name:9s} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  "

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from apro_sync.config import Settings  # noqa: E402
-from apro_sync.embedded_broker import EmbeddedBroker  # noqa: E402
+from apro_sync.local_brokers import local_broker  # noqa: E402
 from apro_sync.kafka_admin import ensure_topics  # noqa: E402
 
 FIXTURES = REPO / "examples" / "webhooks"
@@ -163,6 +163,8 @@ def run_worker(settings: Settings, count: int, timeout_s: float, processes: int 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--broker", choices=["embedded", "kafka"], default="embedded",
+                        help="embedded Tansu (default) or single-node Apache Kafka (needs Java and Maven)")
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=20_000)
     parser.add_argument("--partitions", type=int, default=4)
@@ -175,11 +177,11 @@ def main() -> None:
     broker = None
     bootstrap = args.bootstrap
     if not bootstrap:
-        broker = EmbeddedBroker().start()
+        broker = local_broker(args.broker).start()
         bootstrap = broker.bootstrap
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     settings = Settings(kafka_bootstrap_servers=bootstrap, topic_prefix=prefix, topic_partitions=args.partitions,
-                        embedded_broker=broker is not None, worker_id=f"{prefix}worker",
+                        embedded_broker=broker is not None and not broker.persistent, worker_id=f"{prefix}worker",
                         state_dir=Path(tempfile.mkdtemp()), _env_file=None)
     try:
         topics = settings.topics
@@ -195,7 +197,7 @@ def main() -> None:
         base_rate, many_rate, work_rate = args.count / base_s, args.count / many_s, args.count / work_s
         print(f"records: {args.count} ({args.clients} clients, {args.partitions} partitions, "
               f"{args.processes} worker process(es), "
-              f"{'embedded Tansu' if broker else bootstrap})")
+              f"{('embedded Tansu' if not broker.persistent else 'Apache Kafka') if broker else bootstrap})")
         print(f"produce (confluent-kafka):        {args.count / produce_s:10.0f} rec/s")
         print(f"baseline raw consume (aiokafka, async for per message): {base_rate:10.0f} rec/s")
         print(f"raw consume (aiokafka getmany batches, for reference): {many_rate:10.0f} rec/s")

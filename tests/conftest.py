@@ -18,6 +18,7 @@ import pytest
 
 from apro_sync.config import Settings
 from apro_sync.embedded_broker import EmbeddedBroker
+from apro_sync.local_brokers import local_broker
 
 if TYPE_CHECKING:
     from apro_sync.apache_kafka import ApacheKafka
@@ -65,11 +66,7 @@ def using_embedded_broker() -> bool:
 
 def new_restartable_broker() -> "EmbeddedBroker | ApacheKafka":
     """A private broker a test may stop and start (outage tests): Apache Kafka in `kafka` mode, else Tansu."""
-    if broker_kind() == "kafka":
-        from apro_sync.apache_kafka import ApacheKafka
-
-        return ApacheKafka()
-    return EmbeddedBroker()
+    return local_broker("kafka" if broker_kind() == "kafka" else "embedded")
 
 
 BROKER_FIXTURES = {"kafka_bootstrap", "using_embedded_broker"}
