@@ -122,7 +122,8 @@ def configure_logging(level: str | int = "INFO", json: bool = True) -> None:
     root.addHandler(handler)
     root.setLevel(numeric)
     # librdkafka repeats itself at INFO; keep it at WARNING unless debugging.
-    # httpx logs every request URL at INFO; GoHighLevel's duplicate search carries an email/phone in its query.
+    # httpx logs every request URL at INFO. The GoHighLevel client keeps PHI out of URLs (bodies only), but a URL
+    # still names GoHighLevel object ids: keep them out of the logs too.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     logging.getLogger("librdkafka").setLevel(numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING))

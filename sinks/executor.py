@@ -16,7 +16,8 @@ Exactly-once per op (see docs/sync-engine.md):
   `execution_order`) proves the whole event done; otherwise the enrollment is repeated (at least once).
 
 Identity: a client's first upsert (no contact id recorded) first asks GoHighLevel which contact it would match
-(duplicate search). A contact whose APro Client ID names another client is never overwritten: where the
+(`GhlClient.find_duplicate`: a contact search by email/phone in the location's duplicate-search order, PHI in
+the request body only). A contact whose APro Client ID names another client is never overwritten: where the
 location allows duplicates a separate contact is created, else the event fails with `IdentityConflict`
 (dead-lettered, counted). Either way staff get a note on that contact (ids only).
 """

@@ -72,6 +72,52 @@ def test_duplicate_matching_email_case_insensitive_then_phone(ghl_emulator) -> N
     assert len(ghl_emulator.state()["contacts"]) == 2
 
 
+def test_search_contacts_by_email_and_phone_in_the_body(ghl_emulator) -> None:
+    loc, other = ghl_emulator.location_id, ghl_emulator.location_ids[1]
+
+    def eq(field: str, value: str) -> dict:
+        return {"field": field, "operator": "eq", "value": value}
+
+    with _client(ghl_emulator) as c:
+        def search(*filters: dict, status: int = 200, **extra) -> dict:
+            r = c.post("/contacts/search", json={"locationId": loc, "pageLimit": 10, "filters": list(filters), **extra})
+            assert r.status_code == status, r.text
+            return r.json()
+
+        def ids(answer: dict) -> list[str]:
+            return [h["id"] for h in answer["contacts"]]
+
+        a = _upsert(c, loc, email="Ann@Example.test", phone="+1 555 010 0001").json()["contact"]["id"]
+        b = _upsert(c, loc, email="bob@example.test", phone="+1 555 010 0002").json()["contact"]["id"]
+        with _client(ghl_emulator, other) as c2:
+            _upsert(c2, other, email="ann@example.test")
+        # email case-insensitive, phone compared in E.164 (as stored); the answer is {contacts, total}
+        hit = search(eq("email", "ANN@example.test"))
+        assert (ids(hit), hit["total"]) == ([a], 1)
+        assert hit["contacts"][0]["email"] == "Ann@Example.test" and hit["contacts"][0]["customFields"] == []
+        assert ids(search(eq("phone", "(555) 010-0002"))) == [b]
+        assert search(eq("email", "nobody@example.test")) == {"contacts": [], "total": 0}
+        # top-level filters are ANDed; a group ORs; hits oldest first; pageLimit/page paginate
+        assert ids(search(eq("email", "ann@example.test"), eq("phone", "+15550100002"))) == []
+        either = {"group": "OR", "filters": [eq("email", "bob@example.test"), eq("phone", "+15550100001")]}
+        assert ids(search(either)) == [a, b]
+        first = search(either, pageLimit=1)
+        assert (ids(first), first["total"]) == ([a], 2)
+        assert ids(search(either, pageLimit=1, page=2)) == [b]
+        # validated against the documented body; what the emulator does not emulate is refused, not guessed
+        assert "pageLimit should not be empty" in c.post("/contacts/search", json={"locationId": loc}).json()["message"]
+        assert search(eq("email", "a@example.test"), status=422, bogus=1)["message"] == ["property bogus should not exist"]
+        assert search({"field": "email", "value": "x"}, status=422)["message"] == ["filters.0 is not a valid value"]
+        assert search(eq("email", "x@example.test"), status=422, pageLimit=501)["statusCode"] == 422
+        assert "not supported" in search({"field": "email", "operator": "contains", "value": "ann"}, status=422)["message"][0]
+        assert "not supported" in search(eq("firstName", "Ann"), status=422)["message"][0]
+        assert "not supported" in search(eq("email", "a@example.test"), status=422, query="ann")["message"][0]
+        r = c.post("/contacts/search", json={"locationId": other, "pageLimit": 1, "filters": [eq("email", "a@x.test")]})
+        assert r.status_code == 403
+    logged = [r for r in ghl_emulator.requests() if r["path"] == "/contacts/search"]
+    assert logged and all(r["target"] == "/contacts/search" for r in logged)  # the filters stay in the body
+
+
 @pytest.mark.parametrize("drops_phone", [False, True])
 def test_split_match_email_a_phone_b(ghl_emulator_config, drops_phone: bool) -> None:
     from sinks.emulator import ThreadedEmulator

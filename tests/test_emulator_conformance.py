@@ -133,6 +133,9 @@ def test_responses_match_openapi_schemas(ghl_emulator, version: str) -> None:
     })["contact"]
     assert contact["customFields"] == [{"id": field["id"], "value": "C-1"}]
     cid = contact["id"]
+    found = c("POST", "/contacts/search", "/contacts/search", json={  # the spec declares no 200 schema
+        "locationId": loc, "pageLimit": 1, "filters": [{"field": "phone", "operator": "eq", "value": "+15550100002"}]})
+    assert ([h["id"] for h in found["contacts"]], found["total"]) == ([cid], 1)
     c("GET", "/contacts/{contactId}", f"/contacts/{cid}")
     c("PUT", "/contacts/{contactId}", f"/contacts/{cid}", json={"firstName": "Schema"})
     c("POST", "/contacts/{contactId}/tags", f"/contacts/{cid}/tags", json={"tags": ["one", "two"]})

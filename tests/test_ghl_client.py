@@ -8,9 +8,9 @@ from decimal import Decimal
 
 import pytest
 from prometheus_client import REGISTRY
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from sinks.ghl.client import TagsInContactWrite, parse_retry_after, same_phone
+from sinks.ghl.client import GhlClient, TagsInContactWrite, parse_retry_after, same_phone
 from sinks.ghl.errors import GhlPermanentError, GhlRateLimited, GhlTransientError
 from sinks.ghl.models import ContactInput, CustomFieldValue
 from sinks.ghl.ratelimit import RateLimiter
@@ -216,6 +216,51 @@ async def test_upsert_detects_dropped_phone(ghl_loopback: LoopbackGhl) -> None:
         result = await client.upsert_contact(contact())
     assert result.phone_dropped and not result.new
     assert metric("apro_ghl_api_anomalies_total", location=LOCATION, kind="upsert_phone_dropped") == before + 1
+
+
+def _search_reply(hits_by_field: dict[str, list[dict]]):  # type: ignore[no-untyped-def]
+    def reply(seen):  # type: ignore[no-untyped-def]
+        (f,) = seen.body["filters"]
+        hits = hits_by_field.get(f["field"], [])
+        return Reply(200, {"contacts": hits, "total": len(hits)})
+    return reply
+
+
+@pytest.mark.parametrize(("order", "hits", "fields_searched", "found"), [
+    (("email", "phone"), {"email": [{"id": "a"}], "phone": [{"id": "b"}]}, ["email"], "a"),
+    (("email", "phone"), {"phone": [{"id": "b"}, {"id": "c"}]}, ["email", "phone"], "b"),
+    (("phone", "email"), {"email": [{"id": "a"}], "phone": [{"id": "b"}]}, ["phone"], "b"),
+    (("email", "phone"), {}, ["email", "phone"], None),
+])
+async def test_find_duplicate_searches_in_the_match_order_by_body_only(
+        ghl_loopback: LoopbackGhl, order: tuple[str, ...], hits: dict, fields_searched: list[str],
+        found: str | None) -> None:
+    ghl_loopback.script("POST", "/contacts/search", _search_reply(hits))
+    client = make_client(ghl_loopback, FakeTime())
+    client.contact_match_order = order
+    async with client:
+        result = await client.find_duplicate("pat@example.com", "+14805550100")
+    assert (result or {}).get("id") == found
+    searches = ghl_loopback.calls("POST", "/contacts/search")
+    values = {"email": "pat@example.com", "phone": "+14805550100"}
+    assert [s.body for s in searches] == [
+        {"locationId": LOCATION, "pageLimit": 1, "filters": [{"field": f, "operator": "eq", "value": values[f]}]}
+        for f in fields_searched]
+    assert all(s.query == {} for s in searches)  # PHI never in the URL
+
+
+async def test_find_duplicate_searches_only_the_fields_given(ghl_loopback: LoopbackGhl) -> None:
+    ghl_loopback.script("POST", "/contacts/search", _search_reply({}))
+    async with make_client(ghl_loopback, FakeTime()) as client:
+        assert await client.find_duplicate(None, "+14805550100") is None
+        assert await client.find_duplicate("", None) is None
+    assert [s.body["filters"][0]["field"] for s in ghl_loopback.seen] == ["phone"]
+
+
+def test_contact_match_order_is_checked() -> None:
+    for bad in ((), ("email", "email"), ("email", "name")):
+        with pytest.raises(ValueError):
+            GhlClient("http://127.0.0.1:9", SecretStr(TOKEN), LOCATION, contact_match_order=bad)
 
 
 def test_phone_comparison_ignores_formatting() -> None:

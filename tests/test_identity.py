@@ -1,17 +1,19 @@
 """Two AestheticsPro clients sharing a phone or an email: the executor never overwrites the other client's
-GoHighLevel contact (emulator: GoHighLevel's duplicate matching and its "Allow Duplicate Contact" setting)."""
+GoHighLevel contact (emulator: GoHighLevel's duplicate matching and its "Allow Duplicate Contact" setting). The
+identity check searches by email/phone in request bodies: no request URL carries an email or a phone."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import unquote_plus
 
 import httpx
 import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
-from sinks.emulator import EmulatorConfig, LocationConfig
+from sinks.emulator import EmulatorConfig, EmulatorServer, LocationConfig
 from sinks.executor import CONFLICT_MARKER_PREFIX, IdentityConflict, OpExecutor, execution_order
 from sinks.ghl.client import GhlClient
 from sinks.ghl.retry import RetryPolicy
@@ -90,6 +92,16 @@ def conflicts(label: str) -> float:
     return REGISTRY.get_sample_value("apro_sync_identity_conflicts_total", {"location": label}) or 0.0
 
 
+def urls_with(emu: Any, *phi: str) -> list[str]:
+    """Request targets (path + query as sent, what an access log keeps) that contain any of `phi`."""
+    found = []
+    for r in emu.requests():
+        url = unquote_plus(r["target"]).lower()
+        if any(value.lower() in url or value.lstrip("+") in url for value in phi):
+            found.append(f"{r['method']} {r['target']}")
+    return found
+
+
 def conflict_notes(emu: Any, contact_id: str) -> list[str]:
     return [n["body"] for n in emu.state()["notes"]
             if n["contactId"] == contact_id and CONFLICT_MARKER_PREFIX in n["body"]]
@@ -132,6 +144,9 @@ async def test_shared_identity_without_duplicates_keeps_the_first_contact_and_ho
         with pytest.raises(IdentityConflict):
             await sink.sync(booking("s-2", "740005", first="Sofia", at="2026-11-21T10:00:00Z", **second))
         assert conflicts(LABEL_1) == held + 2 and len(conflict_notes(ghl_emulator, mine)) == 1
+    searches = [r for r in ghl_emulator.requests() if r["path"] == "/contacts/search"]
+    assert searches and all(r["status"] == 200 for r in searches)
+    assert urls_with(ghl_emulator, *first.values(), *second.values()) == []
 
 
 async def test_where_duplicates_are_allowed_the_second_client_gets_its_own_contact(ghl_emulator: Any) -> None:
@@ -154,6 +169,7 @@ async def test_where_duplicates_are_allowed_the_second_client_gets_its_own_conta
         found = contacts(ghl_emulator, LOCATION_2)
         assert len(found) == 2
         assert (found[mine]["firstName"], found[theirs]["firstName"]) == ("Maria", "Sofia")
+    assert urls_with(ghl_emulator, *shared.values()) == []
 
 
 async def test_both_clients_changing_their_phone_and_email_later(ghl_emulator: Any) -> None:
@@ -179,6 +195,7 @@ async def test_both_clients_changing_their_phone_and_email_later(ghl_emulator: A
         by_key = {c["id"]: c["customFieldsByKey"] for c in ghl_emulator.state()["contacts"]}
         assert by_key[mine]["contact.apro_client_id"] == "74005"
         assert by_key[theirs]["contact.apro_client_id"] == "740005"
+    assert urls_with(ghl_emulator, "maria@example.com", "sofia@example.com", "+14805550101", "+14805550199") == []
 
 
 def test_emulator_models_duplicate_search_sequence_and_the_location_setting(ghl_emulator: Any) -> None:
@@ -203,6 +220,9 @@ def test_emulator_models_duplicate_search_sequence_and_the_location_setting(ghl_
         by_phone = duplicate(LOCATION_1, email="new@example.com", number="+14805550102")
         assert (by_phone["contact"]["id"], by_phone["matchingField"]) == (b, "phone")
         assert duplicate(LOCATION_1, email="none@example.com")["contact"] is None
+        # (That endpoint takes email and phone in the URL, which the sink therefore no longer calls.)
+        assert urls_with(ghl_emulator, "none@example.com") == [
+            "GET /contacts/search/duplicate?locationId=TestLocation00000001&email=none%40example.com"]
         # createNewIfDuplicateAllowed is ignored where duplicates are not allowed ...
         again = upsert(LOCATION_1, email="a@example.com", firstName="X", createNewIfDuplicateAllowed=True)
         assert (again["new"], again["contact"]["id"]) == (False, a)
@@ -228,3 +248,31 @@ def test_emulator_search_sequence_can_put_phone_first() -> None:
     updated, new = store.upsert_contact(loc, {"locationId": loc, "email": "a@example.com", "phone": "+14805550102",
                                               "firstName": "Z"})
     assert (updated["id"], new) == (b["id"], False)
+    assert store.search_contacts(loc, {"locationId": loc, "pageLimit": 1, "filters": [
+        {"field": "phone", "operator": "eq", "value": "(480) 555-0102"}]})["contacts"][0]["id"] == b["id"]
+
+
+@pytest.mark.parametrize("order", [("email", "phone"), ("phone", "email")])
+async def test_find_duplicate_finds_the_contact_upsert_resolves_to(order: tuple[str, str]) -> None:
+    """Contacts A and B; an email/phone pair matching A, B, both (split) or neither: the search names the contact
+    the upsert then updates, in either search sequence (the emulator's `contact_match_order` and the client's)."""
+    config = EmulatorConfig(contact_match_order=order)
+    loc = config.locations[0]
+    cases = [("a@example.com", "+14805550102"), ("A@Example.com", None), (None, "(480) 555-0102"),
+             ("new@example.com", "+14805550102"), ("b@example.com", "+14805550199"),
+             ("new@example.com", "+14805550199"), ("new@example.com", None)]
+    async with EmulatorServer(config) as emu, GhlClient(emu.base_url, SecretStr(loc.token), loc.id,
+                                                         contact_match_order=order) as client:
+        for email, phone in cases:
+            emu.reset()  # same seed, same requests: A and B get the same ids every time
+            a = (await client.upsert_contact({"email": "a@example.com", "phone": "+14805550101"})).contact_id
+            b = (await client.upsert_contact({"email": "b@example.com", "phone": "+14805550102"})).contact_id
+            found = await client.find_duplicate(email, phone)
+            resolved = await client.upsert_contact({k: v for k, v in (("email", email), ("phone", phone)) if v})
+            if resolved.new:
+                assert found is None, (email, phone)
+            else:
+                assert found is not None and found["id"] == resolved.contact_id, (email, phone)
+            if (email, phone) == ("a@example.com", "+14805550102"):  # the split match follows the sequence
+                assert found is not None and found["id"] == (a if order[0] == "email" else b)
+        assert all(r["path"] != "/contacts/search/duplicate" for r in emu.requests())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from typing import Any
+from urllib.parse import unquote_plus
 
 import pytest
 
@@ -119,3 +120,9 @@ def test_two_patients_sharing_a_phone_never_become_one_contact(stack: Stack, fix
         assert key == b"740005" and headers[H.DLQ_STAGE] == "sync"
         assert headers[H.REASON] == (f"identity conflict: phone matches GoHighLevel contact {ana['id']} of "
                                      "AestheticsPro client 74005; location does not allow duplicate contacts")
+    # The identity check searched by body: no request the sink made carried an email or a phone in its URL.
+    requests = stack.emulator.requests()
+    assert any(r["path"] == "/contacts/search" for r in requests)
+    leaks = [r["target"] for r in requests
+             if any(v in unquote_plus(r["target"]).lower() for v in ("ana@example.com", "leo@example.com", "4805550177"))]
+    assert leaks == []

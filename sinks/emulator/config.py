@@ -107,7 +107,8 @@ class EmulatorConfig(_Model):
     # every location that does not set its own.
     allow_duplicate_contacts: bool = False
     # The setting's search sequence: upsert and GET /contacts/search/duplicate match the first field that finds a
-    # contact, in this order.
+    # contact, in this order (POST /contacts/search answers each field's matches oldest first, so a search by
+    # the first field that finds any, first hit, names the same contact).
     contact_match_order: tuple[Literal["email", "phone"], ...] = ("email", "phone")
     validate_requests: bool = True
     spec_dir: str | None = None

@@ -98,6 +98,10 @@ async def update_contact(request: web.Request, ctx: Ctx) -> web.Response:
     return web.json_response(ctx.ok({"succeded": True, "contact": contact}))
 
 
+async def search_contacts(request: web.Request, ctx: Ctx) -> web.Response:
+    return web.json_response(request.app[STORE].search_contacts(ctx.location_id, ctx.body))
+
+
 async def duplicate_contact(request: web.Request, ctx: Ctx) -> web.Response:
     q = request.query
     found, field = request.app[STORE].duplicate(ctx.location_id, q.get("locationId"), q.get("email"), q.get("number"))
@@ -189,6 +193,7 @@ async def update_opportunity_status(request: web.Request, ctx: Ctx) -> web.Respo
 # (method, OpenAPI template, handler). Specific paths come before `{id}` paths: aiohttp matches in order.
 ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/contacts/upsert", upsert_contact),
+    ("POST", "/contacts/search", search_contacts),
     ("GET", "/contacts/search/duplicate", duplicate_contact),
     ("POST", "/contacts/", create_contact),
     ("GET", "/contacts/{contactId}", get_contact),
@@ -225,8 +230,10 @@ def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> w
 async def _api(request: web.Request, handler: Handler, template: str) -> web.StreamResponse:
     emu: Emulator = request.app[EMU]
     store = emu.store
-    entry: dict[str, Any] = {"method": request.method, "path": template, "status": None, "locationId": None,
-                             "body": None, "query": dict(request.query), "at": time.time()}
+    # `target`: the request line's path and query as sent (what an access log keeps), to check that no PHI is in it.
+    entry: dict[str, Any] = {"method": request.method, "path": template, "target": request.raw_path,
+                             "status": None, "locationId": None, "body": None, "query": dict(request.query),
+                             "at": time.time()}
     emu.log.append(entry)
 
     def done(resp: web.StreamResponse) -> web.StreamResponse:

@@ -3,11 +3,14 @@
 Request bodies are validated the way HighLevel's NestJS API does it (whitelist + forbidNonWhitelisted):
 unknown properties are rejected, so `additionalProperties: false` is added to every request object schema.
 The specs are machine-generated and contain a few generator placeholders that the real API does not
-enforce; `_normalize` relaxes exactly those (documented in docs/emulator.md, "Spec quirks").
+enforce; `_normalize` relaxes exactly those (documented in docs/emulator.md, "Spec quirks"). Where a request
+DTO is only an empty generator placeholder, `DOCUMENTED_REQUEST_SCHEMAS` supplies the shape HighLevel documents
+for it (applied only while the vendored DTO is still empty).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -25,6 +28,53 @@ V2 = "2021-07-28"
 V3 = "v3"
 # Versions the emulated endpoints answer to: v2 (what apro-sync sends) and v3 (what the official SDK 3.x sends).
 SUPPORTED_VERSIONS = (V2, "2021-04-15", V3)
+
+# The spec's "Search Contacts" (POST /contacts/search) declares its body as `SearchBodyV2DTO: {type: object,
+# properties: {}}`, a placeholder: with the request whitelist nothing could be sent. This is the body HighLevel
+# documents for the operation (the documentation the operation's description links to, "Search Contacts"):
+# locationId and pageLimit (at most 500) required; page or searchAfter; filters, each {field, operator, value}
+# or a group {group: AND|OR, filters: [...]}, all combined with AND; sort; query.
+_SEARCH_FILTER: dict[str, Any] = {
+    "type": "object",
+    "required": ["field", "operator"],
+    "properties": {
+        "field": {"type": "string"},
+        "operator": {"type": "string",
+                     "enum": ["eq", "not_eq", "contains", "not_contains", "exists", "not_exists", "range"]},
+        "value": {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"},
+                            {"type": "object", "properties": {"gte": {}, "gt": {}, "lte": {}, "lt": {}}}]},
+    },
+}
+SEARCH_BODY_V2_DTO: dict[str, Any] = {
+    "type": "object",
+    "required": ["locationId", "pageLimit"],
+    "properties": {
+        "locationId": {"type": "string"},
+        "page": {"type": "number"},
+        "pageLimit": {"type": "number"},
+        "searchAfter": {"type": "array", "items": {}},
+        "filters": {"type": "array", "items": {"anyOf": [
+            _SEARCH_FILTER,
+            {"type": "object", "required": ["group", "filters"], "properties": {
+                "group": {"type": "string", "enum": ["AND", "OR"]},
+                "filters": {"type": "array", "items": _SEARCH_FILTER}}},
+        ]}},
+        "sort": {"type": "array", "items": {"type": "object", "required": ["field", "direction"], "properties": {
+            "field": {"type": "string"}, "direction": {"type": "string", "enum": ["asc", "desc"]}}}},
+        "query": {"type": "string"},
+    },
+}
+EMPTY_DTO: dict[str, Any] = {"type": "object", "properties": {}}
+DOCUMENTED_REQUEST_SCHEMAS: dict[str, dict[str, Any]] = {"SearchBodyV2DTO": SEARCH_BODY_V2_DTO}
+
+
+def supplement_schemas(doc: dict[str, Any]) -> dict[str, Any]:
+    """`doc` with each empty placeholder DTO named in DOCUMENTED_REQUEST_SCHEMAS replaced by its documented shape."""
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name, schema in DOCUMENTED_REQUEST_SCHEMAS.items():
+        if schemas.get(name) == EMPTY_DTO:
+            schemas[name] = copy.deepcopy(schema)
+    return doc
 
 
 @dataclass
@@ -110,7 +160,7 @@ class _Resolver:
             if not path.exists() and path.parent.name == "common" and "v3" not in path.parts:
                 # Upstream v3 files point at ../common from apps/v3, which is apps/v3/common in this snapshot.
                 path = self.spec_dir / "apps" / "v3" / "common" / path.name
-            self.docs[path] = json.loads(path.read_text())
+            self.docs[path] = supplement_schemas(json.loads(path.read_text()))
         return self.docs[path]
 
     def inline(self, schema: Any, base: Path, depth: int = 0) -> Any:

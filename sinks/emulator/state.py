@@ -175,19 +175,24 @@ class Store:
         return o
 
     # ---------------------------------------------------------------- contacts
+    @staticmethod
+    def _matcher(field: str, value: str) -> Callable[[dict[str, Any]], bool]:
+        """How GoHighLevel compares a contact's email (case-insensitive) or phone (E.164) with a given value:
+        the same test for upsert's duplicate matching, the duplicate search and POST /contacts/search."""
+        if field == "email":
+            want = value.lower()
+            return lambda c: (c.get("email") or "").lower() == want
+        norm = normalize_phone(value)
+        return lambda c: c.get("phone") == norm
+
+    def _matching(self, location_id: str, field: str, value: str) -> list[dict[str, Any]]:
+        """The location's contacts whose `field` matches, oldest first (the one upsert resolves to comes first)."""
+        test = self._matcher(field, value)
+        return [c for c in self.contacts.values() if c["locationId"] == location_id and test(c)]
+
     def _find(self, location_id: str, email: str | None, phone: str | None) -> tuple[dict | None, dict | None]:
-        by_email = by_phone = None
-        if email:
-            by_email = next(
-                (c for c in self.contacts.values()
-                 if c["locationId"] == location_id and (c.get("email") or "").lower() == email.lower()),
-                None,
-            )
-        if phone:
-            norm = normalize_phone(phone)
-            by_phone = next(
-                (c for c in self.contacts.values() if c["locationId"] == location_id and c.get("phone") == norm), None
-            )
+        by_email = next(iter(self._matching(location_id, "email", email)), None) if email else None
+        by_phone = next(iter(self._matching(location_id, "phone", phone)), None) if phone else None
         return by_email, by_phone
 
     def _resolve_custom_field(self, location_id: str, entry: dict[str, Any]) -> str | None:
@@ -273,13 +278,51 @@ class Store:
     def duplicate(self, token_location: str, location_id: str | None, email: str | None,
                   number: str | None) -> tuple[dict[str, Any] | None, str | None]:
         """GET /contacts/search/duplicate: the contact an upsert with this email/phone would update, and the
-        field that matched (the location's search sequence, `contact_match_order`)."""
+        field that matched (the location's search sequence, `contact_match_order`). apro-sync no longer calls it
+        (it puts email and phone in the URL); it uses POST /contacts/search instead."""
         self.check_location(token_location, location_id)
         by_email, by_phone = self._find(location_id, email, number)
         found = self._first_match(by_email, by_phone)
         if found is None:
             return None, None
         return self.contact_view(found), ("email" if found is by_email else "phone")
+
+    def search_contacts(self, token_location: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /contacts/search (the documented SearchBodyV2DTO; see sinks/emulator/spec.py): `filters` combined
+        with AND, groups with AND/OR; operator `eq` on `email` (case-insensitive) and `phone` (E.164), compared as
+        upsert matches. Hits oldest first, so the first hit of a field is the contact upsert would resolve to by
+        it. Answers `{contacts, total}`. `page`/`pageLimit` paginate; `query`, `sort` and `searchAfter` are not
+        emulated (422, rather than an answer the real API would not give)."""
+        location_id = body.get("locationId")
+        self.check_location(token_location, location_id)
+        for key in ("query", "sort", "searchAfter"):
+            if body.get(key) not in (None, "", []):
+                raise ApiError(422, [f"{key} is not supported by the emulator"])
+        limit, page = body["pageLimit"], body.get("page", 1)
+        if limit != int(limit) or not 1 <= limit <= 500:
+            raise ApiError(422, ["pageLimit must be an integer from 1 to 500"])
+        if page != int(page) or page < 1:
+            raise ApiError(422, ["page must be an integer not less than 1"])
+        tests = [self._search_filter(f) for f in body.get("filters") or []]
+        hits = [c for c in self.contacts.values() if c["locationId"] == location_id and all(t(c) for t in tests)]
+        start = (int(page) - 1) * int(limit)
+        return {"contacts": [self.contact_view(c) for c in hits[start:start + int(limit)]], "total": len(hits)}
+
+    def _search_filter(self, f: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
+        if "group" in f:
+            parts = [self._search_filter(inner) for inner in f["filters"]]
+            if f["group"] == "OR":
+                return lambda c: any(p(c) for p in parts)
+            return lambda c: all(p(c) for p in parts)
+        field, operator = f["field"], f["operator"]
+        if field not in ("email", "phone"):
+            raise ApiError(422, [f"filter field {field} is not supported by the emulator"])
+        if operator != "eq":
+            raise ApiError(422, [f"filter operator {operator} is not supported by the emulator"])
+        value = f.get("value")
+        if not isinstance(value, str) or not value.strip():
+            raise ApiError(422, [f"value of the {field} filter should not be empty"])
+        return self._matcher(field, value.strip())
 
     def _first_match(self, by_email: dict | None, by_phone: dict | None) -> dict | None:
         """The contact an upsert resolves to: the first field of the location's search sequence that matches."""

@@ -7,6 +7,7 @@ Known API defects handled here:
 - upsert (and update) with `tags` replaces every tag of the contact: refused here; use `add_tags`.
 - upsert may ignore the phone when the e-mail matches another contact: detected, flagged, counted, logged.
 - create opportunity may answer 422/5xx/time out yet create it: we search before any retry and after a 422.
+PHI (patient email, phone, names) never goes into a URL (access logs keep URLs): only into JSON bodies.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import email.utils
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -45,6 +46,8 @@ from sinks.ghl.retry import RetryPolicy
 
 API_VERSION = "2021-07-28"
 OPPORTUNITY_STATUSES = frozenset({"open", "won", "lost", "abandoned"})
+# GoHighLevel's default duplicate-contact search sequence: an upsert matches by email first, then by phone.
+CONTACT_MATCH_ORDER = ("email", "phone")
 log = structlog.get_logger("sinks.ghl")
 
 # UpsertContactDto / UpdateContactDto properties a caller may pass as a raw mapping. `tags` is deliberately
@@ -148,9 +151,15 @@ class GhlClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         metrics_location: str | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        contact_match_order: Sequence[str] = CONTACT_MATCH_ORDER,
     ) -> None:
         if not location_id:
             raise ValueError("a GoHighLevel location id is required")
+        if not contact_match_order or len(set(contact_match_order)) != len(contact_match_order) \
+                or not set(contact_match_order) <= set(CONTACT_MATCH_ORDER):
+            raise ValueError("contact_match_order: email and/or phone, each at most once")
+        # The location's duplicate-contact search sequence (not readable through the API; GoHighLevel's default).
+        self.contact_match_order = tuple(contact_match_order)
         self.location_id = location_id
         self.label = metrics_location or location_id  # metric label: a clinic, never a patient
         self.limiter = limiter or RateLimiter(self.label)
@@ -272,16 +281,28 @@ class GhlClient:
                             contact=contact)
 
     async def find_duplicate(self, email: str | None, phone: str | None) -> dict[str, Any] | None:
-        """GET /contacts/search/duplicate: the contact an upsert with this email/phone would resolve to (the
-        location's duplicate search), or None. The raw contact dict is PHI: never log it. (The email and phone
-        travel in the query string, as the endpoint requires; the request log only keeps the path template.)"""
-        if not email and not phone:
-            return None
-        payload = await self._call("GET", "/contacts/search/duplicate",
-                                   params={"locationId": self.location_id, "email": email or None,
-                                           "number": phone or None})
-        contact = payload.get("contact")
-        return contact if isinstance(contact, Mapping) and contact.get("id") else None
+        """The contact an upsert with this email/phone would resolve to, or None.
+
+        Mirrors GoHighLevel's duplicate matching: POST /contacts/search with `{field} eq {value}` for the first
+        field of the location's search sequence (`contact_match_order`; GoHighLevel's default: email, then
+        phone), then for the second; the first hit wins. The email and phone travel in the JSON body only, never
+        in the URL (PHI: GoHighLevel's and proxies' access logs keep URLs; hence not GET
+        /contacts/search/duplicate, which takes them as query parameters). GoHighLevel documents that its search
+        index may show a new or changed contact only after a few seconds (docs/sync-rules.md, "Collisions").
+        The raw contact dict is PHI: never log it."""
+        values = {"email": email or None, "phone": phone or None}
+        for field in self.contact_match_order:
+            value = values[field]
+            if value is None:
+                continue
+            payload = await self._call("POST", "/contacts/search", body={
+                "locationId": self.location_id, "pageLimit": 1,
+                "filters": [{"field": field, "operator": "eq", "value": value}],
+            })
+            for contact in payload.get("contacts") or []:
+                if isinstance(contact, Mapping) and contact.get("id"):
+                    return dict(contact)
+        return None
 
     async def allows_duplicate_contacts(self) -> bool:
         """GET /locations/{locationId} → settings.allowDuplicateContact (the location's "Allow Duplicate Contact")."""
