@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     kafka_ssl_cert_file: Path | None = None
     kafka_ssl_key_file: Path | None = None
     kafka_ssl_key_password: SecretStr | None = None
+    # Consumer-group session: a crashed worker's partitions move to the others after this long.
+    kafka_session_timeout_s: float = Field(default=10.0, ge=1.0, le=300.0)
     # Set by `apro-sync dev` and the tests: tune Faust for the in-memory Tansu broker (see streams/app.py).
     embedded_broker: bool = False
 

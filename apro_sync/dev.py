@@ -73,6 +73,7 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
             broker = EmbeddedBroker().start()
             bootstrap = broker.bootstrap
             env["APRO_EMBEDDED_BROKER"] = "true"
+            env.setdefault("APRO_KAFKA_SESSION_TIMEOUT_S", "2")
             print(f"  embedded Kafka-protocol broker (Tansu, in memory) at {bootstrap}")
         env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
         ensure_topics(settings.kafka if settings.kafka_bootstrap_servers else bootstrap, settings.topic_specs())

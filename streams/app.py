@@ -10,20 +10,20 @@ from apro_sync.config import Settings
 def build_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     """A Faust app wired to the configured broker. Agents are attached by `streams.worker.register_agents`.
 
-    `settings.embedded_broker` switches on the settings the in-memory Tansu broker needs: group joins that take
-    seconds, not a minute, and one record per producer batch (Tansu reports a wrong end offset for multi-record
-    batches, which would silently lose the newest table updates on recovery).
+    `settings.embedded_broker` switches on what the in-memory Tansu broker needs: one record per producer batch
+    (it reports a wrong end offset for multi-record batches, which would lose the newest table updates on
+    recovery) and a short fetch wait. docs/reliability.md measures each on Apache Kafka.
     """
     if not settings.kafka_bootstrap_servers:
         raise ValueError("KAFKA_BOOTSTRAP_SERVERS is not set")
-    extra: dict[str, object] = {}
+    extra: dict[str, object] = {
+        # How fast a crashed worker's partitions move to the others (Faust's default is 60 s).
+        "broker_session_timeout": settings.kafka_session_timeout_s,
+        "broker_heartbeat_interval": settings.kafka_session_timeout_s / 4,
+        "broker_rebalance_timeout": max(settings.kafka_session_timeout_s, 2.0),
+    }
     if settings.embedded_broker:
-        extra.update(
-            broker_session_timeout=2,
-            broker_heartbeat_interval=0.5,
-            broker_rebalance_timeout=2,
-            producer_max_batch_size=1,
-        )
+        extra.update(producer_max_batch_size=1)
     if settings.embedded_broker:
         _short_fetch_wait_for_embedded_broker()
     return faust.App(

@@ -37,6 +37,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "APRO_TOPIC_PREFIX": settings.topic_prefix,
         "APRO_TOPIC_PARTITIONS": str(settings.topic_partitions),
         "APRO_EMBEDDED_BROKER": "true" if settings.embedded_broker else "false",
+        "APRO_KAFKA_SESSION_TIMEOUT_S": "2",  # restarted workers rejoin quickly
         "APRO_WORKER_ID": settings.worker_id,
         "APRO_STATE_DIR": str(settings.state_dir),
         "APRO_METRICS_PORT": "0",

@@ -36,6 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apro_sync import headers as H
 from apro_sync.embedded_broker import free_port
+from apro_sync.config import Settings
 from apro_sync.kafka_admin import ensure_topics
 from apro_sync.topics import Topics
 
@@ -218,8 +219,12 @@ class StackConfig:
         return Topics.with_prefix(self.topic_prefix)
 
     def create_topics(self) -> None:
-        """Create every topic up front (Tansu is in memory: call again after a broker restart)."""
-        ensure_topics(self.bootstrap, self.topics.all(), self.partitions)
+        """Create every topic up front with its production configs (Tansu is in memory: call again after a
+        broker restart)."""
+        settings = Settings(kafka_bootstrap_servers=self.bootstrap, topic_prefix=self.topic_prefix,
+                            topic_partitions=self.partitions, worker_id=f"{self.topic_prefix}worker",
+                            **({"max_body_bytes": self.max_body_bytes} if self.max_body_bytes else {}), _env_file=None)
+        ensure_topics(self.bootstrap, settings.topic_specs())
 
     def env(self, **overrides: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
@@ -228,6 +233,7 @@ class StackConfig:
             APRO_TOPIC_PREFIX=self.topic_prefix,
             APRO_TOPIC_PARTITIONS=str(self.partitions),
             APRO_EMBEDDED_BROKER="true" if self.embedded_broker else "false",
+            APRO_KAFKA_SESSION_TIMEOUT_S="2",  # crash tests: a killed worker's partitions move on quickly
             APRO_WEBHOOK_TOKENS=self.tokens_env,
             APRO_LOG_LEVEL=self.log_level,
             PYTHONUNBUFFERED="1",
