@@ -179,10 +179,12 @@ def _deadletter_bodies(stream_people: list, count: int) -> list[bytes]:  # type:
     return bodies
 
 
-@pytest.fixture
-def full_stack(kafka_bootstrap: str, using_embedded_broker: bool, tmp_path: Path) -> Iterator[Stack]:
+@pytest.fixture(params=["INFO", "DEBUG"])
+def full_stack(kafka_bootstrap: str, using_embedded_broker: bool, tmp_path: Path,
+               request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """At DEBUG too: library loggers (faust, aiokafka, mode) print record contents there unless capped."""
     config = StackConfig.for_broker(kafka_bootstrap, tmp_path, embedded_broker=using_embedded_broker,
-                                    max_body_bytes=MAX_BODY, log_level="INFO")
+                                    max_body_bytes=MAX_BODY, log_level=request.param)
     yield from start_stack(config)
 
 
