@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from apro_sync import headers as H
-from streams.payload import MAX_DEPTH, PayloadError, find_client_and_location, parse_body
+from streams.payload import MAX_DEPTH, PayloadError, check_nesting, find_client_and_location, parse_body
 
 RESOURCES = frozenset({"clients", "appointments", "invoices"})
 # Records without a client id (test pings, unknown shapes) all share one key so they stay ordered together.
@@ -48,11 +48,13 @@ def _fast_json(raw: bytes, content_type: str | None) -> dict[str, Any] | None:
     into floats; a float can change an id's canonical string (`48213.50` vs `48213.5`). So any float, any
     orjson error (NaN, lone surrogates, a BOM, invalid UTF-8), form content types, non-object bodies and deep
     nesting all go to `parse_body` (the normalizer's exact parser), which decides and words the error.
+    A body nested deeper than MAX_DEPTH is refused (PayloadError) before orjson sees it: C parsers recurse.
     """
     if raw[:1] != b"{":
         return None
     if content_type and content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
         return None
+    check_nesting(raw)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
