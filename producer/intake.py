@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Container
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
@@ -17,13 +18,14 @@ RESOURCES = frozenset({"clients", "appointments", "invoices"})
 # Records without a client id (test pings, unknown shapes) all share one key so they stay ordered together.
 FALLBACK_KEY = b"no-client"
 UNKNOWN = "unknown"
+OTHER = "other"
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
 # A location id from the payload becomes a metric label: accept only short, id-like values.
 _SANE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
 
 __all__ = ["Inspection", "PayloadError", "inspect_body", "request_id_from", "metric_location", "raw_headers",
-           "quarantine_headers", "received_at_now", "RESOURCES", "FALLBACK_KEY", "UNKNOWN"]
+           "quarantine_headers", "received_at_now", "RESOURCES", "FALLBACK_KEY", "UNKNOWN", "OTHER"]
 
 
 class Inspection(NamedTuple):  # a NamedTuple: built per request, and cheaper to build than a frozen dataclass
@@ -82,11 +84,13 @@ def request_id_from(header: str | None) -> str:
     return secrets.token_hex(16)
 
 
-def metric_location(token_location: str | None, payload_location: str | None) -> str:
-    """Label value: the token-bound location wins, then the payload's location id, else "unknown"."""
-    for value in (token_location, payload_location):
-        if value and _SANE_LABEL.fullmatch(value):
-            return value
+def metric_location(token_location: str | None, payload_location: str | None, known: Container[str]) -> str:
+    """Label value: the token-bound location wins, then the payload's location id if the configuration names it
+    (`known`), "other" for any other id (a sender must not be able to add series), else "unknown"."""
+    if token_location and _SANE_LABEL.fullmatch(token_location):
+        return token_location
+    if payload_location:
+        return payload_location if payload_location in known and _SANE_LABEL.fullmatch(payload_location) else OTHER
     return UNKNOWN
 
 
