@@ -148,6 +148,8 @@ def _parse_json(raw: bytes) -> Any:
         value = json.loads(text, parse_float=Decimal)
     except RecursionError:
         raise PayloadError(f"body nests deeper than {MAX_DEPTH} levels") from None
+    except ArithmeticError:  # decimal.InvalidOperation: an exponent beyond Decimal's range (found by atheris)
+        raise PayloadError("body has a number out of range") from None
     except ValueError as exc:
         raise PayloadError(f"body is not valid JSON (line {getattr(exc, 'lineno', '?')})") from None
     if _SURROGATE_ESCAPE.search(raw) and not _valid_unicode(value):
