@@ -185,7 +185,7 @@ class WebhookHandler:
         self.metrics = _Metrics()
         self.too_large = _encode({"status": "too_large", "reason": f"body exceeds {settings.max_body_bytes} bytes"})
         self.too_slow = _encode({"status": "timeout", "reason": f"body not received within {self.body_timeout_s:g} s"})
-        self._unavailable: dict[str, bytes] = {}
+        self._unavailable_bodies: dict[str, bytes] = {}
 
     def _finish(
         self, request: web.Request, started: float, request_id: str, token_location: str | None, outcome: str,
@@ -262,12 +262,12 @@ class WebhookHandler:
         if err.reason in _TOO_LARGE_REASONS:  # the broker's limit, below ours: retrying cannot help
             return finish("too_large", 413, self.too_large, resource=resource, location=location,
                           reason=f"publish_{err.reason}")
-        body = self._unavailable.get(err.reason)
+        body = self._unavailable_bodies.get(err.reason)
         if body is None:  # reasons are a few librdkafka error names
             body = _encode({"status": "unavailable", "reason": "event log unavailable, retry later",
                             "detail": err.reason})
-            if len(self._unavailable) < 100:
-                self._unavailable[err.reason] = body
+            if len(self._unavailable_bodies) < 100:
+                self._unavailable_bodies[err.reason] = body
         return finish("unavailable", 503, body, resource=resource, location=location,
                       headers={"Retry-After": self.retry_after}, reason=f"publish_{err.reason}")
 
