@@ -106,7 +106,7 @@ class LocationLabels:
         self._folded = {k.casefold(): k for k in self._exact}
 
     def __call__(self, value: str | None) -> str:
-        if not value:
+        if not value or value == UNKNOWN:  # Location.key says "unknown" when a webhook names no location
             return UNKNOWN
         if value in self._exact:
             return value

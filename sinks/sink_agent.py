@@ -519,8 +519,8 @@ class SyncEngine:
         fut = await self.deadletter_topic.send(key=key, value=raw,
                                                headers=[(k, v.encode()) for k, v in headers.items()])
         await fut
-        M.EVENTS_DEADLETTERED.labels(location=self.location_labels(location) if location != "unknown" else location,
-                                     stage=STAGE, reason=_reason_label(reason)).inc()
+        M.EVENTS_DEADLETTERED.labels(location=self.location_labels(location), stage=STAGE,
+                                     reason=_reason_label(reason)).inc()
         log.warning("sink: event %s dead-lettered: %s", event_id or "?", reason)
 
 
