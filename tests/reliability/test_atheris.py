@@ -79,7 +79,7 @@ def test_fuzz(target: str, tmp_path: Path) -> None:
         keep = REGRESSIONS / target / path.name
         shutil.copy(path, keep)
     runs = [line for line in proc.stderr.splitlines() if line.startswith("stat::number_of_executed_units")]
-    print(f"\natheris {target}: {runs[-1].split(':', 2)[-1].strip() if runs else '?'} runs in {FUZZ_SECONDS} s")
+    print(f"\natheris {target}: {runs[-1].split(':')[-1].strip() if runs else '?'} runs in {FUZZ_SECONDS} s")
     assert proc.returncode == 0 and not found, (
         f"fuzzer finding in {target} (input kept under {REGRESSIONS / target}):\n" + proc.stderr[-3000:])
     assert runs and int(runs[-1].split(":")[-1]) > 1000  # it really ran
