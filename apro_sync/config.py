@@ -68,7 +68,16 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     webhook_tokens: Annotated[list[WebhookToken], NoDecode] = Field(default_factory=list)
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # The one size limit: bodies above it get 413 at HTTP. The Kafka producer's `message.max.bytes` is derived from
+    # it (plus RECORD_HEADROOM_BYTES for key, headers and framing: producer/publisher.py), and the broker's
+    # message.max.bytes must be at least that sum (docker-compose.yml KAFKA_MESSAGE_MAX_BYTES, docs/operations.md).
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # Slow and idle clients (producer/server.py): the request line and headers must arrive within
+    # http_header_timeout_s of connecting, the body within http_body_timeout_s of the headers (else 408), and an
+    # idle keep-alive connection (or a half-sent next request) is closed after http_keepalive_timeout_s.
+    http_header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    http_body_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    http_keepalive_timeout_s: float = Field(default=15.0, gt=0, le=3600)
     produce_timeout_s: float = Field(default=5.0, gt=0)
     retry_after_s: int = Field(default=5, ge=1)
 
@@ -82,6 +91,7 @@ class Settings(BaseSettings):
     worker_web_port: int = Field(default=6066, ge=0, le=65535)
     state_dir: Path = Path("./.apro-sync-state")
     metrics_port: int = Field(default=9108, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"  # the worker's /metrics bind address (compose: the container's network name)
 
     # GoHighLevel
     ghl_base_url: str = "https://services.leadconnectorhq.com"

@@ -2,7 +2,8 @@
 
 Starts (as child processes, so each one behaves exactly as in production): the embedded Tansu broker unless
 KAFKA_BOOTSTRAP_SERVERS is set, the GoHighLevel emulator unless a GoHighLevel token is configured, the webhook
-producer and one Faust worker. Ctrl-C stops everything; if any child dies, the rest are stopped too.
+producer and one Faust worker. Ctrl-C stops everything; if any child dies (the embedded broker included: the
+stack would otherwise answer 503 forever), the rest are stopped too, with a message naming it.
 """
 
 from __future__ import annotations
@@ -121,6 +122,10 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
             flush=True,
         )
         while True:
+            if broker is not None and not broker.running:
+                print(f"  embedded Kafka broker exited with code {broker.returncode} (log: {broker.log_path}); "
+                      "stopping the stack", file=sys.stderr, flush=True)
+                raise SystemExit(1)
             for name, proc in children:
                 if proc.poll() is not None:
                     print(f"  {name} exited with code {proc.returncode}; stopping the stack (see {log_path})",

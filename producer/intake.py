@@ -5,25 +5,27 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Container
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 import orjson
 
 from apro_sync import headers as H
-from streams.payload import MAX_DEPTH, PayloadError, find_client_and_location, parse_body
+from streams.payload import MAX_DEPTH, PayloadError, check_nesting, find_client_and_location, parse_body
 
 RESOURCES = frozenset({"clients", "appointments", "invoices"})
 # Records without a client id (test pings, unknown shapes) all share one key so they stay ordered together.
 FALLBACK_KEY = b"no-client"
 UNKNOWN = "unknown"
+OTHER = "other"
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
 # A location id from the payload becomes a metric label: accept only short, id-like values.
 _SANE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
 
 __all__ = ["Inspection", "PayloadError", "inspect_body", "request_id_from", "metric_location", "raw_headers",
-           "quarantine_headers", "received_at_now", "RESOURCES", "FALLBACK_KEY", "UNKNOWN"]
+           "quarantine_headers", "received_at_now", "RESOURCES", "FALLBACK_KEY", "UNKNOWN", "OTHER"]
 
 
 class Inspection(NamedTuple):  # a NamedTuple: built per request, and cheaper to build than a frozen dataclass
@@ -48,11 +50,13 @@ def _fast_json(raw: bytes, content_type: str | None) -> dict[str, Any] | None:
     into floats; a float can change an id's canonical string (`48213.50` vs `48213.5`). So any float, any
     orjson error (NaN, lone surrogates, a BOM, invalid UTF-8), form content types, non-object bodies and deep
     nesting all go to `parse_body` (the normalizer's exact parser), which decides and words the error.
+    A body nested deeper than MAX_DEPTH is refused (PayloadError) before orjson sees it: C parsers recurse.
     """
     if raw[:1] != b"{":
         return None
     if content_type and content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
         return None
+    check_nesting(raw)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -80,11 +84,13 @@ def request_id_from(header: str | None) -> str:
     return secrets.token_hex(16)
 
 
-def metric_location(token_location: str | None, payload_location: str | None) -> str:
-    """Label value: the token-bound location wins, then the payload's location id, else "unknown"."""
-    for value in (token_location, payload_location):
-        if value and _SANE_LABEL.fullmatch(value):
-            return value
+def metric_location(token_location: str | None, payload_location: str | None, known: Container[str]) -> str:
+    """Label value: the token-bound location wins, then the payload's location id if the configuration names it
+    (`known`), "other" for any other id (a sender must not be able to add series), else "unknown"."""
+    if token_location and _SANE_LABEL.fullmatch(token_location):
+        return token_location
+    if payload_location:
+        return payload_location if payload_location in known and _SANE_LABEL.fullmatch(payload_location) else OTHER
     return UNKNOWN
 
 

@@ -14,6 +14,14 @@ the message queued and retries it until `message.timeout.ms` (30 s by default he
 back within that window the record is still written, *after* we told the sender to retry. That is by design:
 the sender retries, and the normalizer drops the duplicate by event id. `message.timeout.ms` bounds how long such
 orphans can pile up in memory while the broker stays down.
+
+Broker known down: when librdkafka reports all brokers down (error callback `_ALL_BROKERS_DOWN`) and a metadata
+probe confirms it, `publish` fails at once with PublishFailed("broker_unreachable") instead of letting every
+webhook wait `produce_timeout_s`; a probe every BROKER_PROBE_INTERVAL_S clears the state when a broker answers.
+
+Size: `message.max.bytes` is `max_body_bytes + RECORD_HEADROOM_BYTES`, so every body the HTTP layer accepts
+fits (librdkafka's default, 1,000,000, is below the default 1 MiB body limit). The broker's own limit must be
+at least as large (docker-compose.yml KAFKA_MESSAGE_MAX_BYTES); if it is not, the broker's refusal maps to 413.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from apro_sync.config import Settings
 from apro_sync.metrics import PRODUCE_ERRORS
 from apro_sync.kafka_connection import KafkaConnection
+from apro_sync.topics import RECORD_OVERHEAD_BYTES
 
 log = logging.getLogger("apro_sync.producer.publisher")
 
@@ -69,6 +78,10 @@ DEFAULT_LINGER_MS = 0.5
 # Loop-side polling period while acks are awaited: adds at most this much to a request's latency.
 POLL_INTERVAL_S = 0.0005
 IDLE_POLL_INTERVAL_S = 0.1
+# Key (a client id, at most 128 characters), the apro-* headers (request id ≤ 128, content type ≤ 200, reason,
+# timestamps: under 1 KiB in all) and record/batch framing (~100 bytes), with room to spare.
+RECORD_HEADROOM_BYTES = RECORD_OVERHEAD_BYTES  # the same headroom as the topics' max.message.bytes (apro_sync/topics.py)
+BROKER_PROBE_INTERVAL_S = 0.5
 
 
 class PublishError(Exception):
@@ -103,9 +116,11 @@ class Publisher:
         produce_timeout_s: float = 5.0,
         message_timeout_ms: int = DEFAULT_MESSAGE_TIMEOUT_MS,
         linger_ms: float | None = None,
+        max_value_bytes: int | None = None,
         config: Mapping[str, Any] | None = None,
     ) -> None:
         self.produce_timeout_s = produce_timeout_s
+        size_limit = {} if max_value_bytes is None else {"message.max.bytes": max_value_bytes + RECORD_HEADROOM_BYTES}
         self._config: dict[str, Any] = {
             **KafkaConnection.of(bootstrap).librdkafka(),
             "client.id": "apro-sync-producer",
@@ -121,6 +136,7 @@ class Publisher:
             "socket.connection.setup.timeout.ms": 5000,
             "logger": _librdkafka_log,
             "error_cb": self._on_error,
+            **size_limit,
             **(config or {}),
         }
         self._producer: Producer | None = None
@@ -136,11 +152,14 @@ class Publisher:
         self._healing: asyncio.Future[None] | None = None
         self._last_replaced = float("-inf")
         self._heal_cooldown_s = max(5.0, 2 * produce_timeout_s)
+        self.broker_down = False  # known unreachable: publish fails at once (see module doc)
+        self._probing: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> "Publisher":
         if not settings.kafka_bootstrap_servers:
             raise ValueError("KAFKA_BOOTSTRAP_SERVERS is not set")
+        kwargs.setdefault("max_value_bytes", settings.max_body_bytes)
         return cls(settings.kafka, produce_timeout_s=settings.produce_timeout_s, **kwargs)
 
     # lifecycle -----------------------------------------------------------------------------------------------
@@ -164,6 +183,9 @@ class Publisher:
         loop, self._loop = self._loop, None
         if loop is None or self._producer is None:
             return 0
+        if self._probing is not None:
+            self._probing.cancel()
+            self._probing = None
         if self._healing is not None:
             await asyncio.wait([self._healing], timeout=timeout_s)
         if self._tick_handle is not None:
@@ -186,6 +208,9 @@ class Publisher:
 
         Raises PublishTimeout after `produce_timeout_s`, PublishFailed when librdkafka reports a failure.
         """
+        if self.broker_down:
+            PRODUCE_ERRORS.labels(topic, "broker_unreachable").inc()
+            raise PublishFailed("broker_unreachable")
         producer = self._current_producer()
         loop = self._loop
         assert loop is not None
@@ -282,11 +307,46 @@ class Publisher:
             self._healing = None
 
     def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._call_on_loop(self._start_probe)
         if err.fatal():
             self._fatal = err
             log.error("Kafka producer fatal error: %s", err.name())
         elif err.code() not in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
             log.warning("Kafka producer error: %s", err.name())
+
+    def _call_on_loop(self, callback: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            callback()
+        else:
+            try:
+                loop.call_soon_threadsafe(callback)
+            except RuntimeError:  # loop closed at shutdown
+                pass
+
+    def _start_probe(self) -> None:
+        if self._probing is None and self._loop is not None:
+            self._probing = self._loop.create_task(self._probe())
+
+    async def _probe(self) -> None:
+        """librdkafka says every broker is down: confirm with a metadata request (an idle connection closed by
+        the broker also looks like that, and reconnects at once), then fail fast until a broker answers."""
+        try:
+            while self._loop is not None:
+                if await self.ready(timeout_s=BROKER_PROBE_INTERVAL_S):
+                    if self.broker_down:
+                        log.warning("Kafka broker reachable again: accepting webhooks")
+                    self.broker_down = False
+                    return
+                if not self.broker_down:
+                    self.broker_down = True
+                    log.warning("Kafka broker unreachable: answering 503 at once until it is back")
+                await asyncio.sleep(BROKER_PROBE_INTERVAL_S)
+        finally:
+            self._probing = None
 
     def _on_delivery(self, fut: "asyncio.Future[tuple[int, int]]", err: KafkaError | None, msg: Message) -> None:
         if threading.get_ident() == self._loop_thread:  # the usual case: poll(0) in _tick

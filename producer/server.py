@@ -6,7 +6,14 @@ Routes
   GET  /metrics   Prometheus text format
 
 Answers: 202 accepted (record acked) · 400 unreadable body (quarantined) · 401 bad token · 404 unknown resource ·
-413 body too large · 503 Kafka did not confirm in time (Retry-After; the sender retries, nothing is lost).
+408 body not received within http_body_timeout_s · 413 body too large (one limit, max_body_bytes, from HTTP to
+the Kafka producer: never a 503 for size) · 503 Kafka did not confirm in time, or the broker is known to be
+unreachable (at once; Retry-After; the sender retries, nothing is lost).
+
+Hostile clients: a connection must deliver its request head within http_header_timeout_s and its body within
+http_body_timeout_s; idle keep-alive connections close after http_keepalive_timeout_s. Malformed requests
+(oversized headers, garbage) are logged as one line per reason without traceback, at most once per
+CLIENT_ERROR_LOG_WINDOW_S, with the count of those not logged. Metric labels come from the configuration only.
 
 Nothing from the body and never the token reaches a log line or a metric label: the access log redacts the
 token segment of the path, and the per-request log line carries only ids, outcome, labels and latency.
@@ -25,14 +32,15 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from apro_sync.config import Settings
 from apro_sync.logs import configure_logging, get_logger, json_members, json_string, log_enabled, log_members, redact_path
-from apro_sync.metrics import WEBHOOK_LATENCY, WEBHOOKS_RECEIVED
 from apro_sync.kafka_admin import check_credentials
+from apro_sync.metrics import WEBHOOK_LATENCY, WEBHOOKS_RECEIVED, configured_locations
 from producer.auth import check_token
 from producer.intake import (
     RESOURCES,
@@ -53,6 +61,47 @@ _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 _access_stdlib = logging.getLogger("aiohttp.access")
 log = get_logger("apro_sync.producer")
+CLIENT_ERROR_LOG_WINDOW_S = 60.0
+# Publish failures that are the body's size, not the broker's health: 413, never 503 (the retry cannot succeed).
+_TOO_LARGE_REASONS = frozenset({"msg_size_too_large", "record_list_too_large"})
+
+
+class ClientErrorLogFilter(logging.Filter):
+    """On `aiohttp.server`: a request the client got wrong (HttpProcessingError: oversized header line, bad
+    method, garbage) becomes one WARNING line naming the error class and status, without traceback and without
+    the exception's message (it quotes the client's bytes); per error class at most one line per `window_s`,
+    carrying how many were not logged since. Unauthenticated senders cannot flood the log."""
+
+    def __init__(self, window_s: float = CLIENT_ERROR_LOG_WINDOW_S) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._last: dict[str, tuple[float, int]] = {}  # reason → (time of the last line, suppressed since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        reason = type(exc).__name__
+        now = time.monotonic()
+        last, suppressed = self._last.get(reason, (float("-inf"), 0))
+        if now - last < self.window_s:
+            self._last[reason] = (last, suppressed + 1)
+            return False
+        if len(self._last) > 100:  # error classes are few; only a bound
+            self._last.clear()
+        self._last[reason] = (now, 0)
+        record.msg = "client error: request refused (%s, status %s; %d more since the last such line)"
+        record.args = (reason, getattr(exc, "code", 400), suppressed)
+        record.exc_info = None
+        record.exc_text = None
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_server_log = logging.getLogger("aiohttp.server")
+if not any(isinstance(f, ClientErrorLogFilter) for f in _server_log.filters):
+    _server_log.addFilter(ClientErrorLogFilter())
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
@@ -61,6 +110,8 @@ class RedactingAccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         path = request.path
         status = response.status
+        if request.method == "UNKNOWN":
+            return  # a request aiohttp could not parse: ClientErrorLogFilter logs those, rate-limited
         if path in _PROBES and status < 500 and not log_enabled(logging.DEBUG):
             return  # probes every few seconds would drown the useful lines
         # Same line as log_line(..., method=, path=, status=, latency_ms=, **fields), rendered without a dict:
@@ -128,18 +179,21 @@ class WebhookHandler:
         self.topics = settings.topics
         self.raw_topic = settings.topics.raw
         self.max_body_bytes = settings.max_body_bytes
+        self.body_timeout_s = settings.http_body_timeout_s
         self.tokens = list(settings.webhook_tokens)
+        self.known_locations = frozenset(configured_locations(settings))
         self.retry_after = str(settings.retry_after_s)
         self.metrics = _Metrics()
         self.too_large = _encode({"status": "too_large", "reason": f"body exceeds {settings.max_body_bytes} bytes"})
-        self.unavailable = _encode({"status": "unavailable", "reason": "event log unavailable, retry later"})
+        self.too_slow = _encode({"status": "timeout", "reason": f"body not received within {self.body_timeout_s:g} s"})
+        self._unavailable_bodies: dict[str, bytes] = {}
 
     def _finish(
         self, request: web.Request, started: float, request_id: str, token_location: str | None, outcome: str,
         status: int, body: bytes, *, location: str | None = None, resource: str | None = None,
         headers: dict[str, str] | None = None, reason: str | None = None,
     ) -> web.Response:
-        label_location = metric_location(token_location, location)
+        label_location = metric_location(token_location, location, self.known_locations)
         label_resource = resource or "none"
         self.metrics.record(label_location, label_resource, outcome, time.perf_counter() - started)
         fields = {"request_id": request_id, "outcome": outcome, "resource": label_resource, "location": label_location}
@@ -168,9 +222,14 @@ class WebhookHandler:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             return finish("too_large", 413, self.too_large, resource=resource)
         try:
-            raw = await request.read()  # client_max_size enforces the limit for chunked bodies too
+            async with asyncio.timeout(self.body_timeout_s):  # a body trickled byte by byte must not hold us
+                raw = await request.read()  # client_max_size enforces the limit for chunked bodies too
         except web.HTTPRequestEntityTooLarge:
             return finish("too_large", 413, self.too_large, resource=resource)
+        except TimeoutError:
+            answer = finish("timeout", 408, self.too_slow, resource=resource, reason="body_timeout")
+            answer.force_close()
+            return answer
 
         content_type = request.headers.get("Content-Type", "")
         received_at = received_at_now()
@@ -201,7 +260,16 @@ class WebhookHandler:
                       resource=resource, location=inspection.location)
 
     def _unavailable(self, finish: Any, resource: str | None, location: str | None, err: PublishError) -> web.Response:
-        return finish("unavailable", 503, self.unavailable, resource=resource, location=location,
+        if err.reason in _TOO_LARGE_REASONS:  # the broker's limit, below ours: retrying cannot help
+            return finish("too_large", 413, self.too_large, resource=resource, location=location,
+                          reason=f"publish_{err.reason}")
+        body = self._unavailable_bodies.get(err.reason)
+        if body is None:  # reasons are a few librdkafka error names
+            body = _encode({"status": "unavailable", "reason": "event log unavailable, retry later",
+                            "detail": err.reason})
+            if len(self._unavailable_bodies) < 100:
+                self._unavailable_bodies[err.reason] = body
+        return finish("unavailable", 503, body, resource=resource, location=location,
                       headers={"Retry-After": self.retry_after}, reason=f"publish_{err.reason}")
 
 
@@ -221,7 +289,7 @@ def create_app(settings: Settings, publisher: Publisher) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def readyz(_request: web.Request) -> web.Response:
-        if await publisher.ready():
+        if not publisher.broker_down and await publisher.ready():
             return web.json_response({"status": "ready"})
         return web.json_response({"status": "unavailable", "reason": "Kafka broker unreachable"}, status=503,
                                  headers={"Retry-After": str(settings.retry_after_s)})
@@ -241,13 +309,40 @@ async def start_server(
     """Serve `create_app` on host:port (port 0 → a free one). Returns the runner (call `cleanup()`) and the port."""
     runner = web.AppRunner(
         create_app(settings, publisher), access_log_class=RedactingAccessLogger, access_log=_access_stdlib,
-        handle_signals=False,
+        handle_signals=False, keepalive_timeout=settings.http_keepalive_timeout_s,
     )
     await runner.setup()
+    assert runner.server is not None
+    _limit_header_time(runner.server, settings.http_header_timeout_s)
     site = web.TCPSite(runner, host or settings.http_host, settings.http_port if port is None else port, backlog=1024)
     await site.start()
     bound = runner.addresses[0][1]
     return runner, int(bound)
+
+
+def _limit_header_time(server: web.Server, timeout_s: float) -> None:
+    """Close a connection that has not delivered a complete request head `timeout_s` after connecting.
+
+    aiohttp has no header timeout of its own. Its keep-alive timer covers a connection that stays silent and
+    the next request on a kept-alive one (partial data does not reset it), but not the first request's
+    head: this does, with one timer per connection.
+    """
+    loop = asyncio.get_running_loop()
+    connection_made = server.connection_made
+
+    def on_connection(handler: Any, transport: Any) -> None:
+        connection_made(handler, transport)
+        loop.call_later(timeout_s, _close_if_no_request, handler)
+
+    server.connection_made = on_connection  # type: ignore[method-assign]
+
+
+def _close_if_no_request(handler: Any) -> None:
+    transport = handler.transport
+    # aiohttp counts request heads it parsed (`_request_count`); 0 = not one complete head yet. The
+    # reliability test (tests/reliability/test_hostile.py) fails if a release renames it.
+    if transport is not None and not transport.is_closing() and getattr(handler, "_request_count", 1) == 0:
+        handler.force_close()
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:

@@ -172,6 +172,7 @@ class SyncEngine:
         self.app = app
         self.settings = settings
         self.locations = locations
+        self.location_labels = M.LocationLabels.from_settings(settings)  # bounded `location` label values
         self.table = table
         self.deadletter_topic = deadletter
         self.acker = PartitionAcker()
@@ -441,7 +442,7 @@ class SyncEngine:
             item.probe = (rt.breaker, token)  # released by _attempt unless a verdict was recorded
         self._check(item)
         executor = await rt.executor()
-        location = M.location_label(ev.location.key)
+        location = self.location_labels(ev.location.key)
         M.LAST_EVENT_TIME.labels(location=location).set(time.time())
         partition = event.message.partition
         client_id = ev.client.id
@@ -518,7 +519,8 @@ class SyncEngine:
         fut = await self.deadletter_topic.send(key=key, value=raw,
                                                headers=[(k, v.encode()) for k, v in headers.items()])
         await fut
-        M.EVENTS_DEADLETTERED.labels(location=location, stage=STAGE, reason=_reason_label(reason)).inc()
+        M.EVENTS_DEADLETTERED.labels(location=self.location_labels(location), stage=STAGE,
+                                     reason=_reason_label(reason)).inc()
         log.warning("sink: event %s dead-lettered: %s", event_id or "?", reason)
 
 

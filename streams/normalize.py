@@ -10,6 +10,9 @@ Rules (examples/webhooks/README.md, and the decisions below):
 - Strict fields (unreadable → Unreadable with the field and rule): client id, appointment id, invoice id, an
   invoice amount, money, appointment start/end, paid date. Lenient fields (unreadable → None, and the field
   name listed in `NormalizedEvent.invalid_fields`): email, phone, date of birth, previous start, occurred_at.
+- Ids are at most 128 characters without control characters; a present but unusable client, appointment or
+  invoice id → Unreadable naming why (`client.id: not a string or number`, `... longer than 128 characters`,
+  `... contains control characters`), never a test ping. Free text loses its control characters.
 - Instants are UTC; a naive time is local to the location's `timezone`, else `default_timezone`.
 """
 
@@ -57,8 +60,10 @@ from streams.payload import (
     CLIENT_BLOCK_KEYS,
     ENVELOPE_KEYS,
     PayloadError,
+    clean_text,
     find_client_and_location,
     find_location,
+    id_issue,
     id_str,
     norm_key,
     parse_body,
@@ -186,7 +191,7 @@ def _text(value: Any, limit: int = 500) -> str | None:
     if isinstance(value, (int, Decimal)):
         return id_str(value)
     if isinstance(value, str):
-        text = value.strip()
+        text = clean_text(value).strip()  # no control characters reach the CRM
         return text[:limit] if text else None
     return None
 
@@ -203,6 +208,7 @@ class _Reader:
         self.event_id = body_hash(raw)
         self.location = Location()
         self.client_id: str | None = None
+        self.client_issues: list[str] = []  # why a present client id is unusable (payload.id_issue)
 
     # ----------------------------------------------------------------------------------------- top level
 
@@ -215,7 +221,7 @@ class _Reader:
         self.flat = unwrap(body)
         self.event_id = self._event_id()
         try:
-            self.client_id, *self._found_location = find_client_and_location(body)
+            self.client_id, *self._found_location = find_client_and_location(body, self.client_issues)
         except Exception:  # noqa: BLE001 - a malformed client block is handled below as a missing id
             self.client_id, self._found_location = None, find_location(body)
         self.location = self._location()
@@ -274,6 +280,9 @@ class _Reader:
         words = read_kind(kind_text, action_text)
         if words.is_test or truthy(get(self.flat, *TEST_FLAG_KEYS)):
             return self._skip(SkipReason.TEST_PING, "test or ping event", source_kind)
+        if self.client_id is None and self.client_issues:
+            # A client id is there but unusable (an object, 10,000 characters, a NUL): say so, never "test ping".
+            return self._unreadable(f"client.id: {self.client_issues[0]}")
         appointment_block = get_block(self.flat, *APPOINTMENT_KEYS)
         invoice_block = get_block(self.flat, *INVOICE_KEYS)
         has_client = get_block(self.flat, *CLIENT_BLOCK_KEYS) is not None or self.client_id is not None
@@ -457,9 +466,10 @@ class _Reader:
             return None
 
         own_id = get(block, "id", *APPOINTMENT_ID_KEYS) if block is not self.flat else None
-        appt_id = id_str(own_id if own_id is not None else pick(*APPOINTMENT_ID_KEYS))
+        raw_id = own_id if own_id is not None else pick(*APPOINTMENT_ID_KEYS)
+        appt_id = id_str(raw_id)
         if appt_id is None:
-            raise Unread(f"{field}.id: missing")
+            raise Unread(f"{field}.id: {id_issue(raw_id) or 'missing'}")
         start_raw = combine_date_time(pick(*START_KEYS), pick(*CLOCK_KEYS))
         start = self._strict_instant(start_raw, f"{field}.start")
         end = self._strict_instant(pick(*END_KEYS), f"{field}.end")
@@ -501,9 +511,10 @@ class _Reader:
 
     def _invoice(self, block: Mapping[str, Any], kind: EventKind) -> Invoice:
         own_id = get(block, "id", *INVOICE_ID_KEYS) if block is not self.flat else None
-        invoice_id = id_str(own_id if own_id is not None else get(block, *INVOICE_ID_KEYS))
+        raw_id = own_id if own_id is not None else get(block, *INVOICE_ID_KEYS)
+        invoice_id = id_str(raw_id)
         if invoice_id is None:
-            raise Unread("invoice.id: missing")
+            raise Unread(f"invoice.id: {id_issue(raw_id) or 'missing'}")
         subtotal = self._money(block, "subtotal", "subtotal", "subTotal")
         tax = self._money(block, "tax", "tax", "taxTotal", "taxAmount", "totalTax")
         total = self._money(block, "total", "total", "grandTotal", "invoiceTotal", "totalAmount", "amount")

@@ -71,6 +71,7 @@ class Normalizer:
                  producer: OutputProducer | None = None) -> None:
         self.app = app
         self.settings = settings
+        self.location_labels = M.LocationLabels.from_settings(settings)
         self.topics = topics
         self.names = {name: topic.get_topic_name() for name, topic in topics.items()}
         self.raw_topic = settings.topics.raw
@@ -112,10 +113,11 @@ class Normalizer:
                                default_region=self.settings.default_phone_region)
         except Exception as exc:  # noqa: BLE001 - normalize never raises; belt and braces
             result = Unreadable(event_id=body_hash(raw), reason=f"internal error: {type(exc).__name__}")
-        location = M.location_label(result.location.key)
+        location = self.location_labels(result.location.key)  # bounded: configured locations, "other", "unknown"
         M.LAST_EVENT_TIME.labels(location=location).set(time.time())
         if isinstance(result, Unreadable):
-            return self.deadletter(event, raw, headers, result.reason, result.event_id, location), None
+            return self.deadletter(event, raw, headers, result.reason, result.event_id, location,
+                                   M.location_label(result.location.key)), None
         key = (message.partition, result.event_id)
         # An operator replay (H.REPLAY) is a deliberate re-run: only the sync ledger dedupes it, not this window.
         if key in pending or (H.REPLAY not in headers and self.deduper.seen(result.event_id, message.partition)):
@@ -137,7 +139,7 @@ class Normalizer:
         return _Output(self.names["skipped"], out_key, value, _header_pairs(headers, extra)), result.event_id
 
     def deadletter(self, event: faust.EventT, raw: bytes, headers: dict[str, str], reason: str, event_id: str,
-                   location: str) -> _Output:
+                   location: str, header_location: str | None = None) -> _Output:
         message = event.message
         M.EVENTS_DEADLETTERED.labels(location=location, stage=STAGE, reason=reason.split(":")[0][:60]).inc()
         extra = [
@@ -148,7 +150,7 @@ class Normalizer:
             (H.DLQ_SOURCE_PARTITION, str(message.partition)),
             (H.DLQ_SOURCE_OFFSET, str(message.offset)),
             (H.DLQ_AT, datetime.now(timezone.utc).isoformat()),
-            (H.DLQ_LOCATION, location),
+            (H.DLQ_LOCATION, header_location or location),  # the header keeps the payload's location
         ]
         return _Output(self.names["deadletter"], message.key if isinstance(message.key, bytes) else None, raw,
                        _header_pairs(headers, extra))

@@ -21,7 +21,7 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
 from streams.events import Service
-from streams.payload import get, id_str
+from streams.payload import clean_text, get, id_str
 
 
 class FieldError(ValueError):
@@ -336,7 +336,7 @@ def _text(value: Any) -> str | None:
     if isinstance(value, (int, Decimal)):
         return id_str(value)
     if isinstance(value, str):
-        return value.strip() or None
+        return clean_text(value).strip() or None
     if isinstance(value, Mapping):
         return _text(get(value, "name", "title", "value"))
     return None

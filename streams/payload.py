@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+from array import array
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
+from itertools import accumulate
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -20,7 +22,13 @@ ENVELOPE_KEYS = ("data", "payload", "body", "record")
 ENTITY_KEYS = ("client", "appointment", "invoice")
 CLIENT_ID_KEYS = ("clientId", "client_id", "clientNumber", "customerId", "patientId", "guestId")
 CLIENT_BLOCK_KEYS = ("client", "customer", "patient", "guest")
+# Deepest nesting of objects/arrays a body may have. Real webhooks nest 3-4 levels; C parsers (orjson, and the
+# stdlib's json at its recursion limit) must never see more: `check_nesting` enforces it on the raw bytes.
 MAX_DEPTH = 64
+MAX_ID_LENGTH = 128
+# C0 and C1 control characters (Unicode category Cc). Ids containing one are refused; free text loses them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_LINE_BREAKS = re.compile(r"[\t\n\r\x0b\x0c\x85]+")
 
 
 class PayloadError(ValueError):
@@ -83,6 +91,34 @@ def get_block(obj: Any, *names: str) -> Mapping[str, Any] | None:
 _SCALARS = frozenset({str, int, float, bool, Decimal, type(None)})
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]+|\\.)*+"', re.DOTALL)  # possessive: no backtracking
+_BRACKET_STEPS = bytes.maketrans(b"{[}]", b"\x01\x01\xff\xff")  # as signed bytes: +1, +1, -1, -1
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"{}[]")))
+
+
+def check_nesting(raw: bytes, max_depth: int = MAX_DEPTH) -> None:
+    """Raise PayloadError when JSON text nests more than `max_depth` objects/arrays inside each other.
+
+    A byte scan, run before any parser sees the body: strings are cut out (brackets inside them do not count),
+    then the running sum of `{[` = +1 and `}]` = -1 is taken in C (`accumulate` over signed bytes). Bodies with
+    at most `max_depth` opening brackets in all, i.e. nearly every real webhook, need only two `count`s.
+    Unbalanced or otherwise broken JSON is left to the parser to refuse.
+    """
+    if raw.count(b"{") + raw.count(b"[") <= max_depth:
+        return
+    structure = _JSON_STRING.sub(b"", raw) if b'"' in raw else raw
+    steps = structure.translate(_BRACKET_STEPS, _NOT_BRACKETS)
+    if max(accumulate(array("b", steps)), default=0) > max_depth:
+        raise PayloadError(f"body nests deeper than {max_depth} levels")
+
+
+def clean_text(text: str) -> str:
+    """Free text without control characters: line breaks and tabs become one space, the rest are dropped."""
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub("", _LINE_BREAKS.sub(" ", text))
+
+
 def _check_depth(value: Any, depth: int = 0) -> None:
     if depth > MAX_DEPTH:
         raise PayloadError(f"body nests deeper than {MAX_DEPTH} levels")
@@ -102,6 +138,7 @@ def _check_depth(value: Any, depth: int = 0) -> None:
 
 
 def _parse_json(raw: bytes) -> Any:
+    check_nesting(raw)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -111,6 +148,8 @@ def _parse_json(raw: bytes) -> Any:
         value = json.loads(text, parse_float=Decimal)
     except RecursionError:
         raise PayloadError(f"body nests deeper than {MAX_DEPTH} levels") from None
+    except ArithmeticError:  # decimal.InvalidOperation: an exponent beyond Decimal's range (found by atheris)
+        raise PayloadError("body has a number out of range") from None
     except ValueError as exc:
         raise PayloadError(f"body is not valid JSON (line {getattr(exc, 'lineno', '?')})") from None
     if _SURROGATE_ESCAPE.search(raw) and not _valid_unicode(value):
@@ -137,6 +176,8 @@ def _set_bracketed(target: dict[str, Any], key: str, value: str) -> None:
     parts = re.findall(r"[^\[\]]+", key)
     if not parts:
         return
+    if len(parts) > MAX_DEPTH:
+        raise PayloadError(f"body nests deeper than {MAX_DEPTH} levels")
     node = target
     for part in parts[:-1]:
         child = node.get(part)
@@ -210,26 +251,52 @@ def unwrap(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def id_str(value: Any) -> str | None:
-    """Ids arrive as strings or numbers (`48213`, `"48213"`, `48213.0`): one canonical string."""
+    """Ids arrive as strings or numbers (`48213`, `"48213"`, `48213.0`): one canonical string.
+
+    None when absent or not a usable id (`id_issue` says why): at most MAX_ID_LENGTH characters, no control
+    characters, a finite number.
+    """
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, (int,)):
-        return str(value)
+    if isinstance(value, int):
+        text = str(value) if -(10**MAX_ID_LENGTH) < value < 10**MAX_ID_LENGTH else None
+        return text if text and len(text) <= MAX_ID_LENGTH else None
     if isinstance(value, (float, Decimal)):
         try:
+            if isinstance(value, Decimal) and (not value.is_finite() or value.adjusted() >= MAX_ID_LENGTH):
+                return None  # int() of 1E+999999 would build a million-digit number
             if value == int(value):
                 return str(int(value))
         except (OverflowError, ValueError):
             return None
-        return str(value)
+        text = str(value)
+        return text if len(text) <= MAX_ID_LENGTH else None
     if isinstance(value, str):
         text = value.strip()
-        if not text or len(text) > 128:
+        if not text or len(text) > MAX_ID_LENGTH or _CONTROL.search(text):
             return None
         if _INTEGRAL_TEXT.fullmatch(text):
             text = text.split(".")[0]
         return text
     return None
+
+
+def id_issue(value: Any) -> str | None:
+    """Why a present value is not an id, in words safe to log (never the value); None if absent or fine."""
+    if value is None or value == "" or id_str(value) is not None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
+        return "not a string or number"
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None  # blank is absent
+        if len(text) > MAX_ID_LENGTH:
+            return f"longer than {MAX_ID_LENGTH} characters"
+        return "contains control characters"
+    if isinstance(value, int) or (isinstance(value, Decimal) and value.is_finite()):
+        return f"longer than {MAX_ID_LENGTH} characters"
+    return "not a finite number"
 
 
 class _Lookup:
@@ -290,24 +357,41 @@ def _nested_client_blocks(body: Mapping[str, Any], look: _Lookup) -> Iterable[Ma
                     yield nested
 
 
-def _client_id(flat: Mapping[str, Any], look: _Lookup) -> str | None:
+def _client_id(flat: Mapping[str, Any], look: _Lookup, issues: list[str] | None = None) -> str | None:
+    """The first usable client id, in the places below in order. When none is usable but a value was present,
+    the first such value's `id_issue` is appended to `issues` (if given)."""
     # The top-level client block first, without a generator: it is where almost every payload has the id.
     block = look.block(flat, _N_CLIENT_BLOCK)
+    rejected: list[Any] = []
     if block:
-        found = id_str(look.get(block, _N_ID_OR_CLIENT_ID))
+        raw = look.get(block, _N_ID_OR_CLIENT_ID)
+        found = id_str(raw)
         if found:
             return found
+        rejected.append(raw)
     for block in _nested_client_blocks(flat, look):
-        found = id_str(look.get(block, _N_ID_OR_CLIENT_ID))
+        raw = look.get(block, _N_ID_OR_CLIENT_ID)
+        found = id_str(raw)
         if found:
             return found
-    found = id_str(look.get(flat, _N_CLIENT_ID))
+        rejected.append(raw)
+    raw = look.get(flat, _N_CLIENT_ID)
+    found = id_str(raw)
     if found:
         return found
+    rejected.append(raw)
     for _entity, wanted in _N_PARENTS:
-        found = id_str(look.get(look.block(flat, wanted), _N_CLIENT_ID))
+        raw = look.get(look.block(flat, wanted), _N_CLIENT_ID)
+        found = id_str(raw)
         if found:
             return found
+        rejected.append(raw)
+    if issues is not None:
+        for raw in rejected:
+            issue = id_issue(raw)
+            if issue:
+                issues.append(issue)
+                break
     return None
 
 
@@ -322,7 +406,8 @@ def _location(flat: Mapping[str, Any], look: _Lookup) -> tuple[str | None, str |
         if raw_name is None and isinstance(look.get(flat, _N_LOCATION), str):
             raw_name = look.get(flat, _N_LOCATION)
         name = raw_name
-    return loc_id, (str(name).strip() if isinstance(name, (str, int)) and str(name).strip() else None)
+    text = clean_text(str(name)).strip() if isinstance(name, (str, int)) and not isinstance(name, bool) else ""
+    return loc_id, (text or None)
 
 
 def find_client_id(body: Mapping[str, Any]) -> str | None:
@@ -335,9 +420,14 @@ def find_location(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return _location(unwrap(body), _Lookup())
 
 
-def find_client_and_location(body: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
-    """`(find_client_id(body), *find_location(body))` in one pass: one unwrap, each object indexed once."""
+def find_client_and_location(
+    body: Mapping[str, Any], issues: list[str] | None = None
+) -> tuple[str | None, str | None, str | None]:
+    """`(find_client_id(body), *find_location(body))` in one pass: one unwrap, each object indexed once.
+
+    With `issues`: when the client id is present but unusable, why (`id_issue`) is appended to it.
+    """
     flat = unwrap(body)
     look = _Lookup()
-    client_id = _client_id(flat, look)
+    client_id = _client_id(flat, look, issues)
     return (client_id, *_location(flat, look))

@@ -51,12 +51,13 @@ def _prepare_topics(settings: Settings) -> None:
         log.warning("topic config differs from apro-sync's definition: %s", mismatch)
 
 
-def _start_metrics(port: int) -> None:
+def _start_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """/metrics on host:port. Loopback by default; in compose the container's address on the compose network."""
     if port:
         from prometheus_client import start_http_server
 
-        start_http_server(port)
-        log.info("metrics on :%d/metrics", port)
+        start_http_server(port, addr=host)
+        log.info("metrics on %s:%d/metrics", host, port)
 
 
 def run(settings: Settings, registrations: Sequence[Registration] | None = None) -> None:
@@ -66,7 +67,7 @@ def run(settings: Settings, registrations: Sequence[Registration] | None = None)
     check_credentials(settings.kafka)
     _prepare_topics(settings)
     app = build_worker_app(settings, registrations)
-    _start_metrics(settings.metrics_port)
+    _start_metrics(settings.metrics_port, settings.metrics_host)
     # override_logging=False: keep our redacting handler instead of mode's default console handler.
     worker = faust.Worker(app, loglevel=level, override_logging=False, redirect_stdouts=False)
     worker.execute_from_commandline()

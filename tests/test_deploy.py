@@ -91,7 +91,7 @@ def env_example() -> dict[str, str]:
 
 
 def test_compose_has_every_service(services: dict[str, Any]) -> None:
-    assert set(services) >= {"kafka", "kafka-init", *APP_SERVICES, "prometheus", "grafana"}
+    assert set(services) >= {"kafka", "kafka-init", *APP_SERVICES, "proxy", "prometheus", "grafana"}
 
 
 def test_compose_images_are_pinned(services: dict[str, Any]) -> None:
@@ -149,14 +149,70 @@ def test_compose_ports(services: dict[str, Any]) -> None:
         return {str(p).rsplit(":", 2)[-1] if str(p).count(":") >= 1 else str(p) for p in service.get("ports", [])}
 
     assert "8080" in published(services["producer"])
+    assert services["producer"]["ports"] == ["127.0.0.1:8080:8080"]  # plaintext: loopback only, TLS via proxy
     assert "9090" in published(services["prometheus"])
     assert "3000" in published(services["grafana"])
     for name in ("worker-1", "worker-2"):
         assert "9108" in {str(p) for p in services[name]["expose"]}
     command = services["lag-exporter"]["command"]
     assert command[0] == "lag-exporter" and command[command.index("--port") + 1] == "9308"
-    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert command[command.index("--host") + 1] == services["lag-exporter"]["hostname"]  # compose network only
     assert "9308" in {str(p) for p in services["lag-exporter"]["expose"]}
+
+
+def test_compose_publishes_only_the_tls_proxy_on_all_interfaces(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            if name == "proxy":
+                assert str(port) in ("80:80", "443:443"), port
+            else:
+                assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_compose_metrics_bind_to_the_compose_network(services: dict[str, Any],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings.model_fields["metrics_host"].default == "127.0.0.1"
+    for name in ("worker-1", "worker-2"):
+        worker = compose_settings(services[name], monkeypatch)
+        assert worker.metrics_host == services[name]["hostname"] == name, name
+        assert "ports" not in services[name]
+        assert "socket.gethostname()" in " ".join(services[name]["healthcheck"]["test"])
+    assert "0.0.0.0" not in " ".join(services["lag-exporter"]["command"])
+
+
+def test_compose_tls_proxy_forwards_only_webhooks(services: dict[str, Any]) -> None:
+    proxy = services["proxy"]
+    assert re.fullmatch(r"caddy:2\.\d+\.\d+", proxy["image"]), proxy["image"]
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in proxy["volumes"] if v.startswith("."))
+    assert mounts["./deploy/caddy/Caddyfile"] == "/etc/caddy/Caddyfile"
+    assert proxy["depends_on"]["producer"]["condition"] == "service_healthy"
+    caddyfile = (REPO / "deploy" / "caddy" / "Caddyfile").read_text(encoding="utf-8")
+    code = "\n".join(line.split("#", 1)[0] for line in caddyfile.splitlines())
+    assert re.search(r"@webhooks path /webhooks/aestheticspro/\*", code)
+    assert re.findall(r"reverse_proxy\s+(\S+)", code) == ["producer:8080"]
+    assert "handle @webhooks" in code and "respond 404" in code  # /metrics, /readyz never proxied
+    assert not re.search(r"^\s*log\b", code, flags=re.MULTILINE), "an access log would write the token"
+    # The proxy's timeouts are the producer's defaults.
+    defaults = {k: Settings.model_fields[k].default for k in
+                ("http_header_timeout_s", "http_body_timeout_s", "http_keepalive_timeout_s")}
+    assert f"read_header {defaults['http_header_timeout_s']:g}s" in code
+    assert f"read_body {defaults['http_body_timeout_s']:g}s" in code
+    assert f"idle {defaults['http_keepalive_timeout_s']:g}s" in code
+
+
+def test_compose_one_size_limit_from_http_to_broker(services: dict[str, Any]) -> None:
+    from producer.publisher import RECORD_HEADROOM_BYTES
+
+    broker_limit = int(services["kafka"]["environment"]["KAFKA_MESSAGE_MAX_BYTES"])
+    max_body = Settings.model_fields["max_body_bytes"].default
+    assert broker_limit >= max_body + RECORD_HEADROOM_BYTES
+
+
+def test_env_example_puts_the_token_in_the_path() -> None:
+    text = (REPO / "deploy" / "env.example").read_text(encoding="utf-8")
+    assert "?token=" not in text.replace("`?token=` gets 404", "")
+    assert "/webhooks/aestheticspro/<token>" in text
+    assert env_example().get("WEBHOOK_PUBLIC_HOST")
 
 
 def test_compose_commands_are_cli_subcommands(services: dict[str, Any]) -> None:

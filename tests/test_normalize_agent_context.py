@@ -47,7 +47,7 @@ class RecordingOutput:
 def run_agent(tmp_path: Path, messages: list[tuple[bytes, bytes, dict[str, bytes]]]) -> tuple[Settings, list[OutputRecord]]:
     settings = Settings(kafka_bootstrap_servers="127.0.0.1:9", topic_prefix="ctx.", topic_partitions=1,
                         worker_id="ctx-worker", state_dir=tmp_path / "state",
-                        webhook_tokens="test-token-0123456789abcdef", _env_file=None)
+                        webhook_tokens="test-token-0123456789abcdef@3", _env_file=None)  # location 3: a label
     app = build_app(settings)
     register_normalizer(app, settings)
     output = RecordingOutput()

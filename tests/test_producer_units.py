@@ -56,12 +56,14 @@ def test_request_id_kept_only_when_sane() -> None:
     assert request_id_from(None) != request_id_from(None)
 
 
-def test_metric_location_prefers_token_then_payload() -> None:
-    assert metric_location("3", "7") == "3"
-    assert metric_location(None, "7") == "7"
-    assert metric_location(None, None) == "unknown"
-    assert metric_location(None, "Jane Doe's clinic") == "unknown"  # not id-like: never a label
-    assert metric_location(None, "9" * 100) == "unknown"
+def test_metric_location_prefers_token_then_configured_payload_location() -> None:
+    known = {"3", "7"}
+    assert metric_location("3", "7", known) == "3"
+    assert metric_location(None, "7", known) == "7"
+    assert metric_location(None, None, known) == "unknown"
+    assert metric_location(None, "8", known) == "other"  # not configured: one series for all of them
+    assert metric_location(None, "Jane Doe's clinic", known) == "other"  # never a label
+    assert metric_location(None, "9" * 100, known | {"9" * 100}) == "other"
 
 
 def test_inspect_body_keys_by_client_or_fallback() -> None:

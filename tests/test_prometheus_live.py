@@ -140,6 +140,8 @@ def live(kafka_bootstrap: str, using_embedded_broker: bool, tmp_path_factory: py
             emulator.set_faults(FAULTS, seed=5)
             config = RH.StackConfig.for_broker(
                 kafka_bootstrap, work, partitions=2, embedded_broker=using_embedded_broker, log_level="WARNING",
+                # Location 3 (the fixtures') is configured, so it is a label value; any other would be "other".
+                tokens_env=RH.TOKENS_ENV + ",prom-live-loc3-token-0123456789@3",
                 extra_env={"APRO_GHL_BASE_URL": emulator.base_url, "APRO_GHL_TOKEN": GHL_TOKEN,
                            "APRO_GHL_LOCATION_ID": GHL_LOCATION, "APRO_SINK_LANES": "4",
                            "APRO_SINK_RETRY_BASE_S": "0.2", "APRO_SINK_RETRY_MAX_S": "1.0",

@@ -179,11 +179,21 @@ def _deadletter_bodies(stream_people: list, count: int) -> list[bytes]:  # type:
     return bodies
 
 
-@pytest.fixture
-def full_stack(kafka_bootstrap: str, using_embedded_broker: bool, tmp_path: Path) -> Iterator[Stack]:
+@pytest.fixture(params=["INFO", "DEBUG"])
+def full_stack(kafka_bootstrap: str, using_embedded_broker: bool, tmp_path: Path,
+               request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """With the sync stage (GoHighLevel emulator), and at DEBUG too: library loggers (faust, aiokafka, mode)
+    print record contents there unless capped."""
+    from tests.reliability.test_crash import ghl_env, start_emulator
+
+    emulator = start_emulator()
+    env = {k: v for k, v in ghl_env(emulator).items() if k != "APRO_LOG_LEVEL"}
     config = StackConfig.for_broker(kafka_bootstrap, tmp_path, embedded_broker=using_embedded_broker,
-                                    max_body_bytes=MAX_BODY, log_level="INFO")
-    yield from start_stack(config)
+                                    max_body_bytes=MAX_BODY, log_level=request.param, extra_env=env)
+    try:
+        yield from start_stack(config)
+    finally:
+        emulator.stop()
 
 
 def test_no_phi_or_secret_in_logs_or_metrics(full_stack: Stack) -> None:
