@@ -21,6 +21,9 @@ from pathlib import Path
 
 from apro_sync.embedded_broker import die_with_parent, free_port
 from apro_sync.kafka_admin import wait_for_broker
+from apro_sync.topics import record_max_bytes
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # as docker-compose.yml: the broker takes any record the producer may send
 
 POM = Path(__file__).resolve().parent / "pom.xml"
 KAFKA_VERSION = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text()).group(1)  # type: ignore[union-attr]
@@ -89,7 +92,8 @@ class ApacheKafka:
 
     persistent = True
 
-    def __init__(self, *, sasl_ssl: SaslSslListener | None = None, message_max_bytes: int | None = None,
+    def __init__(self, *, sasl_ssl: SaslSslListener | None = None,
+                 message_max_bytes: int | None = record_max_bytes(DEFAULT_MAX_BODY_BYTES),
                  heap_mb: int = 512, workdir: Path | None = None) -> None:
         self.port = free_port()
         self.controller_port = free_port()
