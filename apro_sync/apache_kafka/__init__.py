@@ -11,15 +11,13 @@ import fcntl
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from apro_sync.embedded_broker import die_with_parent, free_port
+from apro_sync.broker_process import BrokerProcess, free_port
 from apro_sync.kafka_admin import wait_for_broker
 from apro_sync.topics import record_max_bytes
 
@@ -87,7 +85,7 @@ class SaslSslListener:
     port: int = 0
 
 
-class ApacheKafka:
+class ApacheKafka(BrokerProcess):
     """Format, start, wait for and stop one KRaft node; `stop()` then `start()` keeps its data and ports."""
 
     persistent = True
@@ -95,7 +93,7 @@ class ApacheKafka:
     def __init__(self, *, sasl_ssl: SaslSslListener | None = None,
                  message_max_bytes: int | None = record_max_bytes(DEFAULT_MAX_BODY_BYTES),
                  heap_mb: int = 512, workdir: Path | None = None) -> None:
-        self.port = free_port()
+        super().__init__()
         self.controller_port = free_port()
         self.sasl_ssl = sasl_ssl
         self.sasl_port = (sasl_ssl.port or free_port()) if sasl_ssl else 0
@@ -103,24 +101,11 @@ class ApacheKafka:
         self.heap_mb = heap_mb
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="apro-sync-kafka-"))
         self.log_path = self.workdir / "broker.log"
-        self._proc: subprocess.Popen[bytes] | None = None
         self._formatted = False
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     @property
     def sasl_ssl_bootstrap(self) -> str:
         return f"localhost:{self.sasl_port}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
 
     def _properties(self) -> str:
         listeners = [f"PLAINTEXT://127.0.0.1:{self.port}", f"CONTROLLER://127.0.0.1:{self.controller_port}"]
@@ -189,37 +174,17 @@ class ApacheKafka:
     def start(self, timeout_s: float = 90.0) -> "ApacheKafka":
         if not self._formatted:
             self._format()
-        with open(self.workdir / "stdout.log", "ab") as out:
-            self._proc = subprocess.Popen(
-                self._java("kafka.Kafka", str(self.workdir / "server.properties"), heap_mb=self.heap_mb),
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
-            )
-        try:
-            wait_for_broker(self.bootstrap, timeout_s)
-        except TimeoutError:
-            self.stop()
-            raise
+        self._launch(self._java("kafka.Kafka", str(self.workdir / "server.properties"), heap_mb=self.heap_mb),
+                     self.workdir / "stdout.log", ready_timeout_s=timeout_s)
         return self
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM by PID (a controlled shutdown), SIGKILL if it has not exited within `timeout_s`."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        """A controlled shutdown (SIGTERM by PID), SIGKILL if it takes longer than `timeout_s`."""
+        self._terminate(timeout_s)
 
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> "ApacheKafka":
-        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
