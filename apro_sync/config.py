@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     ghl_timeout_s: float = Field(default=15.0, gt=0)
     ghl_max_retries: int = Field(default=5, ge=1, le=20)  # attempts per GHL call before the sink backs off
     ghl_rate_share: float = Field(default=1.0, gt=0, le=1)  # this worker's share of each location's burst budget
+    # Once this share of a location's daily limit is used, the sink spreads the rest over the rest of the UTC day
+    # (sinks/ghl/ratelimit.py, docs/operations.md#aprosyncghldailybudgethigh).
+    ghl_daily_pace_from: float = Field(default=0.8, gt=0, le=1)
 
     # Sync engine (sinks/sink_agent.py, docs/sync-engine.md)
     sink_lanes: int = Field(default=32, ge=1, le=1024)  # clients progressing concurrently per worker

@@ -40,6 +40,9 @@ class SharedRateLimiter(RateLimiter):
         self._full_burst = self.burst
         self.burst = self._scaled()
 
+    def _pace_share(self) -> float:
+        return self.share
+
     def _scaled(self) -> int:
         return max(1, math.floor(self._full_burst * self.share))
 

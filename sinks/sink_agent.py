@@ -112,10 +112,12 @@ class PartitionAcker:
 class LocationRuntime:
     """Clients, resolved ids and breaker of one GoHighLevel location (shared by all lanes of this worker)."""
 
-    def __init__(self, target: GhlTarget, settings: Settings, ids_cache: ResolvedIdsCache) -> None:
+    def __init__(self, target: GhlTarget, settings: Settings, ids_cache: ResolvedIdsCache,
+                 metrics_label: str | None = None) -> None:
         self.target = target
         self.label = target.ghl_location_id
-        limiter = SharedRateLimiter(target.label, share=settings.ghl_rate_share)
+        limiter = SharedRateLimiter(metrics_label or target.label, share=settings.ghl_rate_share,
+                                    daily_pace_from=settings.ghl_daily_pace_from)
         self.client = GhlClient(settings.ghl_base_url, target.token, target.ghl_location_id, limiter=limiter,
                                 timeout=settings.ghl_timeout_s, max_retries=settings.ghl_max_retries,
                                 metrics_location=target.label)
@@ -173,6 +175,10 @@ class SyncEngine:
         self.settings = settings
         self.locations = locations
         self.location_labels = M.LocationLabels.from_settings(settings)  # bounded `location` label values
+        # GoHighLevel-side series are labelled by the configured target label (name or GHL location id) only.
+        self.ghl_labels = M.LocationLabels(t.label for t in locations.targets())
+        for target in locations.targets():  # exported from the start, before the first answer of the day
+            M.GHL_DAILY_BUDGET_USED.labels(self.ghl_labels(target.label)).set(0)
         self.table = table
         self.deadletter_topic = deadletter
         self.acker = PartitionAcker()
@@ -189,7 +195,8 @@ class SyncEngine:
     def runtime(self, target: GhlTarget) -> LocationRuntime:
         rt = self._runtimes.get(target.ghl_location_id)
         if rt is None:
-            rt = self._runtimes[target.ghl_location_id] = LocationRuntime(target, self.settings, self._ids_cache)
+            rt = self._runtimes[target.ghl_location_id] = LocationRuntime(target, self.settings, self._ids_cache,
+                                                                          self.ghl_labels(target.label))
         return rt
 
     def runtime_by_label(self, label: str) -> LocationRuntime:
