@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     ghl_timeout_s: float = Field(default=15.0, gt=0)
     ghl_max_retries: int = Field(default=5, ge=1, le=20)  # attempts per GHL call before the sink backs off
     ghl_rate_share: float = Field(default=1.0, gt=0, le=1)  # this worker's share of each location's burst budget
+    # Once this share of a location's daily limit is used, the sink spreads the rest over the rest of the UTC day
+    # (sinks/ghl/ratelimit.py, docs/operations.md#aprosyncghldailybudgethigh).
+    ghl_daily_pace_from: float = Field(default=0.8, gt=0, le=1)
 
     # Sync engine (sinks/sink_agent.py, docs/sync-engine.md)
     sink_lanes: int = Field(default=32, ge=1, le=1024)  # clients progressing concurrently per worker
@@ -108,8 +111,10 @@ class Settings(BaseSettings):
     sink_retry_base_s: float = Field(default=1.0, gt=0)  # lane backoff after a transient failure (capped exp.)
     sink_retry_max_s: float = Field(default=60.0, gt=0)
     sink_pause_after: int = Field(default=5, ge=1)  # consecutive transient failures that pause a location
-    sink_pause_s: float = Field(default=10.0, gt=0)  # first pause; doubles up to sink_pause_max_s
-    sink_pause_max_s: float = Field(default=300.0, gt=0)
+    sink_pause_s: float = Field(default=5.0, gt=0)  # first pause; doubles per failed probe up to sink_pause_max_s
+    # Longest pause between probes of a location in an outage: sync resumes at most this long (plus one
+    # GoHighLevel call) after GoHighLevel answers again, whatever the outage's length (docs/sync-engine.md).
+    sink_pause_max_s: float = Field(default=20.0, gt=0)
     sink_revoke_grace_s: float = Field(default=1.0, ge=0)  # on rebalance: let in-flight ops finish this long
 
     @field_validator("webhook_tokens", mode="before")

@@ -49,6 +49,12 @@ GHL_RATE_LIMITED = Counter("apro_ghl_rate_limited_total", "429 answers from GoHi
 GHL_RATE_REMAINING = Gauge(
     "apro_ghl_rate_budget_remaining", "Remaining GoHighLevel request budget (window = burst|daily).", ["location", "window"]
 )
+GHL_DAILY_BUDGET_USED = Gauge(
+    "apro_ghl_daily_budget_used_ratio",
+    "Share (0..1) of the GoHighLevel location's daily request limit used today, from its X-RateLimit-Daily-* "
+    "headers (0 until the first answer of the day).",
+    ["location"],
+)
 SYNC_E2E_LATENCY = Histogram(
     "apro_sync_e2e_seconds", "Webhook accepted → last CRM call done.", ["location"], buckets=LATENCY_BUCKETS
 )

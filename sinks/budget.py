@@ -8,9 +8,11 @@ requests made by the other workers count against ours too, and a 429 pauses the 
 workers) so that concurrent workers cannot all spend the same remaining budget at once.
 
 `LocationBreaker`: consecutive transient failures (after the client's own retries) of any lane for a location
-pause that location for every lane (capped exponential), so an outage costs one probe per pause, not a storm of
-retries; the first success closes it. An outage never dead-letters an event, nor do rejected credentials
-(401/403 for the whole location): they pause the location until a probe gets through.
+pause that location for every lane, so an outage costs one probe per pause, not a storm of retries. The pause
+grows once per failed probe (never per concurrently failing lane) and is capped at `max_s`, so sync resumes at
+most `max_s` (plus one GoHighLevel call) after GoHighLevel answers again, whatever the outage's length; the first
+success closes it at once (docs/sync-engine.md, "Recovery"). An outage never dead-letters an event, nor do
+rejected credentials (401/403 for the whole location): they pause the location until a probe gets through.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class SharedRateLimiter(RateLimiter):
         self._full_burst = self.burst
         self.burst = self._scaled()
 
+    def _pace_share(self) -> float:
+        return self.share
+
     def _scaled(self) -> int:
         return max(1, math.floor(self._full_burst * self.share))
 
@@ -52,15 +57,17 @@ class SharedRateLimiter(RateLimiter):
 class LocationBreaker:
     """Pauses a GoHighLevel location for every lane of this worker (shared by all lanes).
 
-    - Outage: `threshold` consecutive transient failures pause it (capped exponential).
+    - Outage: `threshold` consecutive transient failures pause it for `base_s`.
     - Credentials: a 401/403 the sink has confirmed as location-wide (bad or rotated token, missing scope) pauses
-      it at once (`record_auth_failure`), capped exponential too; events are held, never dead-lettered.
+      it at once (`record_auth_failure`); events are held, never dead-lettered.
     While tripped, an expired pause lets ONE caller through as the probe (half-open): its success closes the
-    breaker for everyone, its failure pauses again for twice as long. A probe that never reports (its event was
+    breaker for everyone at once, its failure pauses again for twice as long, capped at `max_s`. Failures of
+    calls that are not the probe (lanes already in flight when it tripped) do not lengthen the pause: the pause
+    schedule is base_s * 2**k after k failed probes, capped. A probe that never reports (its event was
     abandoned) frees the slot after `probe_timeout_s`, or at once through `release_probe`.
     """
 
-    def __init__(self, label: str, *, threshold: int = 5, base_s: float = 5.0, max_s: float = 300.0,
+    def __init__(self, label: str, *, threshold: int = 5, base_s: float = 5.0, max_s: float = 20.0,
                  probe_timeout_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.label = label
         self.threshold = max(1, threshold)
@@ -76,6 +83,7 @@ class LocationBreaker:
         self._probe_holder = 0  # token of the caller currently probing (0: none)
         self._tokens = 0
         self._changed = asyncio.Event()
+        self._closed = asyncio.Event()  # set (and replaced) each time the breaker closes after a trip
         GHL_LOCATION_PAUSED.labels(label).set(0)
 
     @property
@@ -93,8 +101,21 @@ class LocationBreaker:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
+    @property
+    def closed_event(self) -> asyncio.Event:
+        """Set when the breaker next closes after a trip: lanes backing off wake on it (fast recovery)."""
+        return self._closed
+
+    def is_probe(self, token: int) -> bool:
+        """True when `token` is the probe currently allowed through."""
+        return bool(token) and token == self._probe_holder
+
+    def pause_for_trip(self, trip: int) -> float:
+        """The pause of the `trip`-th trip since the last success (0-based): base_s doubling, capped at max_s."""
+        return min(self.max_s, self.base_s * (2 ** min(trip, 32)))
+
     def _trip(self) -> float:
-        pause = min(self.max_s, self.base_s * (2 ** min(self.trips, 32)))
+        pause = self.pause_for_trip(self.trips)
         self.trips += 1
         self.failures = 0
         self.paused_until = max(self.paused_until, self._clock() + pause)
@@ -114,16 +135,30 @@ class LocationBreaker:
         self.paused_until = 0.0
         if was_tripped:
             self._notify()
+            closed, self._closed = self._closed, asyncio.Event()
+            closed.set()
 
-    def record_failure(self) -> float:
-        """Count a transient failure; returns the pause (seconds) now in force (0 if none)."""
+    def record_failure(self, token: int = 0) -> float:
+        """Count a transient failure (`token`: the caller's probe token, 0 if none); returns the pause in force.
+
+        While tripped only the probe's failure pauses again: concurrent failures of calls sent before the trip
+        (or by a stale probe) count once, as the trip they already caused."""
+        if self.tripped:
+            if self.is_probe(token):
+                self._trip()
+            return self.paused_for
         self.failures += 1
-        if self.failures >= self.threshold or self.tripped:  # a failed probe pauses again at once
+        if self.failures >= self.threshold:
             self._trip()
         return self.paused_for
 
-    def record_auth_failure(self) -> float:
-        """GoHighLevel rejected the location's credentials (401/403 location-wide): pause; returns the pause."""
+    def record_auth_failure(self, token: int = 0) -> float:
+        """GoHighLevel rejected the location's credentials (401/403 location-wide): pause; returns the pause.
+
+        Like `record_failure`, once paused only the probe's rejection lengthens the pause."""
+        if self.tripped and not self.is_probe(token):
+            self.auth_failed = True
+            return self.paused_for
         self.auth_failed = True
         return self._trip()
 

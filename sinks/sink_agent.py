@@ -112,10 +112,12 @@ class PartitionAcker:
 class LocationRuntime:
     """Clients, resolved ids and breaker of one GoHighLevel location (shared by all lanes of this worker)."""
 
-    def __init__(self, target: GhlTarget, settings: Settings, ids_cache: ResolvedIdsCache) -> None:
+    def __init__(self, target: GhlTarget, settings: Settings, ids_cache: ResolvedIdsCache,
+                 metrics_label: str | None = None) -> None:
         self.target = target
         self.label = target.ghl_location_id
-        limiter = SharedRateLimiter(target.label, share=settings.ghl_rate_share)
+        limiter = SharedRateLimiter(metrics_label or target.label, share=settings.ghl_rate_share,
+                                    daily_pace_from=settings.ghl_daily_pace_from)
         self.client = GhlClient(settings.ghl_base_url, target.token, target.ghl_location_id, limiter=limiter,
                                 timeout=settings.ghl_timeout_s, max_retries=settings.ghl_max_retries,
                                 metrics_location=target.label)
@@ -173,6 +175,10 @@ class SyncEngine:
         self.settings = settings
         self.locations = locations
         self.location_labels = M.LocationLabels.from_settings(settings)  # bounded `location` label values
+        # GoHighLevel-side series are labelled by the configured target label (name or GHL location id) only.
+        self.ghl_labels = M.LocationLabels(t.label for t in locations.targets())
+        for target in locations.targets():  # exported from the start, before the first answer of the day
+            M.GHL_DAILY_BUDGET_USED.labels(self.ghl_labels(target.label)).set(0)
         self.table = table
         self.deadletter_topic = deadletter
         self.acker = PartitionAcker()
@@ -189,7 +195,8 @@ class SyncEngine:
     def runtime(self, target: GhlTarget) -> LocationRuntime:
         rt = self._runtimes.get(target.ghl_location_id)
         if rt is None:
-            rt = self._runtimes[target.ghl_location_id] = LocationRuntime(target, self.settings, self._ids_cache)
+            rt = self._runtimes[target.ghl_location_id] = LocationRuntime(target, self.settings, self._ids_cache,
+                                                                          self.ghl_labels(target.label))
         return rt
 
     def runtime_by_label(self, label: str) -> LocationRuntime:
@@ -304,13 +311,16 @@ class SyncEngine:
         if item.generation != self.generation:
             raise Abandoned()
 
-    async def _wait(self, seconds: float, item: _Item) -> None:
-        """Sleep, but wake (and abandon) at once on a fence."""
-        fence = self._fence
+    async def _wait(self, seconds: float, item: _Item, wake: asyncio.Event | None = None) -> None:
+        """Sleep, but wake (and abandon) at once on a fence; also wake early when `wake` is set."""
+        waits = [asyncio.ensure_future(self._fence.wait())]
+        if wake is not None:
+            waits.append(asyncio.ensure_future(wake.wait()))
         try:
-            await asyncio.wait_for(fence.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
         self._check(item)
 
     async def _handle(self, lane: Lane, item: _Item) -> None:
@@ -348,13 +358,21 @@ class SyncEngine:
             raise
         except GhlTransientError as exc:
             item.failures += 1
-            pause = self._breaker_failure(item)
+            breaker = self._breaker_failure(item)
+            if breaker is not None and breaker.tripped:
+                # The location is paused: the next attempt waits in `wait_ready` for the pause and the probe
+                # (and goes at once when the probe succeeds), not for this lane's own backoff.
+                log.warning("sink: transient GoHighLevel failure (%s); event %s held while the location is "
+                            "paused (%.1fs left, failure %d)", exc.reason, _event_id(item), breaker.paused_for,
+                            item.failures)
+                self._check(item)
+                return False
             delay = min(self.settings.sink_retry_max_s,
                         self.settings.sink_retry_base_s * (2 ** min(item.failures - 1, 16)))
-            delay = max(pause, delay * (0.5 + random.random() / 2))
+            delay *= 0.5 + random.random() / 2
             log.warning("sink: transient GoHighLevel failure (%s); event %s retried in %.1fs (failure %d)",
                         exc.reason, _event_id(item), delay, item.failures)
-            await self._wait(delay, item)
+            await self._wait(delay, item, breaker.closed_event if breaker is not None else None)
             return False
         except GhlPermanentError as exc:
             if exc.status in AUTH_STATUSES and (pause := await self._credentials_rejected(item, exc)) is not None:
@@ -386,23 +404,26 @@ class SyncEngine:
         except GhlPermanentError as probe:
             if probe.status not in AUTH_STATUSES:
                 return None
-        except GhlTransientError:
-            return rt.breaker.record_failure() or self.settings.sink_retry_base_s  # cannot tell now: retry later
+        except GhlTransientError:  # cannot tell now: retry later
+            return rt.breaker.record_failure(_probe_token(item, rt.breaker)) or self.settings.sink_retry_base_s
         else:
             rt.breaker.record_success()
             return None  # the token works for the location: this request alone was refused
-        pause = rt.breaker.record_auth_failure()
+        pause = rt.breaker.record_auth_failure(_probe_token(item, rt.breaker))
         # No secret here: the status, the endpoint template and the GoHighLevel location id only.
         log.warning("sink: GoHighLevel location %s rejects the configured credentials (%s); location paused "
                     "for %.1fs, events held (check the token and its scopes)", rt.label, exc.reason, pause)
         return pause
 
-    def _breaker_failure(self, item: _Item) -> float:
+    def _breaker_failure(self, item: _Item) -> LocationBreaker | None:
+        """Count a transient failure on the event's location breaker (once per probe while paused)."""
         try:
             target = self.locations.resolve(_parse(item.event).location)
         except Exception:  # noqa: BLE001
-            return 0.0
-        return self.runtime(target).breaker.record_failure()
+            return None
+        breaker = self.runtime(target).breaker
+        breaker.record_failure(_probe_token(item, breaker))
+        return breaker
 
     async def _deadletter_safely(self, lane: Lane, item: _Item, reason: str) -> bool:
         """Dead-letter and ack; on a Kafka failure keep the event (retry later). True when done."""
@@ -547,6 +568,13 @@ def _parse(event: faust.EventT) -> NormalizedEvent:
     except AttributeError:
         pass
     return parsed
+
+
+def _probe_token(item: _Item, breaker: LocationBreaker) -> int:
+    """The attempt's probe token on `breaker` (0 when this attempt is not its probe)."""
+    if item.probe is not None and item.probe[0] is breaker:
+        return item.probe[1]
+    return 0
 
 
 def _event_id(item: _Item) -> str:

@@ -98,7 +98,13 @@ def test_breaker_auth_failure_pauses_at_once_with_capped_backoff_and_success_res
     async def scenario() -> None:
         clock = _Clock()
         b = LocationBreaker("auth-loc", threshold=5, base_s=1.0, max_s=4.0, clock=clock)
-        assert [b.record_auth_failure() for _ in range(4)] == [1.0, 2.0, 4.0, 4.0]
+        assert [b.record_auth_failure() for _ in range(4)] == [1.0] * 4  # concurrent lanes: one pause
+        pauses = []
+        for _ in range(3):  # each failed probe doubles the pause, capped
+            clock.now += b.paused_for
+            probe = await asyncio.wait_for(b.wait_ready(), 1)
+            pauses.append(b.record_auth_failure(probe))
+        assert pauses == [2.0, 4.0, 4.0]
         assert b.tripped and b.paused_for == 4.0 and _paused_gauge("auth-loc") == 1
         clock.now += 4.0
         token = await asyncio.wait_for(b.wait_ready(), 1)
@@ -133,7 +139,8 @@ def test_breaker_lets_one_probe_through_and_a_failed_probe_pauses_again() -> Non
         b.release_probe(first)  # the probe ended without a verdict: the next caller probes
         token = await asyncio.wait_for(second, 1)
         assert token and token != first
-        assert b.record_failure() == 2.0  # a failed probe pauses again at once, twice as long
+        assert b.record_failure() == 0.0  # a lane that is not the probe: the pause does not grow
+        assert b.record_failure(token) == 2.0  # a failed probe pauses again at once, twice as long
         b.release_probe(token)  # after a verdict: no-op
         assert b.paused_for == 2.0
 

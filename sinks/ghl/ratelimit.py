@@ -5,6 +5,12 @@ shared by every coroutine that talks to it. The burst window is a sliding log of
 is a token bucket refilling at daily/86400 per second. Both are tightened (never loosened beyond the configured
 maximum) by the X-RateLimit-* headers of each response, which are the API's own view. A 429 pauses the whole
 location, not just the request that got it. Time and sleep are injectable so tests never use the wall clock.
+
+Daily budget (docs/operations.md, AproSyncGhlDailyBudgetHigh): X-RateLimit-Daily-Remaining / -Limit-Daily give the
+server's count for the location, exported as `apro_ghl_daily_budget_used_ratio`. With `daily_pace_from` set (the
+sink sets APRO_GHL_DAILY_PACE_FROM), once that share of the day's limit is used the limiter spreads what is left
+over the time left in the day (GoHighLevel does not document the reset; the emulator's day, and ours, is the UTC
+day), so the location slows down instead of running dry at noon.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import date, datetime, timedelta, timezone
 
-from apro_sync.metrics import GHL_RATE_REMAINING
+from apro_sync.metrics import GHL_DAILY_BUDGET_USED, GHL_RATE_REMAINING
 
 BURST_LIMIT = 100
 BURST_INTERVAL_S = 10.0
@@ -27,8 +34,40 @@ H_INTERVAL_MS = "x-ratelimit-interval-milliseconds"
 H_DAILY_REMAINING = "x-ratelimit-daily-remaining"
 H_DAILY_LIMIT = "x-ratelimit-limit-daily"
 
+EXHAUSTED_RECHECK_S = 300.0  # daily budget used up: one request per this long finds out whether it was reset
+
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+UtcNow = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def seconds_left_in_day(now: datetime) -> float:
+    """Seconds from `now` to the next UTC midnight (the daily budget's reset)."""
+    now = now.astimezone(timezone.utc)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=timezone.utc)
+    return max(0.0, (midnight - now).total_seconds())
+
+
+def daily_used_ratio(remaining: int | None, limit: int) -> float:
+    """Share of the daily limit used (0..1); 0 while the server's count is unknown."""
+    if remaining is None or limit <= 0:
+        return 0.0
+    return min(1.0, max(0.0, (limit - remaining) / limit))
+
+
+def daily_pace_interval(remaining: int, limit: int, seconds_left: float, pace_from: float,
+                        share: float = 1.0) -> float:
+    """Least seconds between this worker's requests: 0 below `pace_from` used; above it the remaining budget
+    (this worker's `share` of it) spread over `seconds_left`; used up: `EXHAUSTED_RECHECK_S` (capped by the day)."""
+    if daily_used_ratio(remaining, limit) < pace_from:
+        return 0.0
+    if remaining <= 0:
+        return min(EXHAUSTED_RECHECK_S, max(seconds_left, 1.0))
+    return seconds_left / max(remaining * share, 1e-9)
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
@@ -52,9 +91,13 @@ class RateLimiter:
         daily: int = DAILY_LIMIT,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        utcnow: UtcNow = _utcnow,
+        daily_pace_from: float | None = None,
     ) -> None:
         if burst < 1 or interval_s <= 0 or daily < 1:
             raise ValueError("rate limits must be positive")
+        if daily_pace_from is not None and not 0 < daily_pace_from <= 1:
+            raise ValueError("daily_pace_from must be in (0, 1]")
         self.location = location
         self.burst = burst
         self.interval_s = interval_s
@@ -69,6 +112,12 @@ class RateLimiter:
         self._daily_at = clock()
         self._paused_until = 0.0
         self._lock = asyncio.Lock()
+        self._utcnow = utcnow
+        self.daily_pace_from = daily_pace_from
+        # The server's daily count (X-RateLimit-Daily-Remaining, minus what we sent since) and its UTC day.
+        self._server_remaining: int | None = None
+        self._server_day: date | None = None
+        self._last_sent: float | None = None
         self._publish()
 
     # -- state -------------------------------------------------------------------------------------------------
@@ -97,16 +146,42 @@ class RateLimiter:
         """Seconds left of a 429 pause (0 when not paused)."""
         return max(0.0, self._paused_until - self._clock())
 
+    def _pace_share(self) -> float:
+        """This worker's share of the location's budget (1 here; `SharedRateLimiter` overrides)."""
+        return 1.0
+
+    def _roll_day(self) -> None:
+        """A new UTC day: the server's count from yesterday no longer applies."""
+        if self._server_day is not None and self._utcnow().date() != self._server_day:
+            self._server_remaining = None
+            self._server_day = None
+
+    @property
+    def daily_used_ratio(self) -> float:
+        """Share of the location's daily limit used today, per the server's headers (0 until one arrives)."""
+        self._roll_day()
+        return daily_used_ratio(self._server_remaining, self.daily)
+
+    def daily_pace_wait(self, now: float) -> float:
+        """Seconds to hold the next request to spread the rest of the daily budget (0: not pacing)."""
+        self._roll_day()
+        if self.daily_pace_from is None or self._server_remaining is None or self._last_sent is None:
+            return 0.0
+        interval = daily_pace_interval(self._server_remaining, self.daily, seconds_left_in_day(self._utcnow()),
+                                       self.daily_pace_from, self._pace_share())
+        return self._last_sent + interval - now if interval > 0 else 0.0
+
     def _publish(self) -> None:
         GHL_RATE_REMAINING.labels(self.location, "burst").set(self.burst_remaining)
         GHL_RATE_REMAINING.labels(self.location, "daily").set(self.daily_remaining)
+        GHL_DAILY_BUDGET_USED.labels(self.location).set(self.daily_used_ratio)
 
     def wait_time(self) -> float:
         """Seconds until one more request may go out (0 = now). Pure given the clock; used by `acquire`."""
         now = self._clock()
         self._expire(now)
         self._refill(now)
-        waits = [self._paused_until - now]
+        waits = [self._paused_until - now, self.daily_pace_wait(now)]
         if len(self._sent) >= self.burst:
             # the oldest request that must leave the window before there is room for one more
             times = sorted(slot[0] for slot in self._sent)  # settled slots may be out of order
@@ -126,6 +201,9 @@ class RateLimiter:
             slot = [self._clock()]
             self._sent.append(slot)
             self._daily_tokens -= 1.0
+            self._last_sent = slot[0]
+            if self._server_remaining is not None:
+                self._server_remaining = max(0, self._server_remaining - 1)
             self._publish()
             return slot
 
@@ -161,4 +239,6 @@ class RateLimiter:
         daily_remaining = _int_header(headers, H_DAILY_REMAINING)
         if daily_remaining is not None:
             self._daily_tokens = min(self._daily_tokens, float(daily_remaining))
+            self._server_remaining = min(daily_remaining, self.daily)
+            self._server_day = self._utcnow().date()
         self._publish()
