@@ -192,6 +192,8 @@ class OpExecutor:
         custom = self.custom_fields(dict(op.custom))
         if custom:
             body["customFields"] = custom
+        if op.dnd:
+            body["dndSettings"] = op.dnd_settings()
         known = self._ids(state).contact_id
         if known:
             try:

@@ -49,11 +49,16 @@ LAST_VISIT_DATE = CustomField("last_visit_date", "Last Visit Date", DataType.DAT
 LAST_VISIT_SERVICE = CustomField("last_visit_service", "Last Visit Service", DataType.TEXT, False)
 INVOICE_PAID_AMOUNT = CustomField("invoice_paid_amount", "Invoice Paid Amount", DataType.MONETORY, False)
 PATIENT_LIFETIME_VALUE = CustomField("patient_lifetime_value", "Patient Lifetime Value", DataType.MONETORY, False)
+APRO_MEMBERSHIP = CustomField("apro_membership", "APro Membership", DataType.TEXT, True)
+APRO_MEMBERSHIP_STATUS = CustomField("apro_membership_status", "APro Membership Status", DataType.TEXT, True)
+APRO_MEMBERSHIP_RENEWAL_DATE = CustomField("apro_membership_renewal_date", "APro Membership Renewal Date",
+                                           DataType.DATE, True)
 
 ALL_FIELDS: tuple[CustomField, ...] = (
     APRO_CLIENT_ID, APRO_DOB, APRO_LOCATION, APRO_APPT_ID, APRO_PROVIDER, APRO_APPT_STATUS, APRO_APPT_DATE,
     APRO_INVOICE_ID, APRO_APPT_SERVICES, APRO_APPT_SERVICE_TYPE,
     NEXT_VISIT_DATE, NEXT_VISIT_SERVICE, LAST_VISIT_DATE, LAST_VISIT_SERVICE, INVOICE_PAID_AMOUNT, PATIENT_LIFETIME_VALUE,
+    APRO_MEMBERSHIP, APRO_MEMBERSHIP_STATUS, APRO_MEMBERSHIP_RENEWAL_DATE,
 )
 BY_KEY = {f.key: f for f in ALL_FIELDS}
 APRO_FOLDER_NAME = "Aesthetics Pro"

@@ -16,6 +16,7 @@ Executor contract (per client, ops in order; the contact op always comes first):
   contact) and record the returned id. `standard` → top-level body fields; `custom` → `customFields`
   ([{id, field_value}], id resolved from the key via streams/crm_fields.py). An empty string clears a field.
   Never send `tags` in an upsert (it replaces all tags); GHL's v2 contact DTOs have no writable `type`.
+  `dnd` → `dndSettings` ({Email|SMS|Call: {status, message}}), only the channels AestheticsPro spoke about.
 - AddNote: POST /contacts/{id}/notes {body}. Non-idempotent in GHL: after a crash between the call and the
   ledger mark, list the contact's notes and skip if one contains `marker` (`apro-event: <event_id>`).
   The body is PHI: it goes to the CRM only, never to logs or errors.
@@ -49,6 +50,10 @@ class OpKind(StrEnum):
 
 EVENT_MARKER_PREFIX = "apro-event: "
 PATIENT_TAG = "apro-patient"
+MEMBER_TAG = "apro-member"  # added when a membership is active; sticky like PATIENT_TAG (docs/sync-rules.md)
+DND_CHANNELS = ("Email", "SMS", "Call")  # DndSettingsSchema channels apro-sync owns (AestheticsPro's opt-outs)
+DND_MESSAGE = "Opted out in AestheticsPro"
+DndStatus = Literal["active", "inactive"]
 
 
 def op_id_for(event_id: str, kind: OpKind, ordinal: int) -> str:
@@ -97,6 +102,18 @@ class UpsertContact(_Op):
     # logical key (streams/crm_fields.py) → absolute value: str for TEXT, "YYYY-MM-DD" for DATE, Decimal for
     # MONETORY; "" clears a TEXT or DATE field.
     custom: dict[str, CustomValue] = Field(default_factory=dict)
+    # GoHighLevel DND per channel ("active" = do not disturb = opted out), only for the channels AestheticsPro
+    # said something about; absent channels are left as they are in GoHighLevel. Sent as `dndSettings`.
+    dnd: dict[Literal["Email", "SMS", "Call"], DndStatus] = Field(default_factory=dict)
+
+    def dnd_settings(self) -> dict[str, dict[str, str]]:
+        """The `dndSettings` body (DndSettingsSchema of the vendored contacts spec)."""
+        out: dict[str, dict[str, str]] = {}
+        for channel in DND_CHANNELS:
+            status = self.dnd.get(channel)  # type: ignore[call-overload]
+            if status is not None:
+                out[channel] = {"status": status, **({"message": DND_MESSAGE} if status == "active" else {})}
+        return out
 
     @field_validator("custom", mode="before")
     @classmethod
@@ -159,5 +176,5 @@ CrmOp = Annotated[
 
 __all__ = [
     "AddNote", "AddTags", "ContactFields", "CrmOp", "CustomValue", "EVENT_MARKER_PREFIX", "EnrollWorkflow", "OpKind",
-    "PATIENT_TAG", "UpsertContact", "UpsertOpportunity", "event_marker", "op_id_for",
+    "DND_CHANNELS", "DND_MESSAGE", "MEMBER_TAG", "PATIENT_TAG", "UpsertContact", "UpsertOpportunity", "event_marker", "op_id_for",
 ]

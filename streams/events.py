@@ -28,6 +28,22 @@ class EventKind(StrEnum):
     INVOICE_PAID = "invoice.paid"
     INVOICE_REFUNDED = "invoice.refunded"
     INVOICE_VOIDED = "invoice.voided"
+    MEMBERSHIP_CREATED = "membership.created"
+    MEMBERSHIP_RENEWED = "membership.renewed"
+    MEMBERSHIP_CANCELLED = "membership.cancelled"
+    MEMBERSHIP_EXPIRED = "membership.expired"
+
+
+MEMBERSHIP_KINDS = frozenset({EventKind.MEMBERSHIP_CREATED, EventKind.MEMBERSHIP_RENEWED,
+                              EventKind.MEMBERSHIP_CANCELLED, EventKind.MEMBERSHIP_EXPIRED})
+
+
+class MembershipStatus(StrEnum):
+    """The APro Membership Status values the CRM sees."""
+
+    ACTIVE = "Active"
+    CANCELLED = "Cancelled"
+    EXPIRED = "Expired"
 
 
 class AppointmentStatus(StrEnum):
@@ -66,6 +82,20 @@ class Address(_Model):
     country: str | None = None
 
 
+class Consent(_Model):
+    """Marketing opt-outs per channel: True = opted out, False = opted in (consents), None = not said.
+
+    Every event may carry them (in the client block); an absent flag never changes a channel."""
+
+    email_opt_out: bool | None = None
+    sms_opt_out: bool | None = None
+    call_opt_out: bool | None = None
+
+    @property
+    def said(self) -> bool:
+        return any(v is not None for v in (self.email_opt_out, self.sms_opt_out, self.call_opt_out))
+
+
 class Client(_Model):
     id: str
     first_name: str | None = None
@@ -74,6 +104,7 @@ class Client(_Model):
     phone: str | None = None  # E.164
     date_of_birth: date | None = None
     address: Address | None = None
+    consent: Consent | None = None  # None: the event said nothing about marketing preferences
 
 
 class Provider(_Model):
@@ -135,6 +166,16 @@ class Invoice(_Model):
         return self.appointment is None
 
 
+class Membership(_Model):
+    id: str
+    name: str | None = None
+    status: MembershipStatus
+    start_date: date | None = None
+    renewal_date: date | None = None  # a calendar date: never shifted through a time zone
+    end_date: date | None = None
+    cancel_reason: str | None = None
+
+
 class NormalizedEvent(_Model):
     event_id: str  # from the payload, else a stable hash of the raw body
     kind: EventKind
@@ -145,6 +186,7 @@ class NormalizedEvent(_Model):
     client: Client
     appointment: Appointment | None = None
     invoice: Invoice | None = None
+    membership: Membership | None = None
     # Names (never values) of fields that were present but invalid and were dropped, e.g. "client.email".
     invalid_fields: tuple[str, ...] = ()
     # Offset of the raw webhook record in its partition (a client's records share one partition): the arrival
@@ -181,7 +223,7 @@ class Unreadable(_Model):
 NormalizeResult = NormalizedEvent | Skipped | Unreadable
 
 __all__ = [
-    "Address", "Appointment", "AppointmentStatus", "Client", "EventKind", "Invoice", "LineItem", "Location",
-    "NormalizeResult", "NormalizedEvent", "Provider", "Service", "SkipReason", "Skipped", "Unreadable",
+    "Address", "Appointment", "AppointmentStatus", "Client", "Consent", "EventKind", "Invoice", "LineItem", "Location",
+    "MEMBERSHIP_KINDS", "Membership", "MembershipStatus", "NormalizeResult", "NormalizedEvent", "Provider", "Service", "SkipReason", "Skipped", "Unreadable",
     "date", "datetime",
 ]

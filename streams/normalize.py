@@ -14,6 +14,9 @@ Rules (examples/webhooks/README.md, and the decisions below):
   invoice id → Unreadable naming why (`client.id: not a string or number`, `... longer than 128 characters`,
   `... contains control characters`), never a test ping. Free text loses its control characters.
 - Instants are UTC; a naive time is local to the location's `timezone`, else `default_timezone`.
+- Marketing consent (`Client.consent`, per channel) is read from any event's client blocks; an unreadable flag is
+  lenient (`client.consent.<channel>`). Membership events (created / renewed / cancelled / expired) carry a
+  `Membership`; its id and dates are strict. Spellings: examples/webhooks/README.md.
 """
 
 from __future__ import annotations
@@ -31,17 +34,22 @@ from streams.events import (
     Appointment,
     AppointmentStatus,
     Client,
+    Consent,
     EventKind,
     Invoice,
     LineItem,
     Location,
+    Membership,
+    MembershipStatus,
     NormalizedEvent,
     Provider,
     Skipped,
     SkipReason,
     Unreadable,
 )
-from streams.parse_kind import Entity, appointment_kind, client_kind, invoice_kind, read_kind, squash
+from streams.parse_kind import (
+    Entity, appointment_kind, client_kind, invoice_kind, membership_kind, read_kind, squash,
+)
 from streams.parsing import (
     FieldError,
     combine_date_time,
@@ -136,7 +144,73 @@ END_KEYS = ("endDateTime", "end", "endTime", "endsAt", "endAt", "endDate")
 PREVIOUS_START_KEYS = ("previousStartDateTime", "previousStart", "previousStartTime", "oldStartDateTime",
                        "oldStart", "originalStartDateTime", "originalStart", "rescheduledFrom", "previousDate")
 RESOURCE_HINTS = {"clients": Entity.CLIENT, "client": Entity.CLIENT, "appointments": Entity.APPOINTMENT,
-                  "appointment": Entity.APPOINTMENT, "invoices": Entity.INVOICE, "invoice": Entity.INVOICE}
+                  "appointment": Entity.APPOINTMENT, "invoices": Entity.INVOICE, "invoice": Entity.INVOICE,
+                  "memberships": Entity.MEMBERSHIP, "membership": Entity.MEMBERSHIP}
+MEMBERSHIP_KEYS = ("membership", "clientMembership", "subscription")
+MEMBERSHIP_ID_KEYS = ("membershipId", "clientMembershipId", "subscriptionId")
+MEMBERSHIP_NAME_KEYS = ("membershipName", "planName", "membershipType", "membershipPlan", "programName")
+RENEWAL_KEYS = ("renewalDate", "nextRenewalDate", "renewsOn", "renewOn", "renewDate", "nextBillingDate",
+                "nextBillDate", "nextChargeDate")
+MEMBERSHIP_START_KEYS = ("membershipStartDate", "startDate", "startedOn", "activationDate", "beginDate")
+MEMBERSHIP_END_KEYS = ("membershipEndDate", "endDate", "expirationDate", "expiresOn", "expiryDate", "expireDate",
+                       "cancelDate", "cancelledDate", "cancellationDate", "endedOn")
+_MEMBERSHIP_STATUS_BY_KIND = {
+    EventKind.MEMBERSHIP_CREATED: MembershipStatus.ACTIVE, EventKind.MEMBERSHIP_RENEWED: MembershipStatus.ACTIVE,
+    EventKind.MEMBERSHIP_CANCELLED: MembershipStatus.CANCELLED, EventKind.MEMBERSHIP_EXPIRED: MembershipStatus.EXPIRED,
+}
+# Marketing consent (examples/webhooks/README.md, "Marketing consent"), per channel, first source that says:
+# 1. an opt-out flag (true = opted out), 2. an opt-in / allow flag (true = consents),
+# 3. a preferences block (`marketing: {email: false}`: the value says "allowed"),
+# 4. an opt-out block (`optOut: {sms: true}`: the value says "opted out"),
+# 5. an all-channel do-not-contact flag (`doNotContact` / `dnd`: true = every channel opted out).
+CONSENT_OPT_OUT_KEYS = {
+    "email": ("emailOptOut", "optOutEmail", "emailOptedOut", "emailUnsubscribed", "unsubscribedEmail",
+              "doNotEmail", "noEmail", "emailDnd", "dndEmail"),
+    "sms": ("smsOptOut", "optOutSms", "textOptOut", "optOutText", "smsOptedOut", "smsUnsubscribed", "doNotText",
+            "doNotSms", "noSms", "noText", "smsDnd", "dndSms"),
+    "call": ("callOptOut", "optOutCall", "phoneOptOut", "optOutPhone", "callOptedOut", "doNotCall", "noCall",
+             "noCalls", "callDnd", "dndCall"),
+}
+CONSENT_OPT_IN_KEYS = {
+    "email": ("emailOptIn", "optInEmail", "allowEmail", "allowEmails", "emailMarketing", "marketingEmail",
+              "marketingEmails", "acceptsEmail", "acceptsEmailMarketing", "emailConsent"),
+    "sms": ("smsOptIn", "optInSms", "textOptIn", "optInText", "allowSms", "allowText", "allowTexts",
+            "smsMarketing", "textMarketing", "marketingSms", "marketingText", "acceptsSms", "acceptsText",
+            "smsConsent"),
+    "call": ("callOptIn", "optInCall", "phoneOptIn", "allowCall", "allowCalls", "allowPhone", "callMarketing",
+             "phoneMarketing", "marketingCall", "marketingCalls", "acceptsCalls", "callConsent"),
+}
+CONSENT_CHANNEL_KEYS = {"email": ("email", "emails", "mail"), "sms": ("sms", "text", "texts", "textMessage"),
+                        "call": ("call", "calls", "phone", "voice", "phoneCall")}
+CONSENT_BLOCK_KEYS = ("marketing", "marketingPreferences", "communicationPreferences", "contactPreferences",
+                      "consent", "consents", "preferences", "optIn", "optIns")
+OPT_OUT_BLOCK_KEYS = ("optOut", "optOuts", "optedOut", "unsubscribed")
+DO_NOT_CONTACT_KEYS = ("doNotContact", "dnd", "doNotDisturb", "noMarketing")
+_YES = frozenset({"true", "t", "1", "yes", "y", "on", "x"})
+_NO = frozenset({"false", "f", "0", "no", "n", "off"})
+
+
+def consent_flag(value: Any) -> bool | None:
+    """A yes/no flag (true/false, "Y"/"N", "Yes"/"No", 1/0, "on"/"off"); None when absent. FieldError when it is
+    something else (the message never quotes the value)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, Decimal)) and not isinstance(value, bool):
+        if value in (0, 1):
+            return value == 1
+        raise FieldError("flag is a number other than 0 or 1")
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if not word:
+            return None
+        if word in _YES:
+            return True
+        if word in _NO:
+            return False
+        raise FieldError("flag is not a yes/no word")
+    raise FieldError("flag is not a boolean, number or word")
 PHONE_KEYS = ("mobilePhone", "cellPhone", "mobile", "cell", "mobileNumber", "cellNumber", "phone", "phoneNumber",
               "primaryPhone", "homePhone", "workPhone", "phone1", "phone2")
 EMAIL_KEYS = ("email", "emailAddress", "primaryEmail", "email1", "mail")
@@ -288,14 +362,17 @@ class _Reader:
         has_client = get_block(self.flat, *CLIENT_BLOCK_KEYS) is not None or self.client_id is not None
         has_appointment = appointment_block is not None or get(self.flat, *APPOINTMENT_ID_KEYS) is not None
         has_invoice = invoice_block is not None or get(self.flat, *INVOICE_ID_KEYS) is not None
-        if not (has_client or has_appointment or has_invoice):
+        membership_block = get_block(self.flat, *MEMBERSHIP_KEYS)
+        has_membership = membership_block is not None or get(self.flat, *MEMBERSHIP_ID_KEYS) is not None
+        if not (has_client or has_appointment or has_invoice or has_membership):
             return self._skip(SkipReason.TEST_PING, "no client, appointment or invoice in body", source_kind)
 
         entity = words.entity
         if entity is None:
             entity = RESOURCE_HINTS.get((self.headers.get(H.RESOURCE) or "").strip().lower())
         if entity is None:
-            entity = Entity.INVOICE if has_invoice else Entity.APPOINTMENT if has_appointment else Entity.CLIENT
+            entity = (Entity.INVOICE if has_invoice else Entity.APPOINTMENT if has_appointment
+                      else Entity.MEMBERSHIP if has_membership else Entity.CLIENT)
 
         if entity is Entity.CLIENT:
             kind = client_kind(words.action)
@@ -303,6 +380,13 @@ class _Reader:
                 return self._skip(SkipReason.UNHANDLED_KIND, f"client action not handled: {words.action[:40]}",
                                   source_kind)
             return self._event(kind, source_kind)
+        if entity is Entity.MEMBERSHIP:
+            block = membership_block if membership_block is not None else self.flat
+            kind = membership_kind(words.action, _text(get(block, "status", "membershipStatus")))
+            if kind is None:
+                return self._skip(SkipReason.UNHANDLED_KIND,
+                                  f"membership action not handled: {words.action[:40] or 'status'}", source_kind)
+            return self._event(kind, source_kind, membership=self._membership(block, kind))
         if entity is Entity.APPOINTMENT:
             block = appointment_block if appointment_block is not None else self.flat
             decided = appointment_kind(words.action, _text(get(block, "status", "appointmentStatus", "apptStatus")))
@@ -320,10 +404,11 @@ class _Reader:
         return self._event(kind, source_kind, invoice=self._invoice(block, kind))
 
     def _event(self, kind: EventKind, source_kind: str | None, *, appointment: Appointment | None = None,
-               invoice: Invoice | None = None) -> Result:
+               invoice: Invoice | None = None, membership: Membership | None = None) -> Result:
         client = self._client()
         needs_contact = kind not in (EventKind.APPOINTMENT_DELETED, EventKind.INVOICE_REFUNDED,
-                                     EventKind.INVOICE_VOIDED)
+                                     EventKind.INVOICE_VOIDED, EventKind.MEMBERSHIP_CANCELLED,
+                                     EventKind.MEMBERSHIP_EXPIRED)
         if needs_contact and client.email is None and client.phone is None:
             return self._skip(SkipReason.NO_CONTACT_INFO, "client has no valid email or phone", source_kind)
         occurred_at = self._lenient_instant(get(self.flat, *OCCURRED_KEYS), "occurred_at")
@@ -337,6 +422,7 @@ class _Reader:
             client=client,
             appointment=appointment,
             invoice=invoice,
+            membership=membership,
             invalid_fields=tuple(self.invalid),
         )
 
@@ -408,8 +494,47 @@ class _Reader:
             if full:
                 first, _, rest = full.partition(" ")
                 last = rest.strip() or None
+        consent = self._consent(blocks)
         return Client(id=self.client_id, first_name=first, last_name=last, email=email, phone=phone,
-                      date_of_birth=dob, address=self._address(blocks))
+                      date_of_birth=dob, address=self._address(blocks), consent=consent if consent.said else None)
+
+    def _consent(self, blocks: list[Mapping[str, Any]]) -> Consent:
+        """Opt-outs per channel from the client's blocks (order in CONSENT_OPT_OUT_KEYS' comment). An unreadable
+        flag is lenient: the channel stays unsaid and `client.consent.<channel>` is listed as invalid."""
+        said: dict[str, bool | None] = {}
+        for channel in ("email", "sms", "call"):
+            said[channel] = None
+            for opted_out, lookup in self._consent_sources(blocks, channel):
+                raw = lookup()
+                if raw is None or isinstance(raw, Mapping):
+                    continue
+                try:
+                    value = consent_flag(raw)
+                except FieldError:
+                    self.invalid.append(f"client.consent.{channel}")
+                    break
+                if value is not None:
+                    said[channel] = value if opted_out else not value
+                    break
+        return Consent(email_opt_out=said["email"], sms_opt_out=said["sms"], call_opt_out=said["call"])
+
+    @staticmethod
+    def _consent_sources(blocks: list[Mapping[str, Any]], channel: str) -> list[tuple[bool, Any]]:
+        """(value means "opted out", lookup) in order of precedence."""
+        sources: list[tuple[bool, Any]] = []
+        for block in blocks:
+            sources.append((True, lambda b=block: get(b, *CONSENT_OPT_OUT_KEYS[channel])))
+            sources.append((False, lambda b=block: get(b, *CONSENT_OPT_IN_KEYS[channel])))
+            prefs = get_block(block, *CONSENT_BLOCK_KEYS)
+            if prefs is not None:
+                sources.append((True, lambda p=prefs: get(p, *CONSENT_OPT_OUT_KEYS[channel])))
+                sources.append((False, lambda p=prefs: get(p, *CONSENT_OPT_IN_KEYS[channel])))
+                sources.append((False, lambda p=prefs: get(p, *CONSENT_CHANNEL_KEYS[channel])))
+            outs = get_block(block, *OPT_OUT_BLOCK_KEYS)
+            if outs is not None:
+                sources.append((True, lambda o=outs: get(o, *CONSENT_CHANNEL_KEYS[channel])))
+            sources.append((True, lambda b=block: get(b, *DO_NOT_CONTACT_KEYS)))
+        return sources
 
     @staticmethod
     def _named(blocks: list[Mapping[str, Any]], *names: str) -> Any:
@@ -500,6 +625,37 @@ class _Reader:
         else:
             provider = Provider(id=id_str(pick("providerId", "staffId", "employeeId")), name=_text(raw, 200))
         return provider if provider.id or provider.name else None
+
+    # ------------------------------------------------------------------------------------------ membership
+
+    def _date(self, value: Any, field: str) -> date | None:
+        try:
+            return parse_calendar_date(value)
+        except FieldError as exc:
+            raise Unread(f"{field}: {exc}") from None
+
+    def _membership(self, block: Mapping[str, Any], kind: EventKind) -> Membership:
+        """A membership from its block (or the flat body). Id and dates are strict: a renewal date the CRM's
+        reminders run on must be right or visibly dead-lettered, never guessed."""
+        nested = block is not self.flat
+        own_id = get(block, "id", *MEMBERSHIP_ID_KEYS) if nested else None
+        raw_id = own_id if own_id is not None else get(block, *MEMBERSHIP_ID_KEYS)
+        if raw_id is None and nested:
+            raw_id = get(self.flat, *MEMBERSHIP_ID_KEYS)
+        membership_id = id_str(raw_id)
+        if membership_id is None:
+            raise Unread(f"membership.id: {id_issue(raw_id) or 'missing'}")
+        name_keys = (*MEMBERSHIP_NAME_KEYS, "name", "title", "plan") if nested else MEMBERSHIP_NAME_KEYS
+        name = get(block, *name_keys)
+        return Membership(
+            id=membership_id,
+            name=_text(name, 200) if not isinstance(name, Mapping) else _text(get(name, "name", "title"), 200),
+            status=_MEMBERSHIP_STATUS_BY_KIND[kind],
+            start_date=self._date(get(block, *MEMBERSHIP_START_KEYS), "membership.start_date"),
+            renewal_date=self._date(get(block, *RENEWAL_KEYS), "membership.renewal_date"),
+            end_date=self._date(get(block, *MEMBERSHIP_END_KEYS), "membership.end_date"),
+            cancel_reason=_text(get(block, "cancelReason", "cancellationReason", "reason"), 200),
+        )
 
     # --------------------------------------------------------------------------------------------- invoice
 

@@ -11,13 +11,14 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from streams.events import AppointmentStatus, EventKind
+from streams.events import AppointmentStatus, EventKind, MembershipStatus
 
 
 class Entity(StrEnum):
     CLIENT = "client"
     APPOINTMENT = "appointment"
     INVOICE = "invoice"
+    MEMBERSHIP = "membership"
 
 
 _ENTITY_WORDS = {
@@ -27,6 +28,8 @@ _ENTITY_WORDS = {
     "appts": Entity.APPOINTMENT, "booking": Entity.APPOINTMENT, "bookings": Entity.APPOINTMENT,
     "invoice": Entity.INVOICE, "invoices": Entity.INVOICE, "payment": Entity.INVOICE, "sale": Entity.INVOICE,
     "ticket": Entity.INVOICE,
+    "membership": Entity.MEMBERSHIP, "memberships": Entity.MEMBERSHIP, "clientmembership": Entity.MEMBERSHIP,
+    "subscription": Entity.MEMBERSHIP, "subscriptions": Entity.MEMBERSHIP,
 }
 _TEST_WORDS = {"test", "ping", "testping", "webhooktest", "verification", "verify", "hello"}
 
@@ -43,6 +46,11 @@ COMPLETED_WORDS = {"completed", "complete", "checkedout", "checkout", "finished"
 PAID_WORDS = {"paid", "pay", "payment", "paymentreceived", "closed", "completed", "settled"}
 REFUNDED_WORDS = {"refunded", "refund", "partiallyrefunded", "refundissued"}
 VOIDED_WORDS = {"voided", "void", "cancelled", "canceled"}
+RENEWED_WORDS = {"renewed", "renew", "renewal", "autorenewed", "rebilled", "extended"}
+EXPIRED_WORDS = {"expired", "expire", "expiration", "lapsed", "ended", "end", "terminated"}
+MEMBERSHIP_CREATED_WORDS = {"created", "create", "new", "added", "add", "started", "start", "activated",
+                            "enrolled", "joined", "purchased", "sold", "signup", "signedup"}
+ACTIVE_WORDS = {"active", "current", "activated", "enrolled"}
 
 
 def words(text: str) -> list[str]:
@@ -145,6 +153,38 @@ def invoice_kind(action: str, status: str | None) -> EventKind | None:
             return EventKind.INVOICE_VOIDED
         if word in {"paid", "paidinfull", "closed", "completed", "settled"}:
             return EventKind.INVOICE_PAID
+    return None
+
+
+def membership_status(status: str | None) -> MembershipStatus | None:
+    """`Active` / `CANCELED` / `lapsed` → the APro Membership Status; None when unknown or absent."""
+    word = squash(status)
+    if word in ACTIVE_WORDS:
+        return MembershipStatus.ACTIVE
+    if word in CANCELLED_WORDS:
+        return MembershipStatus.CANCELLED
+    if word in EXPIRED_WORDS:
+        return MembershipStatus.EXPIRED
+    return None
+
+
+def membership_kind(action: str, status: str | None) -> EventKind | None:
+    """Created / renewed / cancelled / expired; an update (or no action) is decided by a cancelled or expired
+    status only: an active membership's update says nothing we could name (skipped as unhandled)."""
+    if action in RENEWED_WORDS:
+        return EventKind.MEMBERSHIP_RENEWED
+    if action in CANCELLED_WORDS:
+        return EventKind.MEMBERSHIP_CANCELLED
+    if action in EXPIRED_WORDS:
+        return EventKind.MEMBERSHIP_EXPIRED
+    if action in MEMBERSHIP_CREATED_WORDS:
+        return EventKind.MEMBERSHIP_CREATED
+    if action in UPDATED_WORDS or action in {"statuschanged", "status"} or not action:
+        said = membership_status(status)
+        if said is MembershipStatus.CANCELLED:
+            return EventKind.MEMBERSHIP_CANCELLED
+        if said is MembershipStatus.EXPIRED:
+            return EventKind.MEMBERSHIP_EXPIRED
     return None
 
 

@@ -30,13 +30,13 @@ from pydantic import BaseModel, ConfigDict
 
 from streams import crm_fields as F
 from streams.crm_ops import (
-    PATIENT_TAG, AddNote, AddTags, ContactFields, CrmOp, EnrollWorkflow, OpKind, UpsertContact, UpsertOpportunity,
+    MEMBER_TAG, PATIENT_TAG, AddNote, AddTags, ContactFields, CrmOp, EnrollWorkflow, OpKind, UpsertContact, UpsertOpportunity,
     event_marker, op_id_for,
 )
-from streams.events import AppointmentStatus, EventKind, Invoice, NormalizedEvent
+from streams.events import AppointmentStatus, EventKind, Invoice, MembershipStatus, NormalizedEvent
 from streams.state import (
-    MAX_EVENT_IDS, AppointmentRecord, ClientState, InvoiceRecord, NextVisit, OrderKey, PendingEffects, Register,
-    order_key,
+    MAX_EVENT_IDS, AppointmentRecord, ClientState, InvoiceRecord, MembershipRecord, NextVisit, OrderKey,
+    PendingEffects, Register, order_key,
 )
 
 
@@ -74,6 +74,10 @@ INVOICE_CUSTOM = (
     F.APRO_INVOICE_ID.key, F.APRO_LOCATION.key, F.APRO_CLIENT_ID.key, F.APRO_DOB.key,
 )
 CLIENT_CUSTOM = (F.APRO_CLIENT_ID.key, F.APRO_DOB.key)
+MEMBERSHIP_GROUP = (F.APRO_MEMBERSHIP.key, F.APRO_MEMBERSHIP_STATUS.key, F.APRO_MEMBERSHIP_RENEWAL_DATE.key)
+MEMBERSHIP_CUSTOM = (*MEMBERSHIP_GROUP, F.APRO_CLIENT_ID.key, F.APRO_DOB.key)
+# Marketing consent registers (ClientState.consent): DND channel → one of these.
+OPT_OUT, OPT_IN = "opt_out", "opt_in"
 # Register groups written as one decision: an event writes all of a group (its non-empty values) or none of it.
 ACTIVITY_GROUP = (  # the client's latest appointment/invoice activity, together with the stage register
     F.APRO_APPT_STATUS.key, F.APRO_APPT_ID.key, F.APRO_APPT_DATE.key, F.APRO_APPT_SERVICES.key,
@@ -100,6 +104,10 @@ _NOTE_TITLE = {
     EventKind.APPOINTMENT_NO_SHOW: "AestheticsPro appointment no-show",
     EventKind.APPOINTMENT_UPDATED: "AestheticsPro appointment updated",
     EventKind.APPOINTMENT_DELETED: "AestheticsPro appointment deleted",
+    EventKind.MEMBERSHIP_CREATED: "AestheticsPro membership created",
+    EventKind.MEMBERSHIP_RENEWED: "AestheticsPro membership renewed",
+    EventKind.MEMBERSHIP_CANCELLED: "AestheticsPro membership cancelled",
+    EventKind.MEMBERSHIP_EXPIRED: "AestheticsPro membership expired",
 }
 
 
@@ -150,6 +158,8 @@ class _Work:
     stage: Register | None
     demographics_at: Register | None
     patient: bool
+    consent: dict[str, Register] = field(default_factory=dict)
+    memberships: dict[str, MembershipRecord] = field(default_factory=dict)
     next_visit: NextVisit | None = None
     next_visit_changed: bool = False
     ops: list[tuple[type, dict[str, Any]]] = field(default_factory=list)
@@ -187,10 +197,10 @@ class _Work:
     def set_stage(self, stage: str) -> None:
         self.stage = self._register(stage)
 
-    def values(self) -> tuple[dict[str, str], dict[str, str], str | None]:
+    def values(self) -> tuple[dict[str, str], dict[str, str], str | None, dict[str, str]]:
         """What the CRM shows of the registers (their values, not who wrote them)."""
         return ({k: r.value for k, r in self.contact.items()}, {k: r.value for k, r in self.custom.items()},
-                self.stage.value if self.stage else None)
+                self.stage.value if self.stage else None, {k: r.value for k, r in self.consent.items()})
 
     def put_demographics(self, *, address: bool) -> None:
         c = self.ev.client
@@ -209,6 +219,20 @@ class _Work:
             self._put(self.contact, "city", a.city)
             self._put(self.contact, "state", a.state)
             self._put(self.contact, "postalCode", a.postal_code)
+
+    def put_consent(self) -> bool:
+        """The event's marketing consent; True when a channel changed. Applied for every event before its flow,
+        whatever the flow decides (a stale appointment event may still be the newest word on a channel)."""
+        c = self.ev.client
+        before = dict(self.consent)
+        if c.consent is not None:
+            # Per channel, last writer wins in event order: an older event never undoes a newer opt-out (nor a
+            # newer opt-in), and a channel the event does not mention keeps its value.
+            for channel, opted_out in (("Email", c.consent.email_opt_out), ("SMS", c.consent.sms_opt_out),
+                                       ("Call", c.consent.call_opt_out)):
+                if opted_out is not None:
+                    self._put(self.consent, channel, OPT_OUT if opted_out else OPT_IN)
+        return self.consent != before
 
     # derived values --------------------------------------------------
     def recompute_next_visit(self) -> None:
@@ -247,7 +271,7 @@ class _Work:
             values[F.NEXT_VISIT_DATE.key] = nv.date.isoformat() if nv else ""
             values[F.NEXT_VISIT_SERVICE.key] = nv.service if nv else ""
         std = ContactFields(**{k: self.contact[k].value for k in standard if k in self.contact})
-        self.op(UpsertContact, standard=std, custom=values)
+        self.op(UpsertContact, standard=std, custom=values, dnd=dnd_of(self.consent))
 
     def note(self, lines: list[str | None]) -> None:
         body = "\n".join([*(line for line in lines if line), event_marker(self.ev.event_id)])
@@ -256,6 +280,21 @@ class _Work:
     def opportunity(self, stage: str) -> None:
         self.op(UpsertOpportunity, stage=stage, status="won" if self.patient else "open",
                 monetary_value=self.lifetime_value if self.patient else None, name=self.opportunity_name())
+
+
+def dnd_of(consent: dict[str, Register]) -> dict[str, str]:
+    """GoHighLevel DND status per channel AestheticsPro spoke about: opted out = "active" (do not disturb)."""
+    return {channel: "active" if reg.value == OPT_OUT else "inactive" for channel, reg in sorted(consent.items())}
+
+
+def current_membership(records: dict[str, MembershipRecord]) -> MembershipRecord | None:
+    """The membership the CRM fields describe: the active one with the latest event, else the latest event's.
+
+    A function of the records alone, so the fields do not depend on the order the events arrived in."""
+    if not records:
+        return None
+    active = [r for r in records.values() if r.status is MembershipStatus.ACTIVE]
+    return max(active or records.values(), key=lambda r: r.last_key)
 
 
 # ---------------------------------------------------------------- flows
@@ -343,6 +382,48 @@ def _appointment(w: _Work) -> Outcome:
     if stage and latest:
         w.opportunity(stage)
         w.op(EnrollWorkflow, workflow=F.WORKFLOW_APPOINTMENTS_UPDATE)
+    return Outcome.APPLIED
+
+
+def _membership(w: _Work) -> Outcome:
+    ev, m = w.ev, w.ev.membership
+    if m is None:
+        raise PlanError(f"{ev.kind} event without a membership block")
+    rec = w.memberships.get(m.id)
+    if rec is not None:
+        if rec.last_event_id == ev.event_id:
+            return Outcome.DUPLICATE
+        if w.key < rec.last_key:
+            return Outcome.STALE  # an older event of this membership: nothing, not even a note
+    active = m.status is MembershipStatus.ACTIVE
+    # An active membership keeps its known renewal date when the event omits one; an ended one has none.
+    renewal = (m.renewal_date or (rec.renewal_date if rec else None)) if active else None
+    new = MembershipRecord(id=m.id, name=m.name or (rec.name if rec else None), status=m.status,
+                           renewal_date=renewal, last_event_at=w.at, last_event_id=ev.event_id,
+                           last_event_seq=ev.raw_offset)
+    w.memberships[m.id] = new
+    w.put_demographics(address=False)
+    cur = current_membership(w.memberships)
+    assert cur is not None
+    for key, value in ((F.APRO_MEMBERSHIP.key, cur.name or ""), (F.APRO_MEMBERSHIP_STATUS.key, cur.status.value),
+                       (F.APRO_MEMBERSHIP_RENEWAL_DATE.key, cur.renewal_date.isoformat() if cur.renewal_date else "")):
+        w.custom[key] = Register(value=value, at=cur.last_event_at, event_id=cur.last_event_id,
+                                 seq=cur.last_event_seq)
+    w.upsert_contact(IDENTITY_FIELDS, MEMBERSHIP_CUSTOM)
+    location = ev.location.name or ev.location.id
+    w.note([
+        _NOTE_TITLE[ev.kind],
+        f"Membership: {new.name}" if new.name else None,
+        f"Status: {new.status.value}",
+        f"Renewal date: {new.renewal_date.isoformat()}" if new.renewal_date else None,
+        f"Start date: {m.start_date.isoformat()}" if m.start_date else None,
+        f"End date: {m.end_date.isoformat()}" if m.end_date and not active else None,
+        f"Reason: {m.cancel_reason}" if m.cancel_reason and not active else None,
+        f"Location: {location}" if location else None,
+        f"Membership ID: {m.id}",
+    ])
+    if active:  # additive and idempotent; never removed (docs/sync-rules.md, "Memberships")
+        w.op(AddTags, tags=(MEMBER_TAG,))
     return Outcome.APPLIED
 
 
@@ -513,6 +594,10 @@ _FLOWS = {
     EventKind.INVOICE_PAID: _invoice_paid,
     EventKind.INVOICE_REFUNDED: _invoice_reversal,
     EventKind.INVOICE_VOIDED: _invoice_reversal,
+    EventKind.MEMBERSHIP_CREATED: _membership,
+    EventKind.MEMBERSHIP_RENEWED: _membership,
+    EventKind.MEMBERSHIP_CANCELLED: _membership,
+    EventKind.MEMBERSHIP_EXPIRED: _membership,
 }
 
 
@@ -555,9 +640,17 @@ def plan(
         ev=event, prev=st, at=event_time(event, now), zone=_zone(event.location.timezone, default_zone),
         default_zone=default_zone, appointments=dict(st.appointments), invoices=dict(st.invoices),
         contact=dict(st.contact), custom=dict(st.custom), stage=st.stage, demographics_at=st.demographics_at,
-        patient=st.patient, next_visit=st.next_visit,
+        patient=st.patient, consent=dict(st.consent), memberships=dict(st.memberships), next_visit=st.next_visit,
     )
+    consent_changed = w.put_consent()
     outcome = _FLOWS[event.kind](w)
+    if consent_changed and outcome is not Outcome.DUPLICATE and not any(cls is UpsertContact for cls, _ in w.ops):
+        # Stale for what it is about (or a resend), yet the newest word on a consent channel: only that is
+        # written (the upsert carries the current registers, no note, no pipeline move).
+        w.upsert_contact(IDENTITY_FIELDS, CLIENT_CUSTOM)
+        w.ops.insert(0, w.ops.pop())
+        if outcome is Outcome.STALE:
+            outcome = Outcome.APPLIED
     if outcome in (Outcome.DUPLICATE, Outcome.STALE):
         return Plan(new_state=st, ops=(), outcome=outcome)
 
@@ -576,6 +669,7 @@ def plan(
         "appointments": w.appointments, "invoices": w.invoices, "contact": w.contact, "custom": w.custom,
         "stage": w.stage, "demographics_at": w.demographics_at, "patient": w.patient,
         "next_visit": w.next_visit,
+        "consent": w.consent, "memberships": w.memberships,
         "clock": max(w.at, st.clock) if st.clock else w.at,
         "applied_event_ids": (*st.applied_event_ids, event.event_id)[-MAX_EVENT_IDS:],
         "effects": effects,
@@ -615,7 +709,9 @@ def _refresh(op: CrmOp, st: ClientState) -> CrmOp:
                 custom[key] = st.next_visit.service if st.next_visit else ""
             else:
                 custom[key] = st.custom[key].value if key in st.custom else value
-        return op.model_copy(update={"standard": ContactFields(**standard), "custom": custom})
+        current = dnd_of(st.consent)
+        dnd = {channel: current.get(channel, status) for channel, status in op.dnd.items()}
+        return op.model_copy(update={"standard": ContactFields(**standard), "custom": custom, "dnd": dnd})
     if isinstance(op, UpsertOpportunity):
         return op.model_copy(update={
             "stage": st.stage.value if st.stage else op.stage, "status": "won" if st.patient else "open",

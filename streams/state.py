@@ -23,7 +23,7 @@ from decimal import Decimal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from streams.crm_ops import CrmOp
-from streams.events import AppointmentStatus
+from streams.events import AppointmentStatus, MembershipStatus
 
 ZERO = Decimal("0.00")
 MAX_EVENT_IDS = 512  # recent event ids kept for plain duplicate detection (records below catch older replays)
@@ -114,6 +114,22 @@ class InvoiceRecord(_Model):
         return max(self.paid_amount - self.refunded_amount, ZERO)
 
 
+class MembershipRecord(_Model):
+    """One membership of the client as its latest event (by `order_key`) left it."""
+
+    id: str
+    name: str | None = None
+    status: MembershipStatus
+    renewal_date: date | None = None
+    last_event_at: AwareDatetime
+    last_event_id: str
+    last_event_seq: int | None = None
+
+    @property
+    def last_key(self) -> OrderKey:
+        return order_key(self.last_event_at, self.last_event_seq, self.last_event_id)
+
+
 class NextVisit(_Model):
     appointment_id: str
     date: date  # local date at the appointment's location
@@ -157,6 +173,9 @@ class ClientState(_Model):
     # Ops of dead-lettered events, never done: parked (they do not block later events) until the dead letter is
     # redriven or the event replayed (`plan(..., resume_failed=True)`), which puts them back into `effects`.
     failed: tuple[PendingEffects, ...] = ()
+    # Added for marketing consent and memberships (issue 12); state written before loads with them empty.
+    consent: dict[str, Register] = Field(default_factory=dict)  # DND channel (Email|SMS|Call) → opt_out|opt_in
+    memberships: dict[str, MembershipRecord] = Field(default_factory=dict)
 
     @property
     def lifetime_value(self) -> Decimal:
@@ -224,6 +243,7 @@ def record_opportunity_id(state: ClientState, location_label: str, opportunity_i
 
 
 __all__ = [
-    "AppointmentRecord", "ClientState", "CrmIds", "InvoiceRecord", "MAX_EVENT_IDS", "MAX_FAILED", "NextVisit",
+    "AppointmentRecord", "ClientState", "CrmIds", "InvoiceRecord", "MAX_EVENT_IDS", "MAX_FAILED", "MembershipRecord",
+    "NextVisit",
     "OrderKey", "PendingEffects", "Register", "mark_done", "order_key", "park_failed", "record_contact_id", "record_opportunity_id",
 ]

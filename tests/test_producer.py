@@ -33,6 +33,12 @@ EXPECTED_KEYS = {
     "invoice_paid": b"48213",
     "invoice_paid_retail_only": b"60012",
     "test_ping": FALLBACK_KEY,
+    "client_marketing_opt_out": b"48213",
+    "client_marketing_preferences_coldfusion_style": b"60012",
+    "membership_created": b"48213",
+    "membership_renewed": b"48213",
+    "membership_cancelled": b"48213",
+    "membership_expired": b"60012",
 }
 
 

@@ -209,6 +209,9 @@ class Store:
         for k in CONTACT_FIELDS:
             if k in body and not (drop_phone and k == "phone"):
                 value = body[k]
+                if k in ("dndSettings", "inboundDndSettings") and isinstance(value, dict):
+                    # Per channel: a write names the channels it changes; the others keep their setting.
+                    value = {**(c.get(k) or {}), **{ch: dict(v) for ch, v in value.items()}}
                 if k == "phone":
                     value = normalize_phone(value)
                 if k == "email" and isinstance(value, str):

@@ -54,7 +54,7 @@ log = structlog.get_logger("sinks.ghl")
 # absent (it overwrites all tags); `locationId` is set by the client.
 CONTACT_WIRE_KEYS = frozenset({
     "firstName", "lastName", "name", "email", "gender", "phone", "address1", "city", "state", "postalCode",
-    "website", "timezone", "dnd", "source", "dateOfBirth", "country", "companyName", "assignedTo", "customFields",
+    "website", "timezone", "dnd", "dndSettings", "source", "dateOfBirth", "country", "companyName", "assignedTo", "customFields",
 })
 UPDATE_ONLY_EXCLUDED = frozenset({"gender", "companyName"})  # not in UpdateContactDto
 
