@@ -179,7 +179,7 @@ def redrive(settings: Settings, *, ids: Sequence[str] = (), all_: bool = False, 
         raise K.OperatorError("aborted: nothing was redriven")
     markers = marker_topic(topic)
     K.ensure_compacted(client, markers)
-    writer = K.Writer(bootstrap, one_per_batch=settings.embedded_broker)
+    writer = K.Writer(bootstrap, one_per_batch=settings.embedded_broker, max_body_bytes=settings.max_body_bytes)
     with tqdm(total=len(plan), unit="rec", desc="redrive", file=_stderr(), leave=False) as bar:
         for start in range(0, len(plan), 500):
             chunk = plan[start:start + 500]

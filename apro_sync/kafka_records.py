@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from apro_sync.oprecords import HeaderList, PartitionRange
 
 from apro_sync.kafka_connection import KafkaConnection
+from apro_sync.topics import producer_size_limits
 
 Bootstrap = KafkaConnection | str
 
@@ -196,7 +197,7 @@ def read_all(consumer: Consumer, topic: str, partitions: int) -> Iterator[Messag
 class Writer:
     """Idempotent producer (acks=all): `send` queues, `flush` waits for every delivery report."""
 
-    def __init__(self, bootstrap: Bootstrap, *, one_per_batch: bool = False) -> None:
+    def __init__(self, bootstrap: Bootstrap, *, one_per_batch: bool = False, max_body_bytes: int = 1024 * 1024) -> None:
         # `one_per_batch` for the embedded Tansu broker, which reports a wrong end offset for multi-record batches.
         extra: dict[str, Any] = {"batch.num.messages": 1} if one_per_batch else {}
         self._producer = Producer({
@@ -208,6 +209,7 @@ class Writer:
             # Java/Faust-compatible key hashing for records without an explicit partition.
             "partitioner": "murmur2_random",
             "message.timeout.ms": int(TIMEOUT_S * 3 * 1000),
+            **producer_size_limits(max_body_bytes),
         })
         self.delivered: list[tuple[Any, Message]] = []
         self.failed: list[tuple[Any, str]] = []

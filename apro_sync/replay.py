@@ -111,7 +111,8 @@ def republish(settings: Settings, request: ReplayRequest, confirm: Confirm) -> S
             raise K.OperatorError("aborted: nothing was republished")
         rule = ReplayFilter(since_ms=to_millis(request.since),
                             until_ms=to_millis(request.until) if request.until else None, location=request.location)
-        writer = None if request.dry_run else K.Writer(bootstrap, one_per_batch=settings.embedded_broker)
+        writer = None if request.dry_run else K.Writer(bootstrap, one_per_batch=settings.embedded_broker,
+                                                       max_body_bytes=settings.max_body_bytes)
         with tqdm(total=total, unit="rec", desc="replay", file=_stderr(), leave=False) as bar:
             for msg in K.read_ranges(consumer, topic, ranges, on_progress=bar.update):
                 summary.scanned += 1

@@ -39,6 +39,13 @@ def record_max_bytes(max_body_bytes: int) -> int:
     return max_body_bytes + RECORD_OVERHEAD_BYTES
 
 
+def producer_size_limits(max_body_bytes: int) -> dict[str, int]:
+    """librdkafka limits for every producer writing our topics: no record and no batch larger than a topic's
+    `max.message.bytes` (Apache Kafka refuses the whole batch otherwise; librdkafka batches up to 1 MB by default)."""
+    limit = record_max_bytes(max_body_bytes)
+    return {"message.max.bytes": limit, "batch.size": limit}
+
+
 def topic_specs(*, topics: Topics, app_id: str, partitions: int, replication: int, min_insync: int,
                 raw_retention_days: float, quarantine_retention_days: float, deadletter_retention_days: float,
                 max_body_bytes: int) -> list[TopicSpec]:

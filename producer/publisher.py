@@ -40,7 +40,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from apro_sync.config import Settings
 from apro_sync.metrics import PRODUCE_ERRORS
 from apro_sync.kafka_connection import KafkaConnection
-from apro_sync.topics import RECORD_OVERHEAD_BYTES
+from apro_sync.topics import RECORD_OVERHEAD_BYTES, producer_size_limits
 
 log = logging.getLogger("apro_sync.producer.publisher")
 
@@ -120,7 +120,7 @@ class Publisher:
         config: Mapping[str, Any] | None = None,
     ) -> None:
         self.produce_timeout_s = produce_timeout_s
-        size_limit = {} if max_value_bytes is None else {"message.max.bytes": max_value_bytes + RECORD_HEADROOM_BYTES}
+        size_limit = {} if max_value_bytes is None else producer_size_limits(max_value_bytes)
         self._config: dict[str, Any] = {
             **KafkaConnection.of(bootstrap).librdkafka(),
             "client.id": "apro-sync-producer",

@@ -78,7 +78,8 @@ class Normalizer:
         self.deduper = EventDeduper(table, settings.dedupe_window)
         self.sequence = SequenceGuard.for_agent(app, settings, "normalize")
         self.producer = producer or OutputProducer(producer_config(
-            settings.kafka, linger_ms=OUTPUT_LINGER_MS, client_id=f"{settings.worker_id}-normalize"))
+            settings.kafka, linger_ms=OUTPUT_LINGER_MS, client_id=f"{settings.worker_id}-normalize",
+            max_body_bytes=settings.max_body_bytes))
         self._declared = False
 
     async def start(self) -> None:

@@ -21,6 +21,9 @@ from typing import Any, NamedTuple
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from apro_sync.kafka_connection import KafkaConnection
+from apro_sync.topics import producer_size_limits
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 
 class OutputRecord(NamedTuple):
@@ -62,7 +65,7 @@ class _Batch:
 
 
 def producer_config(bootstrap: KafkaConnection | str, *, linger_ms: float = 5.0, client_id: str = "apro-sync-normalize",
-                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """librdkafka settings: durable (acks=all, idempotent: no duplicates or reordering from its own retries),
     batched (linger), and Java-compatible key partitioning (the same partition as Faust/aiokafka for a key)."""
     config: dict[str, Any] = {
@@ -77,6 +80,7 @@ def producer_config(bootstrap: KafkaConnection | str, *, linger_ms: float = 5.0,
         # Bounded, so a producer that cannot deliver fails the batch and gets replaced (`reset`) instead of
         # waiting on a broker that forgot its producer id (an in-memory broker after a restart).
         "message.timeout.ms": 30_000,
+        **producer_size_limits(max_body_bytes),
     }
     config.update(extra or {})
     return config

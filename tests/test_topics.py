@@ -70,3 +70,17 @@ def test_check_reports_missing_topics_and_partition_counts(settings: Settings) -
     assert [str(m) for m in check_topics(settings.kafka, [spec])] == [f"{spec.name}: topic is missing, expected present"]
     ensure_topics(settings.kafka, [TopicSpec(spec.name, 1, 1, {"cleanup.policy": "delete"})])
     assert [m.setting for m in check_topics(settings.kafka, [spec])] == ["partitions"]
+
+
+def test_producers_never_batch_beyond_the_topic_limit() -> None:
+    """Apache Kafka refuses a whole batch larger than the topic's max.message.bytes (found by the security test on
+    Kafka with a 64 KiB body limit: every normalizer batch failed). Every producer caps its batches at the limit."""
+    from producer.publisher import Publisher
+    from streams.output_producer import producer_config
+
+    for body in (64 * 1024, 1024 * 1024):
+        limit = record_max_bytes(body)
+        configs = [producer_config("127.0.0.1:9", max_body_bytes=body),
+                   Publisher("127.0.0.1:9", max_value_bytes=body)._config]
+        for config in configs:
+            assert config["batch.size"] <= limit and config["message.max.bytes"] <= limit, config.get("client.id")
