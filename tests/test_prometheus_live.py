@@ -119,11 +119,15 @@ WAVE_SERIES = ('apro_webhook_request_seconds_count{{instance="{producer}"}}', "a
 
 
 def _second_wave() -> list[RH.Post]:
-    """New events (new event ids) for clients the first wave created: synced again, not duplicates."""
+    """New events for clients the first wave created, each a real change (a new invoice, a later event time):
+    a resend of the same facts is rightly a no-op (no GoHighLevel call, nothing to observe)."""
     posts = []
     for name in ("appointment_updated", "invoice_paid", "client_updated"):
         data = json.loads((FIXTURES / f"{name}.json").read_bytes())
         data["eventId"] = f"prom-wave2-{name}"
+        data["occurredAt"] = "2026-12-30T12:00:00Z"
+        if isinstance(data.get("invoice"), dict):
+            data["invoice"]["invoiceId"] = "INV-prom-wave2"
         posts.append(RH.Post(json.dumps(data).encode(), request_id=f"prom-wave2-{name}"))
     return posts
 
