@@ -59,7 +59,19 @@ class Register(_Model):
         return key > self.key
 
 
-class AppointmentRecord(_Model):
+class _LastEvent(_Model):
+    """The event (time, raw offset, id) that last wrote a record: what `order_key` compares."""
+
+    last_event_at: AwareDatetime
+    last_event_id: str
+    last_event_seq: int | None = None
+
+    @property
+    def last_key(self) -> OrderKey:
+        return order_key(self.last_event_at, self.last_event_seq, self.last_event_id)
+
+
+class AppointmentRecord(_LastEvent):
     id: str
     status: AppointmentStatus
     start: AwareDatetime | None = None
@@ -68,13 +80,6 @@ class AppointmentRecord(_Model):
     provider: str | None = None
     location: str | None = None
     timezone: str | None = None
-    last_event_at: AwareDatetime
-    last_event_id: str
-    last_event_seq: int | None = None
-
-    @property
-    def last_key(self) -> OrderKey:
-        return order_key(self.last_event_at, self.last_event_seq, self.last_event_id)
 
 
 class InvoiceRecord(_Model):
@@ -114,20 +119,13 @@ class InvoiceRecord(_Model):
         return max(self.paid_amount - self.refunded_amount, ZERO)
 
 
-class MembershipRecord(_Model):
+class MembershipRecord(_LastEvent):
     """One membership of the client as its latest event (by `order_key`) left it."""
 
     id: str
     name: str | None = None
     status: MembershipStatus
     renewal_date: date | None = None
-    last_event_at: AwareDatetime
-    last_event_id: str
-    last_event_seq: int | None = None
-
-    @property
-    def last_key(self) -> OrderKey:
-        return order_key(self.last_event_at, self.last_event_seq, self.last_event_id)
 
 
 class NextVisit(_Model):
