@@ -311,16 +311,22 @@ def _client(w: _Work) -> Outcome:
     return Outcome.APPLIED
 
 
+def _seen_before(w: _Work, rec: AppointmentRecord | MembershipRecord | None) -> Outcome | None:
+    """DUPLICATE when `rec` was last written by this very event, STALE when by a later one, else None."""
+    if rec is None:
+        return None
+    if rec.last_event_id == w.ev.event_id:
+        return Outcome.DUPLICATE
+    return Outcome.STALE if w.key < rec.last_key else None
+
+
 def _appointment(w: _Work) -> Outcome:
     ev, appt = w.ev, w.ev.appointment
     if appt is None:
         raise PlanError(f"{ev.kind} event without an appointment block")
     rec = w.appointments.get(appt.id)
-    if rec is not None:
-        if rec.last_event_id == ev.event_id:
-            return Outcome.DUPLICATE
-        if w.key < rec.last_key:
-            return Outcome.STALE
+    if (seen := _seen_before(w, rec)) is not None:
+        return seen
     status = _STATUS_BY_KIND.get(ev.kind) or appt.status or (rec.status if rec else AppointmentStatus.BOOKED)
     tzname = ev.location.timezone or (rec.timezone if rec else None)
     new = AppointmentRecord(
@@ -390,11 +396,8 @@ def _membership(w: _Work) -> Outcome:
     if m is None:
         raise PlanError(f"{ev.kind} event without a membership block")
     rec = w.memberships.get(m.id)
-    if rec is not None:
-        if rec.last_event_id == ev.event_id:
-            return Outcome.DUPLICATE
-        if w.key < rec.last_key:
-            return Outcome.STALE  # an older event of this membership: nothing, not even a note
+    if (seen := _seen_before(w, rec)) is not None:
+        return seen  # an older event of this membership: nothing, not even a note
     active = m.status is MembershipStatus.ACTIVE
     # An active membership keeps its known renewal date when the event omits one; an ended one has none.
     renewal = (m.renewal_date or (rec.renewal_date if rec else None)) if active else None
