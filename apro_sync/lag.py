@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from apro_sync.config import Settings
@@ -64,36 +64,58 @@ def compute_lags(
 
 
 class LagReader:
-    """Reads committed and end offsets from the broker with one AdminClient (batched requests)."""
+    """Reads end offsets with one AdminClient and committed offsets with one idle Consumer per group.
+
+    Committed offsets go through `Consumer.committed`, not `AdminClient.list_consumer_group_offsets`: the
+    latter crashes the process (SIGSEGV, confluent-kafka 2.15-2.16) when a fresh Apache Kafka answers
+    COORDINATOR_LOAD_IN_PROGRESS. The consumer never subscribes, so it never joins or disturbs the group.
+    """
 
     def __init__(self, bootstrap: KafkaConnection | str, timeout_s: float = 10.0) -> None:
-        self._admin = AdminClient({**KafkaConnection.of(bootstrap).librdkafka(), "log_level": 0})
+        self._connection = KafkaConnection.of(bootstrap)
+        self._admin = AdminClient({**self._connection.librdkafka(), "log_level": 0})
+        self._consumers: dict[str, Consumer] = {}
         self._timeout_s = timeout_s
 
-    def partitions(self, topics: Iterable[str]) -> list[TP]:
-        """Every partition of the given topics that exist (missing topics are skipped, not an error)."""
+    def partitions(self, topics: Iterable[str] | None = None) -> list[TP]:
+        """Every partition of the given topics that exist (missing topics are skipped, not an error);
+        `None` means every non-internal topic of the cluster."""
         metadata = self._admin.list_topics(timeout=self._timeout_s)
+        names = [t for t in metadata.topics if not t.startswith("__")] if topics is None else topics
         found: list[TP] = []
-        for topic in topics:
+        for topic in names:
             meta = metadata.topics.get(topic)
             if meta is None or meta.error is not None:
                 continue
             found.extend((topic, p) for p in meta.partitions)
         return sorted(found)
 
+    def _consumer(self, group: str) -> Consumer:
+        if group not in self._consumers:
+            self._consumers[group] = Consumer(
+                {**self._connection.librdkafka(), "group.id": group, "enable.auto.commit": False, "log_level": 0}
+            )
+        return self._consumers[group]
+
     def committed(self, group: str, partitions: Sequence[TP] | None = None) -> dict[TP, int | None]:
-        """The group's committed offsets; `partitions=None` asks for every partition it has committed on."""
-        request = ConsumerGroupTopicPartitions(
-            group, [TopicPartition(t, p) for t, p in partitions] if partitions is not None else None
-        )
-        futures = self._admin.list_consumer_group_offsets([request], request_timeout=self._timeout_s)
-        result = futures[group].result()
+        """The group's committed offsets; `partitions=None` gives every partition it has committed on."""
+        asked = self.partitions() if partitions is None else list(partitions)
+        if not asked:
+            return {}
+        got = self._consumer(group).committed([TopicPartition(t, p) for t, p in asked], timeout=self._timeout_s)
         offsets: dict[TP, int | None] = {}
-        for tp in result.topic_partitions or []:
+        for tp in got:
             if tp.error is not None:
                 raise KafkaException(tp.error)
             offsets[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
+        if partitions is None:
+            return {tp: offset for tp, offset in offsets.items() if offset is not None}
         return offsets
+
+    def close(self) -> None:
+        for consumer in self._consumers.values():
+            consumer.close()
+        self._consumers.clear()
 
     def offsets(self, partitions: Iterable[TP], spec: OffsetSpec) -> dict[TP, int]:
         request = {TopicPartition(t, p): spec for t, p in partitions}

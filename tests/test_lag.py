@@ -149,3 +149,28 @@ def test_lag_exporter_command_serves_lag(settings: Settings) -> None:
         proc.wait(10)
     for line in wanted:
         assert line in body
+
+
+@pytest.mark.broker_restart
+def test_reader_survives_a_broker_whose_coordinator_is_still_loading(tmp_path) -> None:
+    """Right after start, Apache Kafka answers OffsetFetch with COORDINATOR_LOAD_IN_PROGRESS; confluent-kafka's
+    AdminClient.list_consumer_group_offsets crashed the process (SIGSEGV) on that answer. The read runs in a
+    child process so a crash shows as its exit code instead of killing the test session."""
+    script = (
+        "import sys\n"
+        "from confluent_kafka import KafkaException\n"
+        "from apro_sync.lag import LagReader\n"
+        "reader = LagReader(sys.argv[1])\n"
+        "for i in range(20):\n"
+        "    for args in ((f'fresh-{i}',), (f'fresh-t-{i}', ['apro.raw'])):\n"
+        "        try:\n"
+        "            reader.read(*args)\n"
+        "        except KafkaException:\n"
+        "            pass  # a clear, retryable error is fine; a crash is not\n"
+        "reader.close()\n"
+    )
+    from tests.conftest import new_restartable_broker
+
+    with new_restartable_broker() as broker:
+        done = subprocess.run([sys.executable, "-c", script, broker.bootstrap], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
