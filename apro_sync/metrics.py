@@ -162,3 +162,11 @@ def _locations_file_names(path: Path) -> set[str]:
             if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
                 names.add(str(value).strip())
     return names
+
+# OAuth (Marketplace-app locations: sinks/oauth.py)
+GHL_OAUTH_REFRESHES = Counter(
+    "apro_ghl_oauth_refreshes_total",
+    "OAuth token events per GoHighLevel location (refreshed, rejected, failed, adopted).", ["location", "outcome"])
+GHL_OAUTH_EXPIRY = Gauge(
+    "apro_ghl_oauth_access_expiry_timestamp_seconds", "When the location's current OAuth access token expires.",
+    ["location"])

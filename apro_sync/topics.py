@@ -15,9 +15,10 @@ class Topics:
     normalized: str = "apro.events.normalized"
     skipped: str = "apro.events.skipped"
     deadletter: str = "apro.deadletter"
+    oauth_tokens: str = "apro.oauth-tokens"  # encrypted OAuth tokens per GoHighLevel location (sinks/oauth_store.py)
 
     def all(self) -> list[str]:
-        return [self.raw, self.quarantine, self.normalized, self.skipped, self.deadletter]
+        return [self.raw, self.quarantine, self.normalized, self.skipped, self.deadletter, self.oauth_tokens]
 
     @classmethod
     def with_prefix(cls, prefix: str) -> "Topics":
@@ -73,6 +74,7 @@ def topic_specs(*, topics: Topics, app_id: str, partitions: int, replication: in
         spec(topics.skipped, retention_days=raw_retention_days),
         spec(topics.deadletter, retention_days=deadletter_retention_days),
         spec(f"{topics.deadletter}.redriven", compact=True, parts=1),
+        spec(topics.oauth_tokens, compact=True, parts=1),  # one partition: one order for tokens and leases
         spec(f"{app_id}-normalize-dedupe-changelog", compact=True),
         spec(f"{app_id}-client_state-changelog", compact=True),
     ]

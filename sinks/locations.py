@@ -7,7 +7,7 @@ Two modes:
   locations, by id or by name, to their own sub-accounts, with a `default` entry for the rest.
 
 The file holds no secrets: each entry names the environment variable holding its Private Integration Token
-(`token_env`); without one, APRO_GHL_TOKEN is used. Pipeline, stages and workflows are given by name (defaults:
+(`token_env`; without one, APRO_GHL_TOKEN is used) or, for a Marketplace-app install, `oauth` (sinks/oauth.py). Pipeline, stages and workflows are given by name (defaults:
 streams/crm_fields) or by id. Errors name the bad entry and the problem, never a token.
 """
 
@@ -72,9 +72,32 @@ class WorkflowRefs(_Model):
     birthday: Ref = Ref(name=crm_fields.WORKFLOW_BIRTHDAY)
 
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class OAuthConfig(_Model):
+    """A location installed through a Marketplace app: environment variables holding the install's first refresh
+    token and, when not APRO_GHL_OAUTH_CLIENT_ID / _SECRET, the app's client id and secret."""
+
+    refresh_token_env: str | None = Field(default=None, pattern=ENV_NAME)
+    client_id_env: str | None = Field(default=None, pattern=ENV_NAME)
+    client_secret_env: str | None = Field(default=None, pattern=ENV_NAME)
+
+
+@dataclass(frozen=True)
+class OAuthCredentials:
+    client_id: str
+    client_secret: SecretStr
+    bootstrap: SecretStr | None  # the install's refresh token; used once, unless the token topic has newer ones
+
+    def __repr__(self) -> str:
+        return f"OAuthCredentials(client_id={self.client_id!r})"
+
+
 class TargetConfig(_Model):
     ghl_location_id: str = Field(min_length=1)
-    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    token_env: str | None = Field(default=None, pattern=ENV_NAME)
+    oauth: OAuthConfig | None = None
     name: str | None = None  # label for reports and logs
     pipeline: Ref = Ref(name=crm_fields.PIPELINE_NAME)
     stages: StageRefs = StageRefs()
@@ -86,6 +109,12 @@ class TargetConfig(_Model):
         if isinstance(value, Mapping) and "token" in value:
             raise ValueError("tokens do not belong in this file: name an environment variable with `token_env`")
         return value
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> TargetConfig:
+        if self.token_env and self.oauth:
+            raise ValueError("give either `token_env` (Private Integration) or `oauth` (Marketplace app), not both")
+        return self
 
 
 class LocationEntry(TargetConfig):
@@ -109,11 +138,12 @@ class GhlTarget:
     """Everything the sink needs to write to one GoHighLevel sub-account."""
 
     ghl_location_id: str
-    token: SecretStr
+    token: SecretStr | None  # Private Integration Token; None for an OAuth location
     label: str
     pipeline: Ref = Ref(name=crm_fields.PIPELINE_NAME)
     stages: StageRefs = StageRefs()
     workflows: WorkflowRefs = WorkflowRefs()
+    oauth: OAuthCredentials | None = None
 
     def __repr__(self) -> str:
         return f"GhlTarget(ghl_location_id={self.ghl_location_id!r}, label={self.label!r})"
@@ -170,10 +200,30 @@ def _token(where: str, config: TargetConfig, settings: Settings, env: Mapping[st
     raise LocationsError(f"{where}: no `token_env` and APRO_GHL_TOKEN is not set")
 
 
+def _oauth(where: str, config: OAuthConfig, settings: Settings, env: Mapping[str, str]) -> OAuthCredentials:
+    def value(name: str | None, fallback: str | None, setting: str) -> str:
+        found = env.get(name, "").strip() if name else (fallback or "")
+        if not found:
+            raise LocationsError(f"{where}.oauth: " + (f"environment variable {name} is not set or empty" if name
+                                                       else f"{setting} is not set"))
+        return found
+
+    secret = settings.ghl_oauth_client_secret.get_secret_value() if settings.ghl_oauth_client_secret else None
+    refresh = env.get(config.refresh_token_env, "").strip() if config.refresh_token_env else ""
+    if config.refresh_token_env is None and settings.ghl_oauth_refresh_token is not None:
+        refresh = settings.ghl_oauth_refresh_token.get_secret_value().strip()
+    return OAuthCredentials(
+        client_id=value(config.client_id_env, settings.ghl_oauth_client_id, "APRO_GHL_OAUTH_CLIENT_ID"),
+        client_secret=SecretStr(value(config.client_secret_env, secret, "APRO_GHL_OAUTH_CLIENT_SECRET")),
+        bootstrap=SecretStr(refresh) if refresh else None)
+
+
 def _target(where: str, config: TargetConfig, settings: Settings, env: Mapping[str, str]) -> GhlTarget:
-    return GhlTarget(ghl_location_id=config.ghl_location_id, token=_token(where, config, settings, env),
+    oauth = _oauth(where, config.oauth, settings, env) if config.oauth else None
+    return GhlTarget(ghl_location_id=config.ghl_location_id,
+                     token=None if oauth else _token(where, config, settings, env),
                      label=config.name or config.ghl_location_id, pipeline=config.pipeline, stages=config.stages,
-                     workflows=config.workflows)
+                     workflows=config.workflows, oauth=oauth)
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -230,5 +280,7 @@ def load_locations(settings: Settings, env: Mapping[str, str] | None = None) -> 
         return parse_locations(read_locations_file(Path(settings.locations_file)), settings, env)
     if not settings.ghl_location_id:
         raise LocationsError("set APRO_GHL_LOCATION_ID and APRO_GHL_TOKEN, or APRO_LOCATIONS_FILE")
-    default = TargetConfig(ghl_location_id=settings.ghl_location_id)
+    # OAuth when the app's client id is set and no Private Integration Token is.
+    oauth = OAuthConfig() if settings.ghl_oauth_client_id and settings.ghl_token is None else None
+    default = TargetConfig(ghl_location_id=settings.ghl_location_id, oauth=oauth)
     return Locations([], _target("settings (APRO_GHL_LOCATION_ID)", default, settings, env or {}))

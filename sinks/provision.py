@@ -25,6 +25,7 @@ from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlError
 from sinks.ghl.models import CustomFieldDef, Pipeline, Workflow
 from sinks.locations import GhlTarget, LocationsError, Ref, load_locations
+from sinks.oauth import OAuthManager
 from streams import crm_fields
 from streams.crm_fields import CustomField
 
@@ -260,8 +261,10 @@ async def provision(client: GhlClient, target: GhlTarget, *, dry_run: bool = Fal
 async def provision_all(targets: Sequence[GhlTarget], settings: Settings, *, dry_run: bool,
                         out: TextIO) -> int:
     code = 0
+    oauth = OAuthManager(settings) if any(t.oauth for t in targets) else None
     for target in targets:
         async with GhlClient(settings.ghl_base_url, target.token, target.ghl_location_id,
+                             auth=oauth.auth_for(target) if oauth else None,
                              timeout=settings.ghl_timeout_s, metrics_location=target.label) as client:
             try:
                 report = await provision(client, target, dry_run=dry_run)
@@ -273,6 +276,8 @@ async def provision_all(targets: Sequence[GhlTarget], settings: Settings, *, dry
         print(file=out)
         if not report.ok:
             code = 1
+    if oauth is not None:
+        await oauth.aclose()
     return code
 
 

@@ -42,6 +42,7 @@ from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlPermanentError, GhlTransientError
 from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget, Locations, LocationsError, UnknownLocation, load_locations
+from sinks.oauth import OAuthManager
 from sinks.provision import ResolvedIdsCache
 from streams.consumer_control import SequenceGuard, abandon
 from streams.crm_ops import OpKind
@@ -113,16 +114,17 @@ class LocationRuntime:
     """Clients, resolved ids and breaker of one GoHighLevel location (shared by all lanes of this worker)."""
 
     def __init__(self, target: GhlTarget, settings: Settings, ids_cache: ResolvedIdsCache,
-                 metrics_label: str | None = None) -> None:
+                 metrics_label: str | None = None, oauth: OAuthManager | None = None) -> None:
         self.target = target
         self.label = target.ghl_location_id
         limiter = SharedRateLimiter(metrics_label or target.label, share=settings.ghl_rate_share,
                                     daily_pace_from=settings.ghl_daily_pace_from)
-        self.client = GhlClient(settings.ghl_base_url, target.token, target.ghl_location_id, limiter=limiter,
+        auth = oauth.auth_for(target) if oauth is not None else None  # None: Private Integration Token
+        self.client = GhlClient(settings.ghl_base_url, target.token, target.ghl_location_id, auth=auth, limiter=limiter,
                                 timeout=settings.ghl_timeout_s, max_retries=settings.ghl_max_retries,
                                 metrics_location=target.label)
         # Same limiter, no automatic retries: notes and enrollments retry in the executor, checking first.
-        self.once = GhlClient(settings.ghl_base_url, target.token, target.ghl_location_id, limiter=limiter,
+        self.once = GhlClient(settings.ghl_base_url, target.token, target.ghl_location_id, auth=auth, limiter=limiter,
                               timeout=settings.ghl_timeout_s, retry_policy=RetryPolicy(max_attempts=1),
                               metrics_location=target.label)
         self.breaker = LocationBreaker(target.label, threshold=settings.sink_pause_after,
@@ -187,6 +189,9 @@ class SyncEngine:
         self._fence = asyncio.Event()
         self._ids_cache = ResolvedIdsCache()
         self._runtimes: dict[str, LocationRuntime] = {}
+        self.oauth = OAuthManager(settings) if any(t.oauth for t in locations.targets()) else None
+        if self.oauth is not None:
+            _ = self.oauth.store  # fail at start without a valid APRO_OAUTH_TOKEN_KEYS
         self.lanes: list[Lane] = []
         self._sleep = sleep
         self._stopping = False
@@ -196,7 +201,7 @@ class SyncEngine:
         rt = self._runtimes.get(target.ghl_location_id)
         if rt is None:
             rt = self._runtimes[target.ghl_location_id] = LocationRuntime(target, self.settings, self._ids_cache,
-                                                                          self.ghl_labels(target.label))
+                                                                          self.ghl_labels(target.label), self.oauth)
         return rt
 
     def runtime_by_label(self, label: str) -> LocationRuntime:
@@ -225,6 +230,8 @@ class SyncEngine:
         for rt in self._runtimes.values():
             await rt.aclose()
         self._runtimes.clear()
+        if self.oauth is not None:
+            await self.oauth.aclose()
         await self.sequence.close()
 
     def close_intake(self) -> None:
