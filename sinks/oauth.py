@@ -118,6 +118,20 @@ class TokenProvider:
         return stored
 
     async def access_token(self) -> str:
+        try:
+            return await self._access_token()
+        except (GhlPermanentError, GhlTransientError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the token topic is unreachable: a transient condition
+            tokens = self.current()
+            if tokens is not None and self.policy.usable(tokens, self.clock()):
+                log.warning("oauth: GoHighLevel location %s: token topic unavailable (%s); using the current "
+                            "access token", self.location, type(exc).__name__)
+                return tokens.access_token  # type: ignore[return-value]
+            raise GhlTransientError(f"GoHighLevel location {self.location}: OAuth token topic unavailable "
+                                    f"({type(exc).__name__})", endpoint=TOKEN_ENDPOINT) from None
+
+    async def _access_token(self) -> str:
         await self.store.start()
         if not self._bootstrapped or self._unpersisted is not None:
             async with self._lock:
@@ -136,7 +150,14 @@ class TokenProvider:
 
     async def after_unauthorized(self, failed: str) -> str | None:
         """A request with `failed` got a 401: a newer token if one exists or one refresh yields it, else None."""
-        await self._refresh(failed=failed)
+        try:
+            await self._refresh(failed=failed)
+        except (GhlPermanentError, GhlTransientError):
+            return None
+        except Exception as exc:  # noqa: BLE001 - token topic unreachable: the 401 stands
+            log.warning("oauth: GoHighLevel location %s: no refresh after a 401, token topic unavailable (%s)",
+                        self.location, type(exc).__name__)
+            return None
         tokens = self.current()
         if tokens is not None and tokens.access_token != failed and self.policy.usable(tokens, self.clock()):
             return tokens.access_token
@@ -220,7 +241,12 @@ class TokenProvider:
                          access_token=str(answer["access_token"]), issued_at=sent_at,
                          expires_at=sent_at + float(answer["expires_in"]), adopted=tokens.adopted)
             self._unpersisted = new
-            await self._persist_pending()
+            try:
+                await self._persist_pending()
+            except Exception as exc:  # noqa: BLE001 - kept in memory and written again before anything else
+                log.error("oauth: GoHighLevel location %s: the new token pair is not persisted yet (%s); it is "
+                          "used from memory and written again on every call until the topic takes it",
+                          self.location, type(exc).__name__)
             metrics.GHL_OAUTH_REFRESHES.labels(self.label, "refreshed").inc()
             metrics.GHL_OAUTH_EXPIRY.labels(self.label).set(new.expires_at)
             log.info("oauth: GoHighLevel location %s: access token refreshed (generation %d, valid %.0fs)",
@@ -228,7 +254,8 @@ class TokenProvider:
 
     async def _wait_for(self, gen: int, lease: Lease) -> None:
         """Another worker is refreshing and our token is spent: wait for its result or its lease to end."""
-        while self.clock() < lease.until:
+        deadline = time.monotonic() + self.lease_s
+        while self.clock() < lease.until and time.monotonic() < deadline:
             await self.sleep(0.25)
             await self.store.catch_up()
             current = self.current()

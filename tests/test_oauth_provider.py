@@ -258,3 +258,34 @@ def test_oauth_auth_is_async_only() -> None:
     auth = OAuthAuth(provider=None)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError):
         next(auth.sync_auth_flow(httpx.Request("GET", "http://127.0.0.1/")))
+
+
+async def test_an_answer_the_topic_did_not_take_is_kept_and_written_later(oauth_settings: Settings) -> None:
+    clock = FakeClock()
+    async with EmulatorServer(EmulatorConfig()) as emu:
+        emu.emulator.oauth.clock = clock
+        tgt = target(emu, await install(emu))
+        manager = OAuthManager(oauth_settings.model_copy(update={"ghl_base_url": emu.base_url}), clock=clock)
+        try:
+            provider = manager.provider(tgt)
+            await provider.access_token()
+            store = provider.store
+            real_write = store.write
+            failures = []
+
+            async def flaky_write(record: dict) -> None:
+                if record["kind"] == "tokens" and not failures:
+                    failures.append(record["gen"])
+                    raise ConnectionError("broker unreachable")
+                await real_write(record)
+
+            store.write = flaky_write  # type: ignore[method-assign]
+            clock.now += 86399 * 0.9
+            fresh = await provider.access_token()  # refreshed; the write failed; used from memory
+            assert failures == [3] and provider.current().gen == 3  # type: ignore[union-attr]
+            assert store.tokens(LOCATION).gen == 2  # type: ignore[union-attr]
+            assert emu.emulator.oauth.location_for(fresh) == LOCATION
+            assert await provider.access_token() == fresh  # the next call writes it first
+            assert store.tokens(LOCATION).gen == 3 and store.tokens(LOCATION).access_token == fresh  # type: ignore[union-attr]
+        finally:
+            await manager.aclose()
