@@ -110,6 +110,7 @@ class Settings(BaseSettings):
     ghl_oauth_client_id: str | None = None
     ghl_oauth_client_secret: SecretStr | None = None
     ghl_oauth_refresh_token: SecretStr | None = None
+    ghl_oauth_company_id: str | None = None  # set: the refresh token is an agency (Company) install's
     oauth_token_keys: SecretStr | None = None
     oauth_refresh_at: float = Field(default=0.8, gt=0, lt=1)  # refresh at this fraction of the token's lifetime
     oauth_lease_s: float = Field(default=60.0, gt=0)  # one worker refreshes a location for at most this long

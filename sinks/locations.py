@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
@@ -77,11 +77,20 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 class OAuthConfig(_Model):
     """A location installed through a Marketplace app: environment variables holding the install's first refresh
-    token and, when not APRO_GHL_OAUTH_CLIENT_ID / _SECRET, the app's client id and secret."""
+    token and, when not APRO_GHL_OAUTH_CLIENT_ID / _SECRET, the app's client id and secret. `user_type: Company`:
+    an agency-level install; the company token (stored once per `company_id`) buys the location's tokens."""
 
+    user_type: Literal["Location", "Company"] = "Location"
+    company_id: str | None = None
     refresh_token_env: str | None = Field(default=None, pattern=ENV_NAME)
     client_id_env: str | None = Field(default=None, pattern=ENV_NAME)
     client_secret_env: str | None = Field(default=None, pattern=ENV_NAME)
+
+    @model_validator(mode="after")
+    def _company_named(self) -> OAuthConfig:
+        if self.user_type == "Company" and not self.company_id:
+            raise ValueError("a Company install needs `company_id`")
+        return self
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,8 @@ class OAuthCredentials:
     client_id: str
     client_secret: SecretStr
     bootstrap: SecretStr | None  # the install's refresh token; used once, unless the token topic has newer ones
+    user_type: str = "Location"
+    company_id: str | None = None
 
     def __repr__(self) -> str:
         return f"OAuthCredentials(client_id={self.client_id!r})"
@@ -215,7 +226,7 @@ def _oauth(where: str, config: OAuthConfig, settings: Settings, env: Mapping[str
     return OAuthCredentials(
         client_id=value(config.client_id_env, settings.ghl_oauth_client_id, "APRO_GHL_OAUTH_CLIENT_ID"),
         client_secret=SecretStr(value(config.client_secret_env, secret, "APRO_GHL_OAUTH_CLIENT_SECRET")),
-        bootstrap=SecretStr(refresh) if refresh else None)
+        bootstrap=SecretStr(refresh) if refresh else None, user_type=config.user_type, company_id=config.company_id)
 
 
 def _target(where: str, config: TargetConfig, settings: Settings, env: Mapping[str, str]) -> GhlTarget:
@@ -281,6 +292,9 @@ def load_locations(settings: Settings, env: Mapping[str, str] | None = None) -> 
     if not settings.ghl_location_id:
         raise LocationsError("set APRO_GHL_LOCATION_ID and APRO_GHL_TOKEN, or APRO_LOCATIONS_FILE")
     # OAuth when the app's client id is set and no Private Integration Token is.
-    oauth = OAuthConfig() if settings.ghl_oauth_client_id and settings.ghl_token is None else None
+    oauth = None
+    if settings.ghl_oauth_client_id and settings.ghl_token is None:
+        oauth = OAuthConfig(user_type="Company", company_id=settings.ghl_oauth_company_id) \
+            if settings.ghl_oauth_company_id else OAuthConfig()
     default = TargetConfig(ghl_location_id=settings.ghl_location_id, oauth=oauth)
     return Locations([], _target("settings (APRO_GHL_LOCATION_ID)", default, settings, env or {}))

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from apro_sync import metrics
 from apro_sync.config import Settings
+from sinks.ghl.client import API_VERSION
 from sinks.ghl.errors import GhlPermanentError, GhlTransientError, is_transient_status
 from sinks.locations import GhlTarget, OAuthCredentials
 from sinks.oauth_store import Lease, TokenStore, Tokens, adopt
@@ -27,6 +28,7 @@ from sinks.oauth_store import Lease, TokenStore, Tokens, adopt
 log = logging.getLogger("apro_sync.oauth")
 
 TOKEN_ENDPOINT = "POST /oauth/token"
+LOCATION_TOKEN_ENDPOINT = "POST /oauth/locationToken"
 MARGIN_S = 2.0  # a lease must outlast the token call by this much, else the call is not made
 
 
@@ -47,6 +49,14 @@ class RefreshPolicy:
         return tokens.access_token is not None and now < tokens.expires_at - self.expiry_skew_s
 
 
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 class RefreshRejected(Exception):
     """GoHighLevel refused the refresh token (already used, revoked, app uninstalled)."""
 
@@ -59,28 +69,48 @@ class TokenEndpoint:
         self.credentials = credentials
         self.timeout_s = timeout_s
 
-    async def refresh(self, refresh_token: str) -> dict[str, Any]:
-        form = {"client_id": self.credentials.client_id,
-                "client_secret": self.credentials.client_secret.get_secret_value(),
-                "grant_type": "refresh_token", "refresh_token": refresh_token, "user_type": "Location"}
+    async def _post(self, endpoint: str, form: dict[str, str], headers: dict[str, str]) -> httpx.Response:
         try:
             async with httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout_s) as http:
-                response = await http.post("/oauth/token", data=form, headers={"Accept": "application/json"})
+                return await http.post(endpoint.split(" ", 1)[1], data=form,
+                                       headers={"Accept": "application/json", **headers})
         except httpx.TimeoutException:
-            raise GhlTransientError(f"timeout calling {TOKEN_ENDPOINT}", endpoint=TOKEN_ENDPOINT) from None
+            raise GhlTransientError(f"timeout calling {endpoint}", endpoint=endpoint) from None
         except httpx.TransportError as exc:
-            raise GhlTransientError(f"connection error ({type(exc).__name__}) calling {TOKEN_ENDPOINT}",
-                                    endpoint=TOKEN_ENDPOINT) from None
+            raise GhlTransientError(f"connection error ({type(exc).__name__}) calling {endpoint}",
+                                    endpoint=endpoint) from None
+
+    async def location_token(self, company_token: str, company_id: str, location_id: str) -> dict[str, Any] | None:
+        """POST /oauth/locationToken: a location token bought with the company token; None when GoHighLevel
+        refuses the company token (401: refresh it)."""
+        response = await self._post(LOCATION_TOKEN_ENDPOINT, {"companyId": company_id, "locationId": location_id},
+                                    {"Authorization": f"Bearer {company_token}", "Version": API_VERSION})
+        status = response.status_code
+        if status == 401:
+            return None
+        if is_transient_status(status):
+            raise GhlTransientError(f"HTTP {status} from {LOCATION_TOKEN_ENDPOINT}", status=status,
+                                    endpoint=LOCATION_TOKEN_ENDPOINT)
+        body = _json(response)
+        if status != 200 or not body.get("access_token") or not isinstance(body.get("expires_in"), (int, float)):
+            # 400: the app is not installed on the location (or not approved for it): an operator must act.
+            raise GhlPermanentError(f"HTTP {status} from {LOCATION_TOKEN_ENDPOINT}: no location token (is the app "
+                                    f"installed on location {location_id}?)", status=401,
+                                    endpoint=LOCATION_TOKEN_ENDPOINT)
+        return body
+
+    async def refresh(self, refresh_token: str, user_type: str = "Location") -> dict[str, Any]:
+        form = {"client_id": self.credentials.client_id,
+                "client_secret": self.credentials.client_secret.get_secret_value(),
+                "grant_type": "refresh_token", "refresh_token": refresh_token, "user_type": user_type}
+        response = await self._post(TOKEN_ENDPOINT, form, {})
         status = response.status_code
         if is_transient_status(status):
             raise GhlTransientError(f"HTTP {status} from {TOKEN_ENDPOINT}", status=status, endpoint=TOKEN_ENDPOINT)
         if status in (400, 401):
             raise RefreshRejected(f"HTTP {status} from {TOKEN_ENDPOINT}")
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if status != 200 or not isinstance(body, dict) or not body.get("access_token") \
+        body = _json(response)
+        if status != 200 or not body.get("access_token") \
                 or not body.get("refresh_token") or not isinstance(body.get("expires_in"), (int, float)):
             raise GhlTransientError(f"HTTP {status} from {TOKEN_ENDPOINT} without a token pair", status=status,
                                     endpoint=TOKEN_ENDPOINT)
@@ -94,9 +124,12 @@ class TokenProvider:
     act (the sink then holds the location's events), transient otherwise."""
 
     def __init__(self, location: str, label: str, store: TokenStore, endpoint: TokenEndpoint, *, owner: str,
-                 bootstrap: SecretStr | None, policy: RefreshPolicy, lease_s: float,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
-        self.location = location
+                 bootstrap: SecretStr | None, policy: RefreshPolicy, lease_s: float, subject: str | None = None,
+                 user_type: str = "Location", clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        self.location = location  # the store key: a location id, or company:<id> for an agency install
+        self.subject = subject or f"GoHighLevel location {location}"
+        self.user_type = user_type
         self.label = label
         self.store = store
         self.endpoint = endpoint
@@ -125,10 +158,10 @@ class TokenProvider:
         except Exception as exc:  # noqa: BLE001 - the token topic is unreachable: a transient condition
             tokens = self.current()
             if tokens is not None and self.policy.usable(tokens, self.clock()):
-                log.warning("oauth: GoHighLevel location %s: token topic unavailable (%s); using the current "
-                            "access token", self.location, type(exc).__name__)
+                log.warning("oauth: %s: token topic unavailable (%s); using the current "
+                            "access token", self.subject, type(exc).__name__)
                 return tokens.access_token  # type: ignore[return-value]
-            raise GhlTransientError(f"GoHighLevel location {self.location}: OAuth token topic unavailable "
+            raise GhlTransientError(f"{self.subject}: OAuth token topic unavailable "
                                     f"({type(exc).__name__})", endpoint=TOKEN_ENDPOINT) from None
 
     async def _access_token(self) -> str:
@@ -155,8 +188,8 @@ class TokenProvider:
         except (GhlPermanentError, GhlTransientError):
             return None
         except Exception as exc:  # noqa: BLE001 - token topic unreachable: the 401 stands
-            log.warning("oauth: GoHighLevel location %s: no refresh after a 401, token topic unavailable (%s)",
-                        self.location, type(exc).__name__)
+            log.warning("oauth: %s: no refresh after a 401, token topic unavailable (%s)",
+                        self.subject, type(exc).__name__)
             return None
         tokens = self.current()
         if tokens is not None and tokens.access_token != failed and self.policy.usable(tokens, self.clock()):
@@ -164,7 +197,7 @@ class TokenProvider:
         return None
 
     def _unavailable(self, tokens: Tokens | None) -> Exception:
-        where = f"GoHighLevel location {self.location}"
+        where = self.subject
         if tokens is None:
             return GhlPermanentError(f"{where} has no stored OAuth tokens: set its install refresh token",
                                      status=401, endpoint=TOKEN_ENDPOINT)
@@ -189,8 +222,8 @@ class TokenProvider:
             if record is not None:
                 await self.store.write(record.to_dict())
                 metrics.GHL_OAUTH_REFRESHES.labels(self.label, "adopted").inc()
-                log.info("oauth: GoHighLevel location %s: took over the install refresh token (generation %d)",
-                         self.location, record.gen)
+                log.info("oauth: %s: took over the install refresh token (generation %d)",
+                         self.subject, record.gen)
         self._bootstrapped = True
 
     async def _refresh(self, failed: str | None = None) -> None:
@@ -224,7 +257,7 @@ class TokenProvider:
                 return  # the lease would end during the call: try again later
             sent_at = self.clock()
             try:
-                answer = await self.endpoint.refresh(tokens.refresh_token)
+                answer = await self.endpoint.refresh(tokens.refresh_token, self.user_type)
             except RefreshRejected:
                 rejected = replace(tokens, rejected=True)
                 metrics.GHL_OAUTH_REFRESHES.labels(self.label, "rejected").inc()
@@ -233,8 +266,8 @@ class TokenProvider:
                 return
             except GhlTransientError as exc:
                 metrics.GHL_OAUTH_REFRESHES.labels(self.label, "failed").inc()
-                log.warning("oauth: GoHighLevel location %s: token refresh failed (%s); retried on the next call",
-                            self.location, exc.reason)
+                log.warning("oauth: %s: token refresh failed (%s); retried on the next call",
+                            self.subject, exc.reason)
                 return
             # GoHighLevel has spent the old refresh token: the new pair is written before anything else.
             new = Tokens(location=self.location, gen=tokens.gen + 1, refresh_token=str(answer["refresh_token"]),
@@ -244,13 +277,13 @@ class TokenProvider:
             try:
                 await self._persist_pending()
             except Exception as exc:  # noqa: BLE001 - kept in memory and written again before anything else
-                log.error("oauth: GoHighLevel location %s: the new token pair is not persisted yet (%s); it is "
+                log.error("oauth: %s: the new token pair is not persisted yet (%s); it is "
                           "used from memory and written again on every call until the topic takes it",
-                          self.location, type(exc).__name__)
+                          self.subject, type(exc).__name__)
             metrics.GHL_OAUTH_REFRESHES.labels(self.label, "refreshed").inc()
             metrics.GHL_OAUTH_EXPIRY.labels(self.label).set(new.expires_at)
-            log.info("oauth: GoHighLevel location %s: access token refreshed (generation %d, valid %.0fs)",
-                     self.location, new.gen, new.expires_at - sent_at)
+            log.info("oauth: %s: access token refreshed (generation %d, valid %.0fs)",
+                     self.subject, new.gen, new.expires_at - sent_at)
 
     async def _wait_for(self, gen: int, lease: Lease) -> None:
         """Another worker is refreshing and our token is spent: wait for its result or its lease to end."""
@@ -267,11 +300,63 @@ class TokenProvider:
             return
         self._reported_gen = tokens.gen
         left = tokens.expires_at - self.clock()
-        log.error("oauth: GoHighLevel location %s REJECTED its stored OAuth refresh token (generation %d): it was "
-                  "already used (a refresh answer lost in a crash) or the app was uninstalled. Reinstall the app for "
-                  "this location and set its new refresh token (docs/operations.md, 'OAuth locations'); the "
-                  "current access token %s", self.location, tokens.gen,
+        log.error("oauth: %s REJECTED its stored OAuth refresh token (generation %d): it was "
+                  "already used (a refresh answer lost in a crash) or the app was uninstalled. Reinstall the app "
+                  "and set the install's new refresh token (docs/operations.md, 'OAuth locations'); the "
+                  "current access token %s", self.subject, tokens.gen,
                   f"stays valid for {left:.0f}s" if left > 0 else "has expired: the location's events are held")
+
+
+class CompanyLocationTokens:
+    """A location's access token bought with its agency's company token (an agency-level install). Location tokens
+    have no refresh token: they live in memory and are bought again at `refresh_at` of their life or after a 401;
+    only the company grant (a `TokenProvider` under `company:<id>`) is single-use and stored."""
+
+    def __init__(self, location: str, company_id: str, company: TokenProvider, endpoint: TokenEndpoint,
+                 policy: RefreshPolicy, clock: Callable[[], float] = time.time) -> None:
+        self.location = location
+        self.company_id = company_id
+        self.company = company
+        self.endpoint = endpoint
+        self.policy = policy
+        self.clock = clock
+        self._tokens: Tokens | None = None
+        self._lock = asyncio.Lock()
+
+    async def access_token(self) -> str:
+        tokens = self._tokens
+        if tokens is not None and not self.policy.due(tokens, self.clock()):
+            return tokens.access_token  # type: ignore[return-value]
+        async with self._lock:
+            tokens = self._tokens
+            if tokens is None or self.policy.due(tokens, self.clock()):
+                await self._buy()
+            return self._tokens.access_token  # type: ignore[union-attr,return-value]
+
+    async def after_unauthorized(self, failed: str) -> str | None:
+        async with self._lock:
+            if self._tokens is not None and self._tokens.access_token == failed:
+                try:
+                    await self._buy()
+                except (GhlPermanentError, GhlTransientError):
+                    return None
+            tokens = self._tokens
+        return tokens.access_token if tokens is not None and tokens.access_token != failed else None
+
+    async def _buy(self) -> None:
+        for _attempt in range(2):
+            company_token = await self.company.access_token()
+            sent_at = self.clock()
+            answer = await self.endpoint.location_token(company_token, self.company_id, self.location)
+            if answer is not None:
+                self._tokens = Tokens(location=self.location, gen=0, refresh_token="",
+                                      access_token=str(answer["access_token"]), issued_at=sent_at,
+                                      expires_at=sent_at + float(answer["expires_in"]))
+                return
+            if await self.company.after_unauthorized(company_token) is None:
+                break
+        raise GhlTransientError(f"GoHighLevel location {self.location}: the company token was refused",
+                                endpoint=LOCATION_TOKEN_ENDPOINT)
 
 
 class OAuthAuth(httpx.Auth):
@@ -279,7 +364,7 @@ class OAuthAuth(httpx.Auth):
 
     requires_request_body = True
 
-    def __init__(self, provider: TokenProvider) -> None:
+    def __init__(self, provider: TokenProvider | CompanyLocationTokens) -> None:
         self.provider = provider
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
@@ -305,7 +390,8 @@ class OAuthManager:
         self.owner = f"{settings.worker_id}:{uuid.uuid4().hex[:12]}"
         self.clock = clock
         self._store: TokenStore | None = None
-        self._providers: dict[str, TokenProvider] = {}
+        self._providers: dict[str, TokenProvider] = {}  # by store key
+        self._buyers: dict[str, CompanyLocationTokens] = {}  # by location, for Company installs
 
     @property
     def store(self) -> TokenStore:
@@ -314,16 +400,33 @@ class OAuthManager:
                                      self.settings.oauth_token_keys, client_id=f"{self.settings.worker_id}-oauth")
         return self._store
 
-    def provider(self, target: GhlTarget) -> TokenProvider:
-        if target.oauth is None:
-            raise ValueError("not an OAuth location")
-        found = self._providers.get(target.ghl_location_id)
+    def _stored(self, key: str, label: str, credentials: OAuthCredentials, subject: str) -> TokenProvider:
+        found = self._providers.get(key)
         if found is None:
-            endpoint = TokenEndpoint(self.settings.ghl_base_url, target.oauth, self.settings.ghl_timeout_s)
-            found = self._providers[target.ghl_location_id] = TokenProvider(
-                target.ghl_location_id, target.label, self.store, endpoint, owner=self.owner,
-                bootstrap=target.oauth.bootstrap, policy=RefreshPolicy(self.settings.oauth_refresh_at),
-                lease_s=self.settings.oauth_lease_s, clock=self.clock)
+            endpoint = TokenEndpoint(self.settings.ghl_base_url, credentials, self.settings.ghl_timeout_s)
+            found = self._providers[key] = TokenProvider(
+                key, label, self.store, endpoint, owner=self.owner, bootstrap=credentials.bootstrap,
+                policy=RefreshPolicy(self.settings.oauth_refresh_at), lease_s=self.settings.oauth_lease_s,
+                subject=subject, user_type=credentials.user_type, clock=self.clock)
+        return found
+
+    def provider(self, target: GhlTarget) -> TokenProvider | CompanyLocationTokens:
+        """A Location install's stored grant, or for a Company install the location-token buyer over the
+        company's stored grant (one per company, shared by its locations)."""
+        credentials = target.oauth
+        if credentials is None:
+            raise ValueError("not an OAuth location")
+        location = target.ghl_location_id
+        if credentials.user_type != "Company":
+            return self._stored(location, target.label, credentials, f"GoHighLevel location {location}")
+        company_id = credentials.company_id or ""
+        key = f"company:{company_id}"
+        company = self._stored(key, key, credentials, f"GoHighLevel company {company_id}")
+        found = self._buyers.get(location)
+        if found is None:
+            endpoint = TokenEndpoint(self.settings.ghl_base_url, credentials, self.settings.ghl_timeout_s)
+            found = self._buyers[location] = CompanyLocationTokens(
+                location, company_id, company, endpoint, RefreshPolicy(self.settings.oauth_refresh_at), self.clock)
         return found
 
     def auth_for(self, target: GhlTarget) -> OAuthAuth | None:

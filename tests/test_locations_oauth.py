@@ -55,3 +55,14 @@ def test_single_sub_account_mode_uses_oauth_when_the_app_is_set_and_no_token() -
     assert target.oauth.bootstrap is not None and target.oauth.bootstrap.get_secret_value() == "install-1"
     pit = load_locations(settings(ghl_location_id="LOC1", ghl_token="pit-single", **APP), env={})
     assert pit.resolve(location_id="x").oauth is None  # a Private Integration Token wins: unchanged behaviour
+
+
+def test_company_install_needs_its_company_id() -> None:
+    data = {"locations": [{"apro": "2", "ghl_location_id": "L2", "oauth": {"user_type": "Company"}}]}
+    with pytest.raises(LocationsError, match="needs `company_id`"):
+        parse_locations(data, settings(**APP), {})
+    data["locations"][0]["oauth"]["company_id"] = "AGENCY1"  # type: ignore[index]
+    target = parse_locations(data, settings(**APP), {}).resolve(location_id="2")
+    assert target.oauth is not None and (target.oauth.user_type, target.oauth.company_id) == ("Company", "AGENCY1")
+    single = load_locations(settings(ghl_location_id="L1", ghl_oauth_company_id="AGENCY1", **APP), env={})
+    assert single.resolve(location_id="x").oauth.user_type == "Company"  # type: ignore[union-attr]

@@ -289,3 +289,58 @@ async def test_an_answer_the_topic_did_not_take_is_kept_and_written_later(oauth_
             assert store.tokens(LOCATION).gen == 3 and store.tokens(LOCATION).access_token == fresh  # type: ignore[union-attr]
         finally:
             await manager.aclose()
+
+
+async def test_company_install_buys_location_tokens_and_stores_only_the_company_grant(
+        oauth_settings: Settings) -> None:
+    from sinks.emulator.config import LocationConfig
+
+    clock = FakeClock()
+    second = "emuLocation000000002"
+    config = EmulatorConfig(locations=[LocationConfig(id=LOCATION, token="pit-1"),
+                                       LocationConfig(id=second, token="pit-2")])
+    async with EmulatorServer(config) as emu:
+        oauth = emu.emulator.oauth
+        oauth.clock = clock
+        app = emu.config.oauth
+        async with httpx.AsyncClient(base_url=emu.base_url) as http:
+            code = (await http.post("/_emulator/oauth/authorize", json={"userType": "Company"})).json()["code"]
+            company_refresh = (await http.post("/oauth/token", data={
+                "client_id": app.client_id, "client_secret": app.client_secret, "grant_type": "authorization_code",
+                "code": code, "user_type": "Company"})).json()["refresh_token"]
+
+        def company_target(location: str) -> GhlTarget:
+            return GhlTarget(ghl_location_id=location, token=None, label=location, oauth=OAuthCredentials(
+                app.client_id, SecretStr(app.client_secret), SecretStr(company_refresh), user_type="Company",
+                company_id=app.company_id))
+
+        async def calls(manager: OAuthManager) -> list[int]:
+            out = []
+            for location in (LOCATION, second):
+                async with GhlClient(emu.base_url, None, location, auth=manager.auth_for(company_target(location)),
+                                     max_retries=1) as client:
+                    out.append(len(await client.list_custom_fields()))
+            return out
+
+        settings = oauth_settings.model_copy(update={"ghl_base_url": emu.base_url})
+        manager = OAuthManager(settings, clock=clock)
+        try:
+            assert await calls(manager) == [0, 0]
+            assert (oauth.counts["refresh_token"], oauth.counts["location_token"]) == (1, 2)
+            clock.now += 86399 * 0.9
+            assert await calls(manager) == [0, 0]
+            assert (oauth.counts["refresh_token"], oauth.counts["location_token"]) == (2, 4)
+            bought = manager.provider(company_target(LOCATION))
+            oauth.access.pop(await bought.access_token())  # revoked early: a 401, then a new one is bought
+            assert await calls(manager) == [0, 0]
+            assert (oauth.counts["refresh_token"], oauth.counts["location_token"]) == (2, 5)
+            assert manager.store.tokens(LOCATION) is None  # location tokens are never stored
+            assert manager.store.tokens(f"company:{app.company_id}").gen == 3  # type: ignore[union-attr]
+        finally:
+            await manager.aclose()
+        restarted = OAuthManager(settings, clock=clock)
+        try:
+            assert await calls(restarted) == [0, 0]
+            assert (oauth.counts["refresh_token"], oauth.counts["location_token"]) == (2, 7)
+        finally:
+            await restarted.aclose()
