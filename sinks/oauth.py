@@ -48,6 +48,11 @@ class RefreshPolicy:
     def usable(self, tokens: Tokens, now: float) -> bool:
         return tokens.access_token is not None and now < tokens.expires_at - self.expiry_skew_s
 
+    def may_replace(self, tokens: Tokens, now: float) -> bool:
+        """After a 401: a token younger than a tenth of its life (at most a minute) is not replaced, so a 401 that
+        is not about the token (a missing scope) cannot set off a refresh per request."""
+        return now - tokens.issued_at >= min(60.0, (tokens.expires_at - tokens.issued_at) / 10)
+
 
 def _json(response: httpx.Response) -> dict[str, Any]:
     try:
@@ -233,8 +238,8 @@ class TokenProvider:
             tokens, now = self.current(), self.clock()
             if tokens is None:
                 return
-            if failed is not None and tokens.access_token != failed:
-                return  # a newer token is already there
+            if failed is not None and (tokens.access_token != failed or not self.policy.may_replace(tokens, now)):
+                return  # a newer token is already there, or this one is too young to blame
             if failed is None and not self.policy.due(tokens, now):
                 return
             if tokens.rejected:
@@ -335,7 +340,8 @@ class CompanyLocationTokens:
 
     async def after_unauthorized(self, failed: str) -> str | None:
         async with self._lock:
-            if self._tokens is not None and self._tokens.access_token == failed:
+            if self._tokens is not None and self._tokens.access_token == failed \
+                    and self.policy.may_replace(self._tokens, self.clock()):
                 try:
                     await self._buy()
                 except (GhlPermanentError, GhlTransientError):

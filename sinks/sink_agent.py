@@ -120,13 +120,13 @@ class LocationRuntime:
         limiter = SharedRateLimiter(metrics_label or target.label, share=settings.ghl_rate_share,
                                     daily_pace_from=settings.ghl_daily_pace_from)
         auth = oauth.auth_for(target) if oauth is not None else None  # None: Private Integration Token
-        self.client = GhlClient(settings.ghl_base_url, target.token, target.ghl_location_id, auth=auth, limiter=limiter,
-                                timeout=settings.ghl_timeout_s, max_retries=settings.ghl_max_retries,
-                                metrics_location=target.label)
+        self.client = GhlClient(settings.ghl_base_url, target.token, target.ghl_location_id, auth=auth,
+                                limiter=limiter, timeout=settings.ghl_timeout_s,
+                                max_retries=settings.ghl_max_retries, metrics_location=target.label)
         # Same limiter, no automatic retries: notes and enrollments retry in the executor, checking first.
-        self.once = GhlClient(settings.ghl_base_url, target.token, target.ghl_location_id, auth=auth, limiter=limiter,
-                              timeout=settings.ghl_timeout_s, retry_policy=RetryPolicy(max_attempts=1),
-                              metrics_location=target.label)
+        self.once = GhlClient(settings.ghl_base_url, target.token, target.ghl_location_id, auth=auth,
+                              limiter=limiter, timeout=settings.ghl_timeout_s,
+                              retry_policy=RetryPolicy(max_attempts=1), metrics_location=target.label)
         self.breaker = LocationBreaker(target.label, threshold=settings.sink_pause_after,
                                        base_s=settings.sink_pause_s, max_s=settings.sink_pause_max_s)
         self._ids_cache = ids_cache

@@ -47,6 +47,9 @@ def test_refresh_is_due_at_the_configured_share_of_the_lifetime() -> None:
     assert not policy.due(t, 1000.0 + 69119.0) and policy.due(t, 1000.0 + 69120.0)
     assert policy.usable(t, 1000.0 + 86398.9) and not policy.usable(t, 1000.0 + 86399.0)
     assert policy.due(Tokens(LOCATION, 1, "r"), 0.0) and not policy.usable(Tokens(LOCATION, 1, "r"), 0.0)
+    assert not policy.may_replace(t, 1000.0 + 59.0) and policy.may_replace(t, 1000.0 + 60.0)  # a minute at most
+    short = tokens(1, issued=0.0, lifetime=4.0)
+    assert not policy.may_replace(short, 0.39) and policy.may_replace(short, 0.4)  # a tenth of the life
     half = RefreshPolicy(refresh_at=0.5)
     assert half.due_at(tokens(1, issued=10.0, lifetime=4.0)) == 12.0
 
@@ -125,6 +128,14 @@ async def api_ok(emu: EmulatorServer, manager: OAuthManager, tgt: GhlTarget) -> 
         return len(await client.list_custom_fields())
 
 
+async def api_ok_status(emu: EmulatorServer, manager: OAuthManager, tgt: GhlTarget) -> int:
+    try:
+        await api_ok(emu, manager, tgt)
+    except GhlPermanentError as exc:
+        return exc.status or 0
+    return 200
+
+
 async def test_provider_refreshes_before_expiry_and_after_a_401(oauth_settings: Settings) -> None:
     clock = FakeClock()
     async with EmulatorServer(EmulatorConfig()) as emu:
@@ -143,12 +154,16 @@ async def test_provider_refreshes_before_expiry_and_after_a_401(oauth_settings: 
             second = await provider.access_token()
             assert second != first and counts["refresh_token"] == 2
 
-            # GoHighLevel revokes the token early: the 401 triggers one refresh and one retry.
+            # GoHighLevel revokes a token early: the 401 triggers one refresh and one retry, once the token is
+            # old enough to blame (a 401 on a brand-new token is not about the token).
             emu.emulator.oauth.access.pop(second)
+            assert await api_ok_status(emu, manager, tgt) == 401
+            assert counts["refresh_token"] == 2
+            clock.now += 86399 * 0.1
             assert await api_ok(emu, manager, tgt) == 0
             assert counts["refresh_token"] == 3
             statuses = [r["status"] for r in emu.requests() if r["path"] == "/locations/{locationId}/customFields"]
-            assert statuses == [200, 401, 200]
+            assert statuses == [200, 401, 401, 200]
 
             # A worker restarted on the same topic reads the latest tokens: no refresh, no bootstrap again.
             restarted = OAuthManager(oauth_settings.model_copy(update={"ghl_base_url": emu.base_url}), clock=clock)
@@ -332,6 +347,7 @@ async def test_company_install_buys_location_tokens_and_stores_only_the_company_
             assert (oauth.counts["refresh_token"], oauth.counts["location_token"]) == (2, 4)
             bought = manager.provider(company_target(LOCATION))
             oauth.access.pop(await bought.access_token())  # revoked early: a 401, then a new one is bought
+            clock.now += 86399 * 0.1
             assert await calls(manager) == [0, 0]
             assert (oauth.counts["refresh_token"], oauth.counts["location_token"]) == (2, 5)
             assert manager.store.tokens(LOCATION) is None  # location tokens are never stored

@@ -1,6 +1,7 @@
 """Async GoHighLevel API v2 client, one per GHL location (sub-account), authenticated by a Private Integration
-Token or OAuth (an httpx auth: sinks/oauth.py). Every call goes through the location's `RateLimiter`, is retried on transient errors (see retry.py),
-counted in Prometheus by endpoint *template*, and turned into `GhlTransientError` / `GhlPermanentError`.
+Token or OAuth (an httpx auth, sinks/oauth.py). Every call goes through the location's `RateLimiter`, is retried
+on transient errors (see retry.py), counted in Prometheus by endpoint *template*, and turned into
+`GhlTransientError` / `GhlPermanentError`.
 
 Request bodies follow sinks/emulator/openapi/apps/*.json (vendored official specs) (tests/test_ghl_schema_conformance.py checks each).
 Known API defects handled here:

@@ -1,15 +1,8 @@
-"""OAuth locations end to end: a worker syncs through several access-token expiries, and SIGKILLs around a token
-refresh never lose an event, never double an effect and never lose access silently.
-
-Real producer and worker processes, the GoHighLevel emulator with access tokens that live 4 s (refreshed at half
-their lifetime), the generated stream of tests/reliability/generator.py. Every run must end in the CRM state of a
-clean run with a Private Integration Token (the reference). Kill points, placed by the emulator's token hook:
-- before the call: the worker dies after its lease is durable, while its refresh request is arriving (GoHighLevel
-  never spends the token);
-- after persisting: the worker dies just after the new pair reached the token topic;
-- after GoHighLevel answered, before the answer reached the worker (the one window no design closes: the refresh
-  token is spent and its successor lost): the restarted worker must say so loudly, naming the location, hold the
-  location's events (no dead letters), and resume once the operator reinstalls.
+"""OAuth locations end to end (real producer and worker processes, 4 s access tokens): a worker syncs through
+several token lifetimes, and SIGKILLs around a refresh (before the call, after the new pair is persisted, after
+GoHighLevel answered but before the answer arrived) end in the CRM state of a Private Integration Token run. The
+last one is the window no design closes (docs/operations.md "OAuth locations"): the worker must name the location
+loudly, hold its events (no dead letters) and resume after the operator reinstalls.
 """
 
 from __future__ import annotations
