@@ -167,6 +167,9 @@ def _locations_file_names(path: Path) -> set[str]:
 GHL_OAUTH_REFRESHES = Counter(
     "apro_ghl_oauth_refreshes_total",
     "OAuth token events per GoHighLevel location (refreshed, rejected, failed, adopted).", ["location", "outcome"])
+GHL_OAUTH_REJECTED = Gauge(
+    "apro_ghl_oauth_refresh_rejected",
+    "1 while GoHighLevel refuses the location's stored OAuth refresh token (reinstall the app), else 0.", ["location"])
 GHL_OAUTH_EXPIRY = Gauge(
     "apro_ghl_oauth_access_expiry_timestamp_seconds", "When the location's current OAuth access token expires.",
     ["location"])

@@ -148,6 +148,9 @@ class TokenProvider:
         self._bootstrapped = False
         self._unpersisted: Tokens | None = None  # an answer the topic has not acknowledged yet
         self._reported_gen = -1
+        for outcome in ("refreshed", "rejected", "failed", "adopted"):  # exported from the start at 0
+            metrics.GHL_OAUTH_REFRESHES.labels(label, outcome)
+        metrics.GHL_OAUTH_REJECTED.labels(label).set(0)
 
     def current(self) -> Tokens | None:
         stored = self.store.tokens(self.location)
@@ -286,6 +289,7 @@ class TokenProvider:
                           "used from memory and written again on every call until the topic takes it",
                           self.subject, type(exc).__name__)
             metrics.GHL_OAUTH_REFRESHES.labels(self.label, "refreshed").inc()
+            metrics.GHL_OAUTH_REJECTED.labels(self.label).set(0)
             metrics.GHL_OAUTH_EXPIRY.labels(self.label).set(new.expires_at)
             log.info("oauth: %s: access token refreshed (generation %d, valid %.0fs)",
                      self.subject, new.gen, new.expires_at - sent_at)
@@ -301,6 +305,7 @@ class TokenProvider:
                 return
 
     def _report_rejected(self, tokens: Tokens) -> None:
+        metrics.GHL_OAUTH_REJECTED.labels(self.label).set(1)  # alert AproSyncGhlOAuthRefreshRejected
         if self._reported_gen == tokens.gen:
             return
         self._reported_gen = tokens.gen

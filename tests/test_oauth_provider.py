@@ -9,6 +9,7 @@ import logging
 import httpx
 import pytest
 from cryptography.fernet import Fernet
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from apro_sync.config import Settings
@@ -224,6 +225,7 @@ async def test_a_spent_refresh_token_fails_loudly_and_a_new_install_recovers(
                        for r in caplog.records)
             assert provider.current().rejected  # type: ignore[union-attr]
             assert stored.refresh_token not in caplog.text
+            assert REGISTRY.get_sample_value("apro_ghl_oauth_refresh_rejected", {"location": "clinic"}) == 1
             clock.now += 86399 * 0.2
             with pytest.raises(GhlPermanentError) as exc:
                 await provider.access_token()
@@ -237,6 +239,7 @@ async def test_a_spent_refresh_token_fails_loudly_and_a_new_install_recovers(
             fresh = recovered.provider(target(emu, await install(emu)))
             assert await fresh.access_token()
             assert not fresh.current().rejected  # type: ignore[union-attr]
+            assert REGISTRY.get_sample_value("apro_ghl_oauth_refresh_rejected", {"location": "clinic"}) == 0
         finally:
             await recovered.aclose()
 
