@@ -230,17 +230,25 @@ class TokenStore:
                         self.log.apply(data)
 
     async def write(self, record: dict[str, Any]) -> None:
-        """Append and wait for the broker's acknowledgement (acks=all), then fold it in. A tokens record older than
-        the stored generation is not written (compaction keeps the last record per key, so it must be the newest)."""
+        """Append and wait for the broker's acknowledgement (acks=all), then fold it in. Compaction keeps the last
+        record per key, so that must be the newest generation: an older tokens record is not written, and one
+        that lost a race is followed by the newest again."""
         if record["kind"] == "tokens":
             await self.catch_up()
             current = self.tokens(record["location"])
             if current is not None and record["gen"] < current.gen:
                 return
+        await self._send(record)
+        await self.catch_up()
+        if record["kind"] == "tokens":
+            current = self.tokens(record["location"])
+            if current is not None and current.gen > record["gen"]:
+                await self._send(current.to_dict())  # a newer one raced ours: make it the last again
+
+    async def _send(self, record: dict[str, Any]) -> None:
         key = record["location"] + (LEASE_SUFFIX if record["kind"] == "lease" else "")
         value = self.cipher.encrypt(json.dumps(record, separators=(",", ":")).encode())
         await self._producer.send_and_wait(self.topic, value=value, key=key.encode(), partition=0)
-        await self.catch_up()
 
     def tokens(self, location: str) -> Tokens | None:
         return self.log.tokens.get(location)

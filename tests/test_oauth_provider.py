@@ -4,6 +4,7 @@ against the real broker and the emulator's OAuth endpoints (fake clock on both s
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import httpx
@@ -363,3 +364,34 @@ async def test_company_install_buys_location_tokens_and_stores_only_the_company_
             assert (oauth.counts["refresh_token"], oauth.counts["location_token"]) == (2, 7)
         finally:
             await restarted.aclose()
+
+
+async def test_the_newest_generation_stays_the_last_record(oauth_settings: Settings) -> None:
+    """Compaction keeps the last record per key: it must always be the newest generation."""
+    from tests.reliability.harness import read_topic
+
+    first, second = OAuthManager(oauth_settings), OAuthManager(oauth_settings)
+    try:
+        store, other = first.store, second.store
+        await store.start()
+        await other.start()
+        await store.write(tokens(1).to_dict())
+        await store.write(tokens(3).to_dict())
+        await store.write(tokens(2).to_dict())  # older than what was read: not written
+        real_send = store._send  # noqa: SLF001
+
+        async def raced(record: dict) -> None:  # another worker writes a newer generation just before ours lands
+            if record["gen"] == 4:
+                await other.write(tokens(5).to_dict())
+            await real_send(record)
+
+        store._send = raced  # type: ignore[method-assign]  # noqa: SLF001
+        await store.write(tokens(4).to_dict())
+        records = [r for r in read_topic(oauth_settings.kafka_bootstrap_servers or "",
+                                         oauth_settings.topics.oauth_tokens) if r.key == LOCATION.encode()]
+        gens = [json.loads(store.cipher.decrypt(r.value or b""))["gen"] for r in records]
+        assert gens == [1, 3, 5, 4, 5]  # the raced record is followed by the newest again
+        assert store.tokens(LOCATION).gen == 5  # type: ignore[union-attr]
+    finally:
+        await first.aclose()
+        await second.aclose()
