@@ -11,7 +11,6 @@ Prints both and the ratio (target >= 0.5).   Usage: python bench/normalize.py [-
 """
 
 from __future__ import annotations
-
 import argparse
 import asyncio
 import json
@@ -23,23 +22,21 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-
 from confluent_kafka import Consumer, Producer, TopicPartition
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from apro_sync.config import Settings  # noqa: E402
+from foundations.config import Settings  # noqa: E402
 from apro_sync.local_brokers import local_broker  # noqa: E402
-from apro_sync.kafka_admin import ensure_topics  # noqa: E402
+from foundations.kafka_admin import ensure_topics  # noqa: E402
 
 FIXTURES = REPO / "examples" / "webhooks"
 FIRST = ["Jane", "Omar", "Lucia", "Maya", "Ava", "Noah", "Liam", "Emma", "Zoe", "Ivan"]
 LAST = ["Doe", "Haddad", "Moreno", "Lee", "Chen", "Smith", "Garcia", "Nguyen", "Patel", "Kim"]
 WORKER_CODE = (
-    "from apro_sync.config import load_settings\n"
-    "from streams.normalize_agent import register_normalizer\n"
-    "from streams.worker import run\n"
+    "from foundations.config import load_settings\n"
+    "from streams.normalize.agent import register_normalizer\n"
+    "from apro_sync.worker import run\n"
     "run(load_settings(), registrations=[register_normalizer])\n"
 )
 
@@ -96,7 +93,6 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> f
 async def aiokafka_baseline(bootstrap: str, topic: str, partitions: int, count: int, *, per_message: bool) -> float:
     """Seconds for a plain aiokafka consumer to read `count` records (no decoding, no processing)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition as TP
-
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
                                 group_id=None)
     await consumer.start()

@@ -21,7 +21,6 @@ AestheticsPro location, through a locations file), every figure printed against 
 """
 
 from __future__ import annotations
-
 import argparse
 import asyncio
 import bisect
@@ -42,7 +41,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -50,10 +48,10 @@ import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: E402
 
-from apro_sync.config import Settings  # noqa: E402
+from foundations.config import Settings  # noqa: E402
 from apro_sync.embedded_broker import EmbeddedBroker  # noqa: E402
-from sinks.emulator.config import EmulatorConfig, LocationConfig  # noqa: E402
-from sinks.emulator.server import ThreadedEmulator  # noqa: E402
+from emulator.config import EmulatorConfig, LocationConfig  # noqa: E402
+from emulator.server import ThreadedEmulator  # noqa: E402
 from sinks.locations import load_locations  # noqa: E402
 from sinks.provision import provision_all  # noqa: E402
 from tests.reliability.harness import TOKEN, StackConfig, parse_metrics, scrape  # noqa: E402

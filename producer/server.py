@@ -20,7 +20,6 @@ token segment of the path, and the per-request log line carries only ids, outcom
 """
 
 from __future__ import annotations
-
 import asyncio
 import json
 import logging
@@ -29,18 +28,16 @@ import signal
 import time
 from functools import partial
 from typing import Any
-
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from apro_sync.config import Settings
-from apro_sync.logs import configure_logging, get_logger, json_members, json_string, log_enabled, log_members, redact_path
-from apro_sync.kafka_admin import check_credentials
-from apro_sync.metrics import WEBHOOK_LATENCY, WEBHOOKS_RECEIVED, configured_locations
+from foundations.config import Settings
+from foundations.logs import configure_logging, get_logger, json_members, json_string, log_enabled, log_members, redact_path
+from foundations.kafka_admin import check_credentials
+from foundations.metrics import WEBHOOK_LATENCY, WEBHOOKS_RECEIVED, configured_locations
 from producer.auth import check_token
 from producer.intake import (
     RESOURCES,
@@ -53,7 +50,6 @@ from producer.intake import (
     request_id_from,
 )
 from producer.publisher import Publisher, PublishError
-
 WEBHOOK_PREFIX = "/webhooks/aestheticspro"
 # Request-scoped fields the access logger adds to its single line per request.
 _LOG_KEY: web.RequestKey[str] = web.RequestKey("apro_log", str)  # pre-rendered JSON members (json_members)

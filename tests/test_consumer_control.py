@@ -2,21 +2,17 @@
 in order, with their keys, values and headers; repeats are abandoned; a gap read across a revocation is dropped."""
 
 from __future__ import annotations
-
 import asyncio
 from typing import Any
-
 import faust
 import pytest
 from aiokafka.structs import ConsumerRecord
 from confluent_kafka import Consumer, Producer, TopicPartition
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
-
-from apro_sync import metrics as M
-from apro_sync.kafka_admin import ensure_topics
-from streams.consumer_control import GapReader, SequenceGuard
-
+from foundations import metrics
+from foundations.kafka_admin import ensure_topics
+from workarounds.consumer_control import GapReader, SequenceGuard
 pytestmark = pytest.mark.integration
 
 
@@ -52,7 +48,7 @@ def offsets(events: list[faust.EventT]) -> list[int]:
 
 
 def counter(agent: str, outcome: str) -> float:
-    return M.STREAM_GAP_RECORDS.labels(agent, outcome)._value.get()  # noqa: SLF001
+    return metrics.STREAM_GAP_RECORDS.labels(agent, outcome)._value.get()  # noqa: SLF001
 
 
 @pytest.fixture

@@ -3,11 +3,10 @@
 No Docker engine here, so the compose file is checked structurally against the code it runs (settings, topics,
 metrics). promtool validates the Prometheus files and runs the rule unit tests (deploy/prometheus/alerts_test.yml).
 PromQL in the dashboard and the rules is checked statically: every metric and label it names must exist in
-apro_sync/metrics.py (or be added by Prometheus, or be a recording rule).
+foundations/metrics.py (or be added by Prometheus, or be a recording rule).
 """
 
 from __future__ import annotations
-
 import json
 import re
 import shutil
@@ -15,18 +14,15 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
 import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from pydantic import AliasChoices
-
-import apro_sync.metrics as metrics_module
-from apro_sync.config import Settings
+import foundations.metrics as metrics_module
+from foundations.config import Settings
 from apro_sync.apache_kafka import KAFKA_VERSION
-from apro_sync.topics import Topics
+from foundations.topics import Topics
 from tests.conftest import REPO
-
 PROM_DIR = REPO / "deploy" / "prometheus"
 GRAFANA_DIR = REPO / "deploy" / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "apro-sync.json"
@@ -202,7 +198,6 @@ def test_compose_tls_proxy_forwards_only_webhooks(services: dict[str, Any]) -> N
 
 def test_compose_one_size_limit_from_http_to_broker(services: dict[str, Any]) -> None:
     from producer.publisher import RECORD_HEADROOM_BYTES
-
     broker_limit = int(services["kafka"]["environment"]["KAFKA_MESSAGE_MAX_BYTES"])
     max_body = Settings.model_fields["max_body_bytes"].default
     assert broker_limit >= max_body + RECORD_HEADROOM_BYTES
@@ -217,9 +212,7 @@ def test_env_example_puts_the_token_in_the_path() -> None:
 
 def test_compose_commands_are_cli_subcommands(services: dict[str, Any]) -> None:
     from typer.main import get_command
-
     from apro_sync.cli import app
-
     commands = set(get_command(app).commands)  # type: ignore[attr-defined]
     for name in APP_SERVICES:
         assert services[name]["command"][0] in commands, name
@@ -249,7 +242,7 @@ def test_compose_kafka_is_kraft_with_persistent_volume(services: dict[str, Any],
 
 def test_compose_creates_every_topic_from_the_code_definitions(services: dict[str, Any]) -> None:
     init = services["kafka-init"]
-    assert init["command"] == ["topics"], "topics come from apro_sync/topics.py, not a second list"
+    assert init["command"] == ["topics"], "topics come from foundations/topics.py, not a second list"
     for key in ("KAFKA_BOOTSTRAP_SERVERS", "APRO_TOPIC_PARTITIONS", "APRO_TOPIC_REPLICATION", "APRO_WORKER_ID"):
         assert init["environment"][key] == services["worker-1"]["environment"][key], key
     settings = Settings(_env_file=None, **{k.lower(): v for k, v in init["environment"].items()
@@ -395,7 +388,7 @@ PROMQL_WORDS = {
 
 
 def exported_series() -> dict[str, set[str]]:
-    """Series name → label names for every metric in apro_sync/metrics.py, as Prometheus stores them."""
+    """Series name → label names for every metric in foundations/metrics.py, as Prometheus stores them."""
     series: dict[str, set[str]] = {"up": set()}
     for obj in vars(metrics_module).values():
         if not isinstance(obj, MetricWrapperBase):

@@ -1,20 +1,17 @@
 """`apro-sync dlq list|redrive`: selection and header rules, then the real commands against the real broker."""
 
 from __future__ import annotations
-
 import json
 import time
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from typer.testing import CliRunner
-
-from apro_sync import headers as H
+from foundations.formats import headers as header_names
 from apro_sync.cli import app
-from apro_sync.config import Settings
-from apro_sync.kafka_admin import ensure_topics
-from apro_sync.oprecords import DlqEntry, dlq_entry, redrive_headers, redrive_target, select_for_redrive
-
+from foundations.config import Settings
+from foundations.kafka_admin import ensure_topics
+from apro_sync.ops.selection import DlqEntry, dlq_entry, redrive_headers, redrive_target, select_for_redrive
 PHI_NAME = "Marisol Dlqtestperson"
 PHI_EMAIL = "marisol.dlq@example.com"
 PHI_PHONE = "+14805550199"
@@ -38,24 +35,24 @@ def test_select_for_redrive() -> None:
 
 
 def test_redrive_headers_drop_dead_letter_headers_and_count_attempts() -> None:
-    original = [(H.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (H.REASON, b"boom"), (H.DLQ_STAGE, b"sync"),
-                (H.DLQ_ATTEMPTS, b"2"), (H.DLQ_SOURCE_TOPIC, b"n"), (H.TOKEN_LOCATION, b"3")]
+    original = [(header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (header_names.REASON, b"boom"), (header_names.DLQ_STAGE, b"sync"),
+                (header_names.DLQ_ATTEMPTS, b"2"), (header_names.DLQ_SOURCE_TOPIC, b"n"), (header_names.TOKEN_LOCATION, b"3")]
     assert redrive_headers(original, "d:0:5") == [
-        (H.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (H.TOKEN_LOCATION, b"3"), (H.DLQ_ATTEMPTS, b"3"),
-        (H.REPLAY, b"redrive"), (H.REPLAYED_FROM, b"d:0:5")]
-    assert (H.DLQ_ATTEMPTS, b"1") in redrive_headers([], "d:0:6")
+        (header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (header_names.TOKEN_LOCATION, b"3"), (header_names.DLQ_ATTEMPTS, b"3"),
+        (header_names.REPLAY, b"redrive"), (header_names.REPLAYED_FROM, b"d:0:5")]
+    assert (header_names.DLQ_ATTEMPTS, b"1") in redrive_headers([], "d:0:6")
 
 
 def test_redrive_target_keeps_partition_when_it_exists() -> None:
-    hdrs = {H.DLQ_SOURCE_TOPIC: "raw", H.DLQ_SOURCE_PARTITION: "2"}
+    hdrs = {header_names.DLQ_SOURCE_TOPIC: "raw", header_names.DLQ_SOURCE_PARTITION: "2"}
     assert redrive_target(hdrs, "fallback", {"raw": 4}) == ("raw", 2)
     assert redrive_target(hdrs, "fallback", {"raw": 2}) == ("raw", None)  # partition gone: hash the key
     assert redrive_target({}, "fallback", {"fallback": 4}) == ("fallback", None)
 
 
 def test_dlq_entry_for_quarantine_record() -> None:
-    entry = dlq_entry("q:0:0", {H.REASON: "body is not valid JSON (line 1)", H.RECEIVED_AT: "2026-01-15T08:00:00Z",
-                                H.TOKEN_LOCATION: "3"}, 0, default_stage="intake", redriven=False)
+    entry = dlq_entry("q:0:0", {header_names.REASON: "body is not valid JSON (line 1)", header_names.RECEIVED_AT: "2026-01-15T08:00:00Z",
+                                header_names.TOKEN_LOCATION: "3"}, 0, default_stage="intake", redriven=False)
     assert (entry.stage, entry.location, entry.at, entry.attempts) == ("intake", "3", "2026-01-15T08:00:00Z", 0)
 
 
@@ -78,19 +75,19 @@ def _value(n: int) -> bytes:
 def _dead_letter(settings: Settings, n: int, stage: str, source: str, partition: int, offset: int,
                  attempts: int | None = None) -> None:
     headers = [
-        (H.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"),
-        (H.REQUEST_ID, f"req-{n}".encode()),
-        (H.DLQ_STAGE, stage.encode()),
-        (H.REASON, b"email: not an address" if stage == "normalize" else b"ghl 422: contact rejected"),
-        (H.DLQ_EVENT_ID, f"evt-{n}".encode()),
-        (H.DLQ_SOURCE_TOPIC, source.encode()),
-        (H.DLQ_SOURCE_PARTITION, str(partition).encode()),
-        (H.DLQ_SOURCE_OFFSET, str(offset).encode()),
-        (H.DLQ_AT, b"2026-01-15T08:00:01+00:00"),
-        (H.DLQ_LOCATION, b"7"),
+        (header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"),
+        (header_names.REQUEST_ID, f"req-{n}".encode()),
+        (header_names.DLQ_STAGE, stage.encode()),
+        (header_names.REASON, b"email: not an address" if stage == "normalize" else b"ghl 422: contact rejected"),
+        (header_names.DLQ_EVENT_ID, f"evt-{n}".encode()),
+        (header_names.DLQ_SOURCE_TOPIC, source.encode()),
+        (header_names.DLQ_SOURCE_PARTITION, str(partition).encode()),
+        (header_names.DLQ_SOURCE_OFFSET, str(offset).encode()),
+        (header_names.DLQ_AT, b"2026-01-15T08:00:01+00:00"),
+        (header_names.DLQ_LOCATION, b"7"),
     ]
     if attempts is not None:
-        headers.append((H.DLQ_ATTEMPTS, str(attempts).encode()))
+        headers.append((header_names.DLQ_ATTEMPTS, str(attempts).encode()))
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "batch.num.messages": 1})
     producer.produce(settings.topics.deadletter, key=str(n).encode(), value=_value(n), headers=headers, partition=0)
     assert producer.flush(10) == 0
@@ -114,7 +111,7 @@ def _read(settings: Settings, topic: str) -> list[tuple[int, bytes, bytes, dict[
             for msg in consumer.consume(100, timeout=0.2):
                 if msg.error() or msg.offset() >= wanted[msg.partition()][1]:
                     continue
-                out.append((msg.partition(), msg.key(), msg.value(), H.to_dict(msg.headers())))
+                out.append((msg.partition(), msg.key(), msg.value(), header_names.to_dict(msg.headers())))
         assert len(out) == total
     finally:
         consumer.close()
@@ -177,8 +174,8 @@ def test_dlq_redrive_by_id_then_all(dead_letters: Settings) -> None:
     assert len(raw) == 1
     partition, key, value, hdrs = raw[0]
     assert (partition, key, value) == (2, b"1", _value(1))  # exact value, same key, source partition
-    assert hdrs == {H.RECEIVED_AT: "2026-01-15T08:00:00+00:00", H.REQUEST_ID: "req-1", H.DLQ_ATTEMPTS: "1",
-                    H.REPLAY: "redrive", H.REPLAYED_FROM: first}
+    assert hdrs == {header_names.RECEIVED_AT: "2026-01-15T08:00:00+00:00", header_names.REQUEST_ID: "req-1", header_names.DLQ_ATTEMPTS: "1",
+                    header_names.REPLAY: "redrive", header_names.REPLAYED_FROM: first}
     rows = {r["id"]: r for r in _list(runner, settings)}
     assert rows[first]["redriven"] is True
     assert [r["redriven"] for r in rows.values()] == [True, False, False]
@@ -192,7 +189,7 @@ def test_dlq_redrive_by_id_then_all(dead_letters: Settings) -> None:
     assert "records redriven: 2" in result.stdout and "left out (already redriven): 1" in result.stdout
     assert len(_read(settings, settings.topics.raw)) == 2
     normalized = _read(settings, settings.topics.normalized)
-    assert [(p, k, v, h[H.DLQ_ATTEMPTS]) for p, k, v, h in normalized] == [(1, b"2", _value(2), "2")]
+    assert [(p, k, v, h[header_names.DLQ_ATTEMPTS]) for p, k, v, h in normalized] == [(1, b"2", _value(2), "2")]
     assert all(r["redriven"] for r in _list(runner, settings))
     assert _list(runner, settings, "--pending") == []
 
@@ -212,8 +209,8 @@ def test_quarantine_list_and_redrive_to_raw(settings: Settings) -> None:
     body = b'{"firstName": "' + PHI_NAME.encode() + b'", '  # truncated JSON, as AestheticsPro sometimes sends
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "batch.num.messages": 1})
     producer.produce(settings.topics.quarantine, key=b"req-9", value=body, partition=1,
-                     headers=[(H.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (H.TOKEN_LOCATION, b"3"),
-                              (H.REASON, b"body is not valid JSON (line 1)")])
+                     headers=[(header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (header_names.TOKEN_LOCATION, b"3"),
+                              (header_names.REASON, b"body is not valid JSON (line 1)")])
     assert producer.flush(10) == 0
     runner = CliRunner()
     rows = _list(runner, settings, "--quarantine")
@@ -226,6 +223,6 @@ def test_quarantine_list_and_redrive_to_raw(settings: Settings) -> None:
     assert result.exit_code == 0, result.output
     assert "records redriven: 1" in result.stdout
     [(_, key, value, hdrs)] = _read(settings, settings.topics.raw)
-    assert (key, value, hdrs[H.REPLAYED_FROM], hdrs[H.TOKEN_LOCATION]) == (b"req-9", body, rid, "3")
-    assert H.REASON not in hdrs
+    assert (key, value, hdrs[header_names.REPLAYED_FROM], hdrs[header_names.TOKEN_LOCATION]) == (b"req-9", body, rid, "3")
+    assert header_names.REASON not in hdrs
     assert [r["redriven"] for r in _list(runner, settings, "--quarantine")] == [True]

@@ -1,22 +1,21 @@
 """GhlClient against the GoHighLevel emulator: a full write cycle, injected faults, API defects, rate limits."""
 
 from __future__ import annotations
-
 from datetime import date
 from decimal import Decimal
-
 import pytest
 from pydantic import SecretStr
+from emulator import EmulatorConfig
 
-from sinks.emulator import EmulatorConfig, LocationConfig
-from sinks.emulator.config import RateLimitConfig
+from emulator import LocationConfig
+from emulator.config import RateLimitConfig
 from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlPermanentError
 from sinks.ghl.models import ContactInput, CustomFieldValue
 from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget
 from sinks.provision import provision
-from streams import crm_fields
+from foundations.formats import crm_fields
 from tests.ghl_emulator_fixture import LOCATION_1, TOKEN_1, GhlEmulatorHandle, ghl_emulator  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)

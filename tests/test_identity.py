@@ -3,27 +3,27 @@ GoHighLevel contact (emulator: GoHighLevel's duplicate matching and its "Allow D
 identity check searches by email/phone in request bodies: no request URL carries an email or a phone."""
 
 from __future__ import annotations
-
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote_plus
-
 import httpx
 import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
+from emulator import EmulatorConfig
 
-from sinks.emulator import EmulatorConfig, EmulatorServer, LocationConfig
+from emulator import EmulatorServer
+
+from emulator import LocationConfig
 from sinks.executor import CONFLICT_MARKER_PREFIX, IdentityConflict, OpExecutor, execution_order
 from sinks.ghl.client import GhlClient
 from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget
 from sinks.provision import provision, resolve_ids
-from streams.events import NormalizedEvent
-from streams.planner import plan
-from streams.state import ClientState, mark_done
+from foundations.formats.normalized import NormalizedEvent
+from streams.plan.planner import plan
+from streams.plan.state import ClientState, mark_done
 from tests.ghl_emulator_fixture import LOCATION_1, LOCATION_2, TOKEN_1, TOKEN_2
-
 NOW = datetime(2026, 11, 20, tzinfo=timezone.utc)
 LABEL_1, LABEL_2 = "spa-one", "spa-two"  # configured location labels (metric label values)
 
@@ -237,8 +237,7 @@ def test_emulator_models_duplicate_search_sequence_and_the_location_setting(ghl_
 
 
 def test_emulator_search_sequence_can_put_phone_first() -> None:
-    from sinks.emulator.state import Store
-
+    from emulator.state import Store
     store = Store(EmulatorConfig(contact_match_order=("phone", "email")))
     loc = store.config.locations[0].id
     a, _ = store.upsert_contact(loc, {"locationId": loc, "email": "a@example.com", "phone": "+14805550101"})

@@ -6,7 +6,6 @@ Runs in the Apache Kafka pass of CI (`APRO_TEST_BROKER=kafka`): it needs Java an
 """
 
 from __future__ import annotations
-
 import asyncio
 import datetime as dt
 import ipaddress
@@ -15,22 +14,19 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
 from apro_sync.apache_kafka import ApacheKafka, SaslSslListener
-from apro_sync.config import Settings
-from apro_sync.kafka_admin import check_topics, ensure_topics, wait_for_broker
-from apro_sync.kafka_connection import KafkaAuthError
-from apro_sync.lag import LagReader
+from foundations.config import Settings
+from foundations.kafka_admin import check_topics, ensure_topics, wait_for_broker
+from foundations.kafka_connection import KafkaAuthError
+from apro_sync.ops.lag import LagReader
 from tests.conftest import FIXTURES, broker_kind
 from tests.reliability.harness import Post, StackConfig, post_many, read_topic, wait_until
 from tests.reliability.test_crash import ghl_env, start_emulator
-
 pytestmark = [
     pytest.mark.broker_restart,
     pytest.mark.skipif(broker_kind() != "kafka", reason="needs its own Apache Kafka (APRO_TEST_BROKER=kafka)"),

@@ -6,24 +6,19 @@ I/O is its batching output producer (librdkafka, outside Faust), replaced here b
 """
 
 from __future__ import annotations
-
 import asyncio
 import json
 from collections.abc import Sequence
 from pathlib import Path
-
 from prometheus_client import REGISTRY
-
-from apro_sync import headers as H
-from apro_sync.config import Settings
-from streams.app import build_app
-from streams.events import NormalizedEvent, Skipped, Unreadable
-from streams.normalize import normalize
-from streams.normalize_agent import register_normalizer
-from streams.output_producer import OutputRecord
+from foundations.formats import headers as header_names
+from foundations.config import Settings
+from workarounds.faust_app import build_app
+from foundations.formats.normalized import NormalizedEvent, Skipped, Unreadable
+from streams.normalize.rules import normalize
+from streams.normalize.agent import register_normalizer
+from streams.normalize.output_producer import OutputRecord
 from tests.conftest import FIXTURES
-
-
 class RecordingOutput:
     """Stands in for OutputProducer: `write` returns once the records are 'durable' (here: recorded)."""
 
@@ -87,13 +82,13 @@ def counter(name: str, **labels: str) -> float:
 
 def test_every_fixture_is_routed_by_the_pure_normalizer(tmp_path: Path) -> None:
     bodies = {p.stem: p.read_bytes() for p in sorted(FIXTURES.glob("*.json"))}
-    messages = [(b"k", body, {H.RECEIVED_AT: b"2026-11-20T15:58:02.123+00:00"}) for body in bodies.values()]
+    messages = [(b"k", body, {header_names.RECEIVED_AT: b"2026-11-20T15:58:02.123+00:00"}) for body in bodies.values()]
     settings, records = run_agent(tmp_path, messages)
     topics = settings.topics
     assert len(records) == len(bodies)
     offsets = []
     for (name, body), record in zip(bodies.items(), records):  # one partition: outputs keep input order
-        result = normalize(body, {H.RECEIVED_AT: "2026-11-20T15:58:02.123+00:00"})
+        result = normalize(body, {header_names.RECEIVED_AT: "2026-11-20T15:58:02.123+00:00"})
         if isinstance(result, NormalizedEvent):
             assert record.topic == topics.normalized, name
             assert record.key == result.client.id.encode(), name
@@ -102,7 +97,7 @@ def test_every_fixture_is_routed_by_the_pure_normalizer(tmp_path: Path) -> None:
             assert value == json.loads(result.model_dump_json(exclude={"raw_offset"})), name
         elif isinstance(result, Skipped):
             assert record.topic == topics.skipped, name
-            assert dict(record.headers)[H.REASON] == result.reason.value.encode(), name
+            assert dict(record.headers)[header_names.REASON] == result.reason.value.encode(), name
         else:
             assert record.topic == topics.deadletter, name
     # Arrival order: the offsets of the raw records, increasing in input order.
@@ -115,8 +110,8 @@ def test_a_replay_copy_carries_its_original_raw_offset(tmp_path: Path) -> None:
     settings = Settings(topic_prefix="ctx.", _env_file=None)
     origin = f"{settings.topics.raw}:0:4711".encode()
     other = b"ctx.apro.deadletter:0:12"  # a redrive names the dead letter, not a raw record: its own offset counts
-    _, records = run_agent(tmp_path, [(b"k", booked, {H.REPLAY: b"replay", H.REPLAYED_FROM: origin}),
-                                      (b"k", again, {H.REPLAY: b"redrive", H.REPLAYED_FROM: other})])
+    _, records = run_agent(tmp_path, [(b"k", booked, {header_names.REPLAY: b"replay", header_names.REPLAYED_FROM: origin}),
+                                      (b"k", again, {header_names.REPLAY: b"redrive", header_names.REPLAYED_FROM: other})])
     first, second = (json.loads(r.value)["raw_offset"] for r in records)
     assert first == 4711 and second != 4711 and second >= 0
 
@@ -137,7 +132,7 @@ def test_duplicates_pass_once_and_unreadable_bodies_are_dead_lettered(tmp_path: 
     assert [r.topic for r in records] == [topics.normalized, topics.skipped, topics.deadletter]
     letter = dict(records[2].headers)
     assert records[2].value == broken  # the raw payload, unchanged, for a redrive
-    assert letter[H.DLQ_STAGE] == b"normalize" and letter[H.REASON].startswith(b"body")
-    assert letter[H.DLQ_SOURCE_TOPIC] == topics.raw.encode()
+    assert letter[header_names.DLQ_STAGE] == b"normalize" and letter[header_names.REASON].startswith(b"body")
+    assert letter[header_names.DLQ_SOURCE_TOPIC] == topics.raw.encode()
     assert counter("apro_events_duplicate_total", location=location) - duplicates_before == 2
     assert counter("apro_events_skipped_total", location="unknown", reason="test_ping") - pings_before == 1

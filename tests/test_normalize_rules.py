@@ -1,17 +1,14 @@
 """Individual normalization rules: kinds, skips, unreadable reasons, money, dates, contact info."""
 
 from __future__ import annotations
-
 import json
 from datetime import date, datetime, timezone
 from decimal import Decimal
-
 import pytest
 
-from streams.events import AppointmentStatus, EventKind, NormalizedEvent, Skipped, SkipReason, Unreadable
-from streams.normalize import normalize
-from streams.parsing import FieldError, parse_calendar_date, parse_instant, parse_money, parse_phone, zone
-
+from foundations.formats.normalized import AppointmentStatus, EventKind, NormalizedEvent, Skipped, SkipReason, Unreadable
+from streams.normalize.rules import normalize
+from streams.normalize.values import FieldError, parse_calendar_date, parse_instant, parse_money, parse_phone, zone
 PHX = zone("America/Phoenix")
 CLIENT = {"clientId": "48213", "email": "a@example.com"}
 

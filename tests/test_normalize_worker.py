@@ -1,7 +1,6 @@
 """The normalization worker end to end through the real broker: raw records in, normalized/skipped/dead-letter out."""
 
 from __future__ import annotations
-
 import json
 import os
 import subprocess
@@ -10,22 +9,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-
-from apro_sync import headers as H
-from apro_sync.config import Settings
-from apro_sync.kafka_admin import ensure_topics
-from streams.payload import find_client_id, parse_body
+from foundations.formats import headers as header_names
+from foundations.config import Settings
+from foundations.kafka_admin import ensure_topics
+from foundations.formats.raw import find_client_id, parse_body
 from tests.conftest import REPO
-
 pytestmark = pytest.mark.integration
 
 WORKER_CODE = (
-    "from apro_sync.config import load_settings\n"
-    "from streams.normalize_agent import register_normalizer\n"
-    "from streams.worker import run\n"
+    "from foundations.config import load_settings\n"
+    "from streams.normalize.agent import register_normalizer\n"
+    "from apro_sync.worker import run\n"
     "run(load_settings(), registrations=[register_normalizer])\n"
 )
 
@@ -102,7 +98,7 @@ class Outputs:
             msg = self.consumer.poll(0.2)
             if msg is None or msg.error():
                 continue
-            self.records[self.names[msg.topic()]].append((msg.key(), msg.value(), H.to_dict(msg.headers())))
+            self.records[self.names[msg.topic()]].append((msg.key(), msg.value(), header_names.to_dict(msg.headers())))
 
     def close(self) -> None:
         self.consumer.close()
@@ -113,7 +109,7 @@ def raw_record(body: bytes, received_at: str = "2026-12-01T00:00:05+00:00") -> t
         key = (find_client_id(parse_body(body)) or "").encode()
     except ValueError:
         key = b""
-    return key, body, {H.RECEIVED_AT: received_at, H.REQUEST_ID: "req-1", H.CONTENT_TYPE: "application/json"}
+    return key, body, {header_names.RECEIVED_AT: received_at, header_names.REQUEST_ID: "req-1", header_names.CONTENT_TYPE: "application/json"}
 
 
 def test_worker_normalizes_skips_dedupes_and_deadletters(settings: Settings, fixture_bodies: dict[str, bytes],
@@ -148,22 +144,22 @@ def test_worker_normalizes_skips_dedupes_and_deadletters(settings: Settings, fix
     for key, value, headers in outputs.records["normalized"]:
         event = json.loads(value)
         assert key == event["client"]["id"].encode()
-        assert headers[H.RECEIVED_AT] == "2026-12-01T00:00:05+00:00" and headers[H.REQUEST_ID] == "req-1"
+        assert headers[header_names.RECEIVED_AT] == "2026-12-01T00:00:05+00:00" and headers[header_names.REQUEST_ID] == "req-1"
         assert event["received_at"].startswith("2026-12-01T00:00:05")
 
     skipped = {json.loads(v)["reason"]: json.loads(v) for _, v, _ in outputs.records["skipped"]}
     assert len(outputs.records["skipped"]) == 2
     assert skipped["test_ping"]["event_id"] and skipped["no_email_or_phone"]["client_id"] == "48999"
-    assert {h[H.REASON] for _, _, h in outputs.records["skipped"]} == {"test_ping", "no_email_or_phone"}
+    assert {h[header_names.REASON] for _, _, h in outputs.records["skipped"]} == {"test_ping", "no_email_or_phone"}
 
     assert len(outputs.records["deadletter"]) == 1
     key, value, headers = outputs.records["deadletter"][0]
     assert value == b'{"event": "appointment.created", "client": '  # the raw payload, unchanged
-    assert headers[H.DLQ_STAGE] == "normalize" and headers[H.REASON].startswith("body:")
-    assert headers[H.DLQ_SOURCE_TOPIC] == settings.topics.raw
-    assert int(headers[H.DLQ_SOURCE_OFFSET]) >= 0 and int(headers[H.DLQ_SOURCE_PARTITION]) >= 0
-    assert headers[H.DLQ_EVENT_ID] and headers[H.DLQ_AT] and headers[H.DLQ_LOCATION] == "unknown"
-    assert headers[H.RECEIVED_AT] == "2026-12-01T00:00:05+00:00"
+    assert headers[header_names.DLQ_STAGE] == "normalize" and headers[header_names.REASON].startswith("body:")
+    assert headers[header_names.DLQ_SOURCE_TOPIC] == settings.topics.raw
+    assert int(headers[header_names.DLQ_SOURCE_OFFSET]) >= 0 and int(headers[header_names.DLQ_SOURCE_PARTITION]) >= 0
+    assert headers[header_names.DLQ_EVENT_ID] and headers[header_names.DLQ_AT] and headers[header_names.DLQ_LOCATION] == "unknown"
+    assert headers[header_names.RECEIVED_AT] == "2026-12-01T00:00:05+00:00"
 
 
 def _event(fixture_bodies: dict[str, bytes], event_id: str) -> bytes:

@@ -1,28 +1,24 @@
 """Sync planner rules (docs/sync-rules.md): table-driven, pure, no I/O."""
 
 from __future__ import annotations
-
 import json
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 from pydantic import TypeAdapter
-
-from streams import crm_fields as F
-from streams.crm_ops import (
+from foundations.formats import crm_fields
+from foundations.formats.crm_commands import (
     AddNote, AddTags, CrmOp, EnrollWorkflow, OpKind, UpsertContact, UpsertOpportunity,
 )
-from streams.events import (
+from foundations.formats.normalized import (
     Address, Appointment, AppointmentStatus, Client, EventKind, Invoice, LineItem, Location, NormalizedEvent,
     Provider, Service,
 )
-from streams.normalize import normalize
-from streams.planner import Outcome, Plan, PlanError, format_local, format_money, plan
-from streams.state import ClientState, mark_done, record_contact_id, record_opportunity_id
-
+from streams.normalize.rules import normalize
+from streams.plan.planner import Outcome, Plan, PlanError, format_local, format_money, plan
+from streams.plan.state import ClientState, mark_done, record_contact_id, record_opportunity_id
 FIXTURES = Path(__file__).resolve().parent.parent / "examples" / "webhooks"
 UTC = timezone.utc
 PHX = Location(id="3", name="Scottsdale", timezone="America/Phoenix")  # UTC-7, no DST
@@ -102,9 +98,9 @@ def test_note_dates_are_local_to_the_location() -> None:
 
 APPT_TABLE = [
     # kind, APro Appt Status, stage
-    (EventKind.APPOINTMENT_BOOKED, "Booked", F.STAGE_BOOKED),
-    (EventKind.APPOINTMENT_CANCELLED, "Cancelled", F.STAGE_CANCEL_NO_SHOW),
-    (EventKind.APPOINTMENT_NO_SHOW, "NoShow", F.STAGE_CANCEL_NO_SHOW),
+    (EventKind.APPOINTMENT_BOOKED, "Booked", crm_fields.STAGE_BOOKED),
+    (EventKind.APPOINTMENT_CANCELLED, "Cancelled", crm_fields.STAGE_CANCEL_NO_SHOW),
+    (EventKind.APPOINTMENT_NO_SHOW, "NoShow", crm_fields.STAGE_CANCEL_NO_SHOW),
 ]
 
 
@@ -138,8 +134,8 @@ def test_appointment_event_fields_note_stage_workflow(kind: EventKind, status: s
     assert note.body.endswith("\napro-event: e1") and note.marker == "apro-event: e1"
     (opp,) = of(p, UpsertOpportunity)
     assert (opp.pipeline, opp.stage, opp.status, opp.monetary_value, opp.name) == (
-        F.PIPELINE_NAME, stage, "open", None, "Jane Doe")
-    assert [w.workflow for w in of(p, EnrollWorkflow)] == [F.WORKFLOW_APPOINTMENTS_UPDATE]
+        crm_fields.PIPELINE_NAME, stage, "open", None, "Jane Doe")
+    assert [w.workflow for w in of(p, EnrollWorkflow)] == [crm_fields.WORKFLOW_APPOINTMENTS_UPDATE]
 
 
 def test_op_ids_are_stable_unique_and_carry_routing() -> None:
@@ -175,16 +171,16 @@ def test_invoice_paid_fields_note_won_value_and_workflows() -> None:
                  "Paid: Thu Dec 3, 2026 3:09 PM MST", "Location: Scottsdale", "apro-event: p1"):
         assert line in note.body
     (opp,) = of(p, UpsertOpportunity)
-    assert (opp.stage, opp.status, opp.monetary_value) == (F.STAGE_PATIENT, "won", Decimal("1150.00"))
+    assert (opp.stage, opp.status, opp.monetary_value) == (crm_fields.STAGE_PATIENT, "won", Decimal("1150.00"))
     assert [op.tags for op in of(p, AddTags)] == [("apro-patient",)]
-    assert [w.workflow for w in of(p, EnrollWorkflow)] == [F.WORKFLOW_INVOICE_PAID, F.WORKFLOW_BIRTHDAY]
+    assert [w.workflow for w in of(p, EnrollWorkflow)] == [crm_fields.WORKFLOW_INVOICE_PAID, crm_fields.WORKFLOW_BIRTHDAY]
     assert p.new_state.patient and p.new_state.appointments["A1"].status is AppointmentStatus.COMPLETED
 
 
 def test_invoice_paid_without_prior_opportunity_creates_it_in_patient_stage() -> None:
     p = plan(invoice_event("p1", t(3)), None, location_label=LABEL, now=NOW)
     (opp,) = of(p, UpsertOpportunity)
-    assert (opp.stage, opp.status, opp.monetary_value) == (F.STAGE_PATIENT, "won", Decimal("1150.00"))
+    assert (opp.stage, opp.status, opp.monetary_value) == (crm_fields.STAGE_PATIENT, "won", Decimal("1150.00"))
 
 
 def test_retail_only_invoice_last_visit_from_paid_date_in_location_zone() -> None:
@@ -331,7 +327,7 @@ def test_late_event_for_an_older_appointment_reasserts_current_fields_without_mo
     assert c.custom["next_visit_date"] == "2026-12-08"
     assert len(of(p, AddNote)) == 1 and not of(p, UpsertOpportunity) and not of(p, EnrollWorkflow)
     assert p.new_state.appointments["A1"].status is AppointmentStatus.CANCELLED
-    assert p.new_state.stage is not None and p.new_state.stage.value == F.STAGE_BOOKED
+    assert p.new_state.stage is not None and p.new_state.stage.value == crm_fields.STAGE_BOOKED
 
 
 # ------------------------------------------------------------------ the full story, replay, LTV
@@ -356,15 +352,15 @@ def test_story_book_reschedule_cancel_rebook_paid_twice_retail() -> None:
     s, plans = run(story())
     assert [p.outcome for p in plans] == [Outcome.APPLIED] * 5 + [Outcome.REPEATED_INVOICE, Outcome.APPLIED]
     stages = [[o.stage for o in of(p, UpsertOpportunity)] for p in plans]
-    assert stages == [[F.STAGE_BOOKED], [], [F.STAGE_CANCEL_NO_SHOW], [F.STAGE_BOOKED], [F.STAGE_PATIENT], [],
-                      [F.STAGE_PATIENT]]
+    assert stages == [[crm_fields.STAGE_BOOKED], [], [crm_fields.STAGE_CANCEL_NO_SHOW], [crm_fields.STAGE_BOOKED], [crm_fields.STAGE_PATIENT], [],
+                      [crm_fields.STAGE_PATIENT]]
     nv = [contact(p).custom.get("next_visit_date") for p in plans[:5]]
     assert nv == ["2026-12-01", "2026-12-03", "", "2026-12-03", ""]
     assert plans[5].ops == ()  # same invoice paid again: counted once, no second note or enrollment
     assert contact(plans[6]).custom["patient_lifetime_value"] == Decimal("1246.50")
     assert contact(plans[6]).custom["last_visit_date"] == "2026-12-06"
     # a second invoice is a new paid invoice: it enrolls again
-    assert [w.workflow for w in of(plans[6], EnrollWorkflow)] == [F.WORKFLOW_INVOICE_PAID, F.WORKFLOW_BIRTHDAY]
+    assert [w.workflow for w in of(plans[6], EnrollWorkflow)] == [crm_fields.WORKFLOW_INVOICE_PAID, crm_fields.WORKFLOW_BIRTHDAY]
     assert s is not None and s.lifetime_value == Decimal("1246.50") and s.patient
     assert [e.event_id for e in s.effects] == ["e1-book", "e2-resched", "e3-cancel", "e4-rebook", "e5-paid",
                                                "e7-retail"]
@@ -396,7 +392,7 @@ def test_refund_and_void_reduce_lifetime_value_without_enrollments() -> None:
     for p, ltv in ((plans[3], "1200.10"), (plans[5], "1000.00")):
         assert contact(p).custom == {"apro_client_id": "48213", "patient_lifetime_value": Decimal(ltv)}
         (opp,) = of(p, UpsertOpportunity)
-        assert (opp.stage, opp.status, opp.monetary_value) == (F.STAGE_PATIENT, "won", Decimal(ltv))
+        assert (opp.stage, opp.status, opp.monetary_value) == (crm_fields.STAGE_PATIENT, "won", Decimal(ltv))
         assert not of(p, EnrollWorkflow) and not of(p, AddTags)
         assert f"Patient lifetime value: {format_money(Decimal(ltv))}" in of(p, AddNote)[0].body
     assert "Refund: $150.00" in of(plans[3], AddNote)[0].body
@@ -504,7 +500,7 @@ def test_regression_resend_after_a_late_different_amount(order: list[NormalizedE
     assert s is not None and s.lifetime_value == Decimal("100.00")
     rec = s.invoices["INV-1"]
     assert (rec.paid_amount, rec.paid_event_id, rec.paid_event_at) == (Decimal("100.00"), "C", t(1, 10, 10))
-    assert s.custom[F.INVOICE_PAID_AMOUNT.key].value == "100.00"
+    assert s.custom[crm_fields.INVOICE_PAID_AMOUNT.key].value == "100.00"
     # one note and one set of enrollments for the invoice, whichever paid event came first
     assert sum(len(of(p, EnrollWorkflow)) for p in plans) == 2 and sum(len(of(p, AddTags)) for p in plans) == 1
 
@@ -552,11 +548,11 @@ def assert_one_decision(ev: NormalizedEvent, p: Plan) -> None:
             EventKind.APPOINTMENT_BOOKED, EventKind.APPOINTMENT_CANCELLED, EventKind.APPOINTMENT_NO_SHOW):
         return
     st_ = p.new_state
-    status = st_.custom[F.APRO_APPT_STATUS.key]
+    status = st_.custom[crm_fields.APRO_APPT_STATUS.key]
     decided = [status.event_id == ev.event_id, st_.stage is not None and st_.stage.event_id == ev.event_id,
                bool(of(p, UpsertOpportunity)), bool(of(p, EnrollWorkflow))]
     assert len(set(decided)) == 1, (ev.event_id, decided)
-    assert contact(p).custom[F.APRO_APPT_STATUS.key] == status.value and len(of(p, AddNote)) == 1
+    assert contact(p).custom[crm_fields.APRO_APPT_STATUS.key] == status.value and len(of(p, AddNote)) == 1
 
 
 def anonymous(view: dict, events: list[NormalizedEvent]) -> str:
@@ -614,10 +610,10 @@ def test_regression_booking_and_cancellation_in_the_same_second(cancel_id: str) 
     assert c.custom["apro_appt_status"] == "Cancelled"
     assert (c.custom["next_visit_date"], c.custom["next_visit_service"]) == ("", "")
     (opp,) = of(p, UpsertOpportunity)
-    assert opp.stage == F.STAGE_CANCEL_NO_SHOW
-    assert [w.workflow for w in of(p, EnrollWorkflow)] == [F.WORKFLOW_APPOINTMENTS_UPDATE]
+    assert opp.stage == crm_fields.STAGE_CANCEL_NO_SHOW
+    assert [w.workflow for w in of(p, EnrollWorkflow)] == [crm_fields.WORKFLOW_APPOINTMENTS_UPDATE]
     assert "Status: Cancelled" in of(p, AddNote)[0].body
-    assert s is not None and s.stage is not None and s.stage.value == F.STAGE_CANCEL_NO_SHOW
+    assert s is not None and s.stage is not None and s.stage.value == crm_fields.STAGE_CANCEL_NO_SHOW
     assert s.appointments["A1"].status is AppointmentStatus.CANCELLED
     # Redelivered in the other order (a replay): the booking is older by offset, hence stale, not half-applied.
     s2, (_, p2) = run([cancel, book])
@@ -740,8 +736,7 @@ def test_fixture_webhooks_plan_as_the_seed_describes() -> None:
 
 
 def test_dead_lettered_event_is_parked_and_a_redrive_resumes_only_the_ops_not_done() -> None:
-    from streams.state import park_failed
-
+    from streams.plan.state import park_failed
     state, (p1,) = run([booked("b1", t(20))])
     assert state is not None
     contact_op = contact(p1)
@@ -771,8 +766,7 @@ def test_dead_lettered_event_is_parked_and_a_redrive_resumes_only_the_ops_not_do
 
 
 def test_resumed_contact_op_carries_current_values_not_the_parked_ones() -> None:
-    from streams.state import park_failed
-
+    from streams.plan.state import park_failed
     state, (p1,) = run([invoice_event("i1", t(20), amount="100.00")])
     assert state is not None
     state = park_failed(state, "i1")  # the contact upsert itself failed
@@ -782,9 +776,9 @@ def test_resumed_contact_op_carries_current_values_not_the_parked_ones() -> None
     redriven = plan(invoice_event("i1", t(20), amount="100.00"), state, location_label=LABEL, now=NOW,
                     resume_failed=True)
     assert redriven.outcome is Outcome.RESUMED
-    assert contact(p1).custom[F.PATIENT_LIFETIME_VALUE.key] == Decimal("100.00")
-    assert contact(redriven).custom[F.PATIENT_LIFETIME_VALUE.key] == Decimal("150.00")
-    assert contact(redriven).custom[F.APRO_INVOICE_ID.key] == "INV-2"  # the newer invoice's register
+    assert contact(p1).custom[crm_fields.PATIENT_LIFETIME_VALUE.key] == Decimal("100.00")
+    assert contact(redriven).custom[crm_fields.PATIENT_LIFETIME_VALUE.key] == Decimal("150.00")
+    assert contact(redriven).custom[crm_fields.APRO_INVOICE_ID.key] == "INV-2"  # the newer invoice's register
     assert contact(redriven).op_id == contact(p1).op_id
     (opp,) = of(redriven, UpsertOpportunity)
     assert opp.monetary_value == Decimal("150.00") and opp.status == "won"
@@ -792,8 +786,7 @@ def test_resumed_contact_op_carries_current_values_not_the_parked_ones() -> None
 
 
 def test_parking_keeps_a_bounded_history() -> None:
-    from streams.state import MAX_FAILED, park_failed
-
+    from streams.plan.state import MAX_FAILED, park_failed
     state: ClientState | None = None
     for i in range(MAX_FAILED + 3):
         state, _ = run([booked(f"b{i}", t(1) + timedelta(hours=i), appt_id=f"A{i}")], state)

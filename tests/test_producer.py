@@ -1,21 +1,18 @@
 """Webhook intake against the real embedded broker, served on a real loopback port."""
 
 from __future__ import annotations
-
 import asyncio
 import json
 import logging
 from datetime import datetime
-
 import pytest
 import structlog
 
-from apro_sync import headers as H
-from apro_sync.config import Settings
-from apro_sync.logs import configure_logging
+from foundations.formats import headers as header_names
+from foundations.config import Settings
+from foundations.logs import configure_logging
 from producer.intake import FALLBACK_KEY
 from tests.test_producer_helpers import LOC3_TOKEN, TOKEN, headers_of, read_topic, running_intake
-
 pytestmark = pytest.mark.integration
 
 JSON = {"Content-Type": "application/json"}
@@ -100,12 +97,12 @@ async def test_unreadable_body_is_400_and_quarantined_with_reason(settings: Sett
     records = sorted(quarantined(settings), key=lambda m: m.timestamp()[1])
     assert [m.value() for m in records] == [body, b"[1, 2]"]
     first = headers_of(records[0])
-    assert first[H.REASON] == answer["reason"]
-    assert first[H.REQUEST_ID] == "q-1"
-    assert first[H.CONTENT_TYPE] == "text/plain"
-    assert first[H.RESOURCE] == "invoices"
-    assert datetime.fromisoformat(first[H.RECEIVED_AT]).tzinfo is not None
-    assert "not an object" in headers_of(records[1])[H.REASON]
+    assert first[header_names.REASON] == answer["reason"]
+    assert first[header_names.REQUEST_ID] == "q-1"
+    assert first[header_names.CONTENT_TYPE] == "text/plain"
+    assert first[header_names.RESOURCE] == "invoices"
+    assert datetime.fromisoformat(first[header_names.RECEIVED_AT]).tzinfo is not None
+    assert "not an object" in headers_of(records[1])[header_names.REASON]
     assert raw_records(settings) == []
 
 
@@ -122,11 +119,11 @@ async def test_accepted_webhook_is_one_unchanged_record_keyed_by_client(settings
     assert record.key() == b"48213"
     assert record.value() == body
     headers = headers_of(record)
-    assert headers[H.REQUEST_ID] == "req-abc.1"
-    assert headers[H.RESOURCE] == "clients"
-    assert headers[H.CONTENT_TYPE] == "application/json; charset=utf-8"
-    assert headers[H.TOKEN_LOCATION] == "3"
-    assert datetime.fromisoformat(headers[H.RECEIVED_AT]).tzinfo is not None
+    assert headers[header_names.REQUEST_ID] == "req-abc.1"
+    assert headers[header_names.RESOURCE] == "clients"
+    assert headers[header_names.CONTENT_TYPE] == "application/json; charset=utf-8"
+    assert headers[header_names.TOKEN_LOCATION] == "3"
+    assert datetime.fromisoformat(headers[header_names.RECEIVED_AT]).tzinfo is not None
 
 
 async def test_form_encoded_body_is_accepted_unchanged(settings: Settings) -> None:
@@ -142,8 +139,8 @@ async def test_form_encoded_body_is_accepted_unchanged(settings: Settings) -> No
     [record] = raw_records(settings)
     assert (record.key(), record.value()) == (b"777", body)
     headers = headers_of(record)
-    assert headers[H.REQUEST_ID] == request_id
-    assert H.RESOURCE not in headers and H.TOKEN_LOCATION not in headers
+    assert headers[header_names.REQUEST_ID] == request_id
+    assert header_names.RESOURCE not in headers and header_names.TOKEN_LOCATION not in headers
 
 
 async def test_every_reference_payload_is_accepted_with_its_key(settings: Settings, fixture_bodies) -> None:
@@ -152,7 +149,7 @@ async def test_every_reference_payload_is_accepted_with_its_key(settings: Settin
         for name, body in fixture_bodies.items():
             async with intake.session.post(intake.url(), data=body, headers={**JSON, "X-Request-ID": name}) as resp:
                 assert resp.status == 202, name
-    by_request = {headers_of(m)[H.REQUEST_ID]: m for m in raw_records(settings)}
+    by_request = {headers_of(m)[header_names.REQUEST_ID]: m for m in raw_records(settings)}
     assert set(by_request) == set(EXPECTED_KEYS)
     for name, record in by_request.items():
         assert record.key() == EXPECTED_KEYS[name], name
@@ -171,7 +168,7 @@ async def test_1000_concurrent_webhooks_give_1000_records(settings: Settings) ->
     assert statuses == [202] * 1000
     records = raw_records(settings)
     assert len(records) == 1000
-    assert {headers_of(m)[H.REQUEST_ID] for m in records} == set(ids)
+    assert {headers_of(m)[header_names.REQUEST_ID] for m in records} == set(ids)
     for m in records:
         assert m.key() == str(json.loads(m.value())["clientId"]).encode()
 

@@ -4,20 +4,17 @@ Uses its own broker of the session's kind (stopped and restarted here), never th
 """
 
 from __future__ import annotations
-
 import time
 import uuid
 from collections.abc import Iterator
-
 import pytest
 
-from apro_sync import headers as H
-from apro_sync.config import Settings
+from foundations.formats import headers as header_names
+from foundations.config import Settings
 from apro_sync.apache_kafka import ApacheKafka
 from apro_sync.embedded_broker import EmbeddedBroker
 from tests.conftest import new_restartable_broker
 from tests.test_producer_helpers import TOKEN, create_intake_topics, headers_of, read_topic, running_intake
-
 pytestmark = [pytest.mark.integration, pytest.mark.broker_restart]
 
 JSON = {"Content-Type": "application/json"}
@@ -72,6 +69,6 @@ async def test_broker_down_means_503_then_recovery(broker: EmbeddedBroker | Apac
             assert resp.status == 200
 
     records = read_topic(broker.bootstrap, settings.topics.raw)
-    assert accepted_id in {headers_of(m)[H.REQUEST_ID] for m in records}
+    assert accepted_id in {headers_of(m)[header_names.REQUEST_ID] for m in records}
     kept = {b"1"} if broker.persistent else set()  # Apache Kafka keeps the log across the restart
     assert kept <= {m.key() for m in records} <= kept | {b"2", b"3"}  # the 503'd one may land late (deduped later)

@@ -1,13 +1,11 @@
 """Pure pieces of the intake: token check, path redaction, request ids, keys and labels."""
 
 from __future__ import annotations
-
 import pytest
 from pydantic import SecretStr
-
-from apro_sync import headers as H
-from apro_sync.config import WebhookToken
-from apro_sync.logs import redact_path
+from foundations.formats import headers as header_names
+from foundations.config import WebhookToken
+from foundations.logs import redact_path
 from producer.auth import check_token
 from producer.intake import (
     FALLBACK_KEY,
@@ -80,8 +78,8 @@ def test_inspect_body_keys_by_client_or_fallback() -> None:
 def test_headers() -> None:
     raw = dict(raw_headers(received_at="2026-01-01T00:00:00+00:00", request_id="r1", content_type="application/json",
                            resource=None, token_location=None))
-    assert raw == {H.RECEIVED_AT: b"2026-01-01T00:00:00+00:00", H.REQUEST_ID: b"r1", H.CONTENT_TYPE: b"application/json"}
+    assert raw == {header_names.RECEIVED_AT: b"2026-01-01T00:00:00+00:00", header_names.REQUEST_ID: b"r1", header_names.CONTENT_TYPE: b"application/json"}
     q = dict(quarantine_headers(reason="body is empty", received_at="t", request_id="r2", content_type="x" * 500,
                                 resource="clients", token_location="3"))
-    assert q[H.REASON] == b"body is empty" and q[H.RESOURCE] == b"clients" and q[H.TOKEN_LOCATION] == b"3"
-    assert len(q[H.CONTENT_TYPE]) == 200
+    assert q[header_names.REASON] == b"body is empty" and q[header_names.RESOURCE] == b"clients" and q[header_names.TOKEN_LOCATION] == b"3"
+    assert len(q[header_names.CONTENT_TYPE]) == 200

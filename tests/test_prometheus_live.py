@@ -14,7 +14,6 @@ Grafana would, and must return at least one finite sample.
 """
 
 from __future__ import annotations
-
 import asyncio
 import io
 import json
@@ -26,15 +25,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-
 import pytest
 import yaml
 from pydantic import SecretStr
-
-from apro_sync.config import Settings
+from foundations.config import Settings
 from apro_sync.embedded_broker import free_port
-from sinks.emulator import EmulatorConfig, LocationConfig
-from sinks.emulator.config import RateLimitConfig
+from emulator import EmulatorConfig
+from emulator import LocationConfig
+from emulator.config import RateLimitConfig
 from sinks.locations import load_locations
 from sinks.provision import provision_all
 from tests.conftest import FIXTURES, REPO
@@ -52,7 +50,6 @@ from tests.prom_live_support import (
 )
 from tests.reliability import harness as RH
 from tests.test_sink_e2e import write_requests
-
 pytestmark = pytest.mark.integration
 needs_prometheus = pytest.mark.skipif(PROMETHEUS is None,
                                       reason="prometheus binary not installed (Debian package `prometheus`)")

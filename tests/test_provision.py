@@ -1,19 +1,21 @@
 """`apro-sync provision` and resolve_ids against the GoHighLevel emulator (real HTTP, spec-validated)."""
 
 from __future__ import annotations
-
 import io
 
 import pytest
 from pydantic import SecretStr
-
-from apro_sync.config import Settings
-from sinks.emulator import EmulatorConfig, LocationConfig
-from sinks.emulator.config import CustomFieldConfig, PipelineConfig, StageConfig, WorkflowConfig
+from foundations.config import Settings
+from emulator import EmulatorConfig
+from emulator import LocationConfig
+from emulator.config import CustomFieldConfig
+from emulator.config import PipelineConfig
+from emulator.config import StageConfig
+from emulator.config import WorkflowConfig
 from sinks.ghl.client import GhlClient
 from sinks.locations import GhlTarget, Ref
 from sinks.provision import FOLDER_NOTE, ProvisioningIncomplete, ResolvedIdsCache, provision, resolve_ids, run
-from streams import crm_fields
+from foundations.formats import crm_fields
 from tests.ghl_emulator_fixture import LOCATION_1, LOCATION_2, TOKEN_1, TOKEN_2, ghl_emulator  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)

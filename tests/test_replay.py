@@ -1,21 +1,18 @@
 """`apro-sync replay`: time parsing and selection rules, then the real command against the real broker."""
 
 from __future__ import annotations
-
 import json
 import time
 from datetime import datetime, timedelta, timezone
-
 import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from typer.testing import CliRunner
-
-from apro_sync import headers as H
+from foundations.formats import headers as header_names
 from apro_sync.cli import app
-from apro_sync.config import Settings
-from apro_sync.kafka_admin import ensure_topics
-from apro_sync.oprecords import (
+from foundations.config import Settings
+from foundations.kafka_admin import ensure_topics
+from apro_sync.ops.selection import (
     AFTER_UNTIL,
     BEFORE_SINCE,
     NO_LOCATION,
@@ -27,8 +24,7 @@ from apro_sync.oprecords import (
     replay_decision,
     replay_headers,
 )
-from apro_sync.timeparse import TimeParseError, parse_time
-
+from foundations.timeparse import TimeParseError, parse_time
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
 PHI = "Jane Q. Replaytest"
 
@@ -84,17 +80,17 @@ def test_replay_decision_rules() -> None:
     assert replay_decision(ReplayFilter(location="scottsdale"), 10, {}, body) is None
     assert replay_decision(ReplayFilter(location="8"), 10, {}, body) == OTHER_LOCATION
     # The token-bound location wins over the body.
-    assert replay_decision(ReplayFilter(location="3"), 10, {H.TOKEN_LOCATION: "3"}, body) is None
-    assert replay_decision(ReplayFilter(location="7"), 10, {H.TOKEN_LOCATION: "3"}, body) == OTHER_LOCATION
+    assert replay_decision(ReplayFilter(location="3"), 10, {header_names.TOKEN_LOCATION: "3"}, body) is None
+    assert replay_decision(ReplayFilter(location="7"), 10, {header_names.TOKEN_LOCATION: "3"}, body) == OTHER_LOCATION
     assert replay_decision(ReplayFilter(location="7"), 10, {}, b"{not json") == NO_LOCATION
-    assert replay_decision(ReplayFilter(), 10, {H.REPLAYED_FROM: "raw:0:1"}, body) == REPLAY_COPY
+    assert replay_decision(ReplayFilter(), 10, {header_names.REPLAYED_FROM: "raw:0:1"}, body) == REPLAY_COPY
 
 
 def test_replay_headers_keep_originals_and_mark_the_copy() -> None:
-    original = [(H.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (H.REPLAY, b"old"), ("x", b"1")]
+    original = [(header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (header_names.REPLAY, b"old"), ("x", b"1")]
     out = replay_headers(original, "raw:1:5")
-    assert out == [(H.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), ("x", b"1"), (H.REPLAY, b"replay"),
-                   (H.REPLAYED_FROM, b"raw:1:5")]
+    assert out == [(header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), ("x", b"1"), (header_names.REPLAY, b"replay"),
+                   (header_names.REPLAYED_FROM, b"raw:1:5")]
 
 
 # --- against the broker -----------------------------------------------------------------------------------------
@@ -122,7 +118,7 @@ def _produce(settings: Settings, batch: list[tuple[int, str | None]]) -> None:
                          "batch.num.messages": 1})
     for n, location in batch:
         producer.produce(settings.topics.raw, key=str(n).encode(), value=_body(n, location),
-                         headers=[(H.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (H.REQUEST_ID, f"req-{n}".encode())])
+                         headers=[(header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (header_names.REQUEST_ID, f"req-{n}".encode())])
     assert producer.flush(10) == 0
 
 
@@ -144,7 +140,7 @@ def _read_raw(settings: Settings) -> list[tuple[int, int, bytes, bytes, dict[str
             for msg in consumer.consume(100, timeout=0.5):
                 if msg.error() or msg.offset() >= wanted[msg.partition()][1]:
                     continue
-                out.append((msg.partition(), msg.offset(), msg.key(), msg.value(), H.to_dict(msg.headers())))
+                out.append((msg.partition(), msg.offset(), msg.key(), msg.value(), header_names.to_dict(msg.headers())))
         assert len(out) == total
     finally:
         consumer.close()
@@ -172,7 +168,7 @@ def raw_batches(settings: Settings) -> tuple[Settings, datetime, datetime]:
 
 
 def _copies(settings: Settings) -> list[tuple[int, int, bytes, bytes, dict[str, str]]]:
-    return [r for r in _read_raw(settings) if H.REPLAYED_FROM in r[4]]
+    return [r for r in _read_raw(settings) if header_names.REPLAYED_FROM in r[4]]
 
 
 def test_replay_republishes_exactly_the_range_and_location(raw_batches: tuple[Settings, datetime, datetime]) -> None:
@@ -189,16 +185,16 @@ def test_replay_republishes_exactly_the_range_and_location(raw_batches: tuple[Se
     assert result.exit_code == 0, result.output
     assert "records republished: 4" in result.stdout
     assert PHI not in result.output
-    before = {(p, o): (k, v, h) for p, o, k, v, h in _read_raw(settings) if H.REPLAYED_FROM not in h}
+    before = {(p, o): (k, v, h) for p, o, k, v, h in _read_raw(settings) if header_names.REPLAYED_FROM not in h}
     copies = _copies(settings)
     assert sorted(int(k) for _, _, k, _, _ in copies) == [10, 11, 12, 13]
     for partition, _, key, value, hdrs in copies:
-        topic, src_partition, src_offset = parse_record_id(hdrs[H.REPLAYED_FROM])
+        topic, src_partition, src_offset = parse_record_id(hdrs[header_names.REPLAYED_FROM])
         assert topic == settings.topics.raw and src_partition == partition
         orig_key, orig_value, orig_headers = before[(src_partition, src_offset)]
         assert (key, value) == (orig_key, orig_value)
-        assert hdrs[H.REPLAY] == "replay"
-        assert {k: v for k, v in hdrs.items() if k not in (H.REPLAY, H.REPLAYED_FROM)} == orig_headers
+        assert hdrs[header_names.REPLAY] == "replay"
+        assert {k: v for k, v in hdrs.items() if k not in (header_names.REPLAY, header_names.REPLAYED_FROM)} == orig_headers
 
     # Since t2, location 7 only: C's two location-7 records; the copies made above are not copied again.
     result = runner.invoke(app, ["replay", "--since", t2.isoformat(), "--location", "7", "--yes"], env=env)

@@ -2,7 +2,6 @@
 emulator. Checks the CRM end state, exactly-once effects under redelivery and replay, dead-lettering and faults."""
 
 from __future__ import annotations
-
 import asyncio
 import io
 import json
@@ -16,22 +15,19 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-
-from apro_sync import headers as H
-from apro_sync.config import Settings
-from apro_sync.kafka_admin import ensure_topics
+from foundations.formats import headers as header_names
+from foundations.config import Settings
+from foundations.kafka_admin import ensure_topics
 from sinks.locations import load_locations
 from sinks.provision import provision_all
 from tests.conftest import REPO
 from tests.reliability import harness as RH
 from tests.test_normalize_worker import produce, raw_record, worker_env
-
 pytestmark = pytest.mark.integration
 
-WORKER_CODE = "from apro_sync.config import load_settings\nfrom streams.worker import run\nrun(load_settings())\n"
+WORKER_CODE = "from foundations.config import load_settings\nfrom apro_sync.worker import run\nrun(load_settings())\n"
 
 
 class Stack:
@@ -200,7 +196,7 @@ def read_topic(settings: Settings, topic: str, until: Callable[[list[Any]], bool
             msg = consumer.poll(0.2)
             if msg is None or msg.error():
                 continue
-            records.append((msg.key(), msg.value(), H.to_dict(msg.headers())))
+            records.append((msg.key(), msg.value(), header_names.to_dict(msg.headers())))
     finally:
         consumer.close()
     return records
@@ -370,9 +366,9 @@ def test_permanent_error_is_deadlettered_and_later_events_continue(stack: Stack,
     assert len(records) == 1
     key, value, headers = records[0]
     assert key == b"48213" and json.loads(value)["event_id"] == "dlq-1-book"
-    assert headers[H.DLQ_STAGE] == "sync" and headers[H.REASON].startswith("HTTP 422 from POST /contacts/")
-    assert headers[H.DLQ_EVENT_ID] == "dlq-1-book" and headers[H.DLQ_LOCATION] == "3"
-    assert headers[H.DLQ_SOURCE_TOPIC] == stack.settings.topics.normalized and int(headers[H.DLQ_SOURCE_OFFSET]) >= 0
+    assert headers[header_names.DLQ_STAGE] == "sync" and headers[header_names.REASON].startswith("HTTP 422 from POST /contacts/")
+    assert headers[header_names.DLQ_EVENT_ID] == "dlq-1-book" and headers[header_names.DLQ_LOCATION] == "3"
+    assert headers[header_names.DLQ_SOURCE_TOPIC] == stack.settings.topics.normalized and int(headers[header_names.DLQ_SOURCE_OFFSET]) >= 0
     # The client's next event is synced normally.
     stack.send([with_id(fixture_bodies["appointment_cancelled"], "dlq-2-cancel", occurredAt="2026-11-30T10:00:00Z")])
     state = stack.wait_for(lambda s: any("apro-event: dlq-2-cancel" in n["body"] for n in s["notes"]))

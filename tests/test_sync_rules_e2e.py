@@ -2,15 +2,13 @@
 exact CRM end state: lifetime value independent of arrival order, same-second events, a shared phone."""
 
 from __future__ import annotations
-
 import json
 from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote_plus
-
 import pytest
 
-from apro_sync import headers as H
+from foundations.formats import headers as header_names
 from tests.test_sink_e2e import (  # noqa: F401 - `stack` is the fixture
     Stack, contact_by_email, enrollments_of, fields, notes_of, opportunities_of, read_topic, stack, stage_name, with_id,
 )
@@ -117,8 +115,8 @@ def test_two_patients_sharing_a_phone_never_become_one_contact(stack: Stack, fix
     # The second patient's events are recorded as conflicts: dead letters with the reason (ids only).
     assert sorted(json.loads(v)["event_id"] for _, v, _ in dead) == ["id-2-book", "id-2-paid"]
     for key, _, headers in dead:
-        assert key == b"740005" and headers[H.DLQ_STAGE] == "sync"
-        assert headers[H.REASON] == (f"identity conflict: phone matches GoHighLevel contact {ana['id']} of "
+        assert key == b"740005" and headers[header_names.DLQ_STAGE] == "sync"
+        assert headers[header_names.REASON] == (f"identity conflict: phone matches GoHighLevel contact {ana['id']} of "
                                      "AestheticsPro client 74005; location does not allow duplicate contacts")
     # The identity check searched by body: no request the sink made carried an email or a phone in its URL.
     requests = stack.emulator.requests()

@@ -3,21 +3,17 @@ embedded broker under-report its high watermark) are all seen by peek, dlq list/
 and a second `dlq redrive --all` sends nothing."""
 
 from __future__ import annotations
-
 import json
 import re
 import time
 from datetime import datetime, timedelta, timezone
-
 from confluent_kafka import Producer
 from typer.testing import CliRunner
-
-from apro_sync import headers as H
+from foundations.formats import headers as header_names
 from apro_sync.cli import app
-from apro_sync.config import Settings
-from apro_sync.kafka_admin import ensure_topics
+from foundations.config import Settings
+from foundations.kafka_admin import ensure_topics
 from tests.reliability.harness import read_topic
-
 BATCH = 10
 
 
@@ -37,10 +33,10 @@ def _produce_batch(settings: Settings, topic: str, records: list[tuple[bytes, by
 
 
 def _dead_letter_headers(n: int, settings: Settings) -> list[tuple[str, bytes]]:
-    return [(H.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (H.REQUEST_ID, f"req-{n}".encode()),
-            (H.DLQ_STAGE, b"normalize"), (H.REASON, b"email: not an address"), (H.DLQ_EVENT_ID, f"evt-{n}".encode()),
-            (H.DLQ_SOURCE_TOPIC, settings.topics.raw.encode()), (H.DLQ_SOURCE_PARTITION, b"1"),
-            (H.DLQ_SOURCE_OFFSET, str(n).encode()), (H.DLQ_AT, b"2026-01-15T08:00:01+00:00")]
+    return [(header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (header_names.REQUEST_ID, f"req-{n}".encode()),
+            (header_names.DLQ_STAGE, b"normalize"), (header_names.REASON, b"email: not an address"), (header_names.DLQ_EVENT_ID, f"evt-{n}".encode()),
+            (header_names.DLQ_SOURCE_TOPIC, settings.topics.raw.encode()), (header_names.DLQ_SOURCE_PARTITION, b"1"),
+            (header_names.DLQ_SOURCE_OFFSET, str(n).encode()), (header_names.DLQ_AT, b"2026-01-15T08:00:01+00:00")]
 
 
 def test_peek_counts_every_record_of_a_batch(settings: Settings) -> None:
@@ -82,7 +78,7 @@ def test_replay_dry_run_counts_every_record_of_a_batch(settings: Settings) -> No
     time.sleep(0.01)
     _produce_batch(settings, settings.topics.raw,
                    [(str(n).encode(), json.dumps({"clientId": n}).encode(),
-                     [(H.RECEIVED_AT, datetime.now(timezone.utc).isoformat().encode())]) for n in range(BATCH)])
+                     [(header_names.RECEIVED_AT, datetime.now(timezone.utc).isoformat().encode())]) for n in range(BATCH)])
     result = CliRunner().invoke(app, ["replay", "--since", since.isoformat(), "--dry-run"], env=_env(settings))
     assert result.exit_code == 0, result.output
     assert re.search(rf"records would be republished: {BATCH}\b", result.stdout), result.stdout

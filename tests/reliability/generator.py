@@ -17,7 +17,6 @@ form (names, emails, phone raw + E.164, DOB raw + ISO, street addresses).
 """
 
 from __future__ import annotations
-
 import json
 import random
 import uuid
@@ -26,7 +25,6 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
-
 LOCATIONS = (
     {"id": "3", "name": "Scottsdale", "timezone": "America/Phoenix"},
     {"id": "7", "name": "Tempe", "timezone": "America/Phoenix"},

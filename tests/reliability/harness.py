@@ -15,7 +15,6 @@ to files under the test's directory so a test can scan them (PHI, secrets) after
 """
 
 from __future__ import annotations
-
 import asyncio
 import os
 import re
@@ -28,18 +27,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-
 import aiohttp
 import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
-
-from apro_sync import headers as H
+from foundations.formats import headers as header_names
 from apro_sync.embedded_broker import free_port
-from apro_sync.config import Settings
-from apro_sync.kafka_admin import ensure_topics
-from apro_sync.topics import Topics
-
+from foundations.config import Settings
+from foundations.kafka_admin import ensure_topics
+from foundations.topics import Topics
 T = TypeVar("T")
 
 TOKEN = "rel-token-0123456789abcdefXYZ"  # unbound
@@ -388,7 +384,7 @@ class Record:
 
     @property
     def request_id(self) -> str | None:
-        return self.headers.get(H.REQUEST_ID)
+        return self.headers.get(header_names.REQUEST_ID)
 
 
 def _reader(bootstrap: str) -> Consumer:
@@ -438,7 +434,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0, drain_idle_s
                 if msg.error():
                     continue
                 records.append(Record(topic, msg.partition(), msg.offset(), msg.key(), msg.value(),
-                                      H.to_dict(msg.headers())))
+                                      header_names.to_dict(msg.headers())))
                 next_offset[msg.partition()] = msg.offset() + 1
             if any(not m.error() for m in batch):
                 idle_since = time.monotonic()
@@ -589,7 +585,6 @@ def restore_records(bootstrap: str, records: Sequence[Record], timeout_s: float 
     the log keeps the workers' in-memory positions (and any offsets they commit) meaningful.
     """
     from confluent_kafka import Producer
-
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all",
                          "max.in.flight.requests.per.connection": 1, "log_level": 0})
     landed: dict[tuple[str, int, int], int] = {}

@@ -7,18 +7,15 @@ The invariants are in tests/reliability/fuzz_targets.py.
 """
 
 from __future__ import annotations
-
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-
 import pytest
 
 from tests.conftest import FIXTURES, REPO
 from tests.reliability.fuzz_targets import TARGETS, Finding, check
-
 LONG = os.environ.get("APRO_LONG") == "1"
 FUZZ_SECONDS = 600 if LONG else 25
 REGRESSIONS = Path(__file__).parent / "fuzz_regressions"
@@ -43,7 +40,7 @@ def test_kept_inputs_pass(target: str) -> None:
 
 def test_invariants_catch_a_broken_target(monkeypatch: pytest.MonkeyPatch) -> None:
     """The checks are not vacuous: a normalizer that lets a NUL through, or crashes, is a finding."""
-    import streams.normalize as normalize_module
+    import streams.normalize.rules as normalize_module
 
     fixture = b"\x00" + (FIXTURES / "client_created.json").read_bytes()
     check("normalize", fixture)

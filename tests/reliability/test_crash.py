@@ -20,7 +20,6 @@ none may be missing. CI mode: 2,000 events; APRO_LONG=1: 10,000.
 """
 
 from __future__ import annotations
-
 import asyncio
 import io
 import os
@@ -32,14 +31,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
 import aiohttp
 import pytest
 from pydantic import SecretStr
-
-from apro_sync.config import Settings
-from sinks.emulator.config import EmulatorConfig, RateLimitConfig
-from sinks.emulator.server import EMU, ThreadedEmulator
+from foundations.config import Settings
+from emulator.config import EmulatorConfig
+from emulator.config import RateLimitConfig
+from emulator.server import EMU
+from emulator.server import ThreadedEmulator
 from sinks.locations import load_locations
 from sinks.provision import provision_all
 from tests.reliability.generator import GeneratedEvent, GeneratedStream, generate
@@ -193,7 +192,7 @@ class Run:
 
 @dataclass
 class GapReads:
-    """Records Faust dropped on the way to an agent, as the workers logged them (streams/consumer_control.py)."""
+    """Records Faust dropped on the way to an agent, as the workers logged them (workarounds/consumer_control.py)."""
     reads: int = 0  # gaps read from the broker
     records: int = 0  # records in them
     gone: int = 0  # records no longer in the log: never processed
