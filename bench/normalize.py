@@ -11,6 +11,7 @@ Prints both and the ratio (target >= 0.5).   Usage: python bench/normalize.py [-
 """
 
 from __future__ import annotations
+
 import argparse
 import asyncio
 import json
@@ -22,7 +23,9 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
 from confluent_kafka import Consumer, Producer, TopicPartition
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -93,6 +96,7 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> f
 async def aiokafka_baseline(bootstrap: str, topic: str, partitions: int, count: int, *, per_message: bool) -> float:
     """Seconds for a plain aiokafka consumer to read `count` records (no decoding, no processing)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition as TP
+
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
                                 group_id=None)
     await consumer.start()

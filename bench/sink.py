@@ -21,6 +21,7 @@ AestheticsPro location, through a locations file), every figure printed against 
 """
 
 from __future__ import annotations
+
 import argparse
 import asyncio
 import bisect
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 

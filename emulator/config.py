@@ -1,11 +1,16 @@
 """Emulator configuration: seeded locations, pipelines, workflows, custom fields, rate limits and faults."""
 
 from __future__ import annotations
+
 import json
 from pathlib import Path
 from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
 from foundations.formats import crm_fields
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

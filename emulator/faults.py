@@ -1,11 +1,13 @@
 """Fault injection: deterministic schedules ("next N requests") and seeded probabilities."""
 
 from __future__ import annotations
+
 import random
 from dataclasses import dataclass
-from emulator.config import FaultRule
 
-from emulator.config import FaultsConfig
+from emulator.config import FaultRule, FaultsConfig
+
+
 @dataclass
 class _Active:
     rule: FaultRule

@@ -1,6 +1,7 @@
 """GHL-style ids: 20 alphanumeric characters, deterministic from a seed (same seed → same id sequence)."""
 
 from __future__ import annotations
+
 import hashlib
 import re
 

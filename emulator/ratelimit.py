@@ -1,12 +1,16 @@
 """Per-location rate limits as GHL documents them: a burst window and a daily quota, reported on every answer."""
 
 from __future__ import annotations
+
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+
 from emulator.config import RateLimitConfig
+
+
 @dataclass
 class Decision:
     allowed: bool

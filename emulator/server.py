@@ -6,6 +6,7 @@
 """
 
 from __future__ import annotations
+
 import asyncio
 import copy
 import json
@@ -15,23 +16,15 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
 from aiohttp import web
-from emulator.config import EmulatorConfig
 
-from emulator.config import FaultRule
-
-from emulator.config import FaultsConfig
-
-from emulator.config import load_config
+from emulator.config import EmulatorConfig, FaultRule, FaultsConfig, load_config
 from emulator.faults import FaultPlan
 from emulator.ratelimit import RateLimiter
-from emulator.spec import DEFAULT_SPEC_DIR
-from emulator.spec import SUPPORTED_VERSIONS
-from emulator.spec import V3
-from emulator.spec import Spec
-from emulator.spec import load_spec
-from emulator.state import ApiError
-from emulator.state import Store
+from emulator.spec import DEFAULT_SPEC_DIR, SUPPORTED_VERSIONS, V3, Spec, load_spec
+from emulator.state import ApiError, Store
+
 Handler = Callable[[web.Request, "Ctx"], Awaitable[web.Response]]
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 EMU: web.AppKey["Emulator"] = web.AppKey("emulator", object)  # type: ignore[arg-type]

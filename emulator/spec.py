@@ -9,6 +9,7 @@ for it (applied only while the vendored DTO is still empty).
 """
 
 from __future__ import annotations
+
 import copy
 import json
 import os
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
 from jsonschema import Draft7Validator
+
 # Vendored official specs (package data; source and licence in openapi/SOURCE.md).
 DEFAULT_SPEC_DIR = Path(os.environ.get("APRO_GHL_OPENAPI_DIR") or Path(__file__).resolve().parent / "openapi")
 SPEC_FILES = ("contacts", "opportunities", "locations", "workflows")

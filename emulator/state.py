@@ -1,19 +1,19 @@
 """The emulated CRM data and its rules (pure: no HTTP). Handlers translate `ApiError` into GHL error bodies."""
 
 from __future__ import annotations
+
 import re
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
+
 import phonenumbers
 
-from emulator.config import EmulatorConfig
+from emulator.config import EmulatorConfig, LocationConfig
+from emulator.ids import IdGenerator, stable_id
 
-from emulator.config import LocationConfig
-from emulator.ids import IdGenerator
-from emulator.ids import stable_id
 CONTACT_FIELDS = (
     "firstName", "lastName", "name", "email", "phone", "address1", "city", "state", "postalCode", "website",
     "timezone", "dnd", "dndSettings", "inboundDndSettings", "source", "country", "companyName", "assignedTo", "gender",

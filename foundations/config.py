@@ -5,6 +5,7 @@ Secrets are `SecretStr`, so they never show up in a repr, a log line or a valida
 """
 
 from __future__ import annotations
+
 import json
 import os
 import sys
@@ -12,11 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
+
 from foundations.kafka_connection import KafkaConnection, SaslMechanism, SecurityProtocol
 from foundations.topics import Topics, TopicSpec, topic_specs
+
+
 @dataclass(frozen=True)
 class WebhookToken:
     """A shared secret that AestheticsPro puts in the webhook URL, optionally bound to one location."""

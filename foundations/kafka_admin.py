@@ -1,16 +1,21 @@
 """Broker housekeeping shared by the dev stack, the tests and the tools: readiness, topic creation and checks."""
 
 from __future__ import annotations
+
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
 from foundations.kafka_connection import KafkaAuthError, KafkaConnection
 from foundations.topics import TopicSpec
+
 if TYPE_CHECKING:
     from foundations.config import Settings
+
 Bootstrap = KafkaConnection | str
 
 
@@ -51,6 +56,7 @@ def check_credentials(connection: KafkaConnection, timeout_s: float = 15.0) -> N
     """At start, with TLS or SASL configured: raise ConfigError when the broker refuses the credentials (a broker
     that is merely unreachable is tolerated: the processes wait and retry as they do without security)."""
     from foundations.config import ConfigError
+
     if not (connection.uses_ssl or connection.uses_sasl):
         return
     try:

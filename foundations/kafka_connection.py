@@ -5,11 +5,14 @@ reader) and Faust (worker), so a security setting can never apply to one client 
 """
 
 from __future__ import annotations
+
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
 from pydantic import SecretStr
+
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 

@@ -10,6 +10,7 @@ a library line that still quotes record bytes (`key=b'...'`, `value=b'...'`) at 
 """
 
 from __future__ import annotations
+
 import json as _json
 import json.encoder as _json_encoder
 import logging
@@ -18,6 +19,7 @@ import sys
 import time as _time
 from datetime import datetime, timezone
 from typing import Any
+
 import structlog
 
 # `/webhooks/aestheticspro/{token}` or `/webhooks/aestheticspro/{token}/{resource}`: the token is the segment

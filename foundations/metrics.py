@@ -7,11 +7,14 @@ sender inventing location ids must not be able to add series.
 """
 
 from __future__ import annotations
+
 import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 # Producer (webhook intake)

@@ -8,9 +8,12 @@ Accepted forms:
 """
 
 from __future__ import annotations
+
 import re
 from datetime import datetime, timedelta, timezone
+
 from dateutil.parser import isoparse
+
 _RELATIVE = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _EPOCH = re.compile(r"^\d+(?:\.\d+)?$")
 # 13+ digit integers are milliseconds: 1e12 s would be the year 33658.

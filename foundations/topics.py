@@ -1,7 +1,9 @@
 """Kafka topics: their names, and the configs production needs (one source for apro-sync, compose and tests)."""
 
 from __future__ import annotations
+
 from dataclasses import dataclass, field
+
 DAY_MS = 24 * 3600 * 1000
 RECORD_OVERHEAD_BYTES = 64 * 1024  # key, headers and batch framing on top of a webhook body
 

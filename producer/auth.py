@@ -1,9 +1,13 @@
 """Webhook token check. AestheticsPro puts a shared secret in the webhook URL; we compare it in constant time."""
 
 from __future__ import annotations
+
 import hmac
 from collections.abc import Sequence
+
 from foundations.config import WebhookToken
+
+
 def check_token(presented: str | None, tokens: Sequence[WebhookToken]) -> WebhookToken | None:
     """The configured token equal to `presented`, or None.
 

@@ -1,16 +1,19 @@
 """Pure intake decisions: what key, headers and metric labels a webhook gets. No I/O, no logging (bodies are PHI)."""
 
 from __future__ import annotations
+
 import re
 import secrets
 import time
 from collections.abc import Container
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
+
 import orjson
 
 from foundations.formats import headers as header_names
 from foundations.formats.raw import MAX_DEPTH, PayloadError, check_nesting, find_client_and_location, parse_body
+
 RESOURCES = frozenset({"clients", "appointments", "invoices"})
 # Records without a client id (test pings, unknown shapes) all share one key so they stay ordered together.
 FALLBACK_KEY = b"no-client"

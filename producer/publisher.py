@@ -25,6 +25,7 @@ at least as large (docker-compose.yml KAFKA_MESSAGE_MAX_BYTES); if it is not, th
 """
 
 from __future__ import annotations
+
 import asyncio
 import logging
 import threading
@@ -33,11 +34,14 @@ from collections import deque
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
+
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
 from foundations.config import Settings
 from foundations.metrics import PRODUCE_ERRORS
 from foundations.kafka_connection import KafkaConnection
 from foundations.topics import RECORD_OVERHEAD_BYTES, producer_size_limits
+
 log = logging.getLogger("apro_sync.producer.publisher")
 
 

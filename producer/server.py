@@ -20,6 +20,7 @@ token segment of the path, and the per-request log line carries only ids, outcom
 """
 
 from __future__ import annotations
+
 import asyncio
 import json
 import logging
@@ -28,12 +29,14 @@ import signal
 import time
 from functools import partial
 from typing import Any
+
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from foundations.config import Settings
 from foundations.logs import configure_logging, get_logger, json_members, json_string, log_enabled, log_members, redact_path
 from foundations.kafka_admin import check_credentials
@@ -50,6 +53,7 @@ from producer.intake import (
     request_id_from,
 )
 from producer.publisher import Publisher, PublishError
+
 WEBHOOK_PREFIX = "/webhooks/aestheticspro"
 # Request-scoped fields the access logger adds to its single line per request.
 _LOG_KEY: web.RequestKey[str] = web.RequestKey("apro_log", str)  # pre-rendered JSON members (json_members)

@@ -18,6 +18,7 @@ Model (docs/sync-engine.md has the full argument):
 """
 
 from __future__ import annotations
+
 import asyncio
 import logging
 import random
@@ -28,8 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
 import faust
 from pydantic import ValidationError
+
 from foundations.formats import headers as header_names
 from foundations import metrics
 from foundations.config import Settings
@@ -45,6 +48,7 @@ from foundations.formats.crm_commands import OpKind
 from foundations.formats.normalized import NormalizedEvent
 from streams.plan.planner import Outcome, PlanError, plan
 from streams.plan.state import ClientState, mark_done, park_failed
+
 log = logging.getLogger("apro_sync.sink")
 
 STAGE = "sync"

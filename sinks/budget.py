@@ -16,13 +16,16 @@ rejected credentials (401/403 for the whole location): they pause the location u
 """
 
 from __future__ import annotations
+
 import asyncio
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+
 from foundations.metrics import GHL_LOCATION_PAUSED
 from sinks.ghl.ratelimit import RateLimiter
+
 log = logging.getLogger("apro_sync.sink")
 
 

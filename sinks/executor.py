@@ -23,10 +23,12 @@ location allows duplicates a separate contact is created, else the event fails w
 """
 
 from __future__ import annotations
+
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
 from foundations.metrics import SYNC_IDENTITY_CONFLICTS, SYNC_IN_DOUBT
 from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlPermanentError, GhlRateLimited, GhlTransientError
@@ -37,6 +39,7 @@ from foundations.formats.crm_commands import (
     AddNote, AddTags, CrmOp, EnrollWorkflow, OpKind, UpsertContact, UpsertOpportunity, event_marker,
 )
 from streams.plan.state import ClientState, CrmIds, record_contact_id, record_opportunity_id
+
 log = logging.getLogger("apro_sync.sink.executor")
 
 # The audit note goes last: once it is in GoHighLevel, every other effect of its event is too, so the note's

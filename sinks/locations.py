@@ -12,15 +12,20 @@ streams/crm_fields) or by id. Errors name the bad entry and the problem, never a
 """
 
 from __future__ import annotations
+
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
 from foundations.config import Settings
 from foundations.formats import crm_fields
+
+
 class LocationsError(ValueError):
     """The locations configuration is invalid; the message names the entry and the problem."""
 

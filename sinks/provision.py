@@ -13,11 +13,13 @@ Matching is pure (`match_ids`), separate from the HTTP calls.
 """
 
 from __future__ import annotations
+
 import asyncio
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TextIO
+
 from foundations.config import Settings
 from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlError
@@ -25,6 +27,7 @@ from sinks.ghl.models import CustomFieldDef, Pipeline, Workflow
 from sinks.locations import GhlTarget, LocationsError, Ref, load_locations
 from foundations.formats import crm_fields
 from foundations.formats.crm_fields import CustomField
+
 FOLDER_NOTE = (
     f'Custom fields cannot be put in the "{crm_fields.APRO_FOLDER_NAME}" folder through the API: '
     "POST /locations/{locationId}/customFields has no parentId, and the Custom Fields V2 API (the one with "

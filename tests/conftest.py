@@ -7,18 +7,22 @@ broker is marked `broker`, so `-m broker` selects the ones worth re-running on a
 """
 
 from __future__ import annotations
+
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+
 import pytest
 
 from foundations.config import Settings
 from apro_sync.embedded_broker import EmbeddedBroker
 from apro_sync.local_brokers import local_broker
+
 if TYPE_CHECKING:
     from apro_sync.apache_kafka import ApacheKafka
+
 pytest_plugins = ["tests.ghl_emulator_fixture"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,11 +38,13 @@ def kafka_bootstrap() -> Iterator[str]:
         return
     if broker_kind() == "kafka":
         from apro_sync.apache_kafka import ApacheKafka
+
         with ApacheKafka() as kafka:
             yield kafka.bootstrap
         return
     if broker_kind() == "docker":
         from testcontainers.kafka import KafkaContainer
+
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server()
         return

@@ -8,14 +8,13 @@ Customize the config by overriding the `ghl_emulator_config` fixture in a test m
 """
 
 from __future__ import annotations
+
 from collections.abc import Iterator
+
 import pytest
 
-from emulator import EmulatorConfig
+from emulator import EmulatorConfig, LocationConfig, ThreadedEmulator
 
-from emulator import LocationConfig
-
-from emulator import ThreadedEmulator
 TOKEN_1 = "pit-test-location-one-0001"
 TOKEN_2 = "pit-test-location-two-0002"
 LOCATION_1 = "TestLocation00000001"

@@ -5,6 +5,7 @@ from the one I/O class, `PrometheusServer`, which owns the `prometheus` child pr
 """
 
 from __future__ import annotations
+
 import math
 import re
 import shutil
@@ -15,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 import httpx
 import yaml
 

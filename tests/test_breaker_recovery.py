@@ -5,12 +5,14 @@ pause in force and by the duration of each probe call.
 """
 
 from __future__ import annotations
+
 import asyncio
 
 import pytest
 
 from foundations.config import Settings
 from sinks.budget import LocationBreaker
+
 RESUME_WITHIN_S = 30.0
 
 

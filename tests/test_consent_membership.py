@@ -4,11 +4,14 @@ Normalizer rules for the payload variants (examples/webhooks/README.md), planner
 "Marketing consent" and "Memberships") with fixed-seed property tests, and the executor against the emulator."""
 
 from __future__ import annotations
+
 import json
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
+
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
+
 from foundations.formats import crm_fields
 from foundations.formats.crm_commands import MEMBER_TAG, AddNote, AddTags, EnrollWorkflow, UpsertContact, UpsertOpportunity
 from foundations.formats.normalized import (
@@ -18,6 +21,7 @@ from streams.normalize.rules import normalize
 from streams.plan.planner import Outcome, current_membership, plan
 from streams.plan.state import ClientState
 from tests.test_planner import JANE, LABEL, NOW, PHX, booked, run, t, with_offset
+
 PROPERTY = hsettings(max_examples=200, deadline=None, derandomize=True, database=None)
 CLIENT = {"clientId": "48213", "email": "a@example.com"}
 
@@ -341,6 +345,7 @@ async def test_executor_writes_dnd_settings_and_membership_fields_to_the_emulato
     from sinks.executor import execution_order
     from streams.plan.state import mark_done
     from tests.test_executor import _executor
+
     executor, client, once = await _executor(ghl_emulator)
     label = ghl_emulator.location_id
     try:

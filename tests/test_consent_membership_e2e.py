@@ -2,12 +2,14 @@
 an opt-out then a stale opt-in, and a membership created then cancelled."""
 
 from __future__ import annotations
+
 import pytest
 
 from tests.test_sink_e2e import (  # noqa: F401 - `stack` is the fixture
     Stack, contact_by_email, enrollments_of, fields, notes_of, opportunities_of, stack, with_id,
 )
 from tests.test_sync_rules_e2e import markers
+
 pytestmark = pytest.mark.integration
 OPTED_OUT = {"status": "active", "message": "Opted out in AestheticsPro"}
 

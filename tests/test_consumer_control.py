@@ -2,17 +2,21 @@
 in order, with their keys, values and headers; repeats are abandoned; a gap read across a revocation is dropped."""
 
 from __future__ import annotations
+
 import asyncio
 from typing import Any
+
 import faust
 import pytest
 from aiokafka.structs import ConsumerRecord
 from confluent_kafka import Consumer, Producer, TopicPartition
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
+
 from foundations import metrics
 from foundations.kafka_admin import ensure_topics
 from workarounds.consumer_control import GapReader, SequenceGuard
+
 pytestmark = pytest.mark.integration
 
 

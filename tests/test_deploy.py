@@ -7,6 +7,7 @@ foundations/metrics.py (or be added by Prometheus, or be a recording rule).
 """
 
 from __future__ import annotations
+
 import json
 import re
 import shutil
@@ -14,15 +15,18 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
 import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from pydantic import AliasChoices
+
 import foundations.metrics as metrics_module
 from foundations.config import Settings
 from apro_sync.apache_kafka import KAFKA_VERSION
 from foundations.topics import Topics
 from tests.conftest import REPO
+
 PROM_DIR = REPO / "deploy" / "prometheus"
 GRAFANA_DIR = REPO / "deploy" / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "apro-sync.json"
@@ -198,6 +202,7 @@ def test_compose_tls_proxy_forwards_only_webhooks(services: dict[str, Any]) -> N
 
 def test_compose_one_size_limit_from_http_to_broker(services: dict[str, Any]) -> None:
     from producer.publisher import RECORD_HEADROOM_BYTES
+
     broker_limit = int(services["kafka"]["environment"]["KAFKA_MESSAGE_MAX_BYTES"])
     max_body = Settings.model_fields["max_body_bytes"].default
     assert broker_limit >= max_body + RECORD_HEADROOM_BYTES
@@ -212,7 +217,9 @@ def test_env_example_puts_the_token_in_the_path() -> None:
 
 def test_compose_commands_are_cli_subcommands(services: dict[str, Any]) -> None:
     from typer.main import get_command
+
     from apro_sync.cli import app
+
     commands = set(get_command(app).commands)  # type: ignore[attr-defined]
     for name in APP_SERVICES:
         assert services[name]["command"][0] in commands, name

@@ -2,6 +2,7 @@
 fixture reaches the raw topic (`apro-sync peek`) and GoHighLevel (the emulator), and SIGTERM stops it all."""
 
 from __future__ import annotations
+
 import os
 import re
 import signal
@@ -10,11 +11,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+
 import httpx
 import pytest
 
 from apro_sync.embedded_broker import free_port
 from tests.conftest import FIXTURES, REPO
+
 pytestmark = pytest.mark.integration
 
 

@@ -1,17 +1,20 @@
 """`apro-sync dlq list|redrive`: selection and header rules, then the real commands against the real broker."""
 
 from __future__ import annotations
+
 import json
 import time
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from typer.testing import CliRunner
+
 from foundations.formats import headers as header_names
 from apro_sync.cli import app
 from foundations.config import Settings
 from foundations.kafka_admin import ensure_topics
 from apro_sync.ops.selection import DlqEntry, dlq_entry, redrive_headers, redrive_target, select_for_redrive
+
 PHI_NAME = "Marisol Dlqtestperson"
 PHI_EMAIL = "marisol.dlq@example.com"
 PHI_PHONE = "+14805550199"

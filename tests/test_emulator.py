@@ -1,14 +1,13 @@
 """Behaviour of the GoHighLevel emulator over real HTTP (auth, Version, validation, matching, rules, limits, faults)."""
 
 from __future__ import annotations
+
 import httpx
 import pytest
 
-from emulator import EmulatorConfig
+from emulator import EmulatorConfig, EmulatorServer, RateLimitConfig
 
-from emulator import EmulatorServer
 
-from emulator import RateLimitConfig
 def _client(emu, location_id: str | None = None) -> httpx.Client:
     return httpx.Client(base_url=emu.base_url, headers=emu.headers(location_id), timeout=10)
 
@@ -122,6 +121,7 @@ def test_search_contacts_by_email_and_phone_in_the_body(ghl_emulator) -> None:
 @pytest.mark.parametrize("drops_phone", [False, True])
 def test_split_match_email_a_phone_b(ghl_emulator_config, drops_phone: bool) -> None:
     from emulator import ThreadedEmulator
+
     cfg = ghl_emulator_config.model_copy(update={"upsert_drops_phone_on_split_match": drops_phone})
     with ThreadedEmulator(cfg) as emu:
         loc = cfg.locations[0].id
@@ -311,6 +311,7 @@ def test_inspection_api_over_http(ghl_emulator) -> None:
 def test_yaml_config_and_ids(tmp_path) -> None:
     from emulator import load_config
     from emulator.ids import ID_RE
+
     path = tmp_path / "emu.yaml"
     path.write_text(
         "seed: 3\nlocations:\n  - id: YamlLocation00000001\n    token: pit-yaml\n"
@@ -320,6 +321,7 @@ def test_yaml_config_and_ids(tmp_path) -> None:
     cfg = load_config(path)
     assert cfg.rate_limit.burst_max == 5 and cfg.locations[0].pipelines[0].name == "Lead to Patient"
     from emulator.state import Store
+
     a, b = Store(cfg), Store(cfg)
     assert [f["id"] for f in a.custom_fields.values()] == [f["id"] for f in b.custom_fields.values()]
     field = next(iter(a.custom_fields.values()))

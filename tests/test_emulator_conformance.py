@@ -1,13 +1,14 @@
 """Conformance: the official GoHighLevel SDK talks to the emulator, and every answer matches the OpenAPI schemas."""
 
 from __future__ import annotations
+
 from typing import Any
+
 import httpx
 import pytest
 
-from emulator.spec import V3
+from emulator.spec import V3, load_spec
 
-from emulator.spec import load_spec
 highlevel = pytest.importorskip("highlevel")
 from highlevel.services.contacts.models.contacts import (  # noqa: E402
     ContactsByIdSuccessfulResponseDtoV3,

@@ -1,9 +1,12 @@
 """OpExecutor against the GoHighLevel emulator: op order, in-doubt notes, opportunity search before create."""
 
 from __future__ import annotations
+
 from datetime import datetime, timezone
 from typing import Any
+
 from pydantic import SecretStr
+
 from sinks.executor import OpExecutor, execution_order, ordered_pending
 from sinks.ghl.client import GhlClient
 from sinks.ghl.retry import RetryPolicy
@@ -13,6 +16,7 @@ from foundations.formats.crm_commands import AddNote, OpKind, UpsertOpportunity
 from foundations.formats.normalized import NormalizedEvent
 from streams.plan.planner import plan
 from streams.plan.state import mark_done
+
 EVENT = {
     "event_id": "ev-1", "kind": "appointment.booked", "occurred_at": "2026-11-20T16:04:11Z",
     "location": {"id": "3", "name": "Scottsdale", "timezone": "America/Phoenix"},
@@ -82,6 +86,7 @@ class _Clock:
 
 def _paused_gauge(label: str) -> float:
     from foundations.metrics import GHL_LOCATION_PAUSED
+
     return GHL_LOCATION_PAUSED.labels(label)._value.get()  # noqa: SLF001
 
 
@@ -89,6 +94,7 @@ def test_breaker_auth_failure_pauses_at_once_with_capped_backoff_and_success_res
     import asyncio
 
     from sinks.budget import LocationBreaker
+
     async def scenario() -> None:
         clock = _Clock()
         b = LocationBreaker("auth-loc", threshold=5, base_s=1.0, max_s=4.0, clock=clock)
@@ -114,6 +120,7 @@ def test_breaker_lets_one_probe_through_and_a_failed_probe_pauses_again() -> Non
     import asyncio
 
     from sinks.budget import LocationBreaker
+
     async def scenario() -> None:
         clock = _Clock()
         b = LocationBreaker("probe-loc", threshold=2, base_s=1.0, max_s=8.0, clock=clock)

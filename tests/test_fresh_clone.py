@@ -7,6 +7,7 @@ follows what a newcomer is told.
 """
 
 from __future__ import annotations
+
 import os
 import re
 import shutil
@@ -16,11 +17,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+
 import httpx
 import pytest
 
 from apro_sync.embedded_broker import free_port
 from tests.conftest import REPO
+
 pytestmark = [pytest.mark.fresh_clone, pytest.mark.timeout(1500)]
 
 

@@ -1,12 +1,15 @@
 """GhlClient against a real HTTP server on loopback: headers, retries, error classes, API-defect handling."""
 
 from __future__ import annotations
+
 import socket
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+
 import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr, ValidationError
+
 from sinks.ghl.client import GhlClient, TagsInContactWrite, parse_retry_after, same_phone
 from sinks.ghl.errors import GhlPermanentError, GhlRateLimited, GhlTransientError
 from sinks.ghl.models import ContactInput, CustomFieldValue

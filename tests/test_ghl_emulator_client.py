@@ -1,13 +1,14 @@
 """GhlClient against the GoHighLevel emulator: a full write cycle, injected faults, API defects, rate limits."""
 
 from __future__ import annotations
+
 from datetime import date
 from decimal import Decimal
+
 import pytest
 from pydantic import SecretStr
-from emulator import EmulatorConfig
 
-from emulator import LocationConfig
+from emulator import EmulatorConfig, LocationConfig
 from emulator.config import RateLimitConfig
 from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlPermanentError

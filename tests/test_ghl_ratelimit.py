@@ -1,15 +1,17 @@
 """RateLimiter, retry policy and error classification: pure logic with an injected clock (no wall clock)."""
 
 from __future__ import annotations
+
 import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+
 import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
+
 from sinks.budget import SharedRateLimiter
-from emulator import EmulatorConfig
-from emulator import RateLimitConfig
+from emulator import EmulatorConfig, RateLimitConfig
 from emulator.server import EmulatorServer
 from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import (
@@ -20,6 +22,8 @@ from sinks.ghl.ratelimit import (
 )
 from sinks.ghl.retry import RetryPolicy
 from tests.test_ghl_support import FakeTime
+
+
 def limiter(fake: FakeTime, **kw: object) -> RateLimiter:
     return RateLimiter("rl-test", clock=fake.clock, sleep=fake.sleep, **kw)  # type: ignore[arg-type]
 

@@ -8,6 +8,7 @@ required ones present; the Version header matches the operation's enum.
 """
 
 from __future__ import annotations
+
 import copy
 import json
 import re
@@ -15,13 +16,13 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
 import pytest
 from jsonschema import Draft7Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
-from emulator.spec import EMPTY_DTO
 
-from emulator.spec import SEARCH_BODY_V2_DTO
+from emulator.spec import EMPTY_DTO, SEARCH_BODY_V2_DTO
 from sinks.ghl.models import ContactInput, CustomFieldValue
 from foundations.formats import crm_fields
 from tests.test_ghl_support import FakeTime, LoopbackGhl, Reply, ghl_loopback, make_client  # noqa: F401
@@ -203,6 +204,7 @@ async def test_every_request_body_conforms_to_the_spec(ghl_loopback: LoopbackGhl
 
 def test_checker_rejects_undeclared_and_invalid_bodies() -> None:
     from tests.test_ghl_support import Seen
+
     ok = Seen("POST", "/contacts/c1/notes", {}, {"Version": "2021-07-28"}, {"body": "x"})
     assert check(ok) == "create-note"
     with pytest.raises(AssertionError):

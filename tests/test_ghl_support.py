@@ -2,18 +2,22 @@
 HTTP on loopback (aiohttp) that records every request, and a fake clock whose sleep advances time instantly."""
 
 from __future__ import annotations
+
 import asyncio
 import json
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
 import pytest
 from aiohttp import web
 from pydantic import SecretStr
+
 from sinks.ghl.client import GhlClient
 from sinks.ghl.ratelimit import RateLimiter
 from sinks.ghl.retry import RetryPolicy
+
 TOKEN = "pit-secret-token-DO-NOT-LEAK-0123456789"
 LOCATION = "locTEST123"
 

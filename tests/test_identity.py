@@ -3,18 +3,17 @@ GoHighLevel contact (emulator: GoHighLevel's duplicate matching and its "Allow D
 identity check searches by email/phone in request bodies: no request URL carries an email or a phone."""
 
 from __future__ import annotations
+
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote_plus
+
 import httpx
 import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
-from emulator import EmulatorConfig
 
-from emulator import EmulatorServer
-
-from emulator import LocationConfig
+from emulator import EmulatorConfig, EmulatorServer, LocationConfig
 from sinks.executor import CONFLICT_MARKER_PREFIX, IdentityConflict, OpExecutor, execution_order
 from sinks.ghl.client import GhlClient
 from sinks.ghl.retry import RetryPolicy
@@ -24,6 +23,7 @@ from foundations.formats.normalized import NormalizedEvent
 from streams.plan.planner import plan
 from streams.plan.state import ClientState, mark_done
 from tests.ghl_emulator_fixture import LOCATION_1, LOCATION_2, TOKEN_1, TOKEN_2
+
 NOW = datetime(2026, 11, 20, tzinfo=timezone.utc)
 LABEL_1, LABEL_2 = "spa-one", "spa-two"  # configured location labels (metric label values)
 
@@ -238,6 +238,7 @@ def test_emulator_models_duplicate_search_sequence_and_the_location_setting(ghl_
 
 def test_emulator_search_sequence_can_put_phone_first() -> None:
     from emulator.state import Store
+
     store = Store(EmulatorConfig(contact_match_order=("phone", "email")))
     loc = store.config.locations[0].id
     a, _ = store.upsert_contact(loc, {"locationId": loc, "email": "a@example.com", "phone": "+14805550101"})

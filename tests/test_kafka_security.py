@@ -6,6 +6,7 @@ Runs in the Apache Kafka pass of CI (`APRO_TEST_BROKER=kafka`): it needs Java an
 """
 
 from __future__ import annotations
+
 import asyncio
 import datetime as dt
 import ipaddress
@@ -14,11 +15,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
 from apro_sync.apache_kafka import ApacheKafka, SaslSslListener
 from foundations.config import Settings
 from foundations.kafka_admin import check_topics, ensure_topics, wait_for_broker
@@ -27,6 +30,7 @@ from apro_sync.ops.lag import LagReader
 from tests.conftest import FIXTURES, broker_kind
 from tests.reliability.harness import Post, StackConfig, post_many, read_topic, wait_until
 from tests.reliability.test_crash import ghl_env, start_emulator
+
 pytestmark = [
     pytest.mark.broker_restart,
     pytest.mark.skipif(broker_kind() != "kafka", reason="needs its own Apache Kafka (APRO_TEST_BROKER=kafka)"),

@@ -1,6 +1,7 @@
 """Consumer-lag exporter: the arithmetic, then the real broker, then the real `apro-sync lag-exporter` process."""
 
 from __future__ import annotations
+
 import os
 import subprocess
 import sys
@@ -11,10 +12,13 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import REGISTRY, generate_latest
+
 from foundations.config import Settings
 from apro_sync.embedded_broker import free_port
 from foundations.kafka_admin import ensure_topics
 from apro_sync.ops.lag import LagGauge, LagReader, PartitionLag, collect_once, compute_lags, partition_lag
+
+
 # --- pure arithmetic -------------------------------------------------------------------------------------------
 
 
@@ -166,6 +170,7 @@ def test_reader_survives_a_broker_whose_coordinator_is_still_loading(tmp_path) -
         "reader.close()\n"
     )
     from tests.conftest import new_restartable_broker
+
     with new_restartable_broker() as broker:
         done = subprocess.run([sys.executable, "-c", script, broker.bootstrap], capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-2000:]

@@ -1,13 +1,17 @@
 """Locations file → GhlTarget resolution, defaults, and errors that name the entry but never a token."""
 
 from __future__ import annotations
+
 from pathlib import Path
+
 import pytest
 from pydantic import SecretStr
+
 from foundations.config import Settings
 from sinks.locations import LocationsError, Ref, UnknownLocation, load_locations, parse_locations
 from foundations.formats import crm_fields
 from foundations.formats.normalized import Location
+
 REPO = Path(__file__).resolve().parent.parent
 ENV = {"GHL_TOKEN_MAIN": "pit-main-secret-1", "GHL_TOKEN_SCOTTSDALE": "pit-scottsdale-secret-2",
        "GHL_TOKEN_MESA": "pit-mesa-secret-3"}

@@ -6,11 +6,14 @@ I/O is its batching output producer (librdkafka, outside Faust), replaced here b
 """
 
 from __future__ import annotations
+
 import asyncio
 import json
 from collections.abc import Sequence
 from pathlib import Path
+
 from prometheus_client import REGISTRY
+
 from foundations.formats import headers as header_names
 from foundations.config import Settings
 from workarounds.faust_app import build_app
@@ -19,6 +22,8 @@ from streams.normalize.rules import normalize
 from streams.normalize.agent import register_normalizer
 from streams.normalize.output_producer import OutputRecord
 from tests.conftest import FIXTURES
+
+
 class RecordingOutput:
     """Stands in for OutputProducer: `write` returns once the records are 'durable' (here: recorded)."""
 

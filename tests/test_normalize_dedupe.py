@@ -1,8 +1,12 @@
 """The bounded event-id memory: per partition, oldest chunks evicted first, rebuilt from the table after a restart."""
 
 from __future__ import annotations
+
 from typing import Any
+
 from streams.normalize.dedupe import BoundedIds, EventDeduper
+
+
 def test_bounded_ids_evicts_oldest_first() -> None:
     ids = BoundedIds(window=3)
     evicted = [ids.add(f"e{i}", i) for i in range(5)]

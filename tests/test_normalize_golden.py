@@ -1,16 +1,19 @@
 """Every webhook fixture against a hand-written expected result (tests/golden/<fixture>.json), field by field."""
 
 from __future__ import annotations
+
 import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
 import pytest
 
 from foundations.formats.normalized import NormalizedEvent, Skipped, Unreadable
 from streams.normalize.rules import normalize
 from tests.conftest import FIXTURES
+
 GOLDEN = Path(__file__).parent / "golden"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.json"))
 HEADERS = {"apro-received-at": "2026-12-01T00:00:05Z", "apro-resource": "", "content-type": "application/json"}

@@ -1,15 +1,18 @@
 """The normalizer's batching output producer against the real broker: durable writes, Faust's key partitioning."""
 
 from __future__ import annotations
+
 import asyncio
 import time
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, TopicPartition
+
 from foundations.config import Settings
 from foundations.kafka_admin import ensure_topics
 from streams.normalize.output_producer import DeliveryFailed, OutputProducer, OutputRecord, producer_config
+
 pytestmark = pytest.mark.integration
 
 

@@ -5,6 +5,7 @@ library (not with the code under test); the reference result for each fixture is
 """
 
 from __future__ import annotations
+
 import json
 import random
 import re
@@ -14,10 +15,13 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
+
 from hypothesis import HealthCheck, given, settings, strategies as st
+
 from foundations.formats.normalized import NormalizedEvent, Skipped, Unreadable
 from streams.normalize.rules import normalize
 from tests.conftest import FIXTURES
+
 FIXTURE_BODIES = {p.stem: json.loads(p.read_text(), parse_float=Decimal) for p in sorted(FIXTURES.glob("*.json"))}
 REFERENCE = {name: normalize(json.dumps(body, default=str).encode()) for name, body in FIXTURE_BODIES.items()}
 MONEY_KEYS = {"subtotal", "tax", "total", "amountpaid", "amount"}

@@ -1,14 +1,17 @@
 """Individual normalization rules: kinds, skips, unreadable reasons, money, dates, contact info."""
 
 from __future__ import annotations
+
 import json
 from datetime import date, datetime, timezone
 from decimal import Decimal
+
 import pytest
 
 from foundations.formats.normalized import AppointmentStatus, EventKind, NormalizedEvent, Skipped, SkipReason, Unreadable
 from streams.normalize.rules import normalize
 from streams.normalize.values import FieldError, parse_calendar_date, parse_instant, parse_money, parse_phone, zone
+
 PHX = zone("America/Phoenix")
 CLIENT = {"clientId": "48213", "email": "a@example.com"}
 

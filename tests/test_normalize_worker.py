@@ -1,6 +1,7 @@
 """The normalization worker end to end through the real broker: raw records in, normalized/skipped/dead-letter out."""
 
 from __future__ import annotations
+
 import json
 import os
 import subprocess
@@ -9,13 +10,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+
 from foundations.formats import headers as header_names
 from foundations.config import Settings
 from foundations.kafka_admin import ensure_topics
 from foundations.formats.raw import find_client_id, parse_body
 from tests.conftest import REPO
+
 pytestmark = pytest.mark.integration
 
 WORKER_CODE = (

@@ -1,9 +1,12 @@
 """OffsetSequencer: records handed over strictly in offset order; records dropped on the way make a gap to read."""
 
 from __future__ import annotations
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from workarounds.offset_sequence import OffsetSequencer, Verdict
+
 TP = ("apro.events.normalized", 3)
 
 

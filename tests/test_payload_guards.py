@@ -1,12 +1,16 @@
 """Pure guards against hostile bodies (issue 13): nesting scan, id checks, control characters, metric labels."""
 
 from __future__ import annotations
+
 from decimal import Decimal
+
 import pytest
 
 from foundations.config import Settings
 from foundations.metrics import LocationLabels, configured_locations
 from foundations.formats.raw import MAX_DEPTH, PayloadError, check_nesting, clean_text, id_issue, id_str, parse_body
+
+
 def deep(levels: int, open_: bytes = b'{"a":', close: bytes = b"}") -> bytes:
     return open_ * levels + b"1" + close * levels
 

@@ -1,17 +1,21 @@
 """`apro-sync peek` against the real broker: lists what a topic holds; keys and bodies only when asked."""
 
 from __future__ import annotations
+
 import json
 import os
 import subprocess
 import sys
 
 from confluent_kafka import Producer
+
 from foundations.formats import headers as header_names
 from foundations.config import Settings
 from foundations.kafka_admin import ensure_topics
 from apro_sync.ops.peek import Peeked, format_line
 from tests.conftest import REPO
+
+
 def test_format_line_hides_key_and_body_unless_asked() -> None:
     record = Peeked(3, 17, 1_795_000_000_000, b"48213", b'{"firstName": "Jane"}',
                     {header_names.REQUEST_ID: "r-1", header_names.RESOURCE: "clients", header_names.REASON: "body is empty"})

@@ -1,13 +1,16 @@
 """Sync planner rules (docs/sync-rules.md): table-driven, pure, no I/O."""
 
 from __future__ import annotations
+
 import json
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 from pydantic import TypeAdapter
+
 from foundations.formats import crm_fields
 from foundations.formats.crm_commands import (
     AddNote, AddTags, CrmOp, EnrollWorkflow, OpKind, UpsertContact, UpsertOpportunity,
@@ -19,6 +22,7 @@ from foundations.formats.normalized import (
 from streams.normalize.rules import normalize
 from streams.plan.planner import Outcome, Plan, PlanError, format_local, format_money, plan
 from streams.plan.state import ClientState, mark_done, record_contact_id, record_opportunity_id
+
 FIXTURES = Path(__file__).resolve().parent.parent / "examples" / "webhooks"
 UTC = timezone.utc
 PHX = Location(id="3", name="Scottsdale", timezone="America/Phoenix")  # UTC-7, no DST
@@ -737,6 +741,7 @@ def test_fixture_webhooks_plan_as_the_seed_describes() -> None:
 
 def test_dead_lettered_event_is_parked_and_a_redrive_resumes_only_the_ops_not_done() -> None:
     from streams.plan.state import park_failed
+
     state, (p1,) = run([booked("b1", t(20))])
     assert state is not None
     contact_op = contact(p1)
@@ -767,6 +772,7 @@ def test_dead_lettered_event_is_parked_and_a_redrive_resumes_only_the_ops_not_do
 
 def test_resumed_contact_op_carries_current_values_not_the_parked_ones() -> None:
     from streams.plan.state import park_failed
+
     state, (p1,) = run([invoice_event("i1", t(20), amount="100.00")])
     assert state is not None
     state = park_failed(state, "i1")  # the contact upsert itself failed
@@ -787,6 +793,7 @@ def test_resumed_contact_op_carries_current_values_not_the_parked_ones() -> None
 
 def test_parking_keeps_a_bounded_history() -> None:
     from streams.plan.state import MAX_FAILED, park_failed
+
     state: ClientState | None = None
     for i in range(MAX_FAILED + 3):
         state, _ = run([booked(f"b{i}", t(1) + timedelta(hours=i), appt_id=f"A{i}")], state)

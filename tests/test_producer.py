@@ -1,10 +1,12 @@
 """Webhook intake against the real embedded broker, served on a real loopback port."""
 
 from __future__ import annotations
+
 import asyncio
 import json
 import logging
 from datetime import datetime
+
 import pytest
 import structlog
 
@@ -13,6 +15,7 @@ from foundations.config import Settings
 from foundations.logs import configure_logging
 from producer.intake import FALLBACK_KEY
 from tests.test_producer_helpers import LOC3_TOKEN, TOKEN, headers_of, read_topic, running_intake
+
 pytestmark = pytest.mark.integration
 
 JSON = {"Content-Type": "application/json"}

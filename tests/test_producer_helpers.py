@@ -1,17 +1,21 @@
 """Helpers for the producer tests: run the intake on a loopback port, read topics back from the broker."""
 
 from __future__ import annotations
+
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+
 import aiohttp
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+
 from foundations.config import Settings
 from foundations.kafka_admin import ensure_topics
 from producer.publisher import Publisher
 from producer.server import start_server
+
 TOKEN = "test-token-0123456789abcdef"
 LOC3_TOKEN = "loc3-token-0123456789abcdef"  # bound to location "3" in the `settings` fixture
 
@@ -86,4 +90,5 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[Mess
 
 def headers_of(msg: Message) -> dict[str, str]:
     from foundations.formats.headers import to_dict
+
     return to_dict(msg.headers())

@@ -4,9 +4,11 @@ Uses its own broker of the session's kind (stopped and restarted here), never th
 """
 
 from __future__ import annotations
+
 import time
 import uuid
 from collections.abc import Iterator
+
 import pytest
 
 from foundations.formats import headers as header_names
@@ -15,6 +17,7 @@ from apro_sync.apache_kafka import ApacheKafka
 from apro_sync.embedded_broker import EmbeddedBroker
 from tests.conftest import new_restartable_broker
 from tests.test_producer_helpers import TOKEN, create_intake_topics, headers_of, read_topic, running_intake
+
 pytestmark = [pytest.mark.integration, pytest.mark.broker_restart]
 
 JSON = {"Content-Type": "application/json"}

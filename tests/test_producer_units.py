@@ -1,8 +1,10 @@
 """Pure pieces of the intake: token check, path redaction, request ids, keys and labels."""
 
 from __future__ import annotations
+
 import pytest
 from pydantic import SecretStr
+
 from foundations.formats import headers as header_names
 from foundations.config import WebhookToken
 from foundations.logs import redact_path

@@ -14,6 +14,7 @@ Grafana would, and must return at least one finite sample.
 """
 
 from __future__ import annotations
+
 import asyncio
 import io
 import json
@@ -25,13 +26,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+
 import pytest
 import yaml
 from pydantic import SecretStr
+
 from foundations.config import Settings
 from apro_sync.embedded_broker import free_port
-from emulator import EmulatorConfig
-from emulator import LocationConfig
+from emulator import EmulatorConfig, LocationConfig
 from emulator.config import RateLimitConfig
 from sinks.locations import load_locations
 from sinks.provision import provision_all
@@ -50,6 +52,7 @@ from tests.prom_live_support import (
 )
 from tests.reliability import harness as RH
 from tests.test_sink_e2e import write_requests
+
 pytestmark = pytest.mark.integration
 needs_prometheus = pytest.mark.skipif(PROMETHEUS is None,
                                       reason="prometheus binary not installed (Debian package `prometheus`)")

@@ -1,17 +1,15 @@
 """`apro-sync provision` and resolve_ids against the GoHighLevel emulator (real HTTP, spec-validated)."""
 
 from __future__ import annotations
+
 import io
 
 import pytest
 from pydantic import SecretStr
+
 from foundations.config import Settings
-from emulator import EmulatorConfig
-from emulator import LocationConfig
-from emulator.config import CustomFieldConfig
-from emulator.config import PipelineConfig
-from emulator.config import StageConfig
-from emulator.config import WorkflowConfig
+from emulator import EmulatorConfig, LocationConfig
+from emulator.config import CustomFieldConfig, PipelineConfig, StageConfig, WorkflowConfig
 from sinks.ghl.client import GhlClient
 from sinks.locations import GhlTarget, Ref
 from sinks.provision import FOLDER_NOTE, ProvisioningIncomplete, ResolvedIdsCache, provision, resolve_ids, run

@@ -1,13 +1,16 @@
 """`apro-sync replay`: time parsing and selection rules, then the real command against the real broker."""
 
 from __future__ import annotations
+
 import json
 import time
 from datetime import datetime, timedelta, timezone
+
 import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from typer.testing import CliRunner
+
 from foundations.formats import headers as header_names
 from apro_sync.cli import app
 from foundations.config import Settings
@@ -25,6 +28,7 @@ from apro_sync.ops.selection import (
     replay_headers,
 )
 from foundations.timeparse import TimeParseError, parse_time
+
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
 PHI = "Jane Q. Replaytest"
 

@@ -2,6 +2,7 @@
 emulator. Checks the CRM end state, exactly-once effects under redelivery and replay, dead-lettering and faults."""
 
 from __future__ import annotations
+
 import asyncio
 import io
 import json
@@ -15,8 +16,10 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+
 from foundations.formats import headers as header_names
 from foundations.config import Settings
 from foundations.kafka_admin import ensure_topics
@@ -25,6 +28,7 @@ from sinks.provision import provision_all
 from tests.conftest import REPO
 from tests.reliability import harness as RH
 from tests.test_normalize_worker import produce, raw_record, worker_env
+
 pytestmark = pytest.mark.integration
 
 WORKER_CODE = "from foundations.config import load_settings\nfrom apro_sync.worker import run\nrun(load_settings())\n"

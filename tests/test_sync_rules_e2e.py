@@ -2,10 +2,12 @@
 exact CRM end state: lifetime value independent of arrival order, same-second events, a shared phone."""
 
 from __future__ import annotations
+
 import json
 from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote_plus
+
 import pytest
 
 from foundations.formats import headers as header_names

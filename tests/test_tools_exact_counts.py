@@ -3,17 +3,21 @@ embedded broker under-report its high watermark) are all seen by peek, dlq list/
 and a second `dlq redrive --all` sends nothing."""
 
 from __future__ import annotations
+
 import json
 import re
 import time
 from datetime import datetime, timedelta, timezone
+
 from confluent_kafka import Producer
 from typer.testing import CliRunner
+
 from foundations.formats import headers as header_names
 from apro_sync.cli import app
 from foundations.config import Settings
 from foundations.kafka_admin import ensure_topics
 from tests.reliability.harness import read_topic
+
 BATCH = 10
 
 

@@ -1,12 +1,16 @@
 """Topic definitions: the pure specs, then `apro-sync topics` against the broker (configs read back)."""
 
 from __future__ import annotations
+
 from confluent_kafka.admin import AdminClient, ConfigResource
 from typer.testing import CliRunner
+
 from apro_sync.cli import app
 from foundations.config import Settings
 from foundations.kafka_admin import check_topics, ensure_topics
 from foundations.topics import DAY_MS, TopicSpec, Topics, record_max_bytes, topic_specs
+
+
 def _specs(**overrides: object) -> dict[str, TopicSpec]:
     args: dict[str, object] = dict(topics=Topics(), app_id="apro-sync", partitions=12, replication=3, min_insync=2,
                                    raw_retention_days=14, quarantine_retention_days=30, deadletter_retention_days=60,
@@ -73,6 +77,7 @@ def test_producers_never_batch_beyond_the_topic_limit() -> None:
     Kafka with a 64 KiB body limit: every normalizer batch failed). Every producer caps its batches at the limit."""
     from producer.publisher import Publisher
     from streams.normalize.output_producer import producer_config
+
     for body in (64 * 1024, 1024 * 1024):
         limit = record_max_bytes(body)
         configs = [producer_config("127.0.0.1:9", max_body_bytes=body),

@@ -8,18 +8,22 @@ are touched here and only here).
 """
 
 from __future__ import annotations
+
 import asyncio
 import logging
 import time
 from typing import Any
+
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.types.tuples import ConsumerMessage
+
 from foundations import metrics
 from foundations.config import Settings
 from foundations.kafka_connection import KafkaConnection
 from workarounds.offset_sequence import OffsetSequencer, Verdict
+
 log = logging.getLogger("apro_sync.consumer")
 
 READ_RETRY_S = 0.5  # first retry of a gap read that failed (broker unreachable), doubling

@@ -1,9 +1,12 @@
 """The Faust application: one factory so the worker, the tests and the tools build it the same way."""
 
 from __future__ import annotations
+
 import faust
 
 from foundations.config import Settings
+
+
 def build_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     """A Faust app wired to the configured broker. Agents are attached by `apro_sync.worker.register_agents`.
 
@@ -48,6 +51,7 @@ def _short_fetch_wait_for_embedded_broker() -> None:
     wait, which put ~1.3 s on every webhook's way through the two topics (bench/sink.py). For the embedded broker
     only, the consumer class Faust instantiates gets a short wait instead."""
     from faust.transport.drivers import aiokafka as driver
+
     original = driver.aiokafka.AIOKafkaConsumer
     if getattr(original, "_apro_short_wait", False):
         return

@@ -16,9 +16,12 @@ revealed the gap; the stream itself never moves back, so nothing depends on Faus
 """
 
 from __future__ import annotations
+
 import enum
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
+
+
 class Verdict(enum.Enum):
     PROCESS = "process"  # the next record: hand it to the agent
     SEEN = "seen"  # already handed over (Faust delivered it again): drop it

@@ -5,6 +5,7 @@ work tree; the version there is the one docker-compose.yml runs. Java 17+ and Ma
 """
 
 from __future__ import annotations
+
 import base64
 import fcntl
 import os
@@ -15,9 +16,11 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
 from apro_sync.processes import BrokerProcess, free_port
 from foundations.kafka_admin import wait_for_broker
 from foundations.topics import record_max_bytes
+
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # as docker-compose.yml: the broker takes any record the producer may send
 
 POM = Path(__file__).resolve().parent / "pom.xml"

@@ -13,11 +13,14 @@ needed. A crash between the two writes can redrive a record twice; downstream ef
 """
 
 from __future__ import annotations
+
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+
 from tqdm import tqdm
+
 from foundations.formats import headers as header_names
 from apro_sync.ops import kafka_io
 from foundations.config import Settings

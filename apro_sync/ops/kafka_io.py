@@ -5,15 +5,20 @@ idempotent producer (acks=all) and count a record as done only from its delivery
 """
 
 from __future__ import annotations
+
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
 from apro_sync.ops.selection import HeaderList, PartitionRange
+
 from foundations.kafka_connection import KafkaConnection
 from foundations.topics import producer_size_limits
+
 Bootstrap = KafkaConnection | str
 
 TIMEOUT_S = 10.0

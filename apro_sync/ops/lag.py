@@ -8,15 +8,19 @@ Arithmetic (`partition_lag`, `compute_lags`) is pure; `LagReader` does the broke
 """
 
 from __future__ import annotations
+
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
 import structlog
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
+
 from foundations.config import Settings
 from foundations.metrics import CONSUMER_LAG
 from foundations.kafka_connection import KafkaConnection
+
 log = structlog.get_logger(__name__)
 
 # (topic, partition)
@@ -182,6 +186,7 @@ def run(
 ) -> None:
     """Serve /metrics on host:port and refresh the lag gauges every `interval_s` seconds, forever."""
     from prometheus_client import start_http_server
+
     if not settings.kafka_bootstrap_servers:
         raise SystemExit("KAFKA_BOOTSTRAP_SERVERS is not set")
     groups = list(groups) or [settings.worker_id]

@@ -2,12 +2,16 @@
 cannot talk to the embedded Tansu broker). Prints non-PHI metadata; keys (client ids) and bodies only on request."""
 
 from __future__ import annotations
+
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import NamedTuple
+
 from foundations.formats import headers as header_names
 from apro_sync.ops.kafka_io import admin, read_all, reader, require_topic
 from foundations.kafka_connection import KafkaConnection
+
+
 class Peeked(NamedTuple):
     partition: int
     offset: int

@@ -15,12 +15,15 @@ when the producer accepted the webhook). Nothing here prints a record value.
 """
 
 from __future__ import annotations
+
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
+
 from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from tqdm import tqdm
+
 from foundations.formats import headers as header_names
 from apro_sync.ops import kafka_io
 from foundations.config import Settings
@@ -36,6 +39,7 @@ from apro_sync.ops.selection import (
 )
 from foundations.timeparse import to_millis
 from foundations.kafka_connection import KafkaConnection
+
 FLUSH_EVERY = 1000  # records between waits for delivery, so a failure stops the replay early
 
 # A group in one of these states has members (the embedded broker does not list them): its next commit would

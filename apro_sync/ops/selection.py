@@ -5,13 +5,16 @@ Nothing here reads a record value except `record_location`, which returns a loca
 """
 
 from __future__ import annotations
+
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+
 from foundations.formats import headers as header_names
 from foundations.timeparse import from_millis
+
 # Header names that describe a dead-lettering, not the webhook: dropped when a record is redriven.
 DLQ_HEADERS = frozenset({
     header_names.REASON, header_names.DLQ_STAGE, header_names.DLQ_EVENT_ID, header_names.DLQ_SOURCE_TOPIC, header_names.DLQ_SOURCE_PARTITION, header_names.DLQ_SOURCE_OFFSET,

@@ -29,12 +29,17 @@ Executor contract (per client, ops in order; the contact op always comes first):
 """
 
 from __future__ import annotations
+
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from foundations.formats import crm_fields
 from foundations.formats.crm_fields import DataType
+
+
 class OpKind(StrEnum):
     UPSERT_CONTACT = "upsert_contact"
     ADD_NOTE = "add_note"

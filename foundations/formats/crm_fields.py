@@ -5,8 +5,11 @@ GoHighLevel custom-field id (found by `field_key`, else by name, created by prov
 """
 
 from __future__ import annotations
+
 from dataclasses import dataclass
 from enum import StrEnum
+
+
 class DataType(StrEnum):
     """GoHighLevel custom-field data types (spelling from the official spec, including MONETORY)."""
 

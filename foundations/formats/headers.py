@@ -1,7 +1,9 @@
 """Kafka record header names. Header values are never PHI (no names, emails, phones, DOB, addresses)."""
 
 from __future__ import annotations
+
 from collections.abc import Iterable, Mapping
+
 # Set by the producer on every raw webhook record.
 RECEIVED_AT = "apro-received-at"  # ISO 8601 UTC, when the producer accepted the webhook
 RESOURCE = "apro-resource"  # URL hint: clients | appointments | invoices (absent when the URL gave none)

@@ -6,10 +6,14 @@ through JSON exactly (Decimal is serialized as a string), which is how they trav
 """
 
 from __future__ import annotations
+
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
+
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

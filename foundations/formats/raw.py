@@ -6,6 +6,7 @@ pure and never logs: bodies are PHI.
 """
 
 from __future__ import annotations
+
 import json
 import re
 from array import array
@@ -14,6 +15,7 @@ from decimal import Decimal
 from itertools import accumulate
 from typing import Any
 from urllib.parse import parse_qsl
+
 _SEPARATORS = re.compile(r"[\s_\-.]+")
 _INTEGRAL_TEXT = re.compile(r"\d+\.0+")
 ENVELOPE_KEYS = ("data", "payload", "body", "record")

@@ -8,6 +8,7 @@ from sinks.ghl.models import (
 )
 from sinks.ghl.ratelimit import RateLimiter
 from sinks.ghl.retry import RetryPolicy
+
 __all__ = [
     "Contact", "ContactInput", "CustomFieldDef", "CustomFieldValue", "GhlClient", "GhlError", "GhlPermanentError",
     "GhlRateLimited", "GhlTransientError", "Note", "Opportunity", "Pipeline", "RateLimiter", "RetryPolicy", "Stage",

@@ -11,6 +11,7 @@ PHI (patient email, phone, names) never goes into a URL (access logs keep URLs):
 """
 
 from __future__ import annotations
+
 import asyncio
 import email.utils
 import re
@@ -20,10 +21,12 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
+
 import httpx
 import structlog
 from pydantic import SecretStr
 from tenacity import RetryCallState
+
 from foundations.metrics import GHL_API_ANOMALIES, GHL_LATENCY, GHL_RATE_LIMITED, GHL_REQUESTS, GHL_RETRIES
 from sinks.ghl.errors import GhlError, GhlPermanentError, GhlRateLimited, GhlTransientError, error_for_status
 from sinks.ghl.models import (
@@ -40,6 +43,7 @@ from sinks.ghl.models import (
 )
 from sinks.ghl.ratelimit import RateLimiter
 from sinks.ghl.retry import RetryPolicy
+
 API_VERSION = "2021-07-28"
 OPPORTUNITY_STATUSES = frozenset({"open", "won", "lost", "abandoned"})
 # GoHighLevel's default duplicate-contact search sequence: an upsert matches by email first, then by phone.

@@ -9,9 +9,11 @@ bodies, headers, query strings and the token are never part of a reason.
 """
 
 from __future__ import annotations
+
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+
 _MAX_MESSAGE = 160
 _EMAIL = re.compile(r"[^\s@]+@[^\s@]+")
 _DIGITS = re.compile(r"\d[\d\s().+-]{5,}\d")  # phone numbers, dates of birth, ids typed as numbers

@@ -5,10 +5,14 @@ Inputs (`ContactInput`, `CustomFieldValue`) know their wire form; outputs are pa
 """
 
 from __future__ import annotations
+
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
 class _In(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

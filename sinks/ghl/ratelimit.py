@@ -14,12 +14,15 @@ day), so the location slows down instead of running dry at noon.
 """
 
 from __future__ import annotations
+
 import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import date, datetime, timedelta, timezone
+
 from foundations.metrics import GHL_DAILY_BUDGET_USED, GHL_RATE_REMAINING
+
 BURST_LIMIT = 100
 BURST_INTERVAL_S = 10.0
 DAILY_LIMIT = 200_000

@@ -6,12 +6,16 @@ transient error is re-raised: the sink decides to pause and redeliver, never to 
 """
 
 from __future__ import annotations
+
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
 from sinks.ghl.errors import GhlRateLimited, GhlTransientError
+
 Sleep = Callable[[float], Awaitable[None]]
 
 

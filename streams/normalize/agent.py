@@ -10,6 +10,7 @@ Ordering: one agent instance per partition and outputs sent in input order, so a
 """
 
 from __future__ import annotations
+
 import asyncio
 import logging
 import time
@@ -18,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
+
 import faust
 from faust.streams import _current_event  # the context var Faust routes table changelog writes by
 
@@ -29,6 +31,7 @@ from streams.normalize.dedupe import EventDeduper
 from foundations.formats.normalized import NormalizedEvent, Skipped, Unreadable
 from streams.normalize.rules import body_hash, normalize
 from streams.normalize.output_producer import OutputProducer, OutputRecord, producer_config
+
 log = logging.getLogger("apro_sync.normalize")
 
 STAGE = "normalize"

@@ -22,10 +22,13 @@ one-id chunks, so an upgrade keeps its memory.
 """
 
 from __future__ import annotations
+
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, MutableMapping
 from typing import Any
+
+
 class BoundedIds:
     """Pure memory of ids for one partition, in chunks evicted oldest first once more than `window` ids are held.
 

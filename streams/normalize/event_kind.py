@@ -6,10 +6,14 @@ Confirmed, Cancelled / Canceled, No Show / NoShow / no_show). Everything is redu
 """
 
 from __future__ import annotations
+
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+
 from foundations.formats.normalized import AppointmentStatus, EventKind, MembershipStatus
+
+
 class Entity(StrEnum):
     CLIENT = "client"
     APPOINTMENT = "appointment"

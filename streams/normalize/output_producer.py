@@ -12,13 +12,17 @@ caller can ack its input offsets only after its outputs are durable. Keys are pa
 """
 
 from __future__ import annotations
+
 import asyncio
 import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
+
 from confluent_kafka import KafkaError, KafkaException, Producer
+
 from foundations.kafka_connection import KafkaConnection
 from foundations.topics import producer_size_limits
+
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 

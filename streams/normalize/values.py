@@ -7,6 +7,7 @@ appointment times) or only noted (email, phone, date of birth).
 """
 
 from __future__ import annotations
+
 import re
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
@@ -15,10 +16,14 @@ from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
+
 from foundations.formats.normalized import Service
 from foundations.formats.raw import clean_text, get, id_str
+
+
 class FieldError(ValueError):
     """A present value that breaks a parsing rule. The message is safe to log: it names the rule only."""
 

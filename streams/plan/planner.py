@@ -18,13 +18,16 @@ How a plan stays correct under redelivery, replay and reordering:
 """
 
 from __future__ import annotations
+
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 from pydantic import BaseModel, ConfigDict
+
 from foundations.formats import crm_fields
 from foundations.formats.crm_commands import (
     MEMBER_TAG, PATIENT_TAG, AddNote, AddTags, ContactFields, CrmOp, EnrollWorkflow, OpKind, UpsertContact, UpsertOpportunity,

@@ -16,11 +16,15 @@ The state is built so that applying events is idempotent and, where it matters, 
 """
 
 from __future__ import annotations
+
 from datetime import date, datetime
 from decimal import Decimal
+
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
 from foundations.formats.crm_commands import CrmOp
 from foundations.formats.normalized import AppointmentStatus, MembershipStatus
+
 ZERO = Decimal("0.00")
 MAX_EVENT_IDS = 512  # recent event ids kept for plain duplicate detection (records below catch older replays)
 MAX_FAILED = 64  # parked entries of dead-lettered events kept per client (oldest dropped: redrive no longer resumes)

@@ -12,9 +12,11 @@ crash inputs (tests/reliability/fuzz_regressions/<target>/) through it.
 """
 
 from __future__ import annotations
+
 import re
 import sys
 from typing import Any
+
 CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "text/plain", "", "application/vnd.api+json")
 RESOURCES = ("", "clients", "appointments", "invoices")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -35,6 +37,7 @@ class Finding(AssertionError):
 def check_intake(data: bytes) -> None:
     from producer.intake import FALLBACK_KEY, inspect_body
     from foundations.formats.raw import PayloadError
+
     ctype, _resource, body = split(data)
     try:
         inspection = inspect_body(body, ctype)
@@ -65,6 +68,7 @@ def check_normalize(data: bytes) -> None:
     from foundations.formats import headers as header_names
     from foundations.formats.normalized import NormalizedEvent, Skipped, Unreadable
     from streams.normalize.rules import normalize
+
     ctype, resource, body = split(data)
     headers = {header_names.CONTENT_TYPE: ctype, header_names.RECEIVED_AT: "2026-11-20T15:00:00.000+00:00"}
     if resource:

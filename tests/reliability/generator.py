@@ -17,6 +17,7 @@ form (names, emails, phone raw + E.164, DOB raw + ISO, street addresses).
 """
 
 from __future__ import annotations
+
 import json
 import random
 import uuid
@@ -25,6 +26,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
+
 LOCATIONS = (
     {"id": "3", "name": "Scottsdale", "timezone": "America/Phoenix"},
     {"id": "7", "name": "Tempe", "timezone": "America/Phoenix"},

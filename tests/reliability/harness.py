@@ -15,6 +15,7 @@ to files under the test's directory so a test can scan them (PHI, secrets) after
 """
 
 from __future__ import annotations
+
 import asyncio
 import os
 import re
@@ -27,15 +28,18 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
 import aiohttp
 import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+
 from foundations.formats import headers as header_names
 from apro_sync.embedded_broker import free_port
 from foundations.config import Settings
 from foundations.kafka_admin import ensure_topics
 from foundations.topics import Topics
+
 T = TypeVar("T")
 
 TOKEN = "rel-token-0123456789abcdefXYZ"  # unbound
@@ -585,6 +589,7 @@ def restore_records(bootstrap: str, records: Sequence[Record], timeout_s: float 
     the log keeps the workers' in-memory positions (and any offsets they commit) meaningful.
     """
     from confluent_kafka import Producer
+
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all",
                          "max.in.flight.requests.per.connection": 1, "log_level": 0})
     landed: dict[tuple[str, int, int], int] = {}

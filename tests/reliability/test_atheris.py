@@ -7,15 +7,18 @@ The invariants are in tests/reliability/fuzz_targets.py.
 """
 
 from __future__ import annotations
+
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
 import pytest
 
 from tests.conftest import FIXTURES, REPO
 from tests.reliability.fuzz_targets import TARGETS, Finding, check
+
 LONG = os.environ.get("APRO_LONG") == "1"
 FUZZ_SECONDS = 600 if LONG else 25
 REGRESSIONS = Path(__file__).parent / "fuzz_regressions"

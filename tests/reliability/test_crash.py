@@ -20,6 +20,7 @@ none may be missing. CI mode: 2,000 events; APRO_LONG=1: 10,000.
 """
 
 from __future__ import annotations
+
 import asyncio
 import io
 import os
@@ -31,14 +32,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 import aiohttp
 import pytest
 from pydantic import SecretStr
+
 from foundations.config import Settings
-from emulator.config import EmulatorConfig
-from emulator.config import RateLimitConfig
-from emulator.server import EMU
-from emulator.server import ThreadedEmulator
+from emulator.config import EmulatorConfig, RateLimitConfig
+from emulator.server import EMU, ThreadedEmulator
 from sinks.locations import load_locations
 from sinks.provision import provision_all
 from tests.reliability.generator import GeneratedEvent, GeneratedStream, generate

@@ -13,6 +13,7 @@ mutated fixtures, wrong content types, oversized bodies. Then:
 """
 
 from __future__ import annotations
+
 import asyncio
 import json
 import os
@@ -22,6 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
 import pytest
 
 from foundations.formats import headers as header_names
@@ -412,6 +414,7 @@ def test_lone_surrogate_in_location_keeps_worker_metrics_up(stack: Stack) -> Non
     """The producer now refuses such a body, but a raw record from elsewhere (an older producer, a redrive) must
     still end dead-lettered with the worker's metrics intact."""
     from confluent_kafka import Producer
+
     body = b'{"event": "client.created", "eventId": "sur-2", "location": {"id": "\\ud800"}, ' \
            b'"client": {"clientId": "5", "email": "a@example.com"}}'
     topics = stack.config.topics

@@ -7,6 +7,7 @@ durations (the broker-down case asserts the fail-fast reason, and a 1 s answer a
 """
 
 from __future__ import annotations
+
 import asyncio
 import json
 import os
@@ -19,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
 import aiohttp
 import httpx
 import pytest

@@ -13,10 +13,12 @@ under the request id of any of its posts. (On the in-memory broker those copies 
 """
 
 from __future__ import annotations
+
 import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
 import pytest
 
 from apro_sync.apache_kafka import ApacheKafka

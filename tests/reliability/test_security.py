@@ -2,11 +2,13 @@
 log line or metric, including the exception and dead-letter paths."""
 
 from __future__ import annotations
+
 import asyncio
 import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+
 import pytest
 
 from foundations.formats import headers as header_names
@@ -183,6 +185,7 @@ def full_stack(kafka_bootstrap: str, using_embedded_broker: bool, tmp_path: Path
     """With the sync stage (GoHighLevel emulator), and at DEBUG too: library loggers (faust, aiokafka, mode)
     print record contents there unless capped."""
     from tests.reliability.test_crash import ghl_env, start_emulator
+
     emulator = start_emulator()
     env = {k: v for k, v in ghl_env(emulator).items() if k != "APRO_LOG_LEVEL"}
     config = StackConfig.for_broker(kafka_bootstrap, tmp_path, embedded_broker=using_embedded_broker,
