@@ -8,7 +8,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from foundations.formats import crm_fields
+# What a fresh emulated location holds when its configuration names nothing else: the sub-account a practice
+# sets up before the first sync (tests/emulator/test_seed.py holds these against the sync's own catalog).
+DEFAULT_PIPELINE = "Lead to Patient"
+DEFAULT_STAGES = ("New Lead", "Booked", "Cancel/No-Show", "Patient")
+DEFAULT_WORKFLOWS = ("APro Appointments Update", "APro Invoice Paid", "APro Birthday")
+DEFAULT_FOLDERS = ("Aesthetics Pro",)
 
 
 class _Model(BaseModel):
@@ -21,13 +26,10 @@ class StageConfig(_Model):
 
 
 class PipelineConfig(_Model):
-    name: str = crm_fields.PIPELINE_NAME
+    name: str = DEFAULT_PIPELINE
     id: str | None = None
     stages: list[StageConfig] = Field(
-        default_factory=lambda: [
-            StageConfig(name=n)
-            for n in (crm_fields.STAGE_NEW_LEAD, crm_fields.STAGE_BOOKED, crm_fields.STAGE_CANCEL_NO_SHOW, crm_fields.STAGE_PATIENT)
-        ]
+        default_factory=lambda: [StageConfig(name=n) for n in DEFAULT_STAGES]
     )
 
 
@@ -47,10 +49,7 @@ class CustomFieldConfig(_Model):
 
 
 def _default_workflows() -> list[WorkflowConfig]:
-    return [
-        WorkflowConfig(name=n)
-        for n in (crm_fields.WORKFLOW_APPOINTMENTS_UPDATE, crm_fields.WORKFLOW_INVOICE_PAID, crm_fields.WORKFLOW_BIRTHDAY)
-    ]
+    return [WorkflowConfig(name=n) for n in DEFAULT_WORKFLOWS]
 
 
 class LocationConfig(_Model):
@@ -60,7 +59,7 @@ class LocationConfig(_Model):
     pipelines: list[PipelineConfig] = Field(default_factory=lambda: [PipelineConfig()])
     workflows: list[WorkflowConfig] = Field(default_factory=_default_workflows)
     custom_fields: list[CustomFieldConfig] = Field(default_factory=list)
-    folders: list[str] = Field(default_factory=lambda: [crm_fields.APRO_FOLDER_NAME])
+    folders: list[str] = Field(default_factory=lambda: list(DEFAULT_FOLDERS))
     # This location's "Allow Duplicate Contact" setting (settings.allowDuplicateContact of GET /locations/{id});
     # None: EmulatorConfig.allow_duplicate_contacts.
     allow_duplicate_contacts: bool | None = None

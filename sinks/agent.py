@@ -24,7 +24,6 @@ import logging
 import random
 import time
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -44,6 +43,8 @@ from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget, Locations, LocationsError, UnknownLocation, load_locations
 from sinks.provision import ResolvedIdsCache
 from workarounds.consumer_control import SequenceGuard, abandon
+from workarounds.faust_patches import before_consumer_stops, on_rebalance_start
+from workarounds.partition_acker import PartitionAcker
 from foundations.formats.crm_commands import OpKind
 from foundations.formats.normalized import NormalizedEvent
 from streams.plan.planner import Outcome, PlanError, plan
@@ -61,49 +62,6 @@ UNEXPECTED_MAX_ATTEMPTS = 3  # an unexpected exception (a bug) is retried this o
 
 class Abandoned(Exception):
     """The lane must drop the event without acking it (partition revoked or worker stopping)."""
-
-
-# ------------------------------------------------------------------------------------------------- acks
-
-
-class PartitionAcker:
-    """Acks each partition's events strictly in offset order, and only once they are finished.
-
-    Faust (faust-streaming 0.15.3, transport/consumer.py `_new_offset`) commits the end of the first contiguous
-    run of acked offsets, but its gap check compares the lowest acked offset with the committed offset using
-    `> 1` and skips the check when the committed offset is 0/None: an unacked event sitting exactly at the
-    committed position would be committed past if a later event were acked first. Acking in offset order means
-    Faust only ever sees contiguous acks, so that can never happen.
-    """
-
-    def __init__(self) -> None:
-        self._pending: dict[Any, OrderedDict[int, list[Any]]] = {}  # tp → offset → [event, finished]
-
-    def track(self, event: faust.EventT) -> None:
-        msg = event.message
-        self._pending.setdefault(msg.tp, OrderedDict())[msg.offset] = [event, False]
-
-    def finish(self, event: faust.EventT) -> None:
-        msg = event.message
-        entries = self._pending.get(msg.tp)
-        if entries is None or msg.offset not in entries or entries[msg.offset][0] is not event:
-            return  # abandoned (revoked) meanwhile: never ack it
-        entries[msg.offset][1] = True
-        while entries:
-            offset, (ev, finished) = next(iter(entries.items()))
-            if not finished:
-                break
-            entries.popitem(last=False)
-            ev.ack()
-
-    def in_flight(self) -> int:
-        return sum(len(v) for v in self._pending.values())
-
-    def clear(self) -> list[faust.EventT]:
-        """Forget every tracked event (rebalance); returns them so the caller can abandon them."""
-        events = [ev for entries in self._pending.values() for ev, _ in entries.values()]
-        self._pending.clear()
-        return events
 
 
 # ------------------------------------------------------------------------------------------------- targets
@@ -650,21 +608,8 @@ def register_sink(app: faust.App, settings: Settings) -> None:
     engine = SyncEngine(app, settings, locations, table, deadletter)
 
     # Fence before Faust waits for in-flight events (wait_empty), i.e. at the very start of a rebalance.
-    original_rebalance_start = app.on_rebalance_start
-
-    def on_rebalance_start() -> None:
-        original_rebalance_start()
-        engine.fence("rebalance")
-
-    app.on_rebalance_start = on_rebalance_start  # type: ignore[method-assign]
-
-    original_stop_consumer = app._stop_consumer  # noqa: SLF001
-
-    async def stop_consumer() -> None:
-        engine.close_intake()
-        await original_stop_consumer()
-
-    app._stop_consumer = stop_consumer  # type: ignore[method-assign]  # noqa: SLF001
+    on_rebalance_start(app, lambda: engine.fence("rebalance"))
+    before_consumer_stops(app, engine.close_intake)
 
     @app.on_partitions_revoked.connect
     async def _revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:  # noqa: ARG001
@@ -683,4 +628,4 @@ def register_sink(app: faust.App, settings: Settings) -> None:
     app.sync_engine = engine  # type: ignore[attr-defined]  # for tests
 
 
-__all__ = ["PartitionAcker", "SyncEngine", "ghl_configured", "register_sink"]
+__all__ = ["SyncEngine", "ghl_configured", "register_sink"]

@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from apro_sync.ops.selection import HeaderList, PartitionRange
 
 from foundations.kafka_connection import KafkaConnection
+from workarounds.watermarks import true_ends
 from foundations.topics import producer_size_limits
 
 Bootstrap = KafkaConnection | str
@@ -24,7 +25,6 @@ Bootstrap = KafkaConnection | str
 TIMEOUT_S = 10.0
 CONNECT_S = 5.0  # first metadata request: an unreachable broker is reported after this long
 STALL_S = 30.0  # a read that makes no progress this long is an error, not a hang
-END_PROBE_IDLE_S = 0.5  # past the reported end, this long without a record means the end is real
 
 
 class OperatorError(Exception):
@@ -99,24 +99,8 @@ def watermarks(consumer: Consumer, topic: str, partitions: int) -> dict[int, tup
             out[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT_S)
         except KafkaException as exc:
             raise OperatorError(f"could not read the offsets of {topic}[{p}]: {exc.args[0]}") from None
-    ends = _true_ends(consumer, topic, {p: high for p, (_, high) in out.items()})
+    ends = true_ends(consumer, topic, {p: high for p, (_, high) in out.items()})
     return {p: (low, ends[p]) for p, (low, _) in out.items()}
-
-
-def _true_ends(consumer: Consumer, topic: str, highs: dict[int, int]) -> dict[int, int]:
-    """Read from each reported end until the broker has had nothing more for END_PROBE_IDLE_S."""
-    ends = dict(highs)
-    consumer.assign([TopicPartition(topic, p, high) for p, high in highs.items()])
-    try:
-        idle_since = time.monotonic()
-        while time.monotonic() - idle_since < END_PROBE_IDLE_S:
-            for msg in consumer.consume(num_messages=500, timeout=0.05):
-                if msg.error() is None and msg.offset() + 1 > ends[msg.partition()]:
-                    ends[msg.partition()] = msg.offset() + 1
-                    idle_since = time.monotonic()
-    finally:
-        consumer.unassign()
-    return ends
 
 
 def offsets_at(consumer: Consumer, topic: str, partitions: int, millis: int) -> dict[int, int | None]:
