@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from foundations.config import Settings  # noqa: E402
 from apro_sync.local_brokers import local_broker  # noqa: E402
+from apro_sync.processes import stop_all  # noqa: E402
 from foundations.kafka_admin import ensure_topics  # noqa: E402
 
 FIXTURES = REPO / "examples" / "webhooks"
@@ -148,13 +149,7 @@ def run_worker(settings: Settings, count: int, timeout_s: float, processes: int 
                     first = time.perf_counter()
         last = time.perf_counter()
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs, timeout_s=15)
         consumer.close()
         log.close()
     assert first is not None

@@ -32,6 +32,7 @@ from typing import Any
 import faust
 from pydantic import ValidationError
 
+from foundations.formats import deadletter
 from foundations.formats import headers as header_names
 from foundations import metrics
 from foundations.config import Settings
@@ -483,16 +484,10 @@ class SyncEngine:
         except _Unreadable:
             pass
         headers = header_names.to_dict(message.headers)
-        headers.update({
-            header_names.DLQ_STAGE: STAGE,
-            header_names.REASON: reason,
-            header_names.DLQ_EVENT_ID: event_id or headers.get(header_names.DLQ_EVENT_ID, ""),
-            header_names.DLQ_SOURCE_TOPIC: message.topic,
-            header_names.DLQ_SOURCE_PARTITION: str(message.partition),
-            header_names.DLQ_SOURCE_OFFSET: str(message.offset),
-            header_names.DLQ_AT: datetime.now(timezone.utc).isoformat(),
-            header_names.DLQ_LOCATION: location,
-        })
+        headers.update(deadletter.build(
+            stage=STAGE, reason=reason, event_id=event_id or headers.get(header_names.DLQ_EVENT_ID, ""),
+            source_topic=message.topic, source_partition=message.partition, source_offset=message.offset,
+            location=location))
         raw = message.value if isinstance(message.value, bytes) else (event.value or b"")
         key = message.key if isinstance(message.key, bytes) else None
         fut = await self.deadletter_topic.send(key=key, value=raw,

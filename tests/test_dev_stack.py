@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from apro_sync.embedded_broker import free_port
+from apro_sync.processes import free_port
 from tests.conftest import FIXTURES, REPO
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import REGISTRY, generate_latest
 
 from foundations.config import Settings
-from apro_sync.embedded_broker import free_port
+from apro_sync.processes import free_port
 from foundations.kafka_admin import ensure_topics
 from apro_sync.ops.lag import LagGauge, LagReader, PartitionLag, collect_once, compute_lags, partition_lag
 

@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from foundations.formats import headers as header_names
 from foundations.config import Settings
+from apro_sync.processes import stop
 from foundations.kafka_admin import ensure_topics
 from foundations.formats.raw import find_client_id, parse_body
 from tests.conftest import REPO
@@ -53,12 +54,7 @@ def start_worker(settings: Settings, log_path: Path) -> tuple[subprocess.Popen[b
 
 
 def stop_worker(proc: subprocess.Popen[bytes], log: Any) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop(proc, timeout_s=15)
     log.close()
 
 

@@ -32,7 +32,7 @@ import yaml
 from pydantic import SecretStr
 
 from foundations.config import Settings
-from apro_sync.embedded_broker import free_port
+from apro_sync.processes import free_port
 from emulator import EmulatorConfig, LocationConfig
 from emulator.config import RateLimitConfig
 from sinks.locations import load_locations

@@ -12,14 +12,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from foundations.formats import deadletter
 from foundations.formats import headers as header_names
 from foundations.timeparse import from_millis
 
-# Header names that describe a dead-lettering, not the webhook: dropped when a record is redriven.
-DLQ_HEADERS = frozenset({
-    header_names.REASON, header_names.DLQ_STAGE, header_names.DLQ_EVENT_ID, header_names.DLQ_SOURCE_TOPIC, header_names.DLQ_SOURCE_PARTITION, header_names.DLQ_SOURCE_OFFSET,
-    header_names.DLQ_AT, header_names.DLQ_LOCATION, header_names.DLQ_ATTEMPTS,
-})
 STAGES = ("intake", "normalize", "sync")
 
 HeaderList = list[tuple[str, bytes]]
@@ -186,41 +182,25 @@ class DlqEntry:
                 "redriven": self.redriven}
 
 
-def attempts_of(headers: dict[str, str]) -> int:
-    try:
-        return max(0, int(headers.get(header_names.DLQ_ATTEMPTS, "0")))
-    except ValueError:
-        return 0
-
-
 def dlq_entry(rid: str, headers: dict[str, str], timestamp_ms: int | None, *, default_stage: str,
               redriven: bool) -> DlqEntry:
     """Build the listing row. Quarantine records carry only REASON (and the raw headers): stage = intake."""
     at = headers.get(header_names.DLQ_AT) or headers.get(header_names.RECEIVED_AT) or (
         from_millis(timestamp_ms).isoformat() if timestamp_ms is not None and timestamp_ms >= 0 else "")
-    source = headers.get(header_names.DLQ_SOURCE_TOPIC, "")
-    if source and _ints(headers):
-        source = record_id(source, int(headers[header_names.DLQ_SOURCE_PARTITION]), int(headers[header_names.DLQ_SOURCE_OFFSET]))
+    source, partition, offset = deadletter.source(headers)
+    if source and partition is not None and offset is not None:
+        source = record_id(source, partition, offset)
     return DlqEntry(
         id=rid,
         stage=headers.get(header_names.DLQ_STAGE) or default_stage,
         reason=headers.get(header_names.REASON, ""),
         event_id=headers.get(header_names.DLQ_EVENT_ID, ""),
         location=headers.get(header_names.DLQ_LOCATION) or headers.get(header_names.TOKEN_LOCATION) or "",
-        attempts=attempts_of(headers),
+        attempts=deadletter.attempts(headers),
         at=at,
         source=source,
         redriven=redriven,
     )
-
-
-def _ints(headers: dict[str, str]) -> bool:
-    try:
-        int(headers.get(header_names.DLQ_SOURCE_PARTITION) or "x")
-        int(headers.get(header_names.DLQ_SOURCE_OFFSET) or "x")
-    except ValueError:
-        return False
-    return True
 
 
 def redrive_target(headers: dict[str, str], fallback_topic: str, partitions_of: dict[str, int]) -> tuple[str, int | None]:
@@ -229,11 +209,8 @@ def redrive_target(headers: dict[str, str], fallback_topic: str, partitions_of: 
     The source partition is kept when the topic still has it, so the client's records stay on one partition
     whatever partitioner the original writer used; records without a source (quarantine) go to `fallback_topic`.
     """
-    topic = headers.get(header_names.DLQ_SOURCE_TOPIC) or fallback_topic
-    try:
-        partition: int | None = int(headers.get(header_names.DLQ_SOURCE_PARTITION, ""))
-    except ValueError:
-        partition = None
+    source_topic, partition, _ = deadletter.source(headers)
+    topic = source_topic or fallback_topic
     count = partitions_of.get(topic)
     if partition is not None and (count is None or partition < 0 or partition >= count):
         partition = None
@@ -242,8 +219,8 @@ def redrive_target(headers: dict[str, str], fallback_topic: str, partitions_of: 
 
 def redrive_headers(original: HeaderList, rid: str) -> HeaderList:
     """Original headers minus the dead-letter ones, attempts + 1, and the redrive marker."""
-    attempts = attempts_of(dict((k.lower(), v.decode("utf-8", "replace")) for k, v in original))
-    kept = [(k, v) for k, v in original if k.lower() not in DLQ_HEADERS and k.lower() not in (header_names.REPLAY, header_names.REPLAYED_FROM)]
+    attempts = deadletter.attempts(dict((k.lower(), v.decode("utf-8", "replace")) for k, v in original))
+    kept = [(k, v) for k, v in original if k.lower() not in deadletter.DEADLETTER_HEADERS and k.lower() not in (header_names.REPLAY, header_names.REPLAYED_FROM)]
     return kept + [(header_names.DLQ_ATTEMPTS, str(attempts + 1).encode()), (header_names.REPLAY, b"redrive"),
                    (header_names.REPLAYED_FROM, rid.encode())]
 

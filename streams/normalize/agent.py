@@ -17,12 +17,12 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from typing import Any
 
 import faust
 from faust.streams import _current_event  # the context var Faust routes table changelog writes by
 
+from foundations.formats import deadletter
 from foundations.formats import headers as header_names
 from foundations import metrics
 from foundations.config import Settings
@@ -143,16 +143,9 @@ class Normalizer:
                    location: str, header_location: str | None = None) -> _Output:
         message = event.message
         metrics.EVENTS_DEADLETTERED.labels(location=location, stage=STAGE, reason=reason.split(":")[0][:60]).inc()
-        extra = [
-            (header_names.DLQ_STAGE, STAGE),
-            (header_names.REASON, reason),
-            (header_names.DLQ_EVENT_ID, event_id),
-            (header_names.DLQ_SOURCE_TOPIC, message.topic),
-            (header_names.DLQ_SOURCE_PARTITION, str(message.partition)),
-            (header_names.DLQ_SOURCE_OFFSET, str(message.offset)),
-            (header_names.DLQ_AT, datetime.now(timezone.utc).isoformat()),
-            (header_names.DLQ_LOCATION, header_location or location),  # the header keeps the payload's location
-        ]
+        extra = deadletter.build(stage=STAGE, reason=reason, event_id=event_id, source_topic=message.topic,
+                                 source_partition=message.partition, source_offset=message.offset,
+                                 location=header_location or location)  # the header keeps the payload's location
         return _Output(self.names["deadletter"], message.key if isinstance(message.key, bytes) else None, raw,
                        _header_pairs(headers, extra))
 
