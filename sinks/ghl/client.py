@@ -2,7 +2,7 @@
 Token. Every call goes through the location's `RateLimiter`, is retried on transient errors (see retry.py),
 counted in Prometheus by endpoint *template*, and turned into `GhlTransientError` / `GhlPermanentError`.
 
-Request bodies follow emulator/openapi/apps/*.json (vendored official specs) (tests/test_ghl_schema_conformance.py checks each).
+Request bodies follow emulator/openapi/apps/*.json (vendored official specs) (tests/sinks/ghl/test_schema_conformance.py checks each).
 Known API defects handled here:
 - upsert (and update) with `tags` replaces every tag of the contact: refused here; use `add_tags`.
 - upsert may ignore the phone when the e-mail matches another contact: detected, flagged, counted, logged.

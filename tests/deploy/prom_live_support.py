@@ -1,4 +1,4 @@
-"""Helpers for running a real Prometheus against a live apro-sync stack (tests/test_prometheus_live.py).
+"""Helpers for running a real Prometheus against a live apro-sync stack (tests/deploy/test_prometheus_live.py).
 
 Pure parts (config rewrite, dashboard query extraction, template substitution, result checks) are separate
 from the one I/O class, `PrometheusServer`, which owns the `prometheus` child process and its HTTP API.

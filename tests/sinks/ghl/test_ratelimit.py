@@ -21,7 +21,7 @@ from sinks.ghl.ratelimit import (
     DAY_S, EXHAUSTED_RECHECK_S, RateLimiter, daily_pace_interval, daily_used_ratio, seconds_left_in_day,
 )
 from sinks.ghl.retry import RetryPolicy
-from tests.test_ghl_support import FakeTime
+from tests.sinks.ghl.scripted_ghl import FakeTime
 
 
 def limiter(fake: FakeTime, **kw: object) -> RateLimiter:

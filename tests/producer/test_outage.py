@@ -16,7 +16,7 @@ from foundations.config import Settings
 from apro_sync.apache_kafka import ApacheKafka
 from apro_sync.embedded_broker import EmbeddedBroker
 from tests.conftest import new_restartable_broker
-from tests.test_producer_helpers import TOKEN, create_intake_topics, headers_of, read_topic, running_intake
+from tests.producer.intake_support import TOKEN, create_intake_topics, headers_of, read_topic, running_intake
 
 pytestmark = [pytest.mark.integration, pytest.mark.broker_restart]
 

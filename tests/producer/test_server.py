@@ -14,7 +14,7 @@ from foundations.formats import headers as header_names
 from foundations.config import Settings
 from foundations.logs import configure_logging
 from producer.intake import FALLBACK_KEY
-from tests.test_producer_helpers import LOC3_TOKEN, TOKEN, headers_of, read_topic, running_intake
+from tests.producer.intake_support import LOC3_TOKEN, TOKEN, headers_of, read_topic, running_intake
 
 pytestmark = pytest.mark.integration
 

@@ -39,7 +39,7 @@ from sinks.locations import load_locations
 from sinks.provision import provision_all
 from tests.conftest import FIXTURES, REPO
 from tests.ghl_emulator_fixture import GhlEmulatorHandle
-from tests.prom_live_support import (
+from tests.deploy.prom_live_support import (
     PROMETHEUS,
     PanelQuery,
     PrometheusServer,
@@ -50,8 +50,8 @@ from tests.prom_live_support import (
     rule_problems,
     substitute,
 )
-from tests.reliability import harness as RH
-from tests.test_sink_e2e import write_requests
+from tests.reliability import harness
+from tests.sinks.test_e2e import write_requests
 
 pytestmark = pytest.mark.integration
 needs_prometheus = pytest.mark.skipif(PROMETHEUS is None,
@@ -103,14 +103,14 @@ def _provision(emulator: GhlEmulatorHandle, bootstrap: str) -> None:
     assert asyncio.run(provision_all(load_locations(ghl).targets(), ghl, dry_run=False, out=out)) == 0, out.getvalue()
 
 
-def _posts() -> tuple[list[RH.Post], list[RH.Post]]:
+def _posts() -> tuple[list[harness.Post], list[harness.Post]]:
     """(posts for the healthy producer, posts with a wrong token). Every fixture once, one redelivered."""
     bodies = {p.stem: p.read_bytes() for p in sorted(FIXTURES.glob("*.json"))}
     assert {"test_ping", "client_without_contact_info", "appointment_created"} <= set(bodies)
-    good = [RH.Post(body, request_id=f"prom-{name}") for name, body in bodies.items()]
-    good.append(RH.Post(bodies["appointment_created"], request_id="prom-redelivery"))  # same event id: duplicate
-    good.append(RH.Post(b"{not json", request_id="prom-malformed"))
-    wrong = [RH.Post(bodies["client_created"], request_id="prom-wrong-token")]
+    good = [harness.Post(body, request_id=f"prom-{name}") for name, body in bodies.items()]
+    good.append(harness.Post(bodies["appointment_created"], request_id="prom-redelivery"))  # same event id: duplicate
+    good.append(harness.Post(b"{not json", request_id="prom-malformed"))
+    wrong = [harness.Post(bodies["client_created"], request_id="prom-wrong-token")]
     return good, wrong
 
 
@@ -118,7 +118,7 @@ def _posts() -> tuple[list[RH.Post], list[RH.Post]]:
 WAVE_SERIES = ('apro_webhook_request_seconds_count{{instance="{producer}"}}', "apro_sync_e2e_seconds_count", "apro_ghl_request_seconds_count")
 
 
-def _second_wave() -> list[RH.Post]:
+def _second_wave() -> list[harness.Post]:
     """New events for clients the first wave created, each a real change (a new invoice, a later event time):
     a resend of the same facts is rightly a no-op (no GoHighLevel call, nothing to observe)."""
     posts = []
@@ -128,7 +128,7 @@ def _second_wave() -> list[RH.Post]:
         data["occurredAt"] = "2026-12-30T12:00:00Z"
         if isinstance(data.get("invoice"), dict):
             data["invoice"]["invoiceId"] = "INV-prom-wave2"
-        posts.append(RH.Post(json.dumps(data).encode(), request_id=f"prom-wave2-{name}"))
+        posts.append(harness.Post(json.dumps(data).encode(), request_id=f"prom-wave2-{name}"))
     return posts
 
 
@@ -136,16 +136,16 @@ def _second_wave() -> list[RH.Post]:
 def live(kafka_bootstrap: str, using_embedded_broker: bool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     work = tmp_path_factory.mktemp("prom-live")
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    started: list[RH.ServiceProcess] = []
+    started: list[harness.ServiceProcess] = []
     prometheus: PrometheusServer | None = None
     with GhlEmulatorHandle(_emulator_config()) as emulator:
         try:
             _provision(emulator, kafka_bootstrap)
             emulator.set_faults(FAULTS, seed=5)
-            config = RH.StackConfig.for_broker(
+            config = harness.StackConfig.for_broker(
                 kafka_bootstrap, work, partitions=2, embedded_broker=using_embedded_broker, log_level="WARNING",
                 # Location 3 (the fixtures') is configured, so it is a label value; any other would be "other".
-                tokens_env=RH.TOKENS_ENV + ",prom-live-loc3-token-0123456789@3",
+                tokens_env=harness.TOKENS_ENV + ",prom-live-loc3-token-0123456789@3",
                 extra_env={"APRO_GHL_BASE_URL": emulator.base_url, "APRO_GHL_TOKEN": GHL_TOKEN,
                            "APRO_GHL_LOCATION_ID": GHL_LOCATION, "APRO_SINK_LANES": "4",
                            "APRO_SINK_RETRY_BASE_S": "0.2", "APRO_SINK_RETRY_MAX_S": "1.0",
@@ -156,16 +156,16 @@ def live(kafka_bootstrap: str, using_embedded_broker: bool, tmp_path_factory: py
             # Same job as the healthy producer, but its broker address answers nothing: a Kafka outage as one
             # producer instance sees it (503 after the produce timeout, apro_produce_errors_total).
             cut_port = free_port()
-            cut_off = RH.ProducerProcess(
+            cut_off = harness.ProducerProcess(
                 "producer-cut-off", [sys.executable, "-m", "apro_sync.cli", "producer"],
                 config.env(KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}", APRO_HTTP_PORT=str(cut_port),
                            APRO_HTTP_HOST="127.0.0.1", APRO_PRODUCE_TIMEOUT_S="0.5"),
                 work / "logs", work, http_port=cut_port, ready_timeout_s=30)
             lag_port = free_port()
-            lag = RH.ServiceProcess(
+            lag = harness.ServiceProcess(
                 "lag-exporter", [sys.executable, "-m", "apro_sync.cli", "lag-exporter", "--host", "127.0.0.1",
                                  "--port", str(lag_port), "--interval", "1", "--group", worker.worker_id],
-                config.env(), work / "logs", work, ready=lambda: RH._http_ok(f"http://127.0.0.1:{lag_port}/metrics"))
+                config.env(), work / "logs", work, ready=lambda: harness._http_ok(f"http://127.0.0.1:{lag_port}/metrics"))
             for proc in (worker, producer, cut_off, lag):  # the worker is slowest to come up: first
                 proc.start()
                 started.append(proc)
@@ -184,9 +184,9 @@ def live(kafka_bootstrap: str, using_embedded_broker: bool, tmp_path_factory: py
                 proc.wait_ready()
 
             good, wrong = _posts()
-            answers = asyncio.run(RH.post_many(producer.webhook_url(), good, concurrency=4))
-            answers += asyncio.run(RH.post_many(producer.webhook_url("wrong-token-0123456789abcdef"), wrong))
-            outage = asyncio.run(RH.post_many(cut_off.webhook_url(), good[:2]))
+            answers = asyncio.run(harness.post_many(producer.webhook_url(), good, concurrency=4))
+            answers += asyncio.run(harness.post_many(producer.webhook_url("wrong-token-0123456789abcdef"), wrong))
+            outage = asyncio.run(harness.post_many(cut_off.webhook_url(), good[:2]))
             statuses = sorted({a.status for a in answers})
             assert statuses == [202, 400, 401], statuses
             assert {a.status for a in outage} == {503}, [a.status for a in outage]
@@ -195,9 +195,9 @@ def live(kafka_bootstrap: str, using_embedded_broker: bool, tmp_path_factory: py
             # production is continuous; here a second wave, once Prometheus holds the series, stands in for it.
             # (The healthy producer's own series: the cut-off producer's would satisfy a bare name.)
             wave_series = [m.format(producer=f"127.0.0.1:{producer.http_port}") for m in WAVE_SERIES]
-            RH.wait_until(lambda: all(prometheus.query(m) for m in wave_series), 90, 0.5,  # type: ignore[union-attr]
+            harness.wait_until(lambda: all(prometheus.query(m) for m in wave_series), 90, 0.5,  # type: ignore[union-attr]
                           "first wave scraped")
-            second = asyncio.run(RH.post_many(producer.webhook_url(), _second_wave(), concurrency=4))
+            second = asyncio.run(harness.post_many(producer.webhook_url(), _second_wave(), concurrency=4))
             assert {a.status for a in second} == {202}, [a.status for a in second]
             yield Live(prometheus, emulator, started_at, dashboard, worker.worker_id, work / "logs",
                        producer.webhook_url(), config.env(APRO_WORKER_ID=worker.worker_id))
@@ -240,7 +240,7 @@ def test_location_variable_lists_the_locations(live: Live) -> None:
     """The $location variable's query (label_values(apro_events_normalized_total, location)) has values."""
     [var] = [v for v in live.dashboard["templating"]["list"] if v["name"] == "location"]
     metric = var["definition"].removeprefix("label_values(").split(",")[0].strip()
-    values = RH.wait_until(lambda: live.prometheus.api("label/location/values", **{"match[]": metric}), 60,
+    values = harness.wait_until(lambda: live.prometheus.api("label/location/values", **{"match[]": metric}), 60,
                            0.5, "location label values")
     assert "3" in values, values  # the fixtures' AestheticsPro location id
 
@@ -252,7 +252,7 @@ def test_every_target_is_up(live: Live) -> None:
         return targets if targets and all(t["health"] == "up" for t in targets) else None
 
     try:
-        targets = RH.wait_until(all_up, 30, 0.5, "every target up")
+        targets = harness.wait_until(all_up, 30, 0.5, "every target up")
     except TimeoutError:
         raise AssertionError([(t["labels"]["job"], t["scrapeUrl"], t["health"], t["lastError"])
                               for t in live.prometheus.targets()]) from None
@@ -272,7 +272,7 @@ def test_alert_rules_load_and_evaluate(live: Live) -> None:
         fast = [r for g in groups if g["interval"] <= 5 for r in g["rules"]]
         return groups if fast and all(r.get("health") == "ok" or r.get("lastError") for r in fast) else None
 
-    groups = RH.wait_until(evaluated, 30, 0.5, "every rule evaluated once")
+    groups = harness.wait_until(evaluated, 30, 0.5, "every rule evaluated once")
     loaded = {r["name"] for g in groups for r in g["rules"]}
     assert loaded == expected
     assert rule_problems(groups) == []
@@ -308,7 +308,7 @@ def test_replay_after_a_ghl_outage_is_visible_and_changes_nothing(live: Live) ->
     group_lag = f'apro_consumer_lag{{group="{live.worker_id}"}}'
     # Start from a settled stack: no fault left over, everything of the earlier waves synced and committed.
     live.emulator.set_faults([], replace=True)
-    RH.wait_until(lambda: prom.query(group_lag) and _total(live, group_lag) == 0, 60, 0.5, "lag 0 before the outage")
+    harness.wait_until(lambda: prom.query(group_lag) and _total(live, group_lag) == 0, 60, 0.5, "lag 0 before the outage")
     dead_before = _total(live, "apro_events_deadlettered_total")
     server_errors = _total(live, 'apro_ghl_requests_total{status_class="5xx"}')
     since = datetime.now(timezone.utc) - timedelta(seconds=1)
@@ -317,9 +317,9 @@ def test_replay_after_a_ghl_outage_is_visible_and_changes_nothing(live: Live) ->
     bodies = _outage_clients(3)
     # One at a time: each webhook its own produce batch (the embedded broker under-reports end offsets after
     # multi-record batches, and replay reads up to the end offsets).
-    answers = asyncio.run(RH.post_many(live.webhook_url, [RH.Post(b) for b in bodies], concurrency=1))
+    answers = asyncio.run(harness.post_many(live.webhook_url, [harness.Post(b) for b in bodies], concurrency=1))
     assert [a.status for a in answers] == [202] * len(bodies)
-    RH.wait_until(lambda: _total(live, 'apro_ghl_requests_total{status_class="5xx"}') >= server_errors + 3, 60, 0.5,
+    harness.wait_until(lambda: _total(live, 'apro_ghl_requests_total{status_class="5xx"}') >= server_errors + 3, 60, 0.5,
                   "the outage visible as GoHighLevel 5xx answers")
     live.emulator.set_faults([], replace=True)  # GoHighLevel is back
 
@@ -327,17 +327,17 @@ def test_replay_after_a_ghl_outage_is_visible_and_changes_nothing(live: Live) ->
         notes = " ".join(n["body"] for n in live.emulator.state()["notes"])
         return all(f"apro-event: prom-outage-{i}" in notes for i in range(len(bodies)))
 
-    RH.wait_until(synced, 90, 0.5, "the held events synced once GoHighLevel is back")
-    RH.wait_until(lambda: _total(live, group_lag) == 0, 60, 0.5, "lag 0 after the outage")
+    harness.wait_until(synced, 90, 0.5, "the held events synced once GoHighLevel is back")
+    harness.wait_until(lambda: _total(live, group_lag) == 0, 60, 0.5, "lag 0 after the outage")
     writes = write_requests(live.emulator.state())
     duplicates = _total(live, 'apro_sync_outcomes_total{outcome="duplicate"}')
 
     done = subprocess.run([sys.executable, "-m", "apro_sync.cli", "replay", "--since", since.isoformat(), "--yes"],
                           cwd=REPO, env=live.cli_env, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stdout.decode()[-2000:] + done.stderr.decode()[-2000:]
-    RH.wait_until(lambda: _total(live, 'apro_sync_outcomes_total{outcome="duplicate"}') >= duplicates + len(bodies),
+    harness.wait_until(lambda: _total(live, 'apro_sync_outcomes_total{outcome="duplicate"}') >= duplicates + len(bodies),
                   60, 0.5, "every replayed event recognised as already applied")
-    RH.wait_until(lambda: _total(live, group_lag) == 0, 60, 0.5, "lag drained after the replay")
+    harness.wait_until(lambda: _total(live, group_lag) == 0, 60, 0.5, "lag drained after the replay")
     assert write_requests(live.emulator.state()) == writes  # not a single GoHighLevel effect repeated
     assert _total(live, "apro_events_deadlettered_total") == dead_before
 

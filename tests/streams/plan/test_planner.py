@@ -23,7 +23,7 @@ from streams.normalize.rules import normalize
 from streams.plan.planner import Outcome, Plan, PlanError, format_local, format_money, plan
 from streams.plan.state import ClientState, mark_done, record_contact_id, record_opportunity_id
 
-FIXTURES = Path(__file__).resolve().parent.parent / "examples" / "webhooks"
+FIXTURES = Path(__file__).resolve().parents[3] / "examples" / "webhooks"
 UTC = timezone.utc
 PHX = Location(id="3", name="Scottsdale", timezone="America/Phoenix")  # UTC-7, no DST
 NOW = datetime(2030, 1, 1, tzinfo=UTC)  # only a fallback; every event here has occurred_at

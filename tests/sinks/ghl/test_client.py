@@ -14,7 +14,7 @@ from sinks.ghl.client import GhlClient, TagsInContactWrite, parse_retry_after, s
 from sinks.ghl.errors import GhlPermanentError, GhlRateLimited, GhlTransientError
 from sinks.ghl.models import ContactInput, CustomFieldValue
 from sinks.ghl.ratelimit import RateLimiter
-from tests.test_ghl_support import LOCATION, TOKEN, FakeTime, LoopbackGhl, Reply, ghl_loopback, make_client  # noqa: F401
+from tests.sinks.ghl.scripted_ghl import LOCATION, TOKEN, FakeTime, LoopbackGhl, Reply, ghl_loopback, make_client  # noqa: F401
 
 UPSERT = "/contacts/upsert"
 CONTACT = {"id": "c1", "phone": "+14805550100", "email": "pat@example.com"}

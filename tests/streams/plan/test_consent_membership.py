@@ -20,7 +20,7 @@ from foundations.formats.normalized import (
 from streams.normalize.rules import normalize
 from streams.plan.planner import Outcome, current_membership, plan
 from streams.plan.state import ClientState
-from tests.test_planner import JANE, LABEL, NOW, PHX, booked, run, t, with_offset
+from tests.streams.plan.test_planner import JANE, LABEL, NOW, PHX, booked, run, t, with_offset
 
 PROPERTY = hsettings(max_examples=200, deadline=None, derandomize=True, database=None)
 CLIENT = {"clientId": "48213", "email": "a@example.com"}
@@ -344,7 +344,7 @@ def test_membership_fields_do_not_depend_on_arrival_order(spec: list, data: st.D
 async def test_executor_writes_dnd_settings_and_membership_fields_to_the_emulator(ghl_emulator: Any) -> None:
     from sinks.executor import execution_order
     from streams.plan.state import mark_done
-    from tests.test_executor import _executor
+    from tests.sinks.test_executor import _executor
 
     executor, client, once = await _executor(ghl_emulator)
     label = ghl_emulator.location_id

@@ -26,8 +26,8 @@ from foundations.kafka_admin import ensure_topics
 from sinks.locations import load_locations
 from sinks.provision import provision_all
 from tests.conftest import REPO
-from tests.reliability import harness as RH
-from tests.test_normalize_worker import produce, raw_record, worker_env
+from tests.reliability import harness
+from tests.streams.normalize.test_worker import produce, raw_record, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -310,13 +310,13 @@ def wait_caught_up(stack: Stack, normalized_records: int, timeout_s: float = 60.
     both the raw and the normalized topic to their ends: every event was normalized, synced and acked."""
     bootstrap = stack.settings.kafka_bootstrap_servers or ""
     topics = stack.settings.topics
-    got = RH.wait_for_records(bootstrap, [topics.normalized],
+    got = harness.wait_for_records(bootstrap, [topics.normalized],
                               lambda r: len(r[topics.normalized]) >= normalized_records, timeout_s)
     assert len(got[topics.normalized]) == normalized_records
-    RH.wait_committed_to_end(bootstrap, stack.group, topics.raw, timeout_s,
-                             ends=RH.next_offsets(RH.read_topic(bootstrap, topics.raw)))
-    RH.wait_committed_to_end(bootstrap, stack.group, topics.normalized, timeout_s,
-                             ends=RH.next_offsets(got[topics.normalized]))
+    harness.wait_committed_to_end(bootstrap, stack.group, topics.raw, timeout_s,
+                             ends=harness.next_offsets(harness.read_topic(bootstrap, topics.raw)))
+    harness.wait_committed_to_end(bootstrap, stack.group, topics.normalized, timeout_s,
+                             ends=harness.next_offsets(got[topics.normalized]))
 
 
 def test_full_replay_under_fresh_group_changes_nothing(stack: Stack, fixture_bodies: dict[str, bytes]) -> None:

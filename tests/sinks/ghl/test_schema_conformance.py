@@ -25,9 +25,9 @@ from referencing.jsonschema import DRAFT7
 from emulator.spec import EMPTY_DTO, SEARCH_BODY_V2_DTO
 from sinks.ghl.models import ContactInput, CustomFieldValue
 from foundations.formats import crm_fields
-from tests.test_ghl_support import FakeTime, LoopbackGhl, Reply, ghl_loopback, make_client  # noqa: F401
+from tests.sinks.ghl.scripted_ghl import FakeTime, LoopbackGhl, Reply, ghl_loopback, make_client  # noqa: F401
 
-OPENAPI = Path(__file__).resolve().parent.parent / "emulator" / "openapi"
+OPENAPI = Path(__file__).resolve().parents[3] / "emulator" / "openapi"
 APPS = ("contacts", "opportunities", "locations", "workflows")
 METHODS = ("get", "post", "put", "delete", "patch")
 
@@ -203,7 +203,7 @@ async def test_every_request_body_conforms_to_the_spec(ghl_loopback: LoopbackGhl
 
 
 def test_checker_rejects_undeclared_and_invalid_bodies() -> None:
-    from tests.test_ghl_support import Seen
+    from tests.sinks.ghl.scripted_ghl import Seen
 
     ok = Seen("POST", "/contacts/c1/notes", {}, {"Version": "2021-07-28"}, {"body": "x"})
     assert check(ok) == "create-note"

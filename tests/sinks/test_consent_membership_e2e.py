@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_sink_e2e import (  # noqa: F401 - `stack` is the fixture
+from tests.sinks.test_e2e import (  # noqa: F401 - `stack` is the fixture
     Stack, contact_by_email, enrollments_of, fields, notes_of, opportunities_of, stack, with_id,
 )
-from tests.test_sync_rules_e2e import markers
+from tests.sinks.test_sync_rules_e2e import markers
 
 pytestmark = pytest.mark.integration
 OPTED_OUT = {"status": "active", "message": "Opted out in AestheticsPro"}

@@ -12,7 +12,7 @@ from sinks.locations import LocationsError, Ref, UnknownLocation, load_locations
 from foundations.formats import crm_fields
 from foundations.formats.normalized import Location
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ENV = {"GHL_TOKEN_MAIN": "pit-main-secret-1", "GHL_TOKEN_SCOTTSDALE": "pit-scottsdale-secret-2",
        "GHL_TOKEN_MESA": "pit-mesa-secret-3"}
 

@@ -11,7 +11,7 @@ from urllib.parse import unquote_plus
 import pytest
 
 from foundations.formats import headers as header_names
-from tests.test_sink_e2e import (  # noqa: F401 - `stack` is the fixture
+from tests.sinks.test_e2e import (  # noqa: F401 - `stack` is the fixture
     Stack, contact_by_email, enrollments_of, fields, notes_of, opportunities_of, read_topic, stack, stage_name, with_id,
 )
 
