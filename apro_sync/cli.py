@@ -8,6 +8,7 @@ import typer
 
 from foundations.config import Settings, load_settings
 
+
 def _kafka_settings() -> Settings:
     """Settings for a command that talks to Kafka: refused TLS/SASL credentials stop it with a clear message."""
     from foundations.kafka_admin import check_credentials

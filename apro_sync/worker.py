@@ -10,9 +10,9 @@ import faust
 
 from foundations.config import Settings
 from foundations.kafka_admin import check_credentials, prepare_topics
-from workarounds.faust_app import build_app
 from sinks.agent import register_sink
 from streams.normalize.agent import register_normalizer
+from workarounds.faust_app import build_app
 
 Registration = Callable[[faust.App, Settings], None]
 

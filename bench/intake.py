@@ -170,9 +170,9 @@ def main() -> None:
         print(json.dumps(asyncio.run(_python_load(args.load, args.connections, args.duration))))
         return
 
+    from apro_sync.local_brokers import local_broker
     from foundations.config import Settings
     from foundations.kafka_admin import ensure_topics
-    from apro_sync.local_brokers import local_broker
 
     load = python_load if args.python_load or not shutil.which("wrk") else wrk_load
     tool = "python-aiohttp" if load is python_load else "wrk"

@@ -29,9 +29,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from foundations.config import Settings  # noqa: E402
 from apro_sync.local_brokers import local_broker  # noqa: E402
 from apro_sync.processes import stop_all  # noqa: E402
+from foundations.config import Settings  # noqa: E402
 from foundations.kafka_admin import ensure_topics  # noqa: E402
 
 FIXTURES = REPO / "examples" / "webhooks"
@@ -96,7 +96,8 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> f
 
 async def aiokafka_baseline(bootstrap: str, topic: str, partitions: int, count: int, *, per_message: bool) -> float:
     """Seconds for a plain aiokafka consumer to read `count` records (no decoding, no processing)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition as TP
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka import TopicPartition as TP
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
                                 group_id=None)

@@ -50,13 +50,13 @@ import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: E402
 
-from foundations.config import Settings  # noqa: E402
 from apro_sync.embedded_broker import EmbeddedBroker  # noqa: E402
+from apro_sync.local_stack import TOKEN, StackConfig, parse_metrics, scrape  # noqa: E402
 from emulator.config import EmulatorConfig, LocationConfig  # noqa: E402
 from emulator.server import ThreadedEmulator  # noqa: E402
+from foundations.config import Settings  # noqa: E402
 from sinks.locations import load_locations  # noqa: E402
 from sinks.provision import provision_all  # noqa: E402
-from apro_sync.local_stack import TOKEN, StackConfig, parse_metrics, scrape  # noqa: E402
 
 FIXTURES = REPO / "examples" / "webhooks"
 MINIMUM = {"client": 1, "appointment": 4, "invoice": 5}

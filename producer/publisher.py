@@ -38,8 +38,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from foundations.config import Settings
-from foundations.metrics import PRODUCE_ERRORS
 from foundations.kafka_connection import KafkaConnection
+from foundations.metrics import PRODUCE_ERRORS
 from foundations.topics import RECORD_OVERHEAD_BYTES, producer_size_limits
 
 log = logging.getLogger("apro_sync.producer.publisher")

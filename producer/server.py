@@ -38,8 +38,16 @@ from aiohttp.web_response import StreamResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from foundations.config import Settings
-from foundations.logs import configure_logging, get_logger, json_members, json_string, log_enabled, log_members, redact_path
 from foundations.kafka_admin import check_credentials
+from foundations.logs import (
+    configure_logging,
+    get_logger,
+    json_members,
+    json_string,
+    log_enabled,
+    log_members,
+    redact_path,
+)
 from foundations.metrics import WEBHOOK_LATENCY, WEBHOOKS_RECEIVED, configured_locations
 from producer.auth import check_token
 from producer.intake import (

@@ -32,10 +32,12 @@ from typing import Any
 import faust
 from pydantic import ValidationError
 
-from foundations.formats import deadletter
-from foundations.formats import headers as header_names
 from foundations import metrics
 from foundations.config import Settings
+from foundations.formats import deadletter
+from foundations.formats import headers as header_names
+from foundations.formats.crm_commands import OpKind
+from foundations.formats.normalized import NormalizedEvent
 from sinks.budget import LocationBreaker, SharedRateLimiter
 from sinks.executor import OpExecutor, SyncError, ordered_pending
 from sinks.ghl.client import GhlClient
@@ -43,13 +45,11 @@ from sinks.ghl.errors import GhlPermanentError, GhlTransientError
 from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget, Locations, LocationsError, UnknownLocation, load_locations
 from sinks.provision import ResolvedIdsCache
+from streams.plan.planner import Outcome, PlanError, plan
+from streams.plan.state import ClientState, mark_done, park_failed
 from workarounds.consumer_control import SequenceGuard, abandon
 from workarounds.faust_patches import before_consumer_stops, on_rebalance_start
 from workarounds.partition_acker import PartitionAcker
-from foundations.formats.crm_commands import OpKind
-from foundations.formats.normalized import NormalizedEvent
-from streams.plan.planner import Outcome, PlanError, plan
-from streams.plan.state import ClientState, mark_done, park_failed
 
 log = logging.getLogger("apro_sync.sink")
 

@@ -29,15 +29,22 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from foundations.formats import crm_fields
+from foundations.formats.crm_commands import (
+    AddNote,
+    AddTags,
+    CrmOp,
+    EnrollWorkflow,
+    OpKind,
+    UpsertContact,
+    UpsertOpportunity,
+    event_marker,
+)
 from foundations.metrics import SYNC_IDENTITY_CONFLICTS, SYNC_IN_DOUBT
 from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlPermanentError, GhlRateLimited, GhlTransientError
 from sinks.ghl.models import Note
 from sinks.provision import ResolvedIds
-from foundations.formats import crm_fields
-from foundations.formats.crm_commands import (
-    AddNote, AddTags, CrmOp, EnrollWorkflow, OpKind, UpsertContact, UpsertOpportunity, event_marker,
-)
 from streams.plan.state import ClientState, CrmIds, record_contact_id, record_opportunity_id
 
 log = logging.getLogger("apro_sync.sink.executor")

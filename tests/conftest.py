@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from foundations.config import Settings
 from apro_sync.embedded_broker import EmbeddedBroker
 from apro_sync.local_brokers import local_broker
+from foundations.config import Settings
 
 if TYPE_CHECKING:
     from apro_sync.apache_kafka import ApacheKafka

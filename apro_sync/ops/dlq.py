@@ -21,10 +21,7 @@ from datetime import datetime, timezone
 
 from tqdm import tqdm
 
-from foundations.formats import headers as header_names
 from apro_sync.ops import kafka_io
-from foundations.config import Settings
-from foundations.kafka_connection import KafkaConnection
 from apro_sync.ops.selection import (
     DlqEntry,
     dlq_entry,
@@ -35,6 +32,9 @@ from apro_sync.ops.selection import (
     redrive_target,
     select_for_redrive,
 )
+from foundations.config import Settings
+from foundations.formats import headers as header_names
+from foundations.kafka_connection import KafkaConnection
 
 Confirm = Callable[[str], bool]
 

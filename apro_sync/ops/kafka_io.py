@@ -15,10 +15,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from apro_sync.ops.selection import HeaderList, PartitionRange
-
 from foundations.kafka_connection import KafkaConnection
-from workarounds.watermarks import true_ends
 from foundations.topics import producer_size_limits
+from workarounds.watermarks import true_ends
 
 Bootstrap = KafkaConnection | str
 

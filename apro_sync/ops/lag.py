@@ -18,8 +18,8 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from foundations.config import Settings
-from foundations.metrics import CONSUMER_LAG
 from foundations.kafka_connection import KafkaConnection
+from foundations.metrics import CONSUMER_LAG
 
 log = structlog.get_logger(__name__)
 

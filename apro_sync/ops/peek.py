@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import NamedTuple
 
-from foundations.formats import headers as header_names
 from apro_sync.ops.kafka_io import admin, read_all, reader, require_topic
+from foundations.formats import headers as header_names
 from foundations.kafka_connection import KafkaConnection
 
 

@@ -24,9 +24,7 @@ from datetime import datetime
 from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from tqdm import tqdm
 
-from foundations.formats import headers as header_names
 from apro_sync.ops import kafka_io
-from foundations.config import Settings
 from apro_sync.ops.selection import (
     PartitionRange,
     ReplayFilter,
@@ -37,8 +35,10 @@ from apro_sync.ops.selection import (
     replay_decision,
     replay_headers,
 )
-from foundations.timeparse import to_millis
+from foundations.config import Settings
+from foundations.formats import headers as header_names
 from foundations.kafka_connection import KafkaConnection
+from foundations.timeparse import to_millis
 
 FLUSH_EVERY = 1000  # records between waits for delivery, so a failure stops the replay early
 

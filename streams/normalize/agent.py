@@ -22,15 +22,15 @@ from typing import Any
 import faust
 from faust.streams import _current_event  # the context var Faust routes table changelog writes by
 
-from foundations.formats import deadletter
-from foundations.formats import headers as header_names
 from foundations import metrics
 from foundations.config import Settings
-from workarounds.consumer_control import SequenceGuard
-from streams.normalize.dedupe import EventDeduper
+from foundations.formats import deadletter
+from foundations.formats import headers as header_names
 from foundations.formats.normalized import NormalizedEvent, Skipped, Unreadable
-from streams.normalize.rules import body_hash, normalize
+from streams.normalize.dedupe import EventDeduper
 from streams.normalize.output_producer import OutputProducer, OutputRecord, producer_config
+from streams.normalize.rules import body_hash, normalize
+from workarounds.consumer_control import SequenceGuard
 
 log = logging.getLogger("apro_sync.normalize")
 

@@ -30,13 +30,31 @@ from pydantic import BaseModel, ConfigDict
 
 from foundations.formats import crm_fields
 from foundations.formats.crm_commands import (
-    MEMBER_TAG, PATIENT_TAG, AddNote, AddTags, ContactFields, CrmOp, EnrollWorkflow, OpKind, UpsertContact, UpsertOpportunity,
-    event_marker, op_id_for,
+    MEMBER_TAG,
+    PATIENT_TAG,
+    AddNote,
+    AddTags,
+    ContactFields,
+    CrmOp,
+    EnrollWorkflow,
+    OpKind,
+    UpsertContact,
+    UpsertOpportunity,
+    event_marker,
+    op_id_for,
 )
 from foundations.formats.normalized import AppointmentStatus, EventKind, Invoice, MembershipStatus, NormalizedEvent
 from streams.plan.state import (
-    MAX_EVENT_IDS, AppointmentRecord, ClientState, InvoiceRecord, MembershipRecord, NextVisit, OrderKey,
-    PendingEffects, Register, order_key,
+    MAX_EVENT_IDS,
+    AppointmentRecord,
+    ClientState,
+    InvoiceRecord,
+    MembershipRecord,
+    NextVisit,
+    OrderKey,
+    PendingEffects,
+    Register,
+    order_key,
 )
 
 

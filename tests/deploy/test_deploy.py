@@ -22,8 +22,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from pydantic import AliasChoices
 
 import foundations.metrics as metrics_module
-from foundations.config import Settings
 from apro_sync.apache_kafka import KAFKA_VERSION
+from foundations.config import Settings
 from foundations.topics import Topics
 from tests.conftest import REPO
 

@@ -31,14 +31,13 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from foundations.config import Settings
 from apro_sync.processes import free_port
 from emulator import EmulatorConfig, LocationConfig
 from emulator.config import RateLimitConfig
+from foundations.config import Settings
 from sinks.locations import load_locations
 from sinks.provision import provision_all
 from tests.conftest import FIXTURES, REPO
-from tests.ghl_emulator_fixture import GhlEmulatorHandle
 from tests.deploy.prom_live_support import (
     PROMETHEUS,
     PanelQuery,
@@ -50,6 +49,7 @@ from tests.deploy.prom_live_support import (
     rule_problems,
     substitute,
 )
+from tests.ghl_emulator_fixture import GhlEmulatorHandle
 from tests.reliability import harness
 from tests.sinks.test_e2e import write_requests
 

@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from apro_sync.apache_kafka import ApacheKafka, SaslSslListener
+from apro_sync.ops.lag import LagReader
 from foundations.config import Settings
 from foundations.kafka_admin import check_topics, ensure_topics, wait_for_broker
 from foundations.kafka_connection import KafkaAuthError
-from apro_sync.ops.lag import LagReader
 from tests.conftest import FIXTURES, broker_kind
 from tests.reliability.harness import Post, StackConfig, post_many, read_topic, wait_until
 from tests.reliability.test_crash import ghl_env, start_emulator

@@ -7,8 +7,8 @@ from decimal import Decimal
 import pytest
 
 from foundations.config import Settings
-from foundations.metrics import LocationLabels, configured_locations
 from foundations.formats.raw import MAX_DEPTH, PayloadError, check_nesting, clean_text, id_issue, id_str, parse_body
+from foundations.metrics import LocationLabels, configured_locations
 
 
 def deep(levels: int, open_: bytes = b'{"a":', close: bytes = b"}") -> bytes:

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from apro_sync.cli import app
 from foundations.config import Settings
 from foundations.kafka_admin import check_topics, ensure_topics
-from foundations.topics import DAY_MS, TopicSpec, Topics, record_max_bytes, topic_specs
+from foundations.topics import DAY_MS, Topics, TopicSpec, record_max_bytes, topic_specs
 
 
 def _specs(**overrides: object) -> dict[str, TopicSpec]:

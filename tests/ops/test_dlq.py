@@ -9,11 +9,11 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from typer.testing import CliRunner
 
-from foundations.formats import headers as header_names
 from apro_sync.cli import app
-from foundations.config import Settings
-from foundations.kafka_admin import ensure_topics
 from apro_sync.ops.selection import DlqEntry, dlq_entry, redrive_headers, redrive_target, select_for_redrive
+from foundations.config import Settings
+from foundations.formats import headers as header_names
+from foundations.kafka_admin import ensure_topics
 
 PHI_NAME = "Marisol Dlqtestperson"
 PHI_EMAIL = "marisol.dlq@example.com"

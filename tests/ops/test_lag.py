@@ -13,11 +13,10 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import REGISTRY, generate_latest
 
-from foundations.config import Settings
-from apro_sync.processes import free_port
-from foundations.kafka_admin import ensure_topics
 from apro_sync.ops.lag import LagGauge, LagReader, PartitionLag, collect_once, compute_lags, partition_lag
-
+from apro_sync.processes import free_port
+from foundations.config import Settings
+from foundations.kafka_admin import ensure_topics
 
 # --- pure arithmetic -------------------------------------------------------------------------------------------
 

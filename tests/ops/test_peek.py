@@ -9,10 +9,10 @@ import sys
 
 from confluent_kafka import Producer
 
-from foundations.formats import headers as header_names
-from foundations.config import Settings
-from foundations.kafka_admin import ensure_topics
 from apro_sync.ops.peek import Peeked, format_line
+from foundations.config import Settings
+from foundations.formats import headers as header_names
+from foundations.kafka_admin import ensure_topics
 from tests.conftest import REPO
 
 

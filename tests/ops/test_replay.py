@@ -11,10 +11,7 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, To
 from confluent_kafka.admin import AdminClient
 from typer.testing import CliRunner
 
-from foundations.formats import headers as header_names
 from apro_sync.cli import app
-from foundations.config import Settings
-from foundations.kafka_admin import ensure_topics
 from apro_sync.ops.selection import (
     AFTER_UNTIL,
     BEFORE_SINCE,
@@ -27,6 +24,9 @@ from apro_sync.ops.selection import (
     replay_decision,
     replay_headers,
 )
+from foundations.config import Settings
+from foundations.formats import headers as header_names
+from foundations.kafka_admin import ensure_topics
 from foundations.timeparse import TimeParseError, parse_time
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)

@@ -12,9 +12,9 @@ from datetime import datetime, timedelta, timezone
 from confluent_kafka import Producer
 from typer.testing import CliRunner
 
-from foundations.formats import headers as header_names
 from apro_sync.cli import app
 from foundations.config import Settings
+from foundations.formats import headers as header_names
 from foundations.kafka_admin import ensure_topics
 from tests.reliability.harness import read_topic
 

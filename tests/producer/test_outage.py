@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from foundations.formats import headers as header_names
-from foundations.config import Settings
 from apro_sync.apache_kafka import ApacheKafka
 from apro_sync.embedded_broker import EmbeddedBroker
+from foundations.config import Settings
+from foundations.formats import headers as header_names
 from tests.conftest import new_restartable_broker
 from tests.producer.intake_support import TOKEN, create_intake_topics, headers_of, read_topic, running_intake
 

@@ -10,8 +10,8 @@ from datetime import datetime
 import pytest
 import structlog
 
-from foundations.formats import headers as header_names
 from foundations.config import Settings
+from foundations.formats import headers as header_names
 from foundations.logs import configure_logging
 from producer.intake import FALLBACK_KEY
 from tests.producer.intake_support import LOC3_TOKEN, TOKEN, headers_of, read_topic, running_intake

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from foundations.formats import headers as header_names
 from foundations.config import WebhookToken
+from foundations.formats import headers as header_names
 from foundations.logs import redact_path
 from producer.auth import check_token
 from producer.intake import (

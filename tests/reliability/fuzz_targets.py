@@ -35,8 +35,8 @@ class Finding(AssertionError):
 
 
 def check_intake(data: bytes) -> None:
-    from producer.intake import FALLBACK_KEY, inspect_body
     from foundations.formats.raw import PayloadError
+    from producer.intake import FALLBACK_KEY, inspect_body
 
     ctype, _resource, body = split(data)
     try:
@@ -98,11 +98,11 @@ def main() -> None:
 
     target = sys.argv[1]
     with atheris.instrument_imports(include=["producer", "streams"]):
-        import producer.intake  # noqa: F401
-        import streams.normalize.rules  # noqa: F401
-        import streams.normalize.event_kind  # noqa: F401
-        import streams.normalize.values  # noqa: F401
         import foundations.formats.raw  # noqa: F401
+        import producer.intake  # noqa: F401
+        import streams.normalize.event_kind  # noqa: F401
+        import streams.normalize.rules  # noqa: F401
+        import streams.normalize.values  # noqa: F401
     check_one = TARGETS[target]
     atheris.Setup([sys.argv[0], *sys.argv[2:]], check_one)
     atheris.Fuzz()

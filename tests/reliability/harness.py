@@ -17,22 +17,16 @@ to files under the test's directory so a test can scan them (PHI, secrets) after
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
-import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 
 from apro_sync.local_stack import (  # noqa: F401 - the tests import these from here
     LOC_TOKEN,
@@ -48,9 +42,6 @@ from apro_sync.local_stack import (  # noqa: F401 - the tests import these from 
 )
 from apro_sync.processes import ServiceProcess, free_port, wait_until  # noqa: F401
 from foundations.formats import headers as header_names
-from foundations.config import Settings
-from foundations.kafka_admin import ensure_topics
-from foundations.topics import Topics
 
 
 # ------------------------------------------------------------------------------------------------ HTTP

@@ -37,9 +37,9 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from foundations.config import Settings
 from emulator.config import EmulatorConfig, RateLimitConfig
 from emulator.server import EMU, ThreadedEmulator
+from foundations.config import Settings
 from sinks.locations import load_locations
 from sinks.provision import provision_all
 from tests.reliability.generator import GeneratedEvent, GeneratedStream, generate

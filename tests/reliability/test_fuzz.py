@@ -34,9 +34,9 @@ from tests.reliability.generator import generate
 from tests.reliability.harness import (
     Post,
     Record,
-    next_offsets,
     Stack,
     StackConfig,
+    next_offsets,
     post_many,
     read_topic,
     scrape,

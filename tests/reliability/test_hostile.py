@@ -25,12 +25,12 @@ import aiohttp
 import httpx
 import pytest
 
-from foundations.formats import headers as header_names
 from apro_sync.embedded_broker import EmbeddedBroker, free_port
+from foundations.formats import headers as header_names
 from tests.conftest import FIXTURES
 from tests.reliability.harness import (
-    WEBHOOK_PATH,
     TOKEN,
+    WEBHOOK_PATH,
     Post,
     ProducerProcess,
     Stack,

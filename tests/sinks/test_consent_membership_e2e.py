@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from tests.sinks.test_e2e import (  # noqa: F401 - `stack` is the fixture
-    Stack, contact_by_email, enrollments_of, fields, notes_of, opportunities_of, stack, with_id,
+    Stack,
+    contact_by_email,
+    enrollments_of,
+    fields,
+    notes_of,
+    opportunities_of,
+    stack,
+    with_id,
 )
 from tests.sinks.test_sync_rules_e2e import markers
 

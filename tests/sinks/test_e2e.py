@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from foundations.formats import headers as header_names
 from foundations.config import Settings
+from foundations.formats import headers as header_names
 from foundations.kafka_admin import ensure_topics
 from sinks.locations import load_locations
 from sinks.provision import provision_all

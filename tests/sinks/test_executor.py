@@ -7,13 +7,13 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from foundations.formats.crm_commands import AddNote, OpKind, UpsertOpportunity
+from foundations.formats.normalized import NormalizedEvent
 from sinks.executor import OpExecutor, execution_order, ordered_pending
 from sinks.ghl.client import GhlClient
 from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget
 from sinks.provision import provision, resolve_ids
-from foundations.formats.crm_commands import AddNote, OpKind, UpsertOpportunity
-from foundations.formats.normalized import NormalizedEvent
 from streams.plan.planner import plan
 from streams.plan.state import mark_done
 

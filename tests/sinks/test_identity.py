@@ -14,12 +14,12 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from emulator import EmulatorConfig, EmulatorServer, LocationConfig
+from foundations.formats.normalized import NormalizedEvent
 from sinks.executor import CONFLICT_MARKER_PREFIX, IdentityConflict, OpExecutor, execution_order
 from sinks.ghl.client import GhlClient
 from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget
 from sinks.provision import provision, resolve_ids
-from foundations.formats.normalized import NormalizedEvent
 from streams.plan.planner import plan
 from streams.plan.state import ClientState, mark_done
 from tests.ghl_emulator_fixture import LOCATION_1, LOCATION_2, TOKEN_1, TOKEN_2

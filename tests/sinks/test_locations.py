@@ -8,9 +8,9 @@ import pytest
 from pydantic import SecretStr
 
 from foundations.config import Settings
-from sinks.locations import LocationsError, Ref, UnknownLocation, load_locations, parse_locations
 from foundations.formats import crm_fields
 from foundations.formats.normalized import Location
+from sinks.locations import LocationsError, Ref, UnknownLocation, load_locations, parse_locations
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"GHL_TOKEN_MAIN": "pit-main-secret-1", "GHL_TOKEN_SCOTTSDALE": "pit-scottsdale-secret-2",

@@ -7,13 +7,13 @@ import io
 import pytest
 from pydantic import SecretStr
 
-from foundations.config import Settings
 from emulator import EmulatorConfig, LocationConfig
 from emulator.config import CustomFieldConfig, PipelineConfig, StageConfig, WorkflowConfig
+from foundations.config import Settings
+from foundations.formats import crm_fields
 from sinks.ghl.client import GhlClient
 from sinks.locations import GhlTarget, Ref
 from sinks.provision import FOLDER_NOTE, ProvisioningIncomplete, ResolvedIdsCache, provision, resolve_ids, run
-from foundations.formats import crm_fields
 from tests.ghl_emulator_fixture import LOCATION_1, LOCATION_2, TOKEN_1, TOKEN_2, ghl_emulator  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)

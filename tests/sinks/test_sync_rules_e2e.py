@@ -12,7 +12,16 @@ import pytest
 
 from foundations.formats import headers as header_names
 from tests.sinks.test_e2e import (  # noqa: F401 - `stack` is the fixture
-    Stack, contact_by_email, enrollments_of, fields, notes_of, opportunities_of, read_topic, stack, stage_name, with_id,
+    Stack,
+    contact_by_email,
+    enrollments_of,
+    fields,
+    notes_of,
+    opportunities_of,
+    read_topic,
+    stack,
+    stage_name,
+    with_id,
 )
 
 pytestmark = pytest.mark.integration

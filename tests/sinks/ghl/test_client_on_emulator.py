@@ -10,13 +10,13 @@ from pydantic import SecretStr
 
 from emulator import EmulatorConfig, LocationConfig
 from emulator.config import RateLimitConfig
+from foundations.formats import crm_fields
 from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlPermanentError
 from sinks.ghl.models import ContactInput, CustomFieldValue
 from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget
 from sinks.provision import provision
-from foundations.formats import crm_fields
 from tests.ghl_emulator_fixture import LOCATION_1, TOKEN_1, GhlEmulatorHandle, ghl_emulator  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)

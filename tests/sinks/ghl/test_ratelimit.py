@@ -10,15 +10,24 @@ import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
-from sinks.budget import SharedRateLimiter
 from emulator import EmulatorConfig, RateLimitConfig
 from emulator.server import EmulatorServer
+from sinks.budget import SharedRateLimiter
 from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import (
-    GhlPermanentError, GhlRateLimited, GhlTransientError, error_for_status, safe_api_message,
+    GhlPermanentError,
+    GhlRateLimited,
+    GhlTransientError,
+    error_for_status,
+    safe_api_message,
 )
 from sinks.ghl.ratelimit import (
-    DAY_S, EXHAUSTED_RECHECK_S, RateLimiter, daily_pace_interval, daily_used_ratio, seconds_left_in_day,
+    DAY_S,
+    EXHAUSTED_RECHECK_S,
+    RateLimiter,
+    daily_pace_interval,
+    daily_used_ratio,
+    seconds_left_in_day,
 )
 from sinks.ghl.retry import RetryPolicy
 from tests.sinks.ghl.scripted_ghl import FakeTime

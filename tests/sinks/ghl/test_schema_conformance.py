@@ -23,8 +23,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
 from emulator.spec import EMPTY_DTO, SEARCH_BODY_V2_DTO
-from sinks.ghl.models import ContactInput, CustomFieldValue
 from foundations.formats import crm_fields
+from sinks.ghl.models import ContactInput, CustomFieldValue
 from tests.sinks.ghl.scripted_ghl import FakeTime, LoopbackGhl, Reply, ghl_loopback, make_client  # noqa: F401
 
 OPENAPI = Path(__file__).resolve().parents[3] / "emulator" / "openapi"

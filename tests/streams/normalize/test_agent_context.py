@@ -14,14 +14,14 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from foundations.formats import headers as header_names
 from foundations.config import Settings
-from workarounds.faust_app import build_app
+from foundations.formats import headers as header_names
 from foundations.formats.normalized import NormalizedEvent, Skipped, Unreadable
-from streams.normalize.rules import normalize
 from streams.normalize.agent import register_normalizer
 from streams.normalize.output_producer import OutputRecord
+from streams.normalize.rules import normalize
 from tests.conftest import FIXTURES
+from workarounds.faust_app import build_app
 
 
 class RecordingOutput:

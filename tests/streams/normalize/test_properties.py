@@ -16,7 +16,8 @@ from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from foundations.formats.normalized import NormalizedEvent, Skipped, Unreadable
 from streams.normalize.rules import normalize

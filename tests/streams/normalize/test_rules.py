@@ -8,7 +8,14 @@ from decimal import Decimal
 
 import pytest
 
-from foundations.formats.normalized import AppointmentStatus, EventKind, NormalizedEvent, Skipped, SkipReason, Unreadable
+from foundations.formats.normalized import (
+    AppointmentStatus,
+    EventKind,
+    NormalizedEvent,
+    Skipped,
+    SkipReason,
+    Unreadable,
+)
 from streams.normalize.rules import normalize
 from streams.normalize.values import FieldError, parse_calendar_date, parse_instant, parse_money, parse_phone, zone
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from foundations.formats import headers as header_names
-from foundations.config import Settings
 from apro_sync.processes import stop
-from foundations.kafka_admin import ensure_topics
+from foundations.config import Settings
+from foundations.formats import headers as header_names
 from foundations.formats.raw import find_client_id, parse_body
+from foundations.kafka_admin import ensure_topics
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration

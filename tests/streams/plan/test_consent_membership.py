@@ -10,12 +10,29 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from foundations.formats import crm_fields
-from foundations.formats.crm_commands import MEMBER_TAG, AddNote, AddTags, EnrollWorkflow, UpsertContact, UpsertOpportunity
+from foundations.formats.crm_commands import (
+    MEMBER_TAG,
+    AddNote,
+    AddTags,
+    EnrollWorkflow,
+    UpsertContact,
+    UpsertOpportunity,
+)
 from foundations.formats.normalized import (
-    Client, Consent, EventKind, Membership, MembershipStatus, NormalizedEvent, Skipped, SkipReason, Unreadable,
+    Client,
+    Consent,
+    EventKind,
+    Membership,
+    MembershipStatus,
+    NormalizedEvent,
+    Skipped,
+    SkipReason,
+    Unreadable,
 )
 from streams.normalize.rules import normalize
 from streams.plan.planner import Outcome, current_membership, plan

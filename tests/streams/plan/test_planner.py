@@ -8,16 +8,33 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from foundations.formats import crm_fields
 from foundations.formats.crm_commands import (
-    AddNote, AddTags, CrmOp, EnrollWorkflow, OpKind, UpsertContact, UpsertOpportunity,
+    AddNote,
+    AddTags,
+    CrmOp,
+    EnrollWorkflow,
+    OpKind,
+    UpsertContact,
+    UpsertOpportunity,
 )
 from foundations.formats.normalized import (
-    Address, Appointment, AppointmentStatus, Client, EventKind, Invoice, LineItem, Location, NormalizedEvent,
-    Provider, Service,
+    Address,
+    Appointment,
+    AppointmentStatus,
+    Client,
+    EventKind,
+    Invoice,
+    LineItem,
+    Location,
+    NormalizedEvent,
+    Provider,
+    Service,
 )
 from streams.normalize.rules import normalize
 from streams.plan.planner import Outcome, Plan, PlanError, format_local, format_money, plan
