@@ -31,7 +31,7 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from apro_sync.processes import free_port
+from apro_sync.processes import free_port, http_ok
 from emulator import EmulatorConfig, LocationConfig
 from emulator.config import RateLimitConfig
 from foundations.config import Settings
@@ -165,7 +165,7 @@ def live(kafka_bootstrap: str, using_embedded_broker: bool, tmp_path_factory: py
             lag = harness.ServiceProcess(
                 "lag-exporter", [sys.executable, "-m", "apro_sync.cli", "lag-exporter", "--host", "127.0.0.1",
                                  "--port", str(lag_port), "--interval", "1", "--group", worker.worker_id],
-                config.env(), work / "logs", work, ready=lambda: harness._http_ok(f"http://127.0.0.1:{lag_port}/metrics"))
+                config.env(), work / "logs", work, ready=lambda: http_ok(f"http://127.0.0.1:{lag_port}/metrics"))
             for proc in (worker, producer, cut_off, lag):  # the worker is slowest to come up: first
                 proc.start()
                 started.append(proc)
