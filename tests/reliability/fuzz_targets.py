@@ -97,7 +97,7 @@ def main() -> None:
     import atheris
 
     target = sys.argv[1]
-    with atheris.instrument_imports(include=["producer", "streams"]):
+    with atheris.instrument_imports(include=["producer", "streams", "foundations"]):
         import foundations.formats.raw  # noqa: F401
         import producer.intake  # noqa: F401
         import streams.normalize.event_kind  # noqa: F401
