@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from apro_sync.processes import free_port, stop, wait_port  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 BODY_FILE = REPO / "examples" / "webhooks" / "client_created.json"
@@ -47,7 +48,7 @@ def serve_baseline(port: int) -> None:
 
 
 def serve_producer(port: int, bootstrap: str, prefix: str, log: bool) -> None:
-    from apro_sync.config import Settings
+    from foundations.config import Settings
     from producer.server import run
 
     os.environ["APRO_LOG_LEVEL"] = "INFO" if log else "WARNING"
@@ -129,33 +130,8 @@ def python_load(url: str, connections: int, duration: int) -> dict[str, float]:
 
 # orchestration --------------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(port: int, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"server on port {port} did not start")
-
-
 def _spawn(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _record_count(bootstrap: str, topic: str) -> int:
@@ -194,9 +170,9 @@ def main() -> None:
         print(json.dumps(asyncio.run(_python_load(args.load, args.connections, args.duration))))
         return
 
-    from apro_sync.config import Settings
-    from apro_sync.kafka_admin import ensure_topics
     from apro_sync.local_brokers import local_broker
+    from foundations.config import Settings
+    from foundations.kafka_admin import ensure_topics
 
     load = python_load if args.python_load or not shutil.which("wrk") else wrk_load
     tool = "python-aiohttp" if load is python_load else "wrk"
@@ -206,16 +182,16 @@ def main() -> None:
     with local_broker(args.broker) as broker:
         ensure_topics(broker.bootstrap, [topics.raw, topics.quarantine], args.partitions)
         for name in ("baseline", "producer"):
-            port = _free_port()
+            port = free_port()
             extra = ["--bootstrap", broker.bootstrap, "--prefix", prefix, "--log", str(int(not args.no_access_log))]
             proc = _spawn("--serve", name, "--port", str(port), *(extra if name == "producer" else []))
             try:
-                _wait_http(port)
+                wait_port(port)
                 url = f"http://127.0.0.1:{port}{PATH}"
                 load(url, args.connections, 2)  # warm-up: connections, producer id, topic metadata
                 results[name] = load(url, args.connections, args.duration)
             finally:
-                _stop(proc)
+                stop(proc)
         written = _record_count(broker.bootstrap, topics.raw)
 
     base, prod = results["baseline"], results["producer"]

@@ -29,17 +29,18 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from apro_sync.config import Settings  # noqa: E402
 from apro_sync.local_brokers import local_broker  # noqa: E402
-from apro_sync.kafka_admin import ensure_topics  # noqa: E402
+from apro_sync.processes import stop_all  # noqa: E402
+from foundations.config import Settings  # noqa: E402
+from foundations.kafka_admin import ensure_topics  # noqa: E402
 
 FIXTURES = REPO / "examples" / "webhooks"
 FIRST = ["Jane", "Omar", "Lucia", "Maya", "Ava", "Noah", "Liam", "Emma", "Zoe", "Ivan"]
 LAST = ["Doe", "Haddad", "Moreno", "Lee", "Chen", "Smith", "Garcia", "Nguyen", "Patel", "Kim"]
 WORKER_CODE = (
-    "from apro_sync.config import load_settings\n"
-    "from streams.normalize_agent import register_normalizer\n"
-    "from streams.worker import run\n"
+    "from foundations.config import load_settings\n"
+    "from streams.normalize.agent import register_normalizer\n"
+    "from apro_sync.worker import run\n"
     "run(load_settings(), registrations=[register_normalizer])\n"
 )
 
@@ -95,7 +96,8 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> f
 
 async def aiokafka_baseline(bootstrap: str, topic: str, partitions: int, count: int, *, per_message: bool) -> float:
     """Seconds for a plain aiokafka consumer to read `count` records (no decoding, no processing)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition as TP
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka import TopicPartition as TP
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
                                 group_id=None)
@@ -148,13 +150,7 @@ def run_worker(settings: Settings, count: int, timeout_s: float, processes: int 
                     first = time.perf_counter()
         last = time.perf_counter()
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs, timeout_s=15)
         consumer.close()
         log.close()
     assert first is not None

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from apro_sync import metrics
-from apro_sync.config import Settings
+from foundations import metrics
+from foundations.config import Settings
 from sinks.ghl.client import API_VERSION
 from sinks.ghl.errors import GhlPermanentError, GhlTransientError, is_transient_status
 from sinks.locations import GhlTarget, OAuthCredentials

@@ -23,10 +23,10 @@ from confluent_kafka import Consumer, TopicPartition
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
-from apro_sync.config import Settings
-from sinks.emulator.config import EmulatorConfig, OAuthConfig, RateLimitConfig
-from sinks.emulator.server import EMU, ThreadedEmulator
-from sinks.emulator.state import ApiError
+from foundations.config import Settings
+from emulator.config import EmulatorConfig, OAuthConfig, RateLimitConfig
+from emulator.server import EMU, ThreadedEmulator
+from emulator.state import ApiError
 from sinks.locations import load_locations
 from sinks.provision import provision_all
 from tests.reliability.generator import GeneratedStream, generate
