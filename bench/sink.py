@@ -1,13 +1,9 @@
-"""Sink benchmark: GoHighLevel calls per event (cold and steady), latency, rate-budget use, the rate limit binding.
+"""Sink benchmark, real producer and worker processes against the emulator (12 sub-accounts, lognormal call times):
+(a) calls per event / minimum, cold and steady side by side; (b) latency at 20 events/s over 10 sub-accounts;
+(c) budget used draining a backlog into one sub-account; (d) one sub-account offered twice its rate limit.
+Every figure against a baseline from the same run; method, options and figures: docs/benchmarks.md, "Sink".
 
-Real `apro-sync producer` and `apro-sync worker` processes, the emulator in this process (12 sub-accounts through a
-locations file; call times lognormal, p50 50 ms / p99 250 ms by default), every figure against a baseline from the
-same run: (a) calls per event / theoretical minimum, cold and steady side by side; (b) latency at 20 events/s over
-10 sub-accounts; (c) budget used draining a backlog into one sub-account; (d) one sub-account offered more than its
-100 requests / 10 s allow: events/s achieved vs the limit. Method and figures: docs/benchmarks.md, "Sink".
-
-    python bench/sink.py [--quick] [--only load|budget|limit] [--rate 20] [--seconds 60] [--call-p50-ms 50]
-                         [--call-p99-ms 250 | --call-ms 50] [--limit-rate 6] [--limit-seconds 30] [--backlog 200]
+    python bench/sink.py [--quick] [--only load|budget|limit] [--call-p50-ms 50 --call-p99-ms 250 | --call-ms 50]
 """
 
 from __future__ import annotations
