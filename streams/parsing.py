@@ -21,7 +21,7 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
 from streams.events import Service
-from streams.payload import clean_text, get, id_str
+from streams.payload import Lookup, clean_text, get, id_str
 
 
 class FieldError(ValueError):
@@ -238,13 +238,14 @@ def parse_money(value: Any, *, cents: bool = False) -> Decimal | None:
         raise FieldError("amount out of range") from None
 
 
-def money_field(block: Any, *names: str) -> Decimal | None:
+def money_field(block: Any, *names: str, look: Lookup | None = None) -> Decimal | None:
     """First present amount under `names`, also trying each name's `…Cents` / `…_cents` spelling (in cents)."""
+    lookup = look.get if look is not None else get
     for name in names:
-        plain = get(block, name)
+        plain = lookup(block, name)
         if plain is not None:
             return parse_money(plain)
-        in_cents = get(block, name + "Cents")
+        in_cents = lookup(block, name + "Cents")
         if in_cents is not None:
             return parse_money(in_cents, cents=True)
     return None
