@@ -224,6 +224,9 @@ def _lower_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def _text(value: Any, limit: int = 500) -> str | None:
+    if type(value) is str:
+        text = clean_text(value).strip()  # no control characters reach the CRM
+        return text[:limit] if text else None
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, Decimal)):

@@ -117,7 +117,7 @@ class Lookup:
     __slots__ = ("_indexes",)
 
     def __init__(self) -> None:
-        self._indexes: dict[int, tuple[Any, dict[str, Any]]] = {}
+        self._indexes: dict[int, tuple[Any, dict[str, Any], dict[tuple[str, ...], Any]]] = {}
 
     def index(self, obj: Any) -> dict[str, Any] | None:
         """`obj`'s normalised key → value (the first key in order wins); None when `obj` is not an object."""
@@ -125,7 +125,7 @@ class Lookup:
             return None
         entry = self._indexes.get(id(obj))
         if entry is None or entry[0] is not obj:
-            entry = (obj, _index(obj))
+            entry = (obj, _index(obj), {})
             self._indexes[id(obj)] = entry
         return entry[1]
 
@@ -140,7 +140,7 @@ class Lookup:
             return None
         entry = self._indexes.get(id(obj))
         if entry is None or entry[0] is not obj:
-            entry = (obj, _index(obj))
+            entry = (obj, _index(obj), {})
             self._indexes[id(obj)] = entry
         return _first(entry[1], names)
 
@@ -149,24 +149,30 @@ class Lookup:
         return value if type(value) is dict or isinstance(value, Mapping) else None
 
     def get(self, obj: Any, *names: str) -> Any:
-        """`payload.get`, each object indexed once. One frame: this is the normalizer's hottest call."""
+        """`payload.get`, each object indexed once and each answer kept (a read asks half its questions twice).
+        One frame: this is the normalizer's hottest call."""
         if type(obj) is not dict and not isinstance(obj, Mapping):
             return None
         entry = self._indexes.get(id(obj))
         if entry is None or entry[0] is not obj:
-            entry = (obj, _index(obj))
+            entry = (obj, _index(obj), {})
             self._indexes[id(obj)] = entry
+        answers = entry[2]
+        if names in answers:
+            return answers[names]
         index = entry[1]
         spelled = _WANTED.get(names) or wanted(names)
+        found = None
         hits = index.keys() & spelled[1]
-        if not hits:
-            return None
-        for name in spelled[0]:
-            if name in hits:
-                value = index[name]
-                if value is not None and value != "" and value != [] and value != {}:
-                    return value
-        return None
+        if hits:
+            for name in spelled[0]:
+                if name in hits:
+                    value = index[name]
+                    if value is not None and value != "" and value != [] and value != {}:
+                        found = value
+                        break
+        answers[names] = found
+        return found
 
     def get_block(self, obj: Any, *names: str) -> Mapping[str, Any] | None:
         value = self.get(obj, *names)
@@ -230,7 +236,9 @@ def _parse_json(raw: bytes) -> Any:
         raise PayloadError("body is not valid UTF-8") from None
     try:
         # Exact decimals: a float would already have lost cents before we see them.
-        value = json.loads(text, parse_float=Decimal)
+        if text.startswith("\ufeff"):  # what json.loads says of a second BOM
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = _DECODER.decode(text)  # json.loads(text, parse_float=Decimal) without a new decoder per call
     except RecursionError:
         raise PayloadError(f"body nests deeper than {MAX_DEPTH} levels") from None
     except ArithmeticError:  # decimal.InvalidOperation: an exponent beyond Decimal's range (found by atheris)
@@ -245,6 +253,7 @@ def _parse_json(raw: bytes) -> Any:
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_DECODER = json.JSONDecoder(parse_float=Decimal)
 
 
 def _valid_unicode(value: Any) -> bool:
@@ -302,10 +311,12 @@ def parse_body(raw: bytes, content_type: str | None = None) -> dict[str, Any]:
     if not raw or not raw.strip():
         raise PayloadError("body is empty")
     ctype = (content_type or "").split(";")[0].strip().lower()
+    checked = False  # a JSON body's depth was bounded by check_nesting before it was parsed
     if ctype == "application/x-www-form-urlencoded":
         body: Any = _parse_form(raw)
     elif ctype.endswith("json") or raw.lstrip()[:1] in (b"{", b"["):
         body = _parse_json(raw)
+        checked = True
     else:
         body = _parse_form(raw) if b"=" in raw else None
         if body is None:
@@ -314,7 +325,8 @@ def parse_body(raw: bytes, content_type: str | None = None) -> dict[str, Any]:
         body = body[0]
     if not isinstance(body, dict):
         raise PayloadError(f"body is a JSON {type(body).__name__}, not an object")
-    _check_depth(body)
+    if not checked:  # a form body may embed a JSON document one level down
+        _check_depth(body)
     return body
 
 
