@@ -47,6 +47,7 @@ FORWARDER_CODE = (
     "from streams.worker import run\n"
     "run(load_settings(), registrations=[register_forwarder])\n"
 )
+FORWARD_MARK = "bench-forwarded"
 HEADERS = [("apro-received-at", b"2026-12-01T00:00:05+00:00"), ("content-type", b"application/json")]
 
 
@@ -75,6 +76,7 @@ def register_forwarder(app: Any, settings: Settings) -> None:
                 orjson.loads(message.value)
                 headers = message.headers
                 pairs = list(headers.items()) if isinstance(headers, dict) else list(headers or ())
+                pairs.append((FORWARD_MARK, b"1"))
                 records.append(OutputRecord(names.normalized, message.key, message.value, pairs))
             await producer.write(records)
             for event in events:
@@ -119,8 +121,8 @@ def variations(count: int, clients: int, seed: int = 7) -> list[tuple[bytes, byt
         body = json.loads(json.dumps(rnd.choice(bodies)))
         client_id = str(10_000 + rnd.randrange(clients))
         body_client = next((v for k, v in body.items() if k.lower() == "client"), None)
-        for key in ("eventId", "EVENTID"):
-            if key in body:
+        for key in body:  # every spelling (eventId, EVENTID, event_id): the worker drops repeated ids
+            if key.replace("_", "").lower() == "eventid":
                 body[key] = f"bench-{i}"
         if "message" in body:  # test pings carry no id: their id is the body hash, so make each body distinct
             body["message"] = f"{body['message']} #{i}"
@@ -187,7 +189,7 @@ async def aiokafka_baseline(bootstrap: str, topic: str, partitions: int, count: 
 def run_worker(settings: Settings, count: int, timeout_s: float, processes: int = 1, *, code: str = WORKER_CODE,
                name: str = "worker") -> tuple[float, float]:
     """(seconds first output → last, seconds worker start → last) for `code` run as a worker in its own consumer
-    group (`name`), counting only outputs written after it starts. `processes` workers share the group."""
+    group (`name`), counting its own outputs only. `processes` workers share the group."""
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers or "",
            "APRO_TOPIC_PREFIX": settings.topic_prefix, "APRO_TOPIC_PARTITIONS": str(settings.topic_partitions),
            "APRO_EMBEDDED_BROKER": "true" if settings.embedded_broker else "false",
@@ -197,12 +199,9 @@ def run_worker(settings: Settings, count: int, timeout_s: float, processes: int 
     outs = [topics.normalized, topics.skipped, topics.deadletter]
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"bench-{uuid.uuid4()}",
                          "enable.auto.commit": False})
-    starts = []
-    for topic in outs:  # an earlier run's outputs on the same topics are not counted
-        for partition in range(settings.topic_partitions):
-            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            starts.append(TopicPartition(topic, partition, high))
-    consumer.assign(starts)
+    # Both runs write to the same topics: each counts only its own outputs (the forwarder marks its records).
+    consumer.assign([TopicPartition(t, p, 0) for t in outs for p in range(settings.topic_partitions)])
+    forwarded = name == "forward"
     started = time.perf_counter()
     log = open(Path(tempfile.gettempdir()) / f"apro-bench-normalize-{name}.log", "wb")
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=log,
@@ -214,7 +213,7 @@ def run_worker(settings: Settings, count: int, timeout_s: float, processes: int 
             if time.perf_counter() - started > timeout_s or any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"worker produced {seen}/{count} outputs (see {log.name})")
             for msg in consumer.consume(num_messages=5000, timeout=0.5):
-                if msg.error():
+                if msg.error() or (FORWARD_MARK in dict(msg.headers() or ())) != forwarded:
                     continue
                 seen += 1
                 if first is None:

@@ -80,6 +80,7 @@ from streams.payload import (
 )
 
 Result = NormalizedEvent | Skipped | Unreadable
+_UTC = ZoneInfo("UTC")
 
 KIND_KEYS = ("event", "eventType", "event_type", "eventName", "type", "webhookEvent", "topic", "trigger")
 ACTION_KEYS = ("action", "eventAction", "operation", "change")
@@ -244,7 +245,7 @@ class _Reader:
         self.raw = raw
         self.headers = headers
         self.region = region
-        self.default_zone = zone(default_timezone) or ZoneInfo("UTC")
+        self.default_zone = zone(default_timezone) or _UTC
         self.invalid: list[str] = []
         self.event_id = body_hash(raw)
         self.location = Location()
@@ -301,7 +302,7 @@ class _Reader:
 
     def _received_at(self) -> datetime | None:
         try:
-            return parse_instant(self.headers.get(H.RECEIVED_AT), ZoneInfo("UTC"))
+            return parse_instant(self.headers.get(H.RECEIVED_AT), _UTC)
         except FieldError:
             return None
 

@@ -175,8 +175,21 @@ class Lookup:
         return found
 
     def get_block(self, obj: Any, *names: str) -> Mapping[str, Any] | None:
-        value = self.get(obj, *names)
+        answers = self._answers(obj)
+        if answers is None:
+            return None
+        value = answers[names] if names in answers else self.get(obj, *names)
         return value if type(value) is dict or isinstance(value, Mapping) else None
+
+    def _answers(self, obj: Any) -> dict[tuple[str, ...], Any] | None:
+        entry = self._indexes.get(id(obj))
+        if entry is not None and entry[0] is obj:
+            return entry[2]
+        if type(obj) is not dict and not isinstance(obj, Mapping):
+            return None
+        entry = (obj, _index(obj), {})
+        self._indexes[id(obj)] = entry
+        return entry[2]
 
 
 _SCALARS = frozenset({str, int, float, bool, Decimal, type(None)})
