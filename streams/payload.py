@@ -56,8 +56,10 @@ def norm_key(key: object) -> str:
 
 def _index(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Normalised key → value; the first key (in the object's order) that normalises to a name wins."""
-    index: dict[str, Any] = {}
     cache = _NORM_CACHE
+    if type(obj) is dict:  # built back to front, so the first spelling is the one left standing
+        return {cache.get(key) or norm_key(key): value for key, value in reversed(obj.items())}
+    index: dict[str, Any] = {}
     for key, value in obj.items():
         normed = cache.get(key) if type(key) is str else None  # inlined norm_key hit: this loop is the hot one
         if normed is None:
