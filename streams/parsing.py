@@ -300,7 +300,18 @@ def parse_email(value: Any) -> str | None:
     text = value.strip()
     if not text or len(text) > 320:
         return None
+    if len(text) <= 254 and _PLAIN_EMAIL.fullmatch(text) and "--" not in text and text.index("@") <= 64:
+        return text.lower()  # what email-validator answers for a plain address (tests/test_parsing_email.py)
     return _email(text)
+
+
+# Plain ASCII addresses, for which email-validator's answer is the address lower-cased: dot-atom local part of
+# letters, digits, `_+-`; host labels of letters, digits and inner hyphens (no `--`, so no IDNA `xn--` labels);
+# a common top-level domain (never a special-use name such as .test or .local). Anything else asks the library.
+_PLAIN_EMAIL = re.compile(
+    r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+    r"(?i:com|net|org|edu|gov|us|io|co|info|biz|me|ca|uk|mx)"
+)
 
 
 @lru_cache(maxsize=16384)
