@@ -279,15 +279,18 @@ def main() -> None:
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
         print(f"normalize() per record:            median {pure['median']:7.1f} µs, p99 {pure['p99']:7.1f} µs "
               f"(target median < 60)")
-        print(f"orjson.loads of the same bodies:   median {pure['orjson']:7.1f} µs, p99 {pure['orjson_p99']:7.1f} µs; "
+        print(f"orjson.loads of the same bodies:   median {pure['orjson']:7.1f} µs, "
+              f"p99 {pure['orjson_p99']:7.1f} µs; "
               f"json.loads median {pure['json']:.1f} µs")
         print(f"ratio normalize()/orjson.loads (medians): {pure['median'] / pure['orjson']:7.1f}; "
               f"normalize()/json.loads: {pure['median'] / pure['json']:.1f}")
         print(f"produce (confluent-kafka):        {args.count / produce_s:10.0f} rec/s")
-        print(f"baseline: decode-and-forward Faust agent:              {forward_rate:10.0f} rec/s (first output → last)")
+        print(f"baseline: decode-and-forward Faust agent:              {forward_rate:10.0f} rec/s "
+              "(first output → last)")
         print(f"normalizing worker:                                    {work_rate:10.0f} rec/s "
               f"(first output → last; {args.count / total_s:.0f} rec/s including worker start)")
-        print(f"ratio worker/decode-and-forward agent:                 {work_rate / forward_rate:10.3f} (target >= 0.5)")
+        print(f"ratio worker/decode-and-forward agent:                 {work_rate / forward_rate:10.3f} "
+              "(target >= 0.5)")
         print(f"raw consume (aiokafka, async for per message):         {base_rate:10.0f} rec/s; "
               f"ratio worker/it {work_rate / base_rate:.3f}")
         print(f"raw consume (aiokafka getmany batches, for reference): {many_rate:10.0f} rec/s; "

@@ -166,6 +166,8 @@ def consent_flag(value: Any) -> bool | None:
             return False
         raise FieldError("flag is not a yes/no word")
     raise FieldError("flag is not a boolean, number or word")
+
+
 _NO_CONSENT = Consent()
 PHONE_KEYS = ("mobilePhone", "cellPhone", "mobile", "cell", "mobileNumber", "cellNumber", "phone", "phoneNumber",
               "primaryPhone", "homePhone", "workPhone", "phone1", "phone2")
@@ -175,7 +177,8 @@ DOB_KEYS = ("dateOfBirth", "dob", "birthDate", "birthday", "birthdate", "dateOfB
 _PHONE_NAMES_IN_ORDER = tuple(dict.fromkeys(norm_key(k) for k in PHONE_KEYS))
 _PHONE_NAMES = frozenset(_PHONE_NAMES_IN_ORDER)
 _CONSENT_NAMES = frozenset(norm_key(k) for k in (
-    *(k for keys in CONSENT_OPT_OUT_KEYS.values() for k in keys), *(k for keys in CONSENT_OPT_IN_KEYS.values() for k in keys),
+    *(k for keys in CONSENT_OPT_OUT_KEYS.values() for k in keys),
+    *(k for keys in CONSENT_OPT_IN_KEYS.values() for k in keys),
     *CONSENT_BLOCK_KEYS, *OPT_OUT_BLOCK_KEYS, *DO_NOT_CONTACT_KEYS))
 _ADDRESS_NAMES = frozenset(norm_key(k) for k in (
     "address", "homeAddress", "mailingAddress", "line1", "address1", "street", "streetAddress", "addressLine1",
@@ -356,7 +359,8 @@ class _Reader:
             return self._event(kind, source_kind, membership=self._membership(block, kind))
         if entity is Entity.APPOINTMENT:
             block = appointment_block if appointment_block is not None else self.flat
-            decided = appointment_kind(words.action, _text(self.look.get(block, "status", "appointmentStatus", "apptStatus")))
+            status_text = _text(self.look.get(block, "status", "appointmentStatus", "apptStatus"))
+            decided = appointment_kind(words.action, status_text)
             if decided is None:
                 return self._skip(SkipReason.UNHANDLED_KIND,
                                   f"appointment action not handled: {words.action[:40] or 'status'}", source_kind)
@@ -622,7 +626,8 @@ class _Reader:
         name = self.look.get(block, *name_keys)
         return Membership(
             id=membership_id,
-            name=_text(name, 200) if not isinstance(name, Mapping) else _text(self.look.get(name, "name", "title"), 200),
+            name=(_text(name, 200) if not isinstance(name, Mapping)
+                  else _text(self.look.get(name, "name", "title"), 200)),
             status=_MEMBERSHIP_STATUS_BY_KIND[kind],
             start_date=self._date(self.look.get(block, *MEMBERSHIP_START_KEYS), "membership.start_date"),
             renewal_date=self._date(self.look.get(block, *RENEWAL_KEYS), "membership.renewal_date"),
@@ -660,7 +665,8 @@ class _Reader:
         if amount is None:
             raise Unread("invoice.amount: missing (no amountPaid, total or refund amount)")
         try:
-            invoice_date = parse_calendar_date(self.look.get(block, "invoiceDate", "date", "invoiceDateTime", "createdDate"))
+            invoice_date = parse_calendar_date(
+                self.look.get(block, "invoiceDate", "date", "invoiceDateTime", "createdDate"))
         except FieldError as exc:
             raise Unread(f"invoice.invoice_date: {exc}") from None
         paid_at = self._strict_instant(self.look.get(block, "paidDate", "paidAt", "paymentDate", "datePaid", "paidOn",
@@ -691,7 +697,8 @@ class _Reader:
         items: list[LineItem] = []
         for raw in split_list(self.look.get(block, "items", "lineItems", "lines", "invoiceItems", "products")):
             if isinstance(raw, Mapping):
-                name = _text(self.look.get(raw, "name", "description", "itemName", "productName", "serviceName", "title"), 200)
+                name = _text(self.look.get(raw, "name", "description", "itemName", "productName", "serviceName",
+                                           "title"), 200)
                 if not name:
                     continue
                 try:
