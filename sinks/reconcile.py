@@ -21,7 +21,7 @@ from apro_sync.kafka_records import OperatorError, admin, read_all, reader, requ
 from apro_sync.metrics import GHL_REQUESTS
 from sinks import drift as D
 from sinks.budget import SharedRateLimiter
-from sinks.executor import STAGE_KEYS, OpExecutor
+from sinks.executor import STAGE_KEYS, OpExecutor, SyncError
 from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlError, GhlPermanentError
 from sinks.ghl.retry import RetryPolicy
@@ -165,7 +165,7 @@ async def reconcile_location(settings: Settings, target: GhlTarget, states: list
                     if fix and names:
                         await rec.repair(state, names, run_id)
                         report.fixed_clients += 1
-                except GhlError as exc:  # reason: status and endpoint template only
+                except (GhlError, SyncError) as exc:  # reasons: status, endpoint template, ids; never PHI
                     report.failed_clients += 1
                     log(f"location {target.label}: a client could not be reconciled ({exc.reason})")
                 progress(1)
