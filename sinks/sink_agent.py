@@ -126,12 +126,12 @@ class LocationRuntime:
         if shadow_send is not None:
             client_class = functools.partial(ShadowGhlClient, send=shadow_send)
         self.client = client_class(settings.ghl_base_url, target.token, target.ghl_location_id, limiter=limiter,
-                                timeout=settings.ghl_timeout_s, max_retries=settings.ghl_max_retries,
-                                metrics_location=target.label)
+                                   timeout=settings.ghl_timeout_s, max_retries=settings.ghl_max_retries,
+                                   metrics_location=target.label)
         # Same limiter, no automatic retries: notes and enrollments retry in the executor, checking first.
         self.once = client_class(settings.ghl_base_url, target.token, target.ghl_location_id, limiter=limiter,
-                              timeout=settings.ghl_timeout_s, retry_policy=RetryPolicy(max_attempts=1),
-                              metrics_location=target.label)
+                                 timeout=settings.ghl_timeout_s, retry_policy=RetryPolicy(max_attempts=1),
+                                 metrics_location=target.label)
         self.breaker = LocationBreaker(target.label, threshold=settings.sink_pause_after,
                                        base_s=settings.sink_pause_s, max_s=settings.sink_pause_max_s)
         self._ids_cache = ids_cache
