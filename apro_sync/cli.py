@@ -120,7 +120,8 @@ def provision(dry_run: bool = typer.Option(False, help="Report what is missing w
 
 @app.command()
 def peek(
-    topic: str = typer.Argument("raw", help="raw | quarantine | normalized | skipped | deadletter, or a topic name."),
+    topic: str = typer.Argument("raw", help="raw | quarantine | normalized | skipped | deadletter | shadow, or a "
+                                "topic name."),
     show_payload: bool = typer.Option(False, "--show-payload",
                                       help="Also print keys and bodies (patient data: development only)."),
 ) -> None:
@@ -130,7 +131,7 @@ def peek(
     from apro_sync.ops.kafka_io import OperatorError
 
     settings = _kafka_settings()
-    short = {"raw", "quarantine", "normalized", "skipped", "deadletter"}
+    short = {"raw", "quarantine", "normalized", "skipped", "deadletter", "shadow"}
     name = getattr(settings.topics, topic) if topic in short else topic
     try:
         peek.run(settings.kafka if settings.kafka_bootstrap_servers else "localhost:9092", name, show_payload, typer.echo)
@@ -209,6 +210,32 @@ def replay(
     typer.echo(f"replay of {settings.topics.raw} for {span}" + (f", location {location}" if location else ""))
     for line in summary.lines("republished", dry_run):
         typer.echo(line)
+
+
+@app.command()
+def reconcile(
+    location: Optional[str] = typer.Option(None, help="Only this GoHighLevel location (its label or id)."),
+    fix: bool = typer.Option(False, "--fix", help="Write the state's values again where GoHighLevel drifted."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (stderr)."),
+) -> None:
+    """Compare what apro-sync owns in GoHighLevel (its custom fields, the opportunity's stage, status and value,
+    the patient tag) with the sink's state, and report drift per field as counts. With --fix, re-apply the
+    state through the sync executor within the rate budget. Exit 1 when drift remains."""
+    from apro_sync.ops.kafka_io import OperatorError
+    from apro_sync.ops import reconcile as reconcile_tool
+    from sinks.locations import LocationsError
+
+    settings = _kafka_settings()
+    try:
+        reports = reconcile_tool.run(settings, location=location, fix=fix, show_progress=progress,
+                        log=lambda line: typer.echo(line, err=True))
+    except (OperatorError, LocationsError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for line in reconcile_tool.iter_lines(reports, fix):
+        typer.echo(line)
+    remaining = any(r.failed_clients or (r.counts.total and not fix) for r in reports)
+    raise typer.Exit(1 if remaining else 0)
 
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and redrive dead-letter records (headers only, never payloads).")
