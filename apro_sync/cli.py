@@ -6,11 +6,12 @@ from typing import Optional
 
 import typer
 
-from apro_sync.config import Settings, load_settings
+from foundations.config import Settings, load_settings
+
 
 def _kafka_settings() -> Settings:
     """Settings for a command that talks to Kafka: refused TLS/SASL credentials stop it with a clear message."""
-    from apro_sync.kafka_admin import check_credentials
+    from foundations.kafka_admin import check_credentials
 
     settings = load_settings()
     if settings.kafka_bootstrap_servers:
@@ -39,7 +40,7 @@ CONFIG_HELP = ("Configuration: environment variables (APRO_*, KAFKA_BOOTSTRAP_SE
 @app.command()
 def config(show_defaults_only: bool = typer.Option(False, "--defaults", help="Ignore the environment and .env.")) -> None:
     """List every setting: its variable, current value (secrets masked) and default."""
-    from apro_sync.config import PROCESS_VARIABLES, Settings, env_name
+    from foundations.config import PROCESS_VARIABLES, Settings, env_name
 
     current = Settings(_env_file=None) if show_defaults_only else load_settings()
     rows = []
@@ -74,7 +75,7 @@ def producer() -> None:
 
 @app.command(help="Run a Faust worker: normalization, state tables and the GoHighLevel sink.\n\n" + CONFIG_HELP)
 def worker() -> None:
-    from streams.worker import run
+    from apro_sync.worker import run
 
     run(load_settings())
 
@@ -82,7 +83,7 @@ def worker() -> None:
 @app.command()
 def topics(check: bool = typer.Option(False, "--check", help="Only report differences; create nothing.")) -> None:
     """Create apro-sync's topics with their production configs, then report any that differ (exit 1)."""
-    from apro_sync.kafka_admin import check_topics, ensure_topics
+    from foundations.kafka_admin import check_topics, ensure_topics
 
     settings = _kafka_settings()
     specs = settings.topic_specs()
@@ -104,7 +105,7 @@ def emulator(
     config: Optional[str] = typer.Option(None, help="YAML/JSON file seeding locations, pipelines and workflows."),
 ) -> None:
     """Run the GoHighLevel API emulator (for development and tests)."""
-    from sinks.emulator.server import run
+    from emulator.server import run
 
     run(host=host, port=port, config_path=config)
 
@@ -119,20 +120,21 @@ def provision(dry_run: bool = typer.Option(False, help="Report what is missing w
 
 @app.command()
 def peek(
-    topic: str = typer.Argument("raw", help="raw | quarantine | normalized | skipped | deadletter, or a topic name."),
+    topic: str = typer.Argument("raw", help="raw | quarantine | normalized | skipped | deadletter | shadow, or a "
+                                "topic name."),
     show_payload: bool = typer.Option(False, "--show-payload",
                                       help="Also print keys and bodies (patient data: development only)."),
 ) -> None:
     """List the records of a topic: partition:offset, time, request id, resource, size (and reason on
     quarantine / dead-letter topics). Reads without a consumer group. Uses KAFKA_BOOTSTRAP_SERVERS."""
-    from apro_sync import peek as P
-    from apro_sync.kafka_records import OperatorError
+    from apro_sync.ops import peek
+    from apro_sync.ops.kafka_io import OperatorError
 
     settings = _kafka_settings()
-    short = {"raw", "quarantine", "normalized", "skipped", "deadletter"}
+    short = {"raw", "quarantine", "normalized", "skipped", "deadletter", "shadow"}
     name = getattr(settings.topics, topic) if topic in short else topic
     try:
-        P.run(settings.kafka if settings.kafka_bootstrap_servers else "localhost:9092", name, show_payload, typer.echo)
+        peek.run(settings.kafka if settings.kafka_bootstrap_servers else "localhost:9092", name, show_payload, typer.echo)
     except OperatorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -149,7 +151,7 @@ def lag_exporter(
     ),
 ) -> None:
     """Export consumer lag (end offset minus committed offset) per group and partition to Prometheus."""
-    from apro_sync.lag import run
+    from apro_sync.ops.lag import run
 
     run(_kafka_settings(), groups=group or [], topics=topic or [], host=host, port=port, interval_s=interval)
 
@@ -176,9 +178,9 @@ def replay(
     """
     from datetime import datetime, timezone
 
-    from apro_sync import replay as R
-    from apro_sync.kafka_records import OperatorError
-    from apro_sync.timeparse import TimeParseError, parse_time
+    from apro_sync.ops import replay
+    from apro_sync.ops.kafka_io import OperatorError
+    from foundations.timeparse import TimeParseError, parse_time
 
     now = datetime.now(timezone.utc)
     try:
@@ -197,10 +199,10 @@ def replay(
                                     "default (republish) mode")
             group_id = group or settings.worker_id
             typer.echo(f"consumer group {group_id} on {settings.topics.raw} from {start.isoformat()}:")
-            R.reset_offsets(settings, start, group_id, dry_run, confirm, typer.echo)
+            replay.reset_offsets(settings, start, group_id, dry_run, confirm, typer.echo)
             typer.echo("dry run: offsets unchanged" if dry_run else "offsets reset; start the workers")
             return
-        summary = R.republish(settings, R.ReplayRequest(start, end, location, dry_run), confirm)
+        summary = replay.republish(settings, replay.ReplayRequest(start, end, location, dry_run), confirm)
     except OperatorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -208,6 +210,32 @@ def replay(
     typer.echo(f"replay of {settings.topics.raw} for {span}" + (f", location {location}" if location else ""))
     for line in summary.lines("republished", dry_run):
         typer.echo(line)
+
+
+@app.command()
+def reconcile(
+    location: Optional[str] = typer.Option(None, help="Only this GoHighLevel location (its label or id)."),
+    fix: bool = typer.Option(False, "--fix", help="Write the state's values again where GoHighLevel drifted."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (stderr)."),
+) -> None:
+    """Compare what apro-sync owns in GoHighLevel (its custom fields, the opportunity's stage, status and value,
+    the patient tag) with the sink's state, and report drift per field as counts. With --fix, re-apply the
+    state through the sync executor within the rate budget. Exit 1 when drift remains."""
+    from apro_sync.ops.kafka_io import OperatorError
+    from apro_sync.ops import reconcile as reconcile_tool
+    from sinks.locations import LocationsError
+
+    settings = _kafka_settings()
+    try:
+        reports = reconcile_tool.run(settings, location=location, fix=fix, show_progress=progress,
+                        log=lambda line: typer.echo(line, err=True))
+    except (OperatorError, LocationsError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for line in reconcile_tool.iter_lines(reports, fix):
+        typer.echo(line)
+    remaining = any(r.failed_clients or (r.counts.total and not fix) for r in reports)
+    raise typer.Exit(1 if remaining else 0)
 
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and redrive dead-letter records (headers only, never payloads).")
@@ -232,12 +260,12 @@ def dlq_list(
 ) -> None:
     """List dead-letter records: id (topic:partition:offset), stage, reason, event id, location, attempts, time,
     and whether it was redriven. Reads the whole topic without a consumer group; never prints a payload."""
-    from apro_sync import dlq as D
-    from apro_sync.kafka_records import OperatorError
+    from apro_sync.ops import dlq
+    from apro_sync.ops.kafka_io import OperatorError
 
     _check_stage(stage)
     try:
-        entries = D.list_entries(_kafka_settings(), quarantine=quarantine, stage=stage, limit=limit,
+        entries = dlq.list_entries(_kafka_settings(), quarantine=quarantine, stage=stage, limit=limit,
                                  include_redriven=not pending)
     except OperatorError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -245,7 +273,7 @@ def dlq_list(
     if not entries and not as_json:
         typer.echo("no records")
         return
-    typer.echo(D.format_json(entries) if as_json else D.format_table(entries))
+    typer.echo(dlq.format_json(entries) if as_json else dlq.format_table(entries))
 
 
 @dlq_app.command("redrive")
@@ -264,13 +292,13 @@ def dlq_redrive(
     Each acknowledged record gets a marker in the compacted topic `<dead-letter topic>.redriven` keyed by its id:
     `dlq list` shows it as redriven and `--all` does not send it twice. No store outside Kafka is needed.
     """
-    from apro_sync import dlq as D
-    from apro_sync.kafka_records import OperatorError
+    from apro_sync.ops import dlq
+    from apro_sync.ops.kafka_io import OperatorError
 
     _check_stage(stage)
     confirm = (lambda _msg: True) if yes else (lambda msg: typer.confirm(msg, default=False))
     try:
-        summary = D.redrive(_kafka_settings(), ids=record_ids or [], all_=all_, stage=stage, quarantine=quarantine,
+        summary = dlq.redrive(_kafka_settings(), ids=record_ids or [], all_=all_, stage=stage, quarantine=quarantine,
                             force=force, dry_run=dry_run, confirm=confirm)
     except OperatorError as exc:
         typer.echo(f"error: {exc}", err=True)

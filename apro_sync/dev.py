@@ -17,26 +17,13 @@ import time
 from pathlib import Path
 from typing import IO
 
-import httpx
-
-from apro_sync.config import Settings
 from apro_sync.embedded_broker import EmbeddedBroker
-from apro_sync.kafka_admin import ensure_topics, wait_for_broker
+from apro_sync.processes import stop_all, wait_http
+from foundations.config import Settings
+from foundations.kafka_admin import ensure_topics, wait_for_broker
 
-DEV_GHL_LOCATION = "emuLocation000000001"  # the emulator default config (sinks/emulator/config.py)
+DEV_GHL_LOCATION = "emuLocation000000001"  # the emulator default config (emulator/config.py)
 DEV_GHL_TOKEN = "pit-emulator-location-1"
-
-
-def _wait_http(url: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
 def _spawn(name: str, args: list[str], env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
@@ -82,7 +69,7 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
         if settings.ghl_token is None:
             emulator_url = f"http://127.0.0.1:{emulator_port}"
             children.append(("ghl-emulator", _spawn("ghl-emulator", ["emulator", "--port", str(emulator_port)], env, log)))
-            _wait_http(f"{emulator_url}/_emulator/state")
+            wait_http(f"{emulator_url}/_emulator/state")
             env.update(APRO_GHL_BASE_URL=emulator_url, APRO_GHL_TOKEN=DEV_GHL_TOKEN, APRO_GHL_LOCATION_ID=DEV_GHL_LOCATION)
             print(f"  GoHighLevel emulator at {emulator_url} (inspect: {emulator_url}/_emulator/state)")
             # A fresh sub-account has none of our custom fields: create them as an operator would.
@@ -101,9 +88,9 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
         env["APRO_HTTP_PORT"] = str(port)
         children.append(("producer", _spawn("producer", ["producer"], env, log)))
         children.append(("worker", _spawn("worker", ["worker"], env, log)))
-        _wait_http(f"http://{settings.http_host}:{port}/healthz")
+        wait_http(f"http://{settings.http_host}:{port}/healthz")
         if settings.metrics_port:  # the worker is up: the banner is the last thing on the terminal
-            _wait_http(f"http://127.0.0.1:{settings.metrics_port}/metrics", timeout_s=90)
+            wait_http(f"http://127.0.0.1:{settings.metrics_port}/metrics", timeout_s=90)
 
         base = f"http://{settings.http_host}:{port}/webhooks/aestheticspro"
         shown = token or "<one of your APRO_WEBHOOK_TOKENS>"
@@ -135,14 +122,7 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
     except KeyboardInterrupt:
         print("\n  stopping…")
     finally:
-        for _, proc in reversed(children):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for _, proc in reversed(children):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all([proc for _, proc in reversed(children)], timeout_s=10)
         if broker is not None:
             broker.stop()
         log.close()

@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from apro_sync.broker_process import BrokerProcess, die_with_parent, free_port
-from apro_sync.kafka_admin import ensure_topics
+from apro_sync.processes import BrokerProcess, die_with_parent, free_port
+from foundations.kafka_admin import ensure_topics
 
 __all__ = ["EmbeddedBroker", "die_with_parent", "free_port"]
 

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from apro_sync.processes import free_port, stop, wait_port  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 BODY_FILE = REPO / "examples" / "webhooks" / "client_created.json"
@@ -44,7 +45,7 @@ def serve_baseline(port: int) -> None:
 
 
 def serve_producer(port: int, bootstrap: str, prefix: str, log: bool) -> None:
-    from apro_sync.config import Settings
+    from foundations.config import Settings
     from producer.server import run
 
     os.environ["APRO_LOG_LEVEL"] = "INFO" if log else "WARNING"
@@ -133,42 +134,17 @@ def half_load(url: str, connections: int, duration: float, max_rps: float) -> tu
 
 # orchestration --------------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(port: int, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"server on port {port} did not start")
-
-
 def _spawn(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def _raw_records(bootstrap: str, topic: str) -> tuple[int, int]:
-    """(records, distinct request ids) on `topic`, read from the start to the true end (kafka_records.watermarks
+    """(records, distinct request ids) on `topic`, read from the start to the true end (kafka_io.watermarks
     reads past the broker's reported high watermark, which the embedded broker under-reports)."""
     from confluent_kafka import TopicPartition
 
-    from apro_sync import headers
-    from apro_sync.kafka_records import reader, watermarks
+    from apro_sync.ops.kafka_io import reader, watermarks
+    from foundations.formats import headers
 
     consumer = reader(bootstrap)
     try:
@@ -253,9 +229,9 @@ def main() -> None:
         # A Python load generator saturates before the baseline does and flatters the ratio: no ratio without wrk.
         raise SystemExit("wrk not found: install it (Debian/Ubuntu: apt-get install wrk); no ratio without it")
 
-    from apro_sync.config import Settings
-    from apro_sync.kafka_admin import ensure_topics
     from apro_sync.local_brokers import local_broker
+    from foundations.config import Settings
+    from foundations.kafka_admin import ensure_topics
 
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     topics = Settings(topic_prefix=prefix, _env_file=None).topics
@@ -263,11 +239,11 @@ def main() -> None:
     with local_broker(args.broker) as broker:
         ensure_topics(broker.bootstrap, [topics.raw, topics.quarantine], args.partitions)
         for name in ("baseline", "producer"):
-            port = _free_port()
+            port = free_port()
             extra = ["--bootstrap", broker.bootstrap, "--prefix", prefix, "--log", str(int(not args.no_access_log))]
             proc = _spawn("--serve", name, "--port", str(port), *(extra if name == "producer" else []))
             try:
-                _wait_http(port)
+                wait_port(port)
                 url = f"http://127.0.0.1:{port}{PATH}"
                 results = [wrk_load(url, args.connections, 2)]  # warm-up: connections, producer id, topic metadata
                 results.append(wrk_load(url, args.connections, args.duration))
@@ -277,7 +253,7 @@ def main() -> None:
                 if name == "producer":
                     runs[name].intake_accepted = _accepted_by_intake(port)
             finally:
-                _stop(proc)
+                stop(proc)
         records, distinct = _raw_records(broker.bootstrap, topics.raw)
 
     base, prod = runs["baseline"], runs["producer"]

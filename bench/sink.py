@@ -36,13 +36,13 @@ import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: E402
 
-from apro_sync.config import Settings  # noqa: E402
 from apro_sync.embedded_broker import EmbeddedBroker  # noqa: E402
-from sinks.emulator.config import EmulatorConfig, LatencyConfig, LocationConfig  # noqa: E402
-from sinks.emulator.server import ThreadedEmulator  # noqa: E402
+from apro_sync.local_stack import TOKEN, StackConfig, parse_metrics, scrape  # noqa: E402
+from emulator.config import EmulatorConfig, LatencyConfig, LocationConfig  # noqa: E402
+from emulator.server import ThreadedEmulator  # noqa: E402
+from foundations.config import Settings  # noqa: E402
 from sinks.locations import load_locations  # noqa: E402
 from sinks.provision import provision_all  # noqa: E402
-from tests.reliability.harness import TOKEN, StackConfig, parse_metrics, scrape  # noqa: E402
 
 FIXTURES = REPO / "examples" / "webhooks"
 MINIMUM = {"client": 1, "appointment": 4, "invoice": 5}
@@ -297,7 +297,7 @@ def wait_window_clear(recorder: Recorder) -> None:
 
 
 class Stack:
-    """`apro-sync producer` and `apro-sync worker` processes (tests/reliability/harness.py), one topic prefix."""
+    """`apro-sync producer` and `apro-sync worker` processes (apro_sync/local_stack.py), one topic prefix."""
 
     def __init__(self, bootstrap: str, embedded: bool, work: Path, env: dict[str, str]) -> None:
         self.config = StackConfig.for_broker(bootstrap, work, embedded_broker=embedded, partitions=12,

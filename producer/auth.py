@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 
-from apro_sync.config import WebhookToken
+from foundations.config import WebhookToken
 
 
 def check_token(presented: str | None, tokens: Sequence[WebhookToken]) -> WebhookToken | None:

@@ -11,8 +11,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from apro_sync import headers as H
-from streams.payload import MAX_DEPTH, PayloadError, check_nesting, find_client_and_location, parse_body
+from foundations.formats import headers as header_names
+from foundations.formats.raw import MAX_DEPTH, PayloadError, check_nesting, find_client_and_location, parse_body
 
 RESOURCES = frozenset({"clients", "appointments", "invoices"})
 # Records without a client id (test pings, unknown shapes) all share one key so they stay ordered together.
@@ -112,14 +112,14 @@ def raw_headers(
     *, received_at: str, request_id: str, content_type: str, resource: str | None, token_location: str | None
 ) -> list[tuple[str, bytes]]:
     headers = [
-        (H.RECEIVED_AT, received_at.encode()),
-        (H.REQUEST_ID, request_id.encode()),
-        (H.CONTENT_TYPE, content_type[:200].encode("utf-8", "replace")),  # sender-controlled: bounded
+        (header_names.RECEIVED_AT, received_at.encode()),
+        (header_names.REQUEST_ID, request_id.encode()),
+        (header_names.CONTENT_TYPE, content_type[:200].encode("utf-8", "replace")),  # sender-controlled: bounded
     ]
     if resource:
-        headers.append((H.RESOURCE, resource.encode()))
+        headers.append((header_names.RESOURCE, resource.encode()))
     if token_location:
-        headers.append((H.TOKEN_LOCATION, token_location.encode()))
+        headers.append((header_names.TOKEN_LOCATION, token_location.encode()))
     return headers
 
 
@@ -131,5 +131,5 @@ def quarantine_headers(
         received_at=received_at, request_id=request_id, content_type=content_type, resource=resource,
         token_location=token_location,
     )
-    headers.append((H.REASON, reason.encode("utf-8", "replace")))
+    headers.append((header_names.REASON, reason.encode("utf-8", "replace")))
     return headers

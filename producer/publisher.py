@@ -37,10 +37,10 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from apro_sync.config import Settings
-from apro_sync.metrics import PRODUCE_ERRORS
-from apro_sync.kafka_connection import KafkaConnection
-from apro_sync.topics import RECORD_OVERHEAD_BYTES, producer_size_limits
+from foundations.config import Settings
+from foundations.kafka_connection import KafkaConnection
+from foundations.metrics import PRODUCE_ERRORS
+from foundations.topics import RECORD_OVERHEAD_BYTES, producer_size_limits
 
 log = logging.getLogger("apro_sync.producer.publisher")
 
@@ -80,7 +80,7 @@ POLL_INTERVAL_S = 0.0005
 IDLE_POLL_INTERVAL_S = 0.1
 # Key (a client id, at most 128 characters), the apro-* headers (request id ≤ 128, content type ≤ 200, reason,
 # timestamps: under 1 KiB in all) and record/batch framing (~100 bytes), with room to spare.
-RECORD_HEADROOM_BYTES = RECORD_OVERHEAD_BYTES  # the same headroom as the topics' max.message.bytes (apro_sync/topics.py)
+RECORD_HEADROOM_BYTES = RECORD_OVERHEAD_BYTES  # the same headroom as the topics' max.message.bytes (foundations/topics.py)
 BROKER_PROBE_INTERVAL_S = 0.5
 
 

@@ -37,10 +37,18 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from apro_sync.config import Settings
-from apro_sync.logs import configure_logging, get_logger, json_members, json_string, log_enabled, log_members, redact_path
-from apro_sync.kafka_admin import check_credentials
-from apro_sync.metrics import WEBHOOK_LATENCY, WEBHOOKS_RECEIVED, configured_locations
+from foundations.config import Settings
+from foundations.kafka_admin import check_credentials
+from foundations.logs import (
+    configure_logging,
+    get_logger,
+    json_members,
+    json_string,
+    log_enabled,
+    log_members,
+    redact_path,
+)
+from foundations.metrics import WEBHOOK_LATENCY, WEBHOOKS_RECEIVED, configured_locations
 from producer.auth import check_token
 from producer.intake import (
     RESOURCES,

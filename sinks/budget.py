@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 
-from apro_sync.metrics import GHL_LOCATION_PAUSED
+from foundations.metrics import GHL_LOCATION_PAUSED
 from sinks.ghl.ratelimit import RateLimiter
 
 log = logging.getLogger("apro_sync.sink")

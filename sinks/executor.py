@@ -1,9 +1,9 @@
-"""Turns the planner's CRM ops (streams/crm_ops.py) into GoHighLevel calls, one op at a time.
+"""Turns the planner's CRM ops (foundations/formats/crm_commands.py) into GoHighLevel calls, one op at a time.
 
 Pure-ish: given a `GhlClient` (retrying), a non-retrying twin sharing its rate limiter, and the location's
 resolved ids, `OpExecutor.execute(op, state, in_doubt=...)` performs one op and returns the client state with any
 new CRM id recorded. It never writes tables and never decides about retries of whole events: the sink agent
-(sinks/sink_agent.py) does that. Errors: `GhlTransientError` (retry later), `GhlPermanentError` or `SyncError`
+(sinks/agent.py) does that. Errors: `GhlTransientError` (retry later), `GhlPermanentError` or `SyncError`
 (dead-letter the event).
 
 Exactly-once per op (see docs/sync-engine.md):
@@ -29,16 +29,23 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from apro_sync.metrics import SYNC_IDENTITY_CONFLICTS, SYNC_IN_DOUBT
+from foundations.formats import crm_fields
+from foundations.formats.crm_commands import (
+    AddNote,
+    AddTags,
+    CrmOp,
+    EnrollWorkflow,
+    OpKind,
+    UpsertContact,
+    UpsertOpportunity,
+    event_marker,
+)
+from foundations.metrics import SYNC_IDENTITY_CONFLICTS, SYNC_IN_DOUBT
 from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlPermanentError, GhlRateLimited, GhlTransientError
 from sinks.ghl.models import Note
 from sinks.provision import ResolvedIds
-from streams import crm_fields as F
-from streams.crm_ops import (
-    AddNote, AddTags, CrmOp, EnrollWorkflow, OpKind, UpsertContact, UpsertOpportunity, event_marker,
-)
-from streams.state import ClientState, CrmIds, record_contact_id, record_opportunity_id
+from streams.plan.state import ClientState, CrmIds, record_contact_id, record_opportunity_id
 
 log = logging.getLogger("apro_sync.sink.executor")
 
@@ -52,12 +59,12 @@ _RANK = {
     OpKind.ADD_NOTE: 4,
 }
 STAGE_KEYS = {
-    F.STAGE_NEW_LEAD: "new_lead", F.STAGE_BOOKED: "booked", F.STAGE_CANCEL_NO_SHOW: "cancel_no_show",
-    F.STAGE_PATIENT: "patient",
+    crm_fields.STAGE_NEW_LEAD: "new_lead", crm_fields.STAGE_BOOKED: "booked", crm_fields.STAGE_CANCEL_NO_SHOW: "cancel_no_show",
+    crm_fields.STAGE_PATIENT: "patient",
 }
 WORKFLOW_KEYS = {
-    F.WORKFLOW_APPOINTMENTS_UPDATE: "appointments_update", F.WORKFLOW_INVOICE_PAID: "invoice_paid",
-    F.WORKFLOW_BIRTHDAY: "birthday",
+    crm_fields.WORKFLOW_APPOINTMENTS_UPDATE: "appointments_update", crm_fields.WORKFLOW_INVOICE_PAID: "invoice_paid",
+    crm_fields.WORKFLOW_BIRTHDAY: "birthday",
 }
 _NOT_FOUND = (400, 404)  # GHL answers 400 "Contact not found" (and sometimes 404) for a deleted object
 CONFLICT_MARKER_PREFIX = "apro-conflict: "  # + the other client's id: one staff note per contact and client
@@ -220,7 +227,7 @@ class OpExecutor:
 
     def _owner(self, contact: Mapping[str, object]) -> str | None:
         """The AestheticsPro client a GoHighLevel contact belongs to (its APro Client ID field), or None."""
-        field_id = self.ids.custom_fields.get(F.APRO_CLIENT_ID.key)
+        field_id = self.ids.custom_fields.get(crm_fields.APRO_CLIENT_ID.key)
         for entry in contact.get("customFields") or []:  # type: ignore[union-attr]
             if isinstance(entry, Mapping) and entry.get("id") == field_id:
                 value = str(entry.get("value", entry.get("field_value")) or "").strip()

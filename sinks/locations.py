@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from apro_sync.config import Settings
-from streams import crm_fields
+from foundations.config import Settings
+from foundations.formats import crm_fields
 
 
 class LocationsError(ValueError):

@@ -20,13 +20,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
-from apro_sync.config import Settings
+from foundations.config import Settings
+from foundations.formats import crm_fields
+from foundations.formats.crm_fields import CustomField
 from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlError
 from sinks.ghl.models import CustomFieldDef, Pipeline, Workflow
 from sinks.locations import GhlTarget, LocationsError, Ref, load_locations
-from streams import crm_fields
-from streams.crm_fields import CustomField
 
 FOLDER_NOTE = (
     f'Custom fields cannot be put in the "{crm_fields.APRO_FOLDER_NAME}" folder through the API: '

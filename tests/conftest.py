@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from apro_sync.config import Settings
 from apro_sync.embedded_broker import EmbeddedBroker
 from apro_sync.local_brokers import local_broker
+from foundations.config import Settings
 
 if TYPE_CHECKING:
     from apro_sync.apache_kafka import ApacheKafka
@@ -27,7 +27,7 @@ pytest_plugins = ["tests.ghl_emulator_fixture"]
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "examples" / "webhooks"
-OPENAPI = REPO / "sinks" / "emulator" / "openapi"
+OPENAPI = REPO / "emulator" / "openapi"
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sinks.emulator import EmulatorConfig, LocationConfig, ThreadedEmulator
+from emulator import EmulatorConfig, LocationConfig, ThreadedEmulator
 
 TOKEN_1 = "pit-test-location-one-0001"
 TOKEN_2 = "pit-test-location-two-0002"

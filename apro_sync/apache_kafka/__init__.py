@@ -17,9 +17,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from apro_sync.broker_process import BrokerProcess, free_port
-from apro_sync.kafka_admin import wait_for_broker
-from apro_sync.topics import record_max_bytes
+from apro_sync.processes import BrokerProcess, free_port
+from foundations.kafka_admin import wait_for_broker
+from foundations.topics import record_max_bytes
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # as docker-compose.yml: the broker takes any record the producer may send
 

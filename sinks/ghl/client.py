@@ -2,7 +2,7 @@
 Token. Every call goes through the location's `RateLimiter`, is retried on transient errors (see retry.py),
 counted in Prometheus by endpoint *template*, and turned into `GhlTransientError` / `GhlPermanentError`.
 
-Request bodies follow sinks/emulator/openapi/apps/*.json (vendored official specs) (tests/test_ghl_schema_conformance.py checks each).
+Request bodies follow emulator/openapi/apps/*.json (vendored official specs) (tests/sinks/ghl/test_schema_conformance.py checks each).
 Known API defects handled here:
 - upsert (and update) with `tags` replaces every tag of the contact: refused here; use `add_tags`.
 - upsert may ignore the phone when the e-mail matches another contact: detected, flagged, counted, logged.
@@ -27,7 +27,7 @@ import structlog
 from pydantic import SecretStr
 from tenacity import RetryCallState
 
-from apro_sync.metrics import GHL_API_ANOMALIES, GHL_LATENCY, GHL_RATE_LIMITED, GHL_REQUESTS, GHL_RETRIES
+from foundations.metrics import GHL_API_ANOMALIES, GHL_LATENCY, GHL_RATE_LIMITED, GHL_REQUESTS, GHL_RETRIES
 from sinks.ghl.errors import GhlError, GhlPermanentError, GhlRateLimited, GhlTransientError, error_for_status
 from sinks.ghl.models import (
     Contact,

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import date, datetime, timedelta, timezone
 
-from apro_sync.metrics import GHL_DAILY_BUDGET_USED, GHL_RATE_REMAINING
+from foundations.metrics import GHL_DAILY_BUDGET_USED, GHL_RATE_REMAINING
 
 BURST_LIMIT = 100
 BURST_INTERVAL_S = 10.0

@@ -5,7 +5,7 @@
 A finding is an exception out of a target or a broken invariant:
 - intake (`producer.intake.inspect_body`): only PayloadError may escape; a key is at most 128 characters of
   text without control characters (or the fallback key).
-- normalize (`streams.normalize.normalize`): never raises; never "internal error" (an exception it did not
+- normalize (`streams.normalize.rules.normalize`): never raises; never "internal error" (an exception it did not
   expect); the result serializes to JSON; no control character in any text it passes on; ids ≤ 128 chars.
 `check(target, data)` is the same check without atheris: tests/reliability/test_atheris.py replays the kept
 crash inputs (tests/reliability/fuzz_regressions/<target>/) through it.
@@ -35,8 +35,8 @@ class Finding(AssertionError):
 
 
 def check_intake(data: bytes) -> None:
+    from foundations.formats.raw import PayloadError
     from producer.intake import FALLBACK_KEY, inspect_body
-    from streams.payload import PayloadError
 
     ctype, _resource, body = split(data)
     try:
@@ -65,14 +65,14 @@ def _texts(value: Any) -> Any:
 def check_normalize(data: bytes) -> None:
     import json
 
-    from apro_sync import headers as H
-    from streams.events import NormalizedEvent, Skipped, Unreadable
-    from streams.normalize import normalize
+    from foundations.formats import headers as header_names
+    from foundations.formats.normalized import NormalizedEvent, Skipped, Unreadable
+    from streams.normalize.rules import normalize
 
     ctype, resource, body = split(data)
-    headers = {H.CONTENT_TYPE: ctype, H.RECEIVED_AT: "2026-11-20T15:00:00.000+00:00"}
+    headers = {header_names.CONTENT_TYPE: ctype, header_names.RECEIVED_AT: "2026-11-20T15:00:00.000+00:00"}
     if resource:
-        headers[H.RESOURCE] = resource
+        headers[header_names.RESOURCE] = resource
     result = normalize(body, headers)
     if not isinstance(result, (NormalizedEvent, Skipped, Unreadable)):
         raise Finding(f"normalize returned {type(result).__name__}")
@@ -97,12 +97,12 @@ def main() -> None:
     import atheris
 
     target = sys.argv[1]
-    with atheris.instrument_imports(include=["producer", "streams"]):
+    with atheris.instrument_imports(include=["producer", "streams", "foundations"]):
+        import foundations.formats.raw  # noqa: F401
         import producer.intake  # noqa: F401
-        import streams.normalize  # noqa: F401
-        import streams.parse_kind  # noqa: F401
-        import streams.parsing  # noqa: F401
-        import streams.payload  # noqa: F401
+        import streams.normalize.event_kind  # noqa: F401
+        import streams.normalize.rules  # noqa: F401
+        import streams.normalize.values  # noqa: F401
     check_one = TARGETS[target]
     atheris.Setup([sys.argv[0], *sys.argv[2:]], check_one)
     atheris.Fuzz()

@@ -17,258 +17,31 @@ to files under the test's directory so a test can scan them (PHI, secrets) after
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
-import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 
-from apro_sync import headers as H
-from apro_sync.embedded_broker import free_port
-from apro_sync.config import Settings
-from apro_sync.kafka_admin import ensure_topics
-from apro_sync.topics import Topics
-
-T = TypeVar("T")
-
-TOKEN = "rel-token-0123456789abcdefXYZ"  # unbound
-LOC_TOKEN = "rel-loc7-token-0123456789abcdef"  # bound to location "7"
-TOKENS_ENV = f"{TOKEN},{LOC_TOKEN}@7"
-WEBHOOK_PATH = "/webhooks/aestheticspro"
-
-# Environment variables a test must not inherit from the developer's shell (they change what the process does).
-_SCRUBBED_PREFIXES = ("APRO_", "KAFKA_")
-
-
-def wait_until(predicate: Callable[[], T], timeout_s: float, interval_s: float = 0.2, what: str = "condition") -> T:
-    """Poll `predicate` until it returns a truthy value (returned) or raise TimeoutError after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what} not reached within {timeout_s:.0f}s")
-        time.sleep(interval_s)
-
-
-# ------------------------------------------------------------------------------------------------ processes
-
-
-class ServiceProcess:
-    """One `apro-sync <command>` child process with its output captured to `<log_dir>/<name>.{out,err}`.
-
-    `start()` appends to the same files, so the logs of every incarnation (after `kill()`/`restart()`) stay
-    available for the PHI scan.
-    """
-
-    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path, cwd: Path,
-                 ready: Callable[[], bool], ready_timeout_s: float = 60.0) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.env = dict(env)
-        self.log_dir = log_dir
-        self.cwd = cwd
-        self._ready = ready
-        self.ready_timeout_s = ready_timeout_s
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        log_dir.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def stdout_path(self) -> Path:
-        return self.log_dir / f"{self.name}.out"
-
-    @property
-    def stderr_path(self) -> Path:
-        return self.log_dir / f"{self.name}.err"
-
-    @property
-    def log_files(self) -> list[Path]:
-        return [self.stdout_path, self.stderr_path]
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self) -> "ServiceProcess":
-        if self.alive:
-            raise RuntimeError(f"{self.name} already running")
-        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
-            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=out, stderr=err,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        self.starts += 1
-        return self
-
-    def wait_ready(self, timeout_s: float | None = None) -> "ServiceProcess":
-        def check() -> bool:
-            if not self.alive:
-                raise RuntimeError(f"{self.name} exited with {self.returncode} before it was ready; "
-                                   f"see {self.stderr_path}")
-            return self._ready()
-
-        wait_until(check, timeout_s or self.ready_timeout_s, 0.1, f"{self.name} ready")
-        return self
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, no shutdown code runs."""
-        if self.alive:
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self, timeout_s: float = 15.0) -> int | None:
-        """SIGTERM (graceful), SIGKILL after `timeout_s`. Returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        return self.proc.returncode
-
-    def restart(self, *, crash: bool = True) -> "ServiceProcess":
-        self.kill() if crash else self.stop()
-        return self.start().wait_ready()
-
-    def __enter__(self) -> "ServiceProcess":
-        if not self.alive:
-            self.start()
-        return self.wait_ready()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class ProducerProcess(ServiceProcess):
-    def __init__(self, *args: Any, http_port: int, **kwargs: Any) -> None:
-        self.http_port = http_port
-        self.base = f"http://127.0.0.1:{http_port}"
-        super().__init__(*args, ready=lambda: _http_ok(self.base + "/healthz"), **kwargs)
-
-    def webhook_url(self, token: str = TOKEN, resource: str | None = None) -> str:
-        return f"{self.base}{WEBHOOK_PATH}/{token}" + (f"/{resource}" if resource else "")
-
-    @property
-    def metrics_url(self) -> str:
-        return self.base + "/metrics"
-
-
-class WorkerProcess(ServiceProcess):
-    """Ready = its /metrics port answers (the Faust app is built and its agents registered). Joining the group
-    takes a few more seconds: wait for output records, not for readiness, before asserting on them."""
-
-    def __init__(self, *args: Any, metrics_port: int, worker_id: str, **kwargs: Any) -> None:
-        self.metrics_port = metrics_port
-        self.worker_id = worker_id  # also the Faust app id, hence the consumer group id
-        super().__init__(*args, ready=lambda: _http_ok(self.metrics_url), **kwargs)
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-@dataclass
-class StackConfig:
-    """What the producer and worker processes of one test share: broker, topic prefix, tokens, directories."""
-
-    bootstrap: str
-    work_dir: Path
-    topic_prefix: str = field(default_factory=lambda: f"r{uuid.uuid4().hex[:10]}.")
-    partitions: int = 2
-    tokens_env: str = TOKENS_ENV
-    embedded_broker: bool = True
-    max_body_bytes: int | None = None
-    produce_timeout_s: float | None = None
-    retry_after_s: int | None = None
-    log_level: str = "INFO"
-    # For the sync stage (crash tests): APRO_GHL_BASE_URL / APRO_GHL_TOKEN / APRO_GHL_LOCATION_ID and the like.
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def for_broker(cls, bootstrap: str, work_dir: Path, **kwargs: Any) -> "StackConfig":
-        return cls(bootstrap=bootstrap, work_dir=work_dir, **kwargs)
-
-    @property
-    def topics(self) -> Topics:
-        return Topics.with_prefix(self.topic_prefix)
-
-    def create_topics(self) -> None:
-        """Create every topic up front with its production configs (Tansu is in memory: call again after a
-        broker restart)."""
-        settings = Settings(kafka_bootstrap_servers=self.bootstrap, topic_prefix=self.topic_prefix,
-                            topic_partitions=self.partitions, worker_id=f"{self.topic_prefix}worker",
-                            **({"max_body_bytes": self.max_body_bytes} if self.max_body_bytes else {}), _env_file=None)
-        ensure_topics(self.bootstrap, settings.topic_specs())
-
-    def env(self, **overrides: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
-        env.update(
-            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
-            APRO_TOPIC_PREFIX=self.topic_prefix,
-            APRO_TOPIC_PARTITIONS=str(self.partitions),
-            APRO_EMBEDDED_BROKER="true" if self.embedded_broker else "false",
-            APRO_KAFKA_SESSION_TIMEOUT_S="2",  # crash tests: a killed worker's partitions move on quickly
-            APRO_WEBHOOK_TOKENS=self.tokens_env,
-            APRO_LOG_LEVEL=self.log_level,
-            PYTHONUNBUFFERED="1",
-        )
-        for name, value in (("APRO_MAX_BODY_BYTES", self.max_body_bytes),
-                            ("APRO_PRODUCE_TIMEOUT_S", self.produce_timeout_s),
-                            ("APRO_RETRY_AFTER_S", self.retry_after_s)):
-            if value is not None:
-                env[name] = str(value)
-        env.update(self.extra_env)
-        env.update(overrides)
-        return env
-
-    def producer(self, name: str = "producer", http_port: int | None = None) -> ProducerProcess:
-        port = http_port or free_port()
-        cwd = self.work_dir / name
-        cwd.mkdir(parents=True, exist_ok=True)
-        return ProducerProcess(name, [sys.executable, "-m", "apro_sync.cli", "producer"],
-                               self.env(APRO_HTTP_PORT=str(port), APRO_HTTP_HOST="127.0.0.1"),
-                               self.work_dir / "logs", cwd, http_port=port, ready_timeout_s=30)
-
-    def worker(self, name: str = "worker", worker_id: str | None = None, metrics_port: int | None = None,
-               ) -> WorkerProcess:
-        """A worker process. Two workers of one test share `worker_id` (same group) but not their name/state."""
-        wid = worker_id or f"{self.topic_prefix}worker"
-        port = metrics_port or free_port()
-        cwd = self.work_dir / name
-        cwd.mkdir(parents=True, exist_ok=True)
-        env = self.env(APRO_WORKER_ID=wid, APRO_METRICS_PORT=str(port), APRO_STATE_DIR=str(cwd / "state"),
-                       APRO_WORKER_WEB_PORT=str(free_port()))
-        return WorkerProcess(name, [sys.executable, "-m", "apro_sync.cli", "worker"], env, self.work_dir / "logs",
-                             cwd, metrics_port=port, worker_id=wid, ready_timeout_s=60)
-
-    def log_files(self) -> list[Path]:
-        return sorted((self.work_dir / "logs").glob("*.*"))
+from apro_sync.local_stack import (  # noqa: F401 - the tests import these from here
+    LOC_TOKEN,
+    TOKEN,
+    TOKENS_ENV,
+    WEBHOOK_PATH,
+    ProducerProcess,
+    StackConfig,
+    WorkerProcess,
+    metric_sum,
+    parse_metrics,
+    scrape,
+)
+from apro_sync.processes import ServiceProcess, free_port, wait_until  # noqa: F401
+from foundations.formats import headers as header_names
 
 
 # ------------------------------------------------------------------------------------------------ HTTP
@@ -352,28 +125,6 @@ def raw_post(port: int, path: str, headers: Mapping[str, str], chunks: Iterable[
     return int(match.group(1)) if match else 0
 
 
-def scrape(url: str, timeout_s: float = 5.0) -> str:
-    resp = httpx.get(url, timeout=timeout_s)
-    resp.raise_for_status()
-    return resp.text
-
-
-def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Prometheus text → {(sample name, sorted labels): value}."""
-    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
-
-
-def metric_sum(samples: Mapping[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-               **labels: str) -> float:
-    """Sum of a sample over every label set that contains `labels`."""
-    return sum(v for (n, lbls), v in samples.items()
-               if n == name and all((k, val) in lbls for k, val in labels.items()))
-
-
 # ------------------------------------------------------------------------------------------------ Kafka
 
 
@@ -388,7 +139,7 @@ class Record:
 
     @property
     def request_id(self) -> str | None:
-        return self.headers.get(H.REQUEST_ID)
+        return self.headers.get(header_names.REQUEST_ID)
 
 
 def _reader(bootstrap: str) -> Consumer:
@@ -438,7 +189,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0, drain_idle_s
                 if msg.error():
                     continue
                 records.append(Record(topic, msg.partition(), msg.offset(), msg.key(), msg.value(),
-                                      H.to_dict(msg.headers())))
+                                      header_names.to_dict(msg.headers())))
                 next_offset[msg.partition()] = msg.offset() + 1
             if any(not m.error() for m in batch):
                 idle_since = time.monotonic()

@@ -37,9 +37,9 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from apro_sync.config import Settings
-from sinks.emulator.config import EmulatorConfig, RateLimitConfig
-from sinks.emulator.server import EMU, ThreadedEmulator
+from emulator.config import EmulatorConfig, RateLimitConfig
+from emulator.server import EMU, ThreadedEmulator
+from foundations.config import Settings
 from sinks.locations import load_locations
 from sinks.provision import provision_all
 from tests.reliability.generator import GeneratedEvent, GeneratedStream, generate
@@ -193,7 +193,7 @@ class Run:
 
 @dataclass
 class GapReads:
-    """Records Faust dropped on the way to an agent, as the workers logged them (streams/consumer_control.py)."""
+    """Records Faust dropped on the way to an agent, as the workers logged them (workarounds/consumer_control.py)."""
     reads: int = 0  # gaps read from the broker
     records: int = 0  # records in them
     gone: int = 0  # records no longer in the log: never processed

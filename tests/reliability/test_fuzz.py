@@ -26,17 +26,17 @@ from typing import Any
 
 import pytest
 
-from apro_sync import headers as H
-from streams.events import NormalizedEvent, Skipped, Unreadable
-from streams.normalize import normalize
+from foundations.formats import headers as header_names
+from foundations.formats.normalized import NormalizedEvent, Skipped, Unreadable
+from streams.normalize.rules import normalize
 from tests.conftest import FIXTURES
 from tests.reliability.generator import generate
 from tests.reliability.harness import (
     Post,
     Record,
-    next_offsets,
     Stack,
     StackConfig,
+    next_offsets,
     post_many,
     read_topic,
     scrape,
@@ -255,7 +255,7 @@ class Corpus:
 def expected_outcomes(raw: list[Record]) -> dict[str, str]:
     """request id → normalized | skipped | deadletter | duplicate, applying the worker's rules in offset order.
 
-    Mirrors streams/normalize_agent.py `Normalizer.route`: Unreadable → dead-letter; an event id already passed
+    Mirrors streams/normalize/agent.py `Normalizer.route`: Unreadable → dead-letter; an event id already passed
     on in the same partition → duplicate (dropped); a result that cannot be serialized → dead-letter.
     """
     out: dict[str, str] = {}
@@ -306,7 +306,7 @@ def test_generator_expectations_match_the_normalizer() -> None:
     stream = generate(11, clients=40, events=500)
     passed: set[str] = set()
     for event in stream.events:
-        result = normalize(event.body, {H.CONTENT_TYPE: event.content_type, H.RESOURCE: event.resource or ""})
+        result = normalize(event.body, {header_names.CONTENT_TYPE: event.content_type, header_names.RESOURCE: event.resource or ""})
         assert not isinstance(result, Unreadable), (event.seq, result.reason)
         got = ("duplicate" if result.event_id in passed else
                f"skipped:{result.reason.value}" if isinstance(result, Skipped) else "normalized")
@@ -342,7 +342,7 @@ def test_fuzz_producer_and_worker(stack: Stack) -> None:
     quarantine = read_topic(bootstrap, topics.quarantine)
     assert sorted(r.request_id for r in raw) == sorted(accepted)  # each 202 once, nothing else
     assert sorted(r.request_id for r in quarantine) == sorted(rejected)  # each 400 once, with its reason
-    assert all(r.headers.get(H.REASON) for r in quarantine)
+    assert all(r.headers.get(header_names.REASON) for r in quarantine)
 
     expected = expected_outcomes(raw)
     outcome_counts = Counter(expected.values())
@@ -364,10 +364,10 @@ def test_fuzz_producer_and_worker(stack: Stack) -> None:
                 duplicated.append(rec.request_id)
             actual[rec.request_id] = name
             if name in ("skipped", "deadletter"):
-                assert rec.headers.get(H.REASON), (name, rec.request_id)
+                assert rec.headers.get(header_names.REASON), (name, rec.request_id)
             if name == "deadletter":
-                assert rec.headers[H.DLQ_STAGE] == "normalize"
-                assert rec.headers[H.DLQ_SOURCE_TOPIC] == topics.raw
+                assert rec.headers[header_names.DLQ_STAGE] == "normalize"
+                assert rec.headers[header_names.DLQ_SOURCE_TOPIC] == topics.raw
     assert not duplicated, f"{len(duplicated)} records came out twice"
     want = {rid: outcome for rid, outcome in expected.items() if outcome != "duplicate"}
     mismatched = {rid: (want.get(rid), actual.get(rid)) for rid in set(want) | set(actual)
@@ -376,7 +376,7 @@ def test_fuzz_producer_and_worker(stack: Stack) -> None:
     # A dead letter points back at its raw record.
     raw_at = {(r.partition, r.offset): r.request_id for r in raw}
     for rec in got["deadletter"]:
-        source = (int(rec.headers[H.DLQ_SOURCE_PARTITION]), int(rec.headers[H.DLQ_SOURCE_OFFSET]))
+        source = (int(rec.headers[header_names.DLQ_SOURCE_PARTITION]), int(rec.headers[header_names.DLQ_SOURCE_OFFSET]))
         assert raw_at[source] == rec.request_id
 
     committed = wait_committed_to_end(bootstrap, stack.worker.worker_id, topics.raw, timeout_s=60,

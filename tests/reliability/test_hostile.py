@@ -25,12 +25,12 @@ import aiohttp
 import httpx
 import pytest
 
-from apro_sync import headers as H
 from apro_sync.embedded_broker import EmbeddedBroker, free_port
+from foundations.formats import headers as header_names
 from tests.conftest import FIXTURES
 from tests.reliability.harness import (
-    WEBHOOK_PATH,
     TOKEN,
+    WEBHOOK_PATH,
     Post,
     ProducerProcess,
     Stack,
@@ -94,7 +94,7 @@ def test_deeply_nested_body_is_refused_not_fatal(producer_only: Stack) -> None:
     assert [a.status for a in answers] == [400, 400, 202], [a.status for a in answers]
     assert b"nests deeper than 64" in answers[0].body
     quarantined = read_topic(producer_only.config.bootstrap, producer_only.config.topics.quarantine)
-    assert len(quarantined) == 2 and all("nests deeper" in r.headers[H.REASON] for r in quarantined)
+    assert len(quarantined) == 2 and all("nests deeper" in r.headers[header_names.REASON] for r in quarantined)
 
 
 def test_one_size_limit_from_http_to_kafka(producer_only: Stack) -> None:
@@ -426,7 +426,7 @@ def test_control_characters_and_malformed_ids(full_stack: Stack) -> None:
         for r in read_topic(bootstrap, topic):
             if (r.request_id or "").startswith("cc-"):
                 value = json.loads(r.value) if name != "deadletter" and r.value else None
-                out[r.request_id] = (name, value, r.headers.get(H.REASON))
+                out[r.request_id] = (name, value, r.headers.get(header_names.REASON))
     assert set(out) == {p.request_id for p in posts}, sorted(out)
 
     where, event, _ = out["cc-names"]

@@ -23,7 +23,7 @@ import pytest
 
 from apro_sync.apache_kafka import ApacheKafka
 from apro_sync.embedded_broker import EmbeddedBroker
-from apro_sync.kafka_admin import ensure_topics
+from foundations.kafka_admin import ensure_topics
 from tests.conftest import new_restartable_broker
 from tests.reliability.generator import generate
 from tests.reliability.harness import (

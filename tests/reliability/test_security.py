@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from apro_sync import headers as H
+from foundations.formats import headers as header_names
 from tests.conftest import FIXTURES
 from tests.reliability.generator import generate
 from tests.reliability.harness import (
@@ -234,11 +234,11 @@ def test_no_phi_or_secret_in_logs_or_metrics(full_stack: Stack) -> None:
     wait_committed_to_end(bootstrap, stack.worker.worker_id, topics.raw, timeout_s=60, ends=next_offsets(raw))
     dead = dead_letters()
     assert len(dead) == 30, len(dead)
-    assert all(r.headers.get(H.REASON) for r in dead)
+    assert all(r.headers.get(header_names.REASON) for r in dead)
     refused = [r for r in read_topic(bootstrap, topics.quarantine) if (r.request_id or "").startswith("dl-")]
     assert sorted(r.request_id for r in refused) == [f"dl-{n:03d}" for n in range(40) if n % 4 == 1]
-    assert all("surrogate" in r.headers.get(H.REASON, "") for r in refused)
-    reasons = Counter(r.headers[H.REASON].split(":")[0] for r in dead)
+    assert all("surrogate" in r.headers.get(header_names.REASON, "") for r in refused)
+    reasons = Counter(r.headers[header_names.REASON].split(":")[0] for r in dead)
     print(f"\nsecurity: statuses {dict(statuses)}, dead-letter reasons {dict(reasons)}")
 
     metrics = {"producer /metrics": scrape(stack.producer.metrics_url), "worker /metrics": scrape(stack.worker.metrics_url)}

@@ -1,0 +1,1 @@
+"""The record formats shared by every stage: raw webhook, normalized event, CRM commands, header names."""

@@ -1,0 +1,652 @@
+"""The sync engine's I/O side: a Faust agent that executes the planner's CRM ops against GoHighLevel.
+
+Model (docs/sync-engine.md has the full argument):
+- `client_state` table (changelog-backed, memory store rebuilt from the changelog at start), keyed by the
+  AestheticsPro client id, co-partitioned with the normalized topic (same key, same partition count; every write
+  goes to the partition of the event being processed). Value: `ClientState` JSON with its effects ledger.
+- The agent reads the normalized topic without automatic acks and hands each event to one of K lanes
+  (crc32(client id) mod K). A lane is a bounded asyncio queue processed sequentially, so a client's events run
+  strictly in order while different clients progress concurrently; full queues block the agent (backpressure).
+- Per event: plan → write the new state (with its pending effects) and wait for the broker's ack → run every
+  pending op in order, recording `mark_done` (and new CRM ids) in the table after each → ack the event.
+- Acks go through `PartitionAcker`, which acks a partition's events in offset order only (see its docstring for
+  why Faust needs that), so the committed offset never passes an event that is not done or dead-lettered.
+- Transient GoHighLevel failures: the event stays unacked, its lane backs off (capped exponential) and retries;
+  repeated failures pause the location (`LocationBreaker`). Permanent failures: dead-letter topic, then ack.
+- Rebalance or shutdown: lanes stop at the next op boundary (bounded grace, then cancelled), queued events are
+  abandoned (neither acked nor committed); the new owner resumes them from the table's pending effects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import faust
+from pydantic import ValidationError
+
+from foundations import metrics
+from foundations.config import Settings
+from foundations.formats import deadletter
+from foundations.formats import headers as header_names
+from foundations.formats.crm_commands import OpKind
+from foundations.formats.normalized import NormalizedEvent
+from sinks.budget import LocationBreaker, SharedRateLimiter
+from sinks.executor import OpExecutor, SyncError, ordered_pending
+from sinks.ghl.client import GhlClient
+from sinks.ghl.errors import GhlPermanentError, GhlTransientError
+from sinks.ghl.retry import RetryPolicy
+from sinks.locations import GhlTarget, Locations, LocationsError, UnknownLocation, load_locations
+from sinks.provision import ResolvedIdsCache
+from sinks.shadow import CURRENT_OP, Send, ShadowGhlClient
+from streams.plan.planner import Outcome, PlanError, plan
+from streams.plan.state import ClientState, mark_done, park_failed
+from workarounds.consumer_control import SequenceGuard, abandon
+from workarounds.faust_patches import before_consumer_stops, on_rebalance_start
+from workarounds.partition_acker import PartitionAcker
+
+log = logging.getLogger("apro_sync.sink")
+
+STAGE = "sync"
+TABLE_NAME = "client_state"
+CHANGELOG_TOPIC = "apro.state.client-state-changelog"
+SHADOW_CHANGELOG_TOPIC = "apro.state.client-state-shadow-changelog"  # shadow mode's own state (sinks/shadow.py)
+CHANGELOG_SERIALIZER = "json"  # what faust.Table uses for str keys/values; the changelog topic must match it
+AUTH_STATUSES = (401, 403)  # credentials rejected: pause the location (after a location-level check)
+UNEXPECTED_MAX_ATTEMPTS = 3  # an unexpected exception (a bug) is retried this often, then dead-lettered
+
+
+class Abandoned(Exception):
+    """The lane must drop the event without acking it (partition revoked or worker stopping)."""
+
+
+# ------------------------------------------------------------------------------------------------- targets
+
+
+class LocationRuntime:
+    """Clients, resolved ids and breaker of one GoHighLevel location (shared by all lanes of this worker)."""
+
+    def __init__(self, target: GhlTarget, settings: Settings, ids_cache: ResolvedIdsCache,
+                 metrics_label: str | None = None, shadow_send: Send | None = None) -> None:
+        self.target = target
+        self.label = target.ghl_location_id
+        limiter = SharedRateLimiter(metrics_label or target.label, share=settings.ghl_rate_share,
+                                    daily_pace_from=settings.ghl_daily_pace_from)
+        # Shadow mode: writes are recorded to the shadow topic instead of sent (reads still go to GoHighLevel).
+        client_class: Any = GhlClient
+        if shadow_send is not None:
+            client_class = functools.partial(ShadowGhlClient, send=shadow_send)
+        self.client = client_class(settings.ghl_base_url, target.token, target.ghl_location_id, limiter=limiter,
+                                   timeout=settings.ghl_timeout_s, max_retries=settings.ghl_max_retries,
+                                   metrics_location=target.label)
+        # Same limiter, no automatic retries: notes and enrollments retry in the executor, checking first.
+        self.once = client_class(settings.ghl_base_url, target.token, target.ghl_location_id, limiter=limiter,
+                                 timeout=settings.ghl_timeout_s, retry_policy=RetryPolicy(max_attempts=1),
+                                 metrics_location=target.label)
+        self.breaker = LocationBreaker(target.label, threshold=settings.sink_pause_after,
+                                       base_s=settings.sink_pause_s, max_s=settings.sink_pause_max_s)
+        self._ids_cache = ids_cache
+        self._executor: OpExecutor | None = None
+
+    async def executor(self) -> OpExecutor:
+        if self._executor is None:
+            ids = await self._ids_cache.get(self.client, self.target)
+            for warning in ids.warnings:
+                log.warning("sink: GoHighLevel location %s: %s", self.label, warning)
+            if ids.missing:
+                log.warning("sink: GoHighLevel location %s is missing %s; run `apro-sync provision`",
+                            self.label, "; ".join(ids.missing))
+            self._executor = OpExecutor(self.client, self.once, ids, self.label)
+        return self._executor
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.once.aclose()
+
+
+# ------------------------------------------------------------------------------------------------- engine
+
+
+@dataclass
+class _Item:
+    event: faust.EventT
+    generation: int
+    attempts: int = 0
+    failures: int = 0
+    probe: tuple[LocationBreaker, int] | None = None  # this attempt probes a paused location
+
+
+@dataclass
+class Lane:
+    index: int
+    queue: asyncio.Queue[_Item]
+    task: asyncio.Task[None] | None = None
+    current: asyncio.Task[None] | None = None
+    current_item: _Item | None = None
+    clean: set[str] = field(default_factory=set)  # op ids planned here and never attempted: not in doubt
+
+
+class SyncEngine:
+    def __init__(self, app: faust.App, settings: Settings, locations: Locations, table: Any,
+                 deadletter: faust.TopicT, *, sleep: Callable[[float], Any] = asyncio.sleep,
+                 shadow_send: Send | None = None) -> None:
+        self.app = app
+        self.shadow_send = shadow_send
+        self.settings = settings
+        self.locations = locations
+        self.location_labels = metrics.LocationLabels.from_settings(settings)  # bounded `location` label values
+        # GoHighLevel-side series are labelled by the configured target label (name or GHL location id) only.
+        self.ghl_labels = metrics.LocationLabels(t.label for t in locations.targets())
+        for target in locations.targets():  # exported from the start, before the first answer of the day
+            metrics.GHL_DAILY_BUDGET_USED.labels(self.ghl_labels(target.label)).set(0)
+        self.table = table
+        self.deadletter_topic = deadletter
+        self.acker = PartitionAcker()
+        self.sequence = SequenceGuard.for_agent(app, settings, "sync")
+        self.generation = 0
+        self._fence = asyncio.Event()
+        self._ids_cache = ResolvedIdsCache()
+        self._runtimes: dict[str, LocationRuntime] = {}
+        self.lanes: list[Lane] = []
+        self._sleep = sleep
+        self._stopping = False
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def runtime(self, target: GhlTarget) -> LocationRuntime:
+        rt = self._runtimes.get(target.ghl_location_id)
+        if rt is None:
+            rt = self._runtimes[target.ghl_location_id] = LocationRuntime(target, self.settings, self._ids_cache,
+                                                                          self.ghl_labels(target.label),
+                                                                          shadow_send=self.shadow_send)
+        return rt
+
+    def runtime_by_label(self, label: str) -> LocationRuntime:
+        for target in self.locations.targets():
+            if target.ghl_location_id == label:
+                return self.runtime(target)
+        raise SyncError("pending op for a GoHighLevel location no longer configured")
+
+    def start(self) -> None:
+        if self.lanes:
+            return
+        self._fence = asyncio.Event()
+        self.lanes = [Lane(i, asyncio.Queue(maxsize=self.settings.sink_lane_queue))
+                      for i in range(self.settings.sink_lanes)]
+        for lane in self.lanes:
+            lane.task = asyncio.ensure_future(self._run_lane(lane))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.fence("stopping")
+        for lane in self.lanes:
+            if lane.task is not None:
+                lane.task.cancel()
+        await asyncio.gather(*(lane.task for lane in self.lanes if lane.task), return_exceptions=True)
+        self.lanes = []
+        for rt in self._runtimes.values():
+            await rt.aclose()
+        self._runtimes.clear()
+        await self.sequence.close()
+
+    def close_intake(self) -> None:
+        """Worker stopping: abandon what is in flight and refuse (abandon) whatever the agent still submits."""
+        self._stopping = True
+        self.fence("stopping")
+
+    def lane_for(self, client_key: bytes | str | None) -> Lane:
+        data = client_key if isinstance(client_key, bytes) else str(client_key or "").encode()
+        return self.lanes[zlib.crc32(data) % len(self.lanes)]
+
+    async def submit(self, event: faust.EventT) -> None:
+        """Called by the agent, in partition order. Blocks when the lane's queue is full (backpressure)."""
+        if self._stopping:
+            # The agent may still hand over buffered events after the stop fence. Processing one could ack it
+            # past an abandoned earlier event of the same partition (and run a client's events out of order).
+            abandon(self.app, event)
+            return
+        generation = self.generation
+        # A repeat gives nothing; a record after ones Faust dropped on the way gives those (read from the broker)
+        # first, so each client's events still reach its lane in order.
+        for admitted in await self.sequence.admit(event):
+            if self._stopping or self.generation != generation:
+                abandon(self.app, admitted)  # fenced meanwhile: redelivered to the partition's next owner
+                continue
+            self.start()
+            self.acker.track(admitted)
+            await self.lane_for(admitted.message.key).queue.put(_Item(admitted, generation))
+
+    def fence(self, why: str) -> None:
+        """Rebalance or shutdown: every delivered event not yet done is abandoned (not acked, not committed).
+        In-flight events stop at their next op boundary; after the grace period they are cancelled."""
+        self.generation += 1
+        old, self._fence = self._fence, asyncio.Event()
+        old.set()
+        abandoned = self.acker.clear()
+        self.sequence.forget()
+        for lane in self.lanes:
+            while not lane.queue.empty():
+                lane.queue.get_nowait()
+            lane.clean.clear()
+        for event in abandoned:
+            abandon(self.app, event)
+        if abandoned:
+            log.info("sink: %s: %d unfinished event(s) left for redelivery", why, len(abandoned))
+        generation = self.generation
+        busy = [lane for lane in self.lanes if lane.current is not None and not lane.current.done()]
+        if busy:
+            asyncio.ensure_future(self._cancel_after_grace(busy, generation))
+
+    async def _cancel_after_grace(self, lanes: list[Lane], generation: int) -> None:
+        deadline = time.monotonic() + self.settings.sink_revoke_grace_s
+        while time.monotonic() < deadline and any(
+                lane.current is not None and not lane.current.done() and lane.current_item is not None
+                and lane.current_item.generation < generation for lane in lanes):
+            await asyncio.sleep(0.02)
+        for lane in lanes:
+            item = lane.current_item
+            if lane.current is not None and not lane.current.done() and item is not None \
+                    and item.generation < generation:
+                lane.current.cancel()
+
+    # -- lanes -----------------------------------------------------------------------------------------------
+    async def _run_lane(self, lane: Lane) -> None:
+        while True:
+            item = await lane.queue.get()
+            lane.current_item = item
+            lane.current = asyncio.ensure_future(self._handle(lane, item))
+            try:
+                await lane.current
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the lane itself is stopping
+                abandon(self.app, item.event)  # cancelled by a fence: left for redelivery
+            except Exception:  # noqa: BLE001 - _handle never raises; belt and braces
+                log.exception("sink: lane %d crashed on an event; it will be redelivered", lane.index)
+                abandon(self.app, item.event)
+            finally:
+                lane.current = None
+                lane.current_item = None
+
+    def _check(self, item: _Item) -> None:
+        if item.generation != self.generation:
+            raise Abandoned()
+
+    async def _wait(self, seconds: float, item: _Item, wake: asyncio.Event | None = None) -> None:
+        """Sleep, but wake (and abandon) at once on a fence; also wake early when `wake` is set."""
+        waits = [asyncio.ensure_future(self._fence.wait())]
+        if wake is not None:
+            waits.append(asyncio.ensure_future(wake.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        self._check(item)
+
+    async def _handle(self, lane: Lane, item: _Item) -> None:
+        """Process one event until done, dead-lettered or abandoned. Never raises (except cancellation)."""
+        try:
+            while not await self._attempt(lane, item):
+                pass
+        except Abandoned:
+            abandon(self.app, item.event)
+
+    @staticmethod
+    def _end_probe(item: _Item) -> None:
+        """An attempt that probed a paused location and ended without a verdict (no GoHighLevel call,
+        dead-lettered, abandoned) frees the probe slot for another lane."""
+        if item.probe is not None:
+            breaker, token = item.probe
+            item.probe = None
+            breaker.release_probe(token)
+
+    async def _attempt(self, lane: Lane, item: _Item) -> bool:
+        """One try at an event: True when it is finished (done or dead-lettered), False to try again."""
+        try:
+            return await self._attempt_once(lane, item)
+        finally:
+            self._end_probe(item)
+
+    async def _attempt_once(self, lane: Lane, item: _Item) -> bool:
+        event = item.event
+        try:
+            self._check(item)
+            await self._process(lane, item)
+            self.acker.finish(event)
+            return True
+        except (Abandoned, asyncio.CancelledError):
+            raise
+        except GhlTransientError as exc:
+            item.failures += 1
+            breaker = self._breaker_failure(item)
+            if breaker is not None and breaker.tripped:
+                # The location is paused: the next attempt waits in `wait_ready` for the pause and the probe
+                # (and goes at once when the probe succeeds), not for this lane's own backoff.
+                log.warning("sink: transient GoHighLevel failure (%s); event %s held while the location is "
+                            "paused (%.1fs left, failure %d)", exc.reason, _event_id(item), breaker.paused_for,
+                            item.failures)
+                self._check(item)
+                return False
+            delay = min(self.settings.sink_retry_max_s,
+                        self.settings.sink_retry_base_s * (2 ** min(item.failures - 1, 16)))
+            delay *= 0.5 + random.random() / 2
+            log.warning("sink: transient GoHighLevel failure (%s); event %s retried in %.1fs (failure %d)",
+                        exc.reason, _event_id(item), delay, item.failures)
+            await self._wait(delay, item, breaker.closed_event if breaker is not None else None)
+            return False
+        except GhlPermanentError as exc:
+            if exc.status in AUTH_STATUSES and (pause := await self._credentials_rejected(item, exc)) is not None:
+                await self._wait(pause, item)  # held, not dead-lettered: the location is paused until a probe works
+                return False
+            return await self._deadletter_safely(lane, item, _reason(exc))
+        except (SyncError, PlanError, UnknownLocation, LocationsError, _Unreadable) as exc:
+            return await self._deadletter_safely(lane, item, _reason(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug or a Kafka error: retry a few times, then dead-letter
+            item.attempts += 1
+            log.exception("sink: unexpected error (%s) on event %s (attempt %d)", type(exc).__name__,
+                          _event_id(item), item.attempts)
+            if item.attempts >= UNEXPECTED_MAX_ATTEMPTS:
+                return await self._deadletter_safely(lane, item, f"internal error: {type(exc).__name__}")
+            await self._wait(min(self.settings.sink_retry_max_s,
+                                 self.settings.sink_retry_base_s * 2 ** item.attempts), item)
+            return False
+
+    async def _credentials_rejected(self, item: _Item, exc: GhlPermanentError) -> float | None:
+        """A 401/403: is it the location's credentials (bad or rotated token, missing scope) or this one
+        request? A location-level read with the same token tells. Credentials → the location is paused (every
+        lane; the gauge apro_ghl_location_paused says so) and the pause is returned; None → dead-letter."""
+        try:
+            rt = self.runtime(self.locations.resolve(_parse(item.event).location))
+        except Exception:  # noqa: BLE001 - cannot tell: dead-letter as before
+            return None
+        try:
+            await rt.client.list_custom_fields()
+        except GhlPermanentError as probe:
+            if probe.status not in AUTH_STATUSES:
+                return None
+        except GhlTransientError:  # cannot tell now: retry later
+            return rt.breaker.record_failure(_probe_token(item, rt.breaker)) or self.settings.sink_retry_base_s
+        else:
+            rt.breaker.record_success()
+            return None  # the token works for the location: this request alone was refused
+        pause = rt.breaker.record_auth_failure(_probe_token(item, rt.breaker))
+        # No secret here: the status, the endpoint template and the GoHighLevel location id only.
+        log.warning("sink: GoHighLevel location %s rejects the configured credentials (%s); location paused "
+                    "for %.1fs, events held (check the token and its scopes)", rt.label, exc.reason, pause)
+        return pause
+
+    def _breaker_failure(self, item: _Item) -> LocationBreaker | None:
+        """Count a transient failure on the event's location breaker (once per probe while paused)."""
+        try:
+            target = self.locations.resolve(_parse(item.event).location)
+        except Exception:  # noqa: BLE001
+            return None
+        breaker = self.runtime(target).breaker
+        breaker.record_failure(_probe_token(item, breaker))
+        return breaker
+
+    async def _deadletter_safely(self, lane: Lane, item: _Item, reason: str) -> bool:
+        """Dead-letter and ack; on a Kafka failure keep the event (retry later). True when done."""
+        try:
+            await self._deadletter(lane, item, reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.warning("sink: dead-letter write failed (%s); retrying", type(exc).__name__)
+            await self._wait(self.settings.sink_retry_base_s, item)
+            return False
+        self.acker.finish(item.event)
+        return True
+
+    # -- one event -------------------------------------------------------------------------------------------
+    def _load(self, client_id: str) -> ClientState | None:
+        raw = self.table.get(client_id)
+        if raw is None:
+            return None
+        return ClientState.from_json(raw)
+
+    def _save(self, client_id: str, state: ClientState, partition: int) -> Any:
+        """Write the state to the table: local store + changelog record on the event's partition. Returns the
+        changelog send future (await it for durability)."""
+        value = state.to_json().decode()
+        fut = self.table.send_changelog(partition, client_id, value)
+        self.table.data[client_id] = value
+        return fut
+
+    async def _process(self, lane: Lane, item: _Item) -> None:
+        event = item.event
+        ev = _parse(event)
+        target = self.locations.resolve(ev.location)
+        rt = self.runtime(target)
+        token = await rt.breaker.wait_ready(self._fence)
+        if token:
+            item.probe = (rt.breaker, token)  # released by _attempt unless a verdict was recorded
+        self._check(item)
+        executor = await rt.executor()
+        location = self.location_labels(ev.location.key)
+        metrics.LAST_EVENT_TIME.labels(location=location).set(time.time())
+        partition = event.message.partition
+        client_id = ev.client.id
+        state = self._load(client_id)
+        now = datetime.fromtimestamp(event.message.timestamp or time.time(), timezone.utc)
+        # An operator redrive / replay resumes the ops a dead letter of this event parked (docs/sync-engine.md).
+        resume_failed = header_names.REPLAY in header_names.to_dict(event.message.headers)
+        p = plan(ev, state, location_label=rt.label, now=now, default_timezone=self.settings.default_timezone,
+                 resume_failed=resume_failed)
+        if state is None or p.new_state != state:
+            await self._save(client_id, p.new_state, partition)  # durable BEFORE any GoHighLevel call
+            if p.outcome is Outcome.RESUMED:
+                log.info("sink: resuming %d op(s) of dead-lettered event %s", len(p.ops), ev.event_id)
+            else:  # resumed ops were attempted before: in doubt
+                lane.clean.update(op.op_id for op in p.ops)
+        if item.attempts == 0 and item.failures == 0:
+            metrics.SYNC_OUTCOMES.labels(location, p.outcome.value).inc()
+        state = p.new_state
+        pending = ordered_pending(state)
+        last_write = None
+        for op in pending:
+            self._check(item)  # stop at an op boundary on a fence
+            op_rt = rt if op.location_label == rt.label else self.runtime_by_label(op.location_label)
+            op_executor = executor if op_rt is rt else await op_rt.executor()
+            in_doubt = op.op_id not in lane.clean
+            lane.clean.discard(op.op_id)
+            CURRENT_OP.set((client_id, op.event_id, op.op_id))  # names the op in shadow records
+            state = await op_executor.execute(op, state, in_doubt=in_doubt)
+            state = mark_done(state, op.op_id)
+            last_write = self._save(client_id, state, partition)
+            if op.kind is OpKind.ENROLL_WORKFLOW:
+                await last_write  # shrink the one window the API cannot settle (docs/sync-engine.md)
+            op_rt.breaker.record_success()
+            if not any(e.event_id == op.event_id for e in state.effects):
+                op_executor.forget(op.event_id)
+        if last_write is not None:
+            await last_write
+        if pending or p.outcome is Outcome.APPLIED:
+            rt.breaker.record_success()
+        if pending:
+            metrics.EVENTS_SYNCED.labels(location=location, kind=ev.kind.value).inc()
+            received = ev.received_at or _received_header(event)
+            if received is not None:
+                metrics.SYNC_E2E_LATENCY.labels(location=location).observe(
+                    max(0.0, time.time() - received.timestamp()))
+
+    async def _deadletter(self, lane: Lane, item: _Item, reason: str) -> None:
+        event = item.event
+        message = event.message
+        location = "unknown"
+        event_id = ""
+        try:
+            ev = _parse(event)
+            location, event_id = ev.location.key, ev.event_id
+            # Park the remaining ops (not done, not applied) so the client's later events are not blocked behind
+            # them and a redrive of this dead letter resumes exactly them.
+            state = self._load(ev.client.id)
+            if state is not None and state.effects:
+                await self._save(ev.client.id, park_failed(state, event_id), message.partition)
+        except _Unreadable:
+            pass
+        headers = header_names.to_dict(message.headers)
+        headers.update(deadletter.build(
+            stage=STAGE, reason=reason, event_id=event_id or headers.get(header_names.DLQ_EVENT_ID, ""),
+            source_topic=message.topic, source_partition=message.partition, source_offset=message.offset,
+            location=location))
+        raw = message.value if isinstance(message.value, bytes) else (event.value or b"")
+        key = message.key if isinstance(message.key, bytes) else None
+        fut = await self.deadletter_topic.send(key=key, value=raw,
+                                               headers=[(k, v.encode()) for k, v in headers.items()])
+        await fut
+        metrics.EVENTS_DEADLETTERED.labels(location=self.location_labels(location), stage=STAGE,
+                                     reason=_reason_label(reason)).inc()
+        log.warning("sink: event %s dead-lettered: %s", event_id or "?", reason)
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+
+class _Unreadable(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _parse(event: faust.EventT) -> NormalizedEvent:
+    cached = getattr(event, "_apro_parsed", None)
+    if cached is not None:
+        return cached
+    raw = event.message.value if isinstance(event.message.value, bytes) else event.value
+    try:
+        parsed = NormalizedEvent.model_validate_json(raw or b"")
+    except ValidationError:
+        raise _Unreadable("unreadable normalized event") from None
+    try:
+        event._apro_parsed = parsed  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    return parsed
+
+
+def _probe_token(item: _Item, breaker: LocationBreaker) -> int:
+    """The attempt's probe token on `breaker` (0 when this attempt is not its probe)."""
+    if item.probe is not None and item.probe[0] is breaker:
+        return item.probe[1]
+    return 0
+
+
+def _event_id(item: _Item) -> str:
+    try:
+        return _parse(item.event).event_id
+    except _Unreadable:
+        return "?"
+
+
+def _received_header(event: faust.EventT) -> datetime | None:
+    value = header_names.to_dict(event.message.headers).get(header_names.RECEIVED_AT)
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, (GhlPermanentError, SyncError, _Unreadable)):
+        return exc.reason
+    if isinstance(exc, PlanError):
+        return f"plan: {exc}"
+    if isinstance(exc, UnknownLocation):
+        return "unknown location: no locations-file entry and no default"
+    return type(exc).__name__
+
+
+def _reason_label(reason: str) -> str:
+    """A bounded metric label: the reason's first clause without ids ("HTTP 422 from POST /contacts/upsert")."""
+    return reason.split(":")[0][:60]
+
+
+# ------------------------------------------------------------------------------------------------- wiring
+
+
+def changelog_topic_name(settings: Settings, *, shadow: bool | None = None) -> str:
+    """The client_state changelog (named by the topic prefix); shadow mode keeps its state apart."""
+    shadow = settings.sink_mode == "shadow" if shadow is None else shadow
+    return f"{settings.topic_prefix}{SHADOW_CHANGELOG_TOPIC if shadow else CHANGELOG_TOPIC}"
+
+
+def ghl_configured(settings: Settings) -> bool:
+    return bool(settings.locations_file or settings.ghl_location_id)
+
+
+def register_sink(app: faust.App, settings: Settings) -> None:
+    """Declare the client_state table, the dead-letter topic and the sync agent on `app`.
+
+    Without any GoHighLevel configuration (no APRO_LOCATIONS_FILE, no APRO_GHL_LOCATION_ID) the sink is disabled
+    and the worker runs normalization only. A partial configuration (e.g. a location without a token) fails fast.
+    """
+    if not ghl_configured(settings):
+        log.warning("sink disabled: no GoHighLevel configuration (set APRO_GHL_LOCATION_ID and APRO_GHL_TOKEN, "
+                    "or APRO_LOCATIONS_FILE); the worker runs normalization only")
+        return
+    locations = load_locations(settings)
+    names = settings.topics
+    partitions = settings.topic_partitions
+    normalized = app.topic(names.normalized, key_type=bytes, value_type=bytes, key_serializer="raw",
+                           value_serializer="raw", partitions=partitions)
+    deadletter = app.topic(names.deadletter, key_type=bytes, value_type=bytes, key_serializer="raw",
+                           value_serializer="raw", partitions=partitions)
+    # The changelog is named by the topic prefix, not by the app id, so a replay under a fresh consumer group
+    # (a new APRO_WORKER_ID) keeps the same state: the planner then recognizes every replayed event.
+    # The table serializes str keys and values as JSON (Faust's default for non-bytes types); a changelog topic
+    # passed in explicitly must decode them the same way, or recovery rebuilds the table under the JSON text of
+    # each key ('"48213"' instead of '48213') and every lookup after a restart or replay misses.
+    changelog = app.topic(changelog_topic_name(settings), key_type=str, value_type=str,
+                          key_serializer=CHANGELOG_SERIALIZER, value_serializer=CHANGELOG_SERIALIZER,
+                          partitions=partitions, compacting=True, deleting=False, internal=True)
+    table = app.Table(TABLE_NAME, default=None, partitions=partitions, key_type=str, value_type=str,
+                      changelog_topic=changelog,
+                      help="Per AestheticsPro client: LTV ledger, appointments, CRM ids, effects ledger.")
+    if (table.key_serializer, table.value_serializer) != (changelog.key_serializer, changelog.value_serializer):
+        raise RuntimeError("client_state changelog serializers differ from the table's: recovery would lose state")
+    shadow_send = None
+    if settings.sink_mode == "shadow":
+        shadow_topic = app.topic(names.shadow, key_type=bytes, value_type=bytes, key_serializer="raw",
+                                 value_serializer="raw", partitions=partitions)
+
+        async def shadow_send(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+            await (await shadow_topic.send(key=key, value=value, headers=headers))
+
+        log.warning("sink in SHADOW mode: GoHighLevel writes are recorded to %s, not sent", names.shadow)
+    engine = SyncEngine(app, settings, locations, table, deadletter, shadow_send=shadow_send)
+
+    # Fence before Faust waits for in-flight events (wait_empty), i.e. at the very start of a rebalance.
+    on_rebalance_start(app, lambda: engine.fence("rebalance"))
+    before_consumer_stops(app, engine.close_intake)
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:  # noqa: ARG001
+        engine.sequence.forget(revoked)
+        if engine.acker.in_flight():
+            engine.fence("partitions revoked")
+
+    @app.agent(normalized, name="sync")
+    async def sync_agent(stream: faust.StreamT) -> None:
+        try:
+            async for event in stream.noack().events():
+                await engine.submit(event)
+        finally:
+            await engine.stop()
+
+    app.sync_engine = engine  # type: ignore[attr-defined]  # for tests
+
+
+__all__ = ["SyncEngine", "changelog_topic_name", "ghl_configured", "register_sink"]

@@ -1,0 +1,198 @@
+"""Event kind and status words → what happened (pure).
+
+AestheticsPro spells the same event many ways (`appointment.created`, `AppointmentCreated`, `Appointment.Created`,
+`appointment_booked`, `type: appointment` + `action: cancelled`) and statuses likewise (Booked / Scheduled /
+Confirmed, Cancelled / Canceled, No Show / NoShow / no_show). Everything is reduced to lower-case words first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from enum import StrEnum
+
+from foundations.formats.normalized import AppointmentStatus, EventKind, MembershipStatus
+
+
+class Entity(StrEnum):
+    CLIENT = "client"
+    APPOINTMENT = "appointment"
+    INVOICE = "invoice"
+    MEMBERSHIP = "membership"
+
+
+_ENTITY_WORDS = {
+    "client": Entity.CLIENT, "clients": Entity.CLIENT, "customer": Entity.CLIENT, "customers": Entity.CLIENT,
+    "patient": Entity.CLIENT, "patients": Entity.CLIENT, "guest": Entity.CLIENT, "contact": Entity.CLIENT,
+    "appointment": Entity.APPOINTMENT, "appointments": Entity.APPOINTMENT, "appt": Entity.APPOINTMENT,
+    "appts": Entity.APPOINTMENT, "booking": Entity.APPOINTMENT, "bookings": Entity.APPOINTMENT,
+    "invoice": Entity.INVOICE, "invoices": Entity.INVOICE, "payment": Entity.INVOICE, "sale": Entity.INVOICE,
+    "ticket": Entity.INVOICE,
+    "membership": Entity.MEMBERSHIP, "memberships": Entity.MEMBERSHIP, "clientmembership": Entity.MEMBERSHIP,
+    "subscription": Entity.MEMBERSHIP, "subscriptions": Entity.MEMBERSHIP,
+}
+_TEST_WORDS = {"test", "ping", "testping", "webhooktest", "verification", "verify", "hello"}
+
+# Status / action words, compared with separators removed ("No Show" → "noshow").
+BOOKED_WORDS = {"booked", "book", "scheduled", "schedule", "confirmed", "confirm", "created", "create", "new",
+                "added", "add", "pending", "requested"}
+CANCELLED_WORDS = {"cancelled", "canceled", "cancel", "cancellation", "lateCancel".lower(), "latecancelled",
+                   "latecanceled"}
+NO_SHOW_WORDS = {"noshow", "noshowed", "noshown", "missed", "didnotshow", "dns"}
+UPDATED_WORDS = {"updated", "update", "rescheduled", "reschedule", "changed", "modified", "edited", "moved",
+                 "saved", "upserted"}
+DELETED_WORDS = {"deleted", "delete", "removed", "remove", "destroyed"}
+COMPLETED_WORDS = {"completed", "complete", "checkedout", "checkout", "finished", "closed"}
+PAID_WORDS = {"paid", "pay", "payment", "paymentreceived", "closed", "completed", "settled"}
+REFUNDED_WORDS = {"refunded", "refund", "partiallyrefunded", "refundissued"}
+VOIDED_WORDS = {"voided", "void", "cancelled", "canceled"}
+RENEWED_WORDS = {"renewed", "renew", "renewal", "autorenewed", "rebilled", "extended"}
+EXPIRED_WORDS = {"expired", "expire", "expiration", "lapsed", "ended", "end", "terminated"}
+MEMBERSHIP_CREATED_WORDS = {"created", "create", "new", "added", "add", "started", "start", "activated",
+                            "enrolled", "joined", "purchased", "sold", "signup", "signedup"}
+ACTIVE_WORDS = {"active", "current", "activated", "enrolled"}
+
+
+def words(text: str) -> list[str]:
+    """`AppointmentCreated` / `appointment.no_show` / `Appointment Created` → lower-case words."""
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", text)
+    return [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
+
+
+def squash(text: str | None) -> str:
+    """`No Show` / `no_show` / `NoShow` → `noshow`."""
+    return re.sub(r"[^a-z0-9]", "", (text or "").lower())
+
+
+@dataclass(frozen=True)
+class KindWords:
+    entity: Entity | None
+    action: str  # squashed action words ("created", "noshow"), "" when none
+    is_test: bool
+
+
+@lru_cache(maxsize=1024)
+def read_kind(kind: str | None, action: str | None = None) -> KindWords:
+    """Split an event kind (plus an optional separate action field) into entity and action.
+
+    Memoised (pure, the result is frozen): a sender spells its few event kinds the same way every time."""
+    all_words = words(kind or "") + words(action or "")
+    entity = None
+    rest: list[str] = []
+    for word in all_words:
+        if entity is None and word in _ENTITY_WORDS:
+            entity = _ENTITY_WORDS[word]
+        elif word not in _ENTITY_WORDS and word not in {"event", "webhook", "hook"}:
+            rest.append(word)
+    joined = "".join(rest)
+    is_test = bool(_TEST_WORDS.intersection(all_words)) or joined in _TEST_WORDS
+    return KindWords(entity, joined, is_test)
+
+
+def appointment_status(status: str | None) -> AppointmentStatus | None:
+    word = squash(status)
+    if not word:
+        return None
+    if word in CANCELLED_WORDS:
+        return AppointmentStatus.CANCELLED
+    if word in NO_SHOW_WORDS:
+        return AppointmentStatus.NO_SHOW
+    if word in DELETED_WORDS:
+        return AppointmentStatus.DELETED
+    if word in COMPLETED_WORDS:
+        return AppointmentStatus.COMPLETED
+    if word in BOOKED_WORDS or word in {"rescheduled", "checkedin", "arrived", "inprogress"}:
+        return AppointmentStatus.BOOKED
+    return None
+
+
+def appointment_kind(action: str, status: str | None) -> tuple[EventKind, AppointmentStatus] | None:
+    """(kind, status on the Appointment), or None for an appointment event we do not act on.
+
+    An update (reschedule) whose status says cancelled / no-show is that change; a missing action (the URL said
+    "appointments" and nothing else) is decided by the status, and with no status at all it is an update.
+    """
+    said = appointment_status(status)
+    if action in CANCELLED_WORDS:
+        return EventKind.APPOINTMENT_CANCELLED, AppointmentStatus.CANCELLED
+    if action in NO_SHOW_WORDS:
+        return EventKind.APPOINTMENT_NO_SHOW, AppointmentStatus.NO_SHOW
+    if action in DELETED_WORDS:
+        return EventKind.APPOINTMENT_DELETED, AppointmentStatus.DELETED
+    if action in BOOKED_WORDS:
+        return EventKind.APPOINTMENT_BOOKED, AppointmentStatus.BOOKED
+    if action in UPDATED_WORDS or action in {"statuschanged", "status"} or not action:
+        if said is AppointmentStatus.CANCELLED:
+            return EventKind.APPOINTMENT_CANCELLED, AppointmentStatus.CANCELLED
+        if said is AppointmentStatus.NO_SHOW:
+            return EventKind.APPOINTMENT_NO_SHOW, AppointmentStatus.NO_SHOW
+        if said is AppointmentStatus.DELETED:
+            return EventKind.APPOINTMENT_DELETED, AppointmentStatus.DELETED
+        if said is AppointmentStatus.COMPLETED:
+            return None  # completion is signalled by the paid invoice, not the appointment
+        if not action and said is AppointmentStatus.BOOKED:
+            return EventKind.APPOINTMENT_BOOKED, AppointmentStatus.BOOKED
+        return EventKind.APPOINTMENT_UPDATED, AppointmentStatus.BOOKED
+    return None
+
+
+def invoice_kind(action: str, status: str | None) -> EventKind | None:
+    """Paid / refunded / voided; created or updated invoices (or no action) are decided by their status.
+
+    The lifetime-value ledger must therefore be idempotent per invoice id (an `invoice.updated` with status Paid
+    after `invoice.paid` is the same payment).
+    """
+    if action in REFUNDED_WORDS:
+        return EventKind.INVOICE_REFUNDED
+    if action in {"voided", "void"}:
+        return EventKind.INVOICE_VOIDED
+    if action in PAID_WORDS:
+        return EventKind.INVOICE_PAID
+    if action in BOOKED_WORDS or action in UPDATED_WORDS or not action:
+        word = squash(status)
+        if word in REFUNDED_WORDS:
+            return EventKind.INVOICE_REFUNDED
+        if word in VOIDED_WORDS:
+            return EventKind.INVOICE_VOIDED
+        if word in {"paid", "paidinfull", "closed", "completed", "settled"}:
+            return EventKind.INVOICE_PAID
+    return None
+
+
+def membership_status(status: str | None) -> MembershipStatus | None:
+    """`Active` / `CANCELED` / `lapsed` → the APro Membership Status; None when unknown or absent."""
+    word = squash(status)
+    if word in ACTIVE_WORDS:
+        return MembershipStatus.ACTIVE
+    if word in CANCELLED_WORDS:
+        return MembershipStatus.CANCELLED
+    if word in EXPIRED_WORDS:
+        return MembershipStatus.EXPIRED
+    return None
+
+
+def membership_kind(action: str, status: str | None) -> EventKind | None:
+    """Created / renewed / cancelled / expired; an update (or no action) is decided by a cancelled or expired
+    status only: an active membership's update says nothing we could name (skipped as unhandled)."""
+    if action in RENEWED_WORDS:
+        return EventKind.MEMBERSHIP_RENEWED
+    if action in CANCELLED_WORDS:
+        return EventKind.MEMBERSHIP_CANCELLED
+    if action in EXPIRED_WORDS:
+        return EventKind.MEMBERSHIP_EXPIRED
+    if action in MEMBERSHIP_CREATED_WORDS:
+        return EventKind.MEMBERSHIP_CREATED
+    if action in UPDATED_WORDS or action in {"statuschanged", "status"} or not action:
+        said = membership_status(status)
+        if said is MembershipStatus.CANCELLED:
+            return EventKind.MEMBERSHIP_CANCELLED
+        if said is MembershipStatus.EXPIRED:
+            return EventKind.MEMBERSHIP_EXPIRED
+    return None
+
+
+def client_kind(action: str) -> EventKind | None:
+    if not action or action in BOOKED_WORDS or action in UPDATED_WORDS:
+        return EventKind.CLIENT_UPSERTED
+    return None

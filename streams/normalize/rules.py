@@ -1,0 +1,736 @@
+"""Raw AestheticsPro webhook → NormalizedEvent | Skipped | Unreadable. Pure: no I/O, no logging, never raises.
+
+Rules (examples/webhooks/README.md, and the decisions below):
+- The event kind comes from `event` / `eventType` / `event_type` / `type` (+ `action`), else the `apro-resource`
+  header (clients | appointments | invoices) with the status deciding, else the blocks the body carries.
+- Test pings (a test/ping kind or flag, or a body with no client, appointment or invoice) → Skipped(TEST_PING).
+- Contact info: an event that may *create* the CRM contact (client upsert, booking, cancellation, no-show,
+  update, paid invoice) needs a valid email or phone, else Skipped(NO_CONTACT_INFO). Appointment deletions and
+  invoice refunds/voids carry ids only and only ever touch an existing contact, so they never skip for it.
+- Strict fields (unreadable → Unreadable with the field and rule): client id, appointment id, invoice id, an
+  invoice amount, money, appointment start/end, paid date. Lenient fields (unreadable → None, and the field
+  name listed in `NormalizedEvent.invalid_fields`): email, phone, date of birth, previous start, occurred_at.
+- Ids are at most 128 characters without control characters; a present but unusable client, appointment or
+  invoice id → Unreadable naming why (`client.id: not a string or number`, `... longer than 128 characters`,
+  `... contains control characters`), never a test ping. Free text loses its control characters.
+- Instants are UTC; a naive time is local to the location's `timezone`, else `default_timezone`.
+- Marketing consent (`Client.consent`, per channel) is read from any event's client blocks; an unreadable flag is
+  lenient (`client.consent.<channel>`). Membership events (created / renewed / cancelled / expired) carry a
+  `Membership`; its id and dates are strict. Spellings: examples/webhooks/README.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from foundations.formats import headers as header_names
+from foundations.formats.normalized import (
+    Address,
+    Appointment,
+    AppointmentStatus,
+    Client,
+    Consent,
+    EventKind,
+    Invoice,
+    LineItem,
+    Location,
+    Membership,
+    MembershipStatus,
+    NormalizedEvent,
+    Provider,
+    Skipped,
+    SkipReason,
+    Unreadable,
+)
+from streams.normalize.event_kind import (
+    Entity, appointment_kind, client_kind, invoice_kind, membership_kind, read_kind, squash,
+)
+from streams.normalize.values import (
+    FieldError,
+    combine_date_time,
+    money_field,
+    parse_calendar_date,
+    parse_decimal,
+    parse_email,
+    parse_instant,
+    parse_phone,
+    parse_services,
+    split_list,
+    truthy,
+    zone,
+)
+from foundations.formats.raw import (
+    CLIENT_BLOCK_KEYS,
+    ENVELOPE_KEYS,
+    PayloadError,
+    Lookup,
+    clean_text,
+    client_and_location,
+    find_location,
+    id_issue,
+    id_str,
+    norm_key,
+    parse_body,
+    unwrap,
+)
+
+Result = NormalizedEvent | Skipped | Unreadable
+_UTC = ZoneInfo("UTC")
+
+KIND_KEYS = ("event", "eventType", "event_type", "eventName", "type", "webhookEvent", "topic", "trigger")
+ACTION_KEYS = ("action", "eventAction", "operation", "change")
+EVENT_ID_KEYS = ("eventId", "event_id", "webhookId", "webhookEventId", "deliveryId", "messageId", "notificationId")
+OCCURRED_KEYS = ("occurredAt", "occurred_at", "timestamp", "eventTime", "eventDate", "sentAt", "createdAt",
+                 "created", "dateCreated")
+TEST_FLAG_KEYS = ("test", "isTest", "testPing", "ping", "isPing", "testMode")
+APPOINTMENT_KEYS = ("appointment", "appt", "booking", "visit")
+APPOINTMENT_ID_KEYS = ("appointmentId", "apptId", "bookingId", "visitId")
+INVOICE_KEYS = ("invoice", "ticket", "sale")
+INVOICE_ID_KEYS = ("invoiceId", "ticketId", "saleId")
+START_KEYS = ("startDateTime", "start", "startTime", "startsAt", "startAt", "appointmentDateTime", "apptDateTime",
+              "appointmentDate", "apptDate", "dateTime", "scheduledAt", "scheduledFor", "startDate", "date")
+CLOCK_KEYS = ("startTime", "appointmentTime", "apptTime", "time")
+END_KEYS = ("endDateTime", "end", "endTime", "endsAt", "endAt", "endDate")
+PREVIOUS_START_KEYS = ("previousStartDateTime", "previousStart", "previousStartTime", "oldStartDateTime",
+                       "oldStart", "originalStartDateTime", "originalStart", "rescheduledFrom", "previousDate")
+RESOURCE_HINTS = {"clients": Entity.CLIENT, "client": Entity.CLIENT, "appointments": Entity.APPOINTMENT,
+                  "appointment": Entity.APPOINTMENT, "invoices": Entity.INVOICE, "invoice": Entity.INVOICE,
+                  "memberships": Entity.MEMBERSHIP, "membership": Entity.MEMBERSHIP}
+MEMBERSHIP_KEYS = ("membership", "clientMembership", "subscription")
+MEMBERSHIP_ID_KEYS = ("membershipId", "clientMembershipId", "subscriptionId")
+MEMBERSHIP_NAME_KEYS = ("membershipName", "planName", "membershipType", "membershipPlan", "programName")
+RENEWAL_KEYS = ("renewalDate", "nextRenewalDate", "renewsOn", "renewOn", "renewDate", "nextBillingDate",
+                "nextBillDate", "nextChargeDate")
+MEMBERSHIP_START_KEYS = ("membershipStartDate", "startDate", "startedOn", "activationDate", "beginDate")
+MEMBERSHIP_END_KEYS = ("membershipEndDate", "endDate", "expirationDate", "expiresOn", "expiryDate", "expireDate",
+                       "cancelDate", "cancelledDate", "cancellationDate", "endedOn")
+_MEMBERSHIP_STATUS_BY_KIND = {
+    EventKind.MEMBERSHIP_CREATED: MembershipStatus.ACTIVE, EventKind.MEMBERSHIP_RENEWED: MembershipStatus.ACTIVE,
+    EventKind.MEMBERSHIP_CANCELLED: MembershipStatus.CANCELLED, EventKind.MEMBERSHIP_EXPIRED: MembershipStatus.EXPIRED,
+}
+# Marketing consent (examples/webhooks/README.md, "Marketing consent"), per channel, first source that says:
+# 1. an opt-out flag (true = opted out), 2. an opt-in / allow flag (true = consents),
+# 3. a preferences block (`marketing: {email: false}`: the value says "allowed"),
+# 4. an opt-out block (`optOut: {sms: true}`: the value says "opted out"),
+# 5. an all-channel do-not-contact flag (`doNotContact` / `dnd`: true = every channel opted out).
+CONSENT_OPT_OUT_KEYS = {
+    "email": ("emailOptOut", "optOutEmail", "emailOptedOut", "emailUnsubscribed", "unsubscribedEmail",
+              "doNotEmail", "noEmail", "emailDnd", "dndEmail"),
+    "sms": ("smsOptOut", "optOutSms", "textOptOut", "optOutText", "smsOptedOut", "smsUnsubscribed", "doNotText",
+            "doNotSms", "noSms", "noText", "smsDnd", "dndSms"),
+    "call": ("callOptOut", "optOutCall", "phoneOptOut", "optOutPhone", "callOptedOut", "doNotCall", "noCall",
+             "noCalls", "callDnd", "dndCall"),
+}
+CONSENT_OPT_IN_KEYS = {
+    "email": ("emailOptIn", "optInEmail", "allowEmail", "allowEmails", "emailMarketing", "marketingEmail",
+              "marketingEmails", "acceptsEmail", "acceptsEmailMarketing", "emailConsent"),
+    "sms": ("smsOptIn", "optInSms", "textOptIn", "optInText", "allowSms", "allowText", "allowTexts",
+            "smsMarketing", "textMarketing", "marketingSms", "marketingText", "acceptsSms", "acceptsText",
+            "smsConsent"),
+    "call": ("callOptIn", "optInCall", "phoneOptIn", "allowCall", "allowCalls", "allowPhone", "callMarketing",
+             "phoneMarketing", "marketingCall", "marketingCalls", "acceptsCalls", "callConsent"),
+}
+CONSENT_CHANNEL_KEYS = {"email": ("email", "emails", "mail"), "sms": ("sms", "text", "texts", "textMessage"),
+                        "call": ("call", "calls", "phone", "voice", "phoneCall")}
+CONSENT_BLOCK_KEYS = ("marketing", "marketingPreferences", "communicationPreferences", "contactPreferences",
+                      "consent", "consents", "preferences", "optIn", "optIns")
+OPT_OUT_BLOCK_KEYS = ("optOut", "optOuts", "optedOut", "unsubscribed")
+DO_NOT_CONTACT_KEYS = ("doNotContact", "dnd", "doNotDisturb", "noMarketing")
+_YES = frozenset({"true", "t", "1", "yes", "y", "on", "x"})
+_NO = frozenset({"false", "f", "0", "no", "n", "off"})
+
+
+def consent_flag(value: Any) -> bool | None:
+    """A yes/no flag (true/false, "Y"/"N", "Yes"/"No", 1/0, "on"/"off"); None when absent. FieldError when it is
+    something else (the message never quotes the value)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, Decimal)) and not isinstance(value, bool):
+        if value in (0, 1):
+            return value == 1
+        raise FieldError("flag is a number other than 0 or 1")
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if not word:
+            return None
+        if word in _YES:
+            return True
+        if word in _NO:
+            return False
+        raise FieldError("flag is not a yes/no word")
+    raise FieldError("flag is not a boolean, number or word")
+
+
+_NO_CONSENT = Consent()
+PHONE_KEYS = ("mobilePhone", "cellPhone", "mobile", "cell", "mobileNumber", "cellNumber", "phone", "phoneNumber",
+              "primaryPhone", "homePhone", "workPhone", "phone1", "phone2")
+EMAIL_KEYS = ("email", "emailAddress", "primaryEmail", "email1", "mail")
+DOB_KEYS = ("dateOfBirth", "dob", "birthDate", "birthday", "birthdate", "dateOfBirthday")
+# Normalised spelling sets, so a block that has none of a feature's keys is passed over with one set operation.
+_PHONE_NAMES_IN_ORDER = tuple(dict.fromkeys(norm_key(k) for k in PHONE_KEYS))
+_PHONE_NAMES = frozenset(_PHONE_NAMES_IN_ORDER)
+_CONSENT_NAMES = frozenset(norm_key(k) for k in (
+    *(k for keys in CONSENT_OPT_OUT_KEYS.values() for k in keys),
+    *(k for keys in CONSENT_OPT_IN_KEYS.values() for k in keys),
+    *CONSENT_BLOCK_KEYS, *OPT_OUT_BLOCK_KEYS, *DO_NOT_CONTACT_KEYS))
+_ADDRESS_NAMES = frozenset(norm_key(k) for k in (
+    "address", "homeAddress", "mailingAddress", "line1", "address1", "street", "streetAddress", "addressLine1",
+    "line2", "address2", "addressLine2", "suite", "city", "town", "state", "province", "region", "stateCode",
+    "postalCode", "zip", "zipCode", "postcode", "postal", "country", "countryCode"))
+
+
+class Unread(Exception):
+    """Raised inside normalize() for a strict rule; becomes Unreadable. `reason` names the field, never a value."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def normalize(
+    raw: bytes,
+    headers: Mapping[str, Any] | None = None,
+    *,
+    default_timezone: str = "America/Phoenix",
+    default_region: str = "US",
+) -> Result:
+    """Read one raw webhook. Never raises: anything unexpected becomes Unreadable naming the exception type."""
+    try:
+        hdrs = _lower_headers(headers)
+        return _Reader(bytes(raw), hdrs, default_timezone, default_region).read()
+    except Exception as exc:  # noqa: BLE001 - the contract is "never raises"; the type name is not PHI
+        try:
+            event_id = body_hash(bytes(raw))
+        except Exception:  # noqa: BLE001
+            event_id = "unknown"
+        return Unreadable(event_id=event_id, reason=f"internal error: {type(exc).__name__}")
+
+
+def body_hash(raw: bytes) -> str:
+    """The stable event id of a body that carries none: a redelivery of the same bytes has the same id."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _lower_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in (headers or {}).items():
+        if value is None:
+            continue
+        out[str(name).lower()] = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return out
+
+
+def _text(value: Any, limit: int = 500) -> str | None:
+    if type(value) is str:
+        text = clean_text(value).strip()  # no control characters reach the CRM
+        return text[:limit] if text else None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, Decimal)):
+        return id_str(value)
+    if isinstance(value, str):
+        text = clean_text(value).strip()  # no control characters reach the CRM
+        return text[:limit] if text else None
+    return None
+
+
+class _Reader:
+    """One read of one body. Holds the parsed body, headers and the zone used for naive times."""
+
+    def __init__(self, raw: bytes, headers: dict[str, str], default_timezone: str, region: str) -> None:
+        self.raw = raw
+        self.headers = headers
+        self.region = region
+        self.default_zone = zone(default_timezone) or _UTC
+        self.invalid: list[str] = []
+        self.event_id = body_hash(raw)
+        self.location = Location()
+        self.client_id: str | None = None
+        self.client_issues: list[str] = []  # why a present client id is unusable (payload.id_issue)
+        self.look = Lookup()  # every key lookup of this read: each object is indexed once
+
+    # ----------------------------------------------------------------------------------------- top level
+
+    def read(self) -> Result:
+        try:
+            body = parse_body(self.raw, self.headers.get(header_names.CONTENT_TYPE))
+        except PayloadError as exc:
+            return self._unreadable(f"body: {exc}")
+        self.body = body
+        self.flat = unwrap(body)
+        self.event_id = self._event_id()
+        try:
+            self.client_id, *self._found_location = client_and_location(self.flat, self.look, self.client_issues)
+        except Exception:  # noqa: BLE001 - a malformed client block is handled below as a missing id
+            self.client_id, self._found_location = None, find_location(body)
+        self.location = self._location()
+        self.zone = zone(self.location.timezone) or self.default_zone
+        try:
+            return self._read_event()
+        except Unread as exc:
+            return self._unreadable(exc.reason)
+
+    def _unreadable(self, reason: str) -> Unreadable:
+        return Unreadable(event_id=self.event_id, reason=reason, location=self.location, client_id=self.client_id)
+
+    def _skip(self, reason: SkipReason, detail: str | None, source_kind: str | None) -> Skipped:
+        return Skipped(event_id=self.event_id, reason=reason, detail=detail, source_kind=source_kind,
+                       location=self.location, client_id=self.client_id, received_at=self._received_at())
+
+    def _event_id(self) -> str:
+        found = id_str(self.look.get(self.flat, *EVENT_ID_KEYS))
+        if found is None and any(norm_key(k) in ENVELOPE_KEYS for k in self.body):
+            # An envelope's own `id` is the delivery id; a flat body's `id` could be the entity's.
+            found = id_str(self.look.get(self.body, "id", "uuid"))
+        return found or body_hash(self.raw)
+
+    def _location(self) -> Location:
+        loc_id, name = self._found_location
+        block = self.look.get_block(self.flat, "location", "clinic", "site", "business")
+        tz_name = _text(self.look.get(block, "timezone", "timeZone", "tz", "tzName", "ianaTimezone")) if block else None
+        if tz_name is None:
+            tz_name = _text(self.look.get(self.flat, "locationTimezone", "locationTimeZone", "timezone", "timeZone"))
+        if zone(tz_name) is None:
+            tz_name = None  # an unknown zone name is ignored: naive times fall back to the default zone
+        if loc_id is None:
+            loc_id = _text(self.headers.get(header_names.TOKEN_LOCATION), 128)
+        return Location(id=loc_id, name=name[:200] if name else None, timezone=tz_name)
+
+    def _received_at(self) -> datetime | None:
+        try:
+            return parse_instant(self.headers.get(header_names.RECEIVED_AT), _UTC)
+        except FieldError:
+            return None
+
+    def _source_kind(self) -> tuple[str | None, str | None]:
+        kind = self.look.get(self.flat, *KIND_KEYS)
+        action = self.look.get(self.flat, *ACTION_KEYS)
+        kind_text = _text(kind, 100) if not isinstance(kind, Mapping) else None
+        action_text = _text(action, 100) if not isinstance(action, Mapping) else None
+        return kind_text, action_text
+
+    # ------------------------------------------------------------------------------------------- dispatch
+
+    def _read_event(self) -> Result:
+        kind_text, action_text = self._source_kind()
+        source_kind = ".".join(p for p in (kind_text, action_text) if p) or None
+        words = read_kind(kind_text, action_text)
+        if words.is_test or truthy(self.look.get(self.flat, *TEST_FLAG_KEYS)):
+            return self._skip(SkipReason.TEST_PING, "test or ping event", source_kind)
+        if self.client_id is None and self.client_issues:
+            # A client id is there but unusable (an object, 10,000 characters, a NUL): say so, never "test ping".
+            return self._unreadable(f"client.id: {self.client_issues[0]}")
+        appointment_block = self.look.get_block(self.flat, *APPOINTMENT_KEYS)
+        invoice_block = self.look.get_block(self.flat, *INVOICE_KEYS)
+        has_client = self.look.get_block(self.flat, *CLIENT_BLOCK_KEYS) is not None or self.client_id is not None
+        has_appointment = appointment_block is not None or self.look.get(self.flat, *APPOINTMENT_ID_KEYS) is not None
+        has_invoice = invoice_block is not None or self.look.get(self.flat, *INVOICE_ID_KEYS) is not None
+        membership_block = self.look.get_block(self.flat, *MEMBERSHIP_KEYS)
+        has_membership = membership_block is not None or self.look.get(self.flat, *MEMBERSHIP_ID_KEYS) is not None
+        if not (has_client or has_appointment or has_invoice or has_membership):
+            return self._skip(SkipReason.TEST_PING, "no client, appointment or invoice in body", source_kind)
+
+        entity = words.entity
+        if entity is None:
+            entity = RESOURCE_HINTS.get((self.headers.get(header_names.RESOURCE) or "").strip().lower())
+        if entity is None:
+            entity = (Entity.INVOICE if has_invoice else Entity.APPOINTMENT if has_appointment
+                      else Entity.MEMBERSHIP if has_membership else Entity.CLIENT)
+
+        if entity is Entity.CLIENT:
+            kind = client_kind(words.action)
+            if kind is None:
+                return self._skip(SkipReason.UNHANDLED_KIND, f"client action not handled: {words.action[:40]}",
+                                  source_kind)
+            return self._event(kind, source_kind)
+        if entity is Entity.MEMBERSHIP:
+            block = membership_block if membership_block is not None else self.flat
+            kind = membership_kind(words.action, _text(self.look.get(block, "status", "membershipStatus")))
+            if kind is None:
+                return self._skip(SkipReason.UNHANDLED_KIND,
+                                  f"membership action not handled: {words.action[:40] or 'status'}", source_kind)
+            return self._event(kind, source_kind, membership=self._membership(block, kind))
+        if entity is Entity.APPOINTMENT:
+            block = appointment_block if appointment_block is not None else self.flat
+            status_text = _text(self.look.get(block, "status", "appointmentStatus", "apptStatus"))
+            decided = appointment_kind(words.action, status_text)
+            if decided is None:
+                return self._skip(SkipReason.UNHANDLED_KIND,
+                                  f"appointment action not handled: {words.action[:40] or 'status'}", source_kind)
+            kind, status = decided
+            appointment = self._appointment(block, status)
+            return self._event(kind, source_kind, appointment=appointment)
+        block = invoice_block if invoice_block is not None else self.flat
+        kind = invoice_kind(words.action, _text(self.look.get(block, "status", "invoiceStatus", "paymentStatus")))
+        if kind is None:
+            return self._skip(SkipReason.UNHANDLED_KIND,
+                              f"invoice action not handled: {words.action[:40] or 'status'}", source_kind)
+        return self._event(kind, source_kind, invoice=self._invoice(block, kind))
+
+    def _event(self, kind: EventKind, source_kind: str | None, *, appointment: Appointment | None = None,
+               invoice: Invoice | None = None, membership: Membership | None = None) -> Result:
+        client = self._client()
+        needs_contact = kind not in (EventKind.APPOINTMENT_DELETED, EventKind.INVOICE_REFUNDED,
+                                     EventKind.INVOICE_VOIDED, EventKind.MEMBERSHIP_CANCELLED,
+                                     EventKind.MEMBERSHIP_EXPIRED)
+        if needs_contact and client.email is None and client.phone is None:
+            return self._skip(SkipReason.NO_CONTACT_INFO, "client has no valid email or phone", source_kind)
+        occurred_at = self._lenient_instant(self.look.get(self.flat, *OCCURRED_KEYS), "occurred_at")
+        return NormalizedEvent(
+            event_id=self.event_id,
+            kind=kind,
+            source_kind=source_kind,
+            occurred_at=occurred_at,
+            received_at=self._received_at(),
+            location=self.location,
+            client=client,
+            appointment=appointment,
+            invoice=invoice,
+            membership=membership,
+            invalid_fields=tuple(self.invalid),
+        )
+
+    # ---------------------------------------------------------------------------------------------- client
+
+    def _client_blocks(self) -> list[Mapping[str, Any]]:
+        """Where client fields may be: `client`, `invoice.client`, `appointment.client`, then the flat body."""
+        cached = self.__dict__.get("_blocks")
+        if cached is not None:
+            return cached
+        blocks: list[Mapping[str, Any]] = []
+        self._blocks = blocks
+        direct = self.look.get_block(self.flat, *CLIENT_BLOCK_KEYS)
+        if direct is not None:
+            blocks.append(direct)
+        for parent_keys in (INVOICE_KEYS, APPOINTMENT_KEYS):
+            parent = self.look.get_block(self.flat, *parent_keys)
+            nested = self.look.get_block(parent, *CLIENT_BLOCK_KEYS) if parent else None
+            if nested is not None:
+                blocks.append(nested)
+            grand = self.look.get_block(parent, *APPOINTMENT_KEYS) if parent else None
+            nested = self.look.get_block(grand, *CLIENT_BLOCK_KEYS) if grand else None
+            if nested is not None:
+                blocks.append(nested)
+        blocks.append(self.flat)
+        return blocks
+
+    def _client_get(self, *names: str) -> Any:
+        for block in self._client_blocks():
+            found = self.look.get(block, *names)
+            if found is not None:
+                return found
+        return None
+
+    def _client(self) -> Client:
+        if self.client_id is None:
+            raise Unread("client.id: missing")
+        blocks = self._client_blocks()
+        email_raw = self._client_get(*EMAIL_KEYS)
+        email = parse_email(email_raw)
+        if email_raw not in (None, "") and email is None:
+            self.invalid.append("client.email")
+        phone = None
+        phone_seen = False
+        for block in blocks:
+            index = self.look.index(block)
+            if index is None or index.keys().isdisjoint(_PHONE_NAMES):
+                continue
+            for name in _PHONE_NAMES_IN_ORDER:  # each spelling on its own: the first valid number wins
+                value = index.get(name)
+                if value is None or value == "" or value == [] or value == {} or isinstance(value, Mapping):
+                    continue
+                phone_seen = True
+                phone = parse_phone(value, self.region)
+                if phone:
+                    break
+            if phone:
+                break
+        if phone_seen and phone is None:
+            self.invalid.append("client.phone")
+        dob = None
+        dob_raw = self._client_get(*DOB_KEYS)
+        try:
+            dob = parse_calendar_date(dob_raw)
+        except FieldError:
+            self.invalid.append("client.date_of_birth")
+        first = _text(self._named(blocks, "firstName", "fname", "givenName", "first"), 200)
+        last = _text(self._named(blocks, "lastName", "lname", "surname", "familyName", "last"), 200)
+        if first is None and last is None:
+            full = _text(self.look.get(blocks[0], "fullName", "name", "clientName") if len(blocks) > 1 else
+                         self.look.get(blocks[0], "fullName", "clientName"), 200)
+            if full:
+                first, _, rest = full.partition(" ")
+                last = rest.strip() or None
+        consent = self._consent(blocks)
+        return Client(id=self.client_id, first_name=first, last_name=last, email=email, phone=phone,
+                      date_of_birth=dob, address=self._address(blocks), consent=consent if consent.said else None)
+
+    def _consent(self, blocks: list[Mapping[str, Any]]) -> Consent:
+        """Opt-outs per channel from the client's blocks (order in CONSENT_OPT_OUT_KEYS' comment). An unreadable
+        flag is lenient: the channel stays unsaid and `client.consent.<channel>` is listed as invalid."""
+        blocks = [block for block in blocks if self.look.has_any(block, _CONSENT_NAMES)]
+        if not blocks:  # most webhooks say nothing about marketing: skip the ~40 spellings per channel
+            return _NO_CONSENT
+        said: dict[str, bool | None] = {}
+        for channel in ("email", "sms", "call"):
+            said[channel] = None
+            for opted_out, lookup in self._consent_sources(blocks, channel):
+                raw = lookup()
+                if raw is None or isinstance(raw, Mapping):
+                    continue
+                try:
+                    value = consent_flag(raw)
+                except FieldError:
+                    self.invalid.append(f"client.consent.{channel}")
+                    break
+                if value is not None:
+                    said[channel] = value if opted_out else not value
+                    break
+        return Consent(email_opt_out=said["email"], sms_opt_out=said["sms"], call_opt_out=said["call"])
+
+    def _consent_sources(self, blocks: list[Mapping[str, Any]], channel: str) -> list[tuple[bool, Any]]:
+        """(value means "opted out", lookup) in order of precedence."""
+        sources: list[tuple[bool, Any]] = []
+        for block in blocks:
+            sources.append((True, lambda b=block: self.look.get(b, *CONSENT_OPT_OUT_KEYS[channel])))
+            sources.append((False, lambda b=block: self.look.get(b, *CONSENT_OPT_IN_KEYS[channel])))
+            prefs = self.look.get_block(block, *CONSENT_BLOCK_KEYS)
+            if prefs is not None:
+                sources.append((True, lambda p=prefs: self.look.get(p, *CONSENT_OPT_OUT_KEYS[channel])))
+                sources.append((False, lambda p=prefs: self.look.get(p, *CONSENT_OPT_IN_KEYS[channel])))
+                sources.append((False, lambda p=prefs: self.look.get(p, *CONSENT_CHANNEL_KEYS[channel])))
+            outs = self.look.get_block(block, *OPT_OUT_BLOCK_KEYS)
+            if outs is not None:
+                sources.append((True, lambda o=outs: self.look.get(o, *CONSENT_CHANNEL_KEYS[channel])))
+            sources.append((True, lambda b=block: self.look.get(b, *DO_NOT_CONTACT_KEYS)))
+        return sources
+
+    def _named(self, blocks: list[Mapping[str, Any]], *names: str) -> Any:
+        for block in blocks:
+            found = self.look.get(block, *names)
+            if found is not None:
+                return found
+        return None
+
+    def _address(self, blocks: list[Mapping[str, Any]]) -> Address | None:
+        block = blocks[0]  # address fields only from the client's own block (a flat body is its own block)
+        if not self.look.has_any(block, _ADDRESS_NAMES):
+            return None
+        nested = self.look.get_block(block, "address", "homeAddress", "mailingAddress")
+        source = nested if nested is not None else block
+        line1 = _text(self.look.get(source, "line1", "address1", "street", "streetAddress", "addressLine1"), 200)
+        if line1 is None and nested is None:
+            line1 = _text(self.look.get(block, "address", "address1", "street", "streetAddress", "addressLine1"), 200)
+        fields = {
+            "line1": line1,
+            "line2": _text(self.look.get(source, "line2", "address2", "addressLine2", "suite"), 200),
+            "city": _text(self.look.get(source, "city", "town"), 100) or _text(self.look.get(block, "city"), 100),
+            "state": _text(self.look.get(source, "state", "province", "region", "stateCode"), 100)
+            or _text(self.look.get(block, "state"), 100),
+            "postal_code": _text(self.look.get(source, "postalCode", "zip", "zipCode", "postcode", "postal"), 20)
+            or _text(self.look.get(block, "postalCode", "zip", "zipCode"), 20),
+            "country": _text(self.look.get(source, "country", "countryCode"), 60),
+        }
+        return Address(**fields) if any(fields.values()) else None
+
+    # ----------------------------------------------------------------------------------------- appointment
+
+    def _strict_instant(self, value: Any, field: str) -> datetime | None:
+        try:
+            return parse_instant(value, self.zone)
+        except FieldError as exc:
+            raise Unread(f"{field}: {exc}") from None
+
+    def _lenient_instant(self, value: Any, field: str) -> datetime | None:
+        try:
+            return parse_instant(value, self.zone)
+        except FieldError:
+            self.invalid.append(field)
+            return None
+
+    def _appointment(self, block: Mapping[str, Any], status: AppointmentStatus | None,
+                     fallback: Mapping[str, Any] | None = None, *, field: str = "appointment") -> Appointment:
+        """An appointment from `block`; for invoice-level fields, `block` is the invoice and `fallback` the
+        nested appointment block (first non-empty wins)."""
+        chain = [b for b in (block, fallback) if b is not None]
+
+        def pick(*names: str) -> Any:
+            for b in chain:
+                found = self.look.get(b, *names)
+                if found is not None:
+                    return found
+            return None
+
+        own_id = self.look.get(block, "id", *APPOINTMENT_ID_KEYS) if block is not self.flat else None
+        raw_id = own_id if own_id is not None else pick(*APPOINTMENT_ID_KEYS)
+        appt_id = id_str(raw_id)
+        if appt_id is None:
+            raise Unread(f"{field}.id: {id_issue(raw_id) or 'missing'}")
+        start_raw = combine_date_time(pick(*START_KEYS), pick(*CLOCK_KEYS))
+        start = self._strict_instant(start_raw, f"{field}.start")
+        end = self._strict_instant(pick(*END_KEYS), f"{field}.end")
+        previous = self._lenient_instant(pick(*PREVIOUS_START_KEYS), f"{field}.previous_start")
+        services = parse_services(pick("services", "service", "serviceNames", "serviceName", "treatments",
+                                       "treatment"),
+                                  pick("serviceTypes", "serviceType", "serviceCategory", "serviceCategories"))
+        return Appointment(
+            id=appt_id,
+            status=status,
+            start=start,
+            end=end,
+            previous_start=previous,
+            provider=self._provider(pick),
+            services=services,
+            cancel_reason=_text(pick("cancelReason", "cancellationReason", "cancelledReason", "reason"), 200),
+        )
+
+    def _provider(self, pick: Any) -> Provider | None:
+        raw = pick("provider", "staff", "employee", "practitioner", "therapist", "providerName", "staffName")
+        if isinstance(raw, Mapping):
+            name = _text(self.look.get(raw, "name", "fullName", "displayName"), 200)
+            if name is None:
+                parts = [_text(self.look.get(raw, "firstName"), 100), _text(self.look.get(raw, "lastName"), 100)]
+                name = " ".join(p for p in parts if p) or None
+            provider = Provider(id=id_str(self.look.get(raw, "id", "providerId", "staffId", "employeeId")), name=name)
+        else:
+            provider = Provider(id=id_str(pick("providerId", "staffId", "employeeId")), name=_text(raw, 200))
+        return provider if provider.id or provider.name else None
+
+    # ------------------------------------------------------------------------------------------ membership
+
+    def _date(self, value: Any, field: str) -> date | None:
+        try:
+            return parse_calendar_date(value)
+        except FieldError as exc:
+            raise Unread(f"{field}: {exc}") from None
+
+    def _membership(self, block: Mapping[str, Any], kind: EventKind) -> Membership:
+        """A membership from its block (or the flat body). Id and dates are strict: a renewal date the CRM's
+        reminders run on must be right or visibly dead-lettered, never guessed."""
+        nested = block is not self.flat
+        own_id = self.look.get(block, "id", *MEMBERSHIP_ID_KEYS) if nested else None
+        raw_id = own_id if own_id is not None else self.look.get(block, *MEMBERSHIP_ID_KEYS)
+        if raw_id is None and nested:
+            raw_id = self.look.get(self.flat, *MEMBERSHIP_ID_KEYS)
+        membership_id = id_str(raw_id)
+        if membership_id is None:
+            raise Unread(f"membership.id: {id_issue(raw_id) or 'missing'}")
+        name_keys = (*MEMBERSHIP_NAME_KEYS, "name", "title", "plan") if nested else MEMBERSHIP_NAME_KEYS
+        name = self.look.get(block, *name_keys)
+        return Membership(
+            id=membership_id,
+            name=(_text(name, 200) if not isinstance(name, Mapping)
+                  else _text(self.look.get(name, "name", "title"), 200)),
+            status=_MEMBERSHIP_STATUS_BY_KIND[kind],
+            start_date=self._date(self.look.get(block, *MEMBERSHIP_START_KEYS), "membership.start_date"),
+            renewal_date=self._date(self.look.get(block, *RENEWAL_KEYS), "membership.renewal_date"),
+            end_date=self._date(self.look.get(block, *MEMBERSHIP_END_KEYS), "membership.end_date"),
+            cancel_reason=_text(self.look.get(block, "cancelReason", "cancellationReason", "reason"), 200),
+        )
+
+    # --------------------------------------------------------------------------------------------- invoice
+
+    def _money(self, block: Mapping[str, Any], field: str, *names: str) -> Decimal | None:
+        try:
+            return money_field(block, *names, look=self.look)
+        except FieldError as exc:
+            raise Unread(f"invoice.{field}: {exc}") from None
+
+    def _invoice(self, block: Mapping[str, Any], kind: EventKind) -> Invoice:
+        own_id = self.look.get(block, "id", *INVOICE_ID_KEYS) if block is not self.flat else None
+        raw_id = own_id if own_id is not None else self.look.get(block, *INVOICE_ID_KEYS)
+        invoice_id = id_str(raw_id)
+        if invoice_id is None:
+            raise Unread(f"invoice.id: {id_issue(raw_id) or 'missing'}")
+        subtotal = self._money(block, "subtotal", "subtotal", "subTotal")
+        tax = self._money(block, "tax", "tax", "taxTotal", "taxAmount", "totalTax")
+        total = self._money(block, "total", "total", "grandTotal", "invoiceTotal", "totalAmount", "amount")
+        paid = self._money(block, "amount_paid", "amountPaid", "paidAmount", "paymentAmount", "amountPaid")
+        refunded = self._money(block, "refunded", "refundedAmount", "refundAmount", "amountRefunded",
+                               "refundTotal")
+        if kind is EventKind.INVOICE_PAID:
+            amount = paid if paid is not None else total
+            if amount is not None and amount < 0:
+                raise Unread("invoice.amount_paid: negative on a paid invoice")
+        else:
+            amount = refunded if refunded is not None else total if total is not None else paid
+            amount = abs(amount) if amount is not None else None
+        if amount is None:
+            raise Unread("invoice.amount: missing (no amountPaid, total or refund amount)")
+        try:
+            invoice_date = parse_calendar_date(
+                self.look.get(block, "invoiceDate", "date", "invoiceDateTime", "createdDate"))
+        except FieldError as exc:
+            raise Unread(f"invoice.invoice_date: {exc}") from None
+        paid_at = self._strict_instant(self.look.get(block, "paidDate", "paidAt", "paymentDate", "datePaid", "paidOn",
+                                           "closedAt", "closedDate"), "invoice.paid_at")
+        nested = self.look.get_block(block, *APPOINTMENT_KEYS)
+        has_invoice_level = self.look.get(block, *APPOINTMENT_ID_KEYS) is not None
+        appointment = None
+        if nested is not None or has_invoice_level:
+            # Invoice-level fields first (only the appointment-specific spellings), then the nested block.
+            invoice_level = {k: v for k, v in block.items() if norm_key(k) in _INVOICE_LEVEL_APPT_KEYS}
+            appointment = self._appointment(invoice_level, AppointmentStatus.COMPLETED, nested,
+                                            field="invoice.appointment")
+        return Invoice(
+            id=invoice_id,
+            number=_text(self.look.get(block, "invoiceNumber", "number", "invoiceNo", "invoiceNum"), 64),
+            status=_invoice_status(_text(self.look.get(block, "status", "invoiceStatus", "paymentStatus"), 64)),
+            invoice_date=invoice_date,
+            paid_at=paid_at,
+            subtotal=subtotal,
+            tax=tax,
+            total=total,
+            amount_paid=amount,
+            items=self._items(block),
+            appointment=appointment,
+        )
+
+    def _items(self, block: Mapping[str, Any]) -> tuple[LineItem, ...]:
+        items: list[LineItem] = []
+        for raw in split_list(self.look.get(block, "items", "lineItems", "lines", "invoiceItems", "products")):
+            if isinstance(raw, Mapping):
+                name = _text(self.look.get(raw, "name", "description", "itemName", "productName", "serviceName",
+                                           "title"), 200)
+                if not name:
+                    continue
+                try:
+                    quantity = parse_decimal(self.look.get(raw, "quantity", "qty", "count"))
+                    amount = money_field(raw, "amount", "total", "lineTotal", "price", "unitPrice", look=self.look)
+                except FieldError as exc:
+                    raise Unread(f"invoice.items: {exc}") from None
+                items.append(LineItem(name=name, type=_text(self.look.get(raw, "type", "itemType", "category"), 64),
+                                      quantity=quantity if quantity is not None else Decimal(1),
+                                      amount=amount if amount is not None else Decimal(0)))
+            else:
+                name = _text(raw, 200)
+                if name:
+                    items.append(LineItem(name=name))
+        return tuple(items)
+
+
+_INVOICE_STATUSES = {"paid": "Paid", "paidinfull": "Paid", "refunded": "Refunded", "partiallyrefunded": "Partially Refunded",
+                     "void": "Voided", "voided": "Voided", "partiallypaid": "Partially Paid", "unpaid": "Unpaid",
+                     "open": "Open", "closed": "Closed"}
+
+
+def _invoice_status(text: str | None) -> str | None:
+    """One spelling per invoice status (`PAID`, `paid` → `Paid`); unknown words are kept as sent."""
+    return _INVOICE_STATUSES.get(squash(text), text) if text else None
+
+
+_INVOICE_LEVEL_APPT_KEYS = {
+    norm_key(k)
+    for k in (*APPOINTMENT_ID_KEYS, "appointmentDate", "apptDate", "appointmentDateTime", "apptDateTime",
+              "appointmentStart", "appointmentTime", "apptTime", "provider", "providerName", "providerId", "staff",
+              "staffName", "services", "serviceNames", "serviceTypes", "serviceType")
+}
+
+__all__ = ["Result", "body_hash", "normalize", "date"]
