@@ -210,6 +210,61 @@ def replay(
         typer.echo(line)
 
 
+@app.command()
+def backfill(
+    clients: Optional[str] = typer.Option(None, "--clients", help="Clients export (CSV)."),
+    appointments: Optional[str] = typer.Option(None, "--appointments", help="Appointments export (CSV)."),
+    invoices: Optional[str] = typer.Option(None, "--invoices", help="Invoices export (CSV)."),
+    location: Optional[str] = typer.Option(None, help="AestheticsPro location id of rows that name none; rows of "
+                                           "another location are left out."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print per location what it would create or update."),
+    as_of: Optional[str] = typer.Option(None, help="When the export was taken (default: now); same forms as replay."),
+    rate_share: float = typer.Option(0.5, min=0.0, max=1.0, help="Share of each GoHighLevel location's rate budget "
+                                     "the backfill is paced to (0: publish unpaced)."),
+) -> None:
+    """Publish AestheticsPro's CSV exports as historical events (columns: examples/exports/README.md).
+
+    Resumable: re-run the same command after a crash; events already published are not repeated in effect.
+    """
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from apro_sync import backfill as backfill_mod
+    from apro_sync.backfill_exports import ExportError
+    from apro_sync.timeparse import TimeParseError, parse_time
+
+    if not (clients or appointments or invoices):
+        raise typer.BadParameter("give at least one of --clients, --appointments, --invoices")
+    try:
+        taken = parse_time(as_of, datetime.now(timezone.utc)) if as_of else None
+    except TimeParseError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    settings = load_settings() if dry_run else _kafka_settings()
+    request = backfill_mod.BackfillRequest(
+        clients=Path(clients) if clients else None, appointments=Path(appointments) if appointments else None,
+        invoices=Path(invoices) if invoices else None, location=location, dry_run=dry_run, as_of=taken,
+        rate_share=rate_share)
+    try:
+        prepared = backfill_mod.prepare(request, settings)
+        target = backfill_mod.ghl_target_of(settings)
+        budget = backfill_mod.budget_for(prepared.by_client, target, rate_share)
+        for line in backfill_mod.summary_lines(prepared, budget):
+            typer.echo(line)
+        if dry_run:
+            for label, counts in sorted(backfill_mod.dry_run(prepared, settings, target).items()):
+                typer.echo(f"location {label}: {counts.line()}")
+            typer.echo("dry run: nothing published (counts assume no contact exists yet in GoHighLevel)")
+            return
+        result = backfill_mod.publish(prepared, settings, request, typer.echo, target=target)
+    except (ExportError, backfill_mod.BackfillError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"published {result.published} events ({result.skipped_by_checkpoint} already published by an "
+               f"earlier run) of {result.total}")
+    if prepared.export.rejects:
+        raise typer.Exit(2)
+
+
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and redrive dead-letter records (headers only, never payloads).")
 app.add_typer(dlq_app, name="dlq")
 

@@ -424,6 +424,7 @@ class _Reader:
             invoice=invoice,
             membership=membership,
             invalid_fields=tuple(self.invalid),
+            historical=H.BACKFILL in self.headers,
         )
 
     # ---------------------------------------------------------------------------------------------- client
