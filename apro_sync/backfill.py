@@ -49,6 +49,7 @@ class BackfillRequest:
     as_of: datetime | None = None
     rate_share: float = 0.5  # share of each location's GoHighLevel budget the backfill may plan for (0: no pacing)
     checkpoint_dir: Path | None = None
+    budget_per_10s: int = GHL_BURST  # requests per 10 s per GoHighLevel location (another value for an emulator)
 
 
 @dataclass
@@ -150,10 +151,11 @@ class Budget:
 
     share: float  # of each location's 100 requests / 10 s; 0 = not paced (the ETA then assumes the whole budget)
     calls: dict[str, int] = field(default_factory=Counter)
+    burst: int = GHL_BURST
 
     @property
     def rate_per_s(self) -> float:
-        return GHL_BURST / GHL_INTERVAL_S * (self.share if self.share > 0 else 1.0)
+        return self.burst / GHL_INTERVAL_S * (self.share if self.share > 0 else 1.0)
 
     @property
     def pace_per_s(self) -> float:
@@ -165,12 +167,12 @@ class Budget:
 
 
 def budget_for(by_client: dict[str, list[HistoricalEvent]], target: Callable[[str | None], str],
-               share: float) -> Budget:
+               share: float, burst: int = GHL_BURST) -> Budget:
     calls: Counter[str] = Counter()
     for events in by_client.values():
         for i, e in enumerate(events):
             calls[target(e.location_id)] += CALLS[e.kind] + (FIRST_EVENT_EXTRA_CALLS if i == 0 else 0)
-    return Budget(share=share, calls=calls)
+    return Budget(share=share, calls=calls, burst=burst)
 
 
 def format_duration(seconds: float) -> str:
@@ -331,7 +333,7 @@ def publish(prepared: Prepared, settings: Settings, request: BackfillRequest, ec
     events = prepared.events
     checkpoint = Checkpoint(request.checkpoint_dir or settings.state_dir, prepared.fingerprint)
     done = checkpoint.load()
-    budget = budget_for(prepared.by_client, target, request.rate_share)
+    budget = budget_for(prepared.by_client, target, request.rate_share, request.budget_per_10s)
     pacer = pacer or Pacer(budget.pace_per_s)
     first_of_client = {id(evs[0]) for evs in prepared.by_client.values() if evs}
     producer = _producer(settings)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 SERVICES = [("Botox", "Injectables"), ("Dermal Filler", "Injectables"), ("HydraFacial", "Facials"),
             ("Chemical Peel", "Skin"), ("Laser Hair Removal", "Laser"), ("Microneedling", "Skin")]
@@ -66,9 +67,17 @@ def _money(amount: Decimal, style: int) -> str:
     return f"${amount:,.2f}" if style == 1 else f"{amount:.2f}"
 
 
+def _local_day(dt: datetime) -> str:
+    return dt.astimezone(timezone(timedelta(hours=-7))).date().isoformat()
+
+
 def generate(out: Path, clients: int, *, seed: int = 7, as_of: datetime, location: str = "3",
-             per_client: int = 10) -> tuple[Path, Path, Path]:
-    """Write the three exports into `out`; returns their paths. About `per_client` rows per client in all."""
+             per_client: int = 10) -> tuple[tuple[Path, Path, Path], dict[str, dict[str, Any]]]:
+    """Write the three exports into `out`. About `per_client` rows per client in all.
+
+    Returns the paths and, per client id, what the CRM must show afterwards, from the generator's own numbers:
+    email, ltv (Decimal), last_visit and next_visit (local dates, "" for none), patient (has a paid invoice)."""
+    truth: dict[str, dict[str, Any]] = {}
     rng = random.Random(seed)
     spelling = SPELLINGS[seed % len(SPELLINGS)]
     ds, ms = spelling.date_style, spelling.money_style
@@ -83,6 +92,7 @@ def generate(out: Path, clients: int, *, seed: int = 7, as_of: datetime, locatio
         appt_no, inv_no = 0, 0
         for n in range(clients):
             cid = str(100000 + n)
+            ltv, last_visit, next_visit, patient = Decimal("0.00"), None, None, False
             dob = datetime(1950 + rng.randrange(50), 1 + rng.randrange(12), 1 + rng.randrange(28), tzinfo=timezone.utc)
             phone = f"(602) 555-{n % 10000:04d}" if n % 3 else ""
             cw.writerow([cid, rng.choice(FIRST), rng.choice(LAST), f"Patient{n}@Example.com ", phone,
@@ -99,6 +109,8 @@ def generate(out: Path, clients: int, *, seed: int = 7, as_of: datetime, locatio
                 roll = rng.random()
                 status = "Booked" if future else ("Cancelled" if roll < 0.08 else "No Show" if roll < 0.12
                                                   else "Completed")
+                if future:
+                    next_visit = min(next_visit or start, start)
                 aw.writerow([aid, cid, _when(start, ds), status, service, service_type, rng.choice(PROVIDERS),
                              location])
                 if status != "Completed":
@@ -108,10 +120,16 @@ def generate(out: Path, clients: int, *, seed: int = 7, as_of: datetime, locatio
                 paid = start + timedelta(minutes=rng.randrange(30, 120))
                 roll = rng.random()
                 inv_status, refunded = "Paid", ""
+                patient = True
+                last_visit = max(last_visit or start, start)
                 if roll < 0.05:
-                    inv_status, refunded = "Refunded", _money((amount / 2).quantize(Decimal("0.01")), ms)
+                    half = (amount / 2).quantize(Decimal("0.01"))
+                    inv_status, refunded = "Refunded", _money(half, ms)
+                    ltv += amount - half
                 elif roll < 0.07:
                     inv_status = "Voided"
+                else:
+                    ltv += amount
                 iw.writerow([f"I{inv_no}", f"{20000 + inv_no}", cid, aid, _day(paid, ds), _when(paid, ds),
                              _money(amount, ms), refunded, inv_status, service, location])
             if rng.random() < 0.4:  # a future booking: the next visit
@@ -120,7 +138,11 @@ def generate(out: Path, clients: int, *, seed: int = 7, as_of: datetime, locatio
                 service, service_type = rng.choice(SERVICES)
                 aw.writerow([f"A{appt_no}", cid, _when(nxt, ds), "Booked", service, service_type,
                              rng.choice(PROVIDERS), location])
-    return paths
+                next_visit = min(next_visit or nxt, nxt)
+            truth[cid] = {"email": f"patient{n}@example.com", "ltv": ltv, "patient": patient,
+                          "last_visit": _local_day(last_visit) if last_visit else "",
+                          "next_visit": _local_day(next_visit) if next_visit else ""}
+    return paths, truth
 
 
 def main() -> None:
@@ -131,7 +153,7 @@ def main() -> None:
     parser.add_argument("--location", default="3")
     args = parser.parse_args()
     now = datetime.now(timezone.utc).replace(microsecond=0)
-    for path in generate(args.out, args.clients, seed=args.seed, as_of=now, location=args.location):
+    for path in generate(args.out, args.clients, seed=args.seed, as_of=now, location=args.location)[0]:
         print(path)
 
 
