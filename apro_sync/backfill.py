@@ -32,6 +32,8 @@ from apro_sync.topics import producer_size_limits
 FLUSH_EVERY = 500  # events between acknowledged flushes (and checkpoints)
 GHL_BURST = 100  # GoHighLevel: 100 requests per 10 s per location (docs/sync-engine.md)
 GHL_INTERVAL_S = 10.0
+GHL_DAILY = 200_000  # requests per day per location (GoHighLevel's documented daily limit)
+DAY_S = 86_400.0
 Echo = Callable[[str], None]
 
 
@@ -50,6 +52,7 @@ class BackfillRequest:
     rate_share: float = 0.5  # share of each location's GoHighLevel budget the backfill may plan for (0: no pacing)
     checkpoint_dir: Path | None = None
     budget_per_10s: int = GHL_BURST  # requests per 10 s per GoHighLevel location (another value for an emulator)
+    daily_limit: int = GHL_DAILY  # requests per day per GoHighLevel location
 
 
 @dataclass
@@ -152,27 +155,43 @@ class Budget:
     share: float  # of each location's 100 requests / 10 s; 0 = not paced (the ETA then assumes the whole budget)
     calls: dict[str, int] = field(default_factory=Counter)
     burst: int = GHL_BURST
+    daily: int = GHL_DAILY
+
+    @property
+    def effective_share(self) -> float:
+        return self.share if self.share > 0 else 1.0
 
     @property
     def rate_per_s(self) -> float:
-        return self.burst / GHL_INTERVAL_S * (self.share if self.share > 0 else 1.0)
+        return self.burst / GHL_INTERVAL_S * self.effective_share
+
+    @property
+    def per_day(self) -> int:
+        """Calls the backfill may spend per location and UTC day (the rest is live traffic's)."""
+        return max(1, int(self.daily * self.effective_share))
 
     @property
     def pace_per_s(self) -> float:
         return self.rate_per_s if self.share > 0 else 0.0
 
+    def eta_for(self, calls: int) -> float:
+        """At the burst rate until a day's share is spent, then the next UTC day (an approximation: it assumes the
+        run starts at midnight; GoHighLevel's daily limit, not the 10 s burst, decides large backfills)."""
+        days, rest = divmod(max(calls, 0), self.per_day)
+        return days * DAY_S + rest / self.rate_per_s if days else rest / self.rate_per_s
+
     def eta_s(self) -> float:
         """Locations drain in parallel: the slowest one decides."""
-        return max(self.calls.values(), default=0) / self.rate_per_s
+        return self.eta_for(max(self.calls.values(), default=0))
 
 
 def budget_for(by_client: dict[str, list[HistoricalEvent]], target: Callable[[str | None], str],
-               share: float, burst: int = GHL_BURST) -> Budget:
+               share: float, burst: int = GHL_BURST, daily: int = GHL_DAILY) -> Budget:
     calls: Counter[str] = Counter()
     for events in by_client.values():
         for i, e in enumerate(events):
             calls[target(e.location_id)] += CALLS[e.kind] + (FIRST_EVENT_EXTRA_CALLS if i == 0 else 0)
-    return Budget(share=share, calls=calls, burst=burst)
+    return Budget(share=share, calls=calls, burst=burst, daily=daily)
 
 
 def format_duration(seconds: float) -> str:
@@ -189,17 +208,27 @@ def format_duration(seconds: float) -> str:
 
 class Pacer:
     """Token bucket per GoHighLevel location: events are published no faster than their calls fit the share of the
-    budget, so the backlog in front of live webhooks stays short (docs/operations.md, "Backfill")."""
+    budget, so the backlog in front of live webhooks stays short (docs/operations.md, "Backfill"). With `per_day`,
+    a location that spent its daily share waits for the next UTC day (counted by this process only)."""
 
     def __init__(self, rate_per_s: float, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, per_day: int | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
         self.rate = rate_per_s
-        self.sleep, self.clock = sleep, clock
+        self.sleep, self.clock, self.wall = sleep, clock, wall
+        self.per_day = per_day
         self._next: dict[str, float] = {}
+        self._day: dict[str, tuple[int, int]] = {}  # location → (UTC day number, calls counted that day)
 
     def take(self, location: str, calls: int) -> None:
         if self.rate <= 0:
             return
+        if self.per_day is not None:
+            day, spent = self._day.get(location, (int(self.wall() // DAY_S), 0))
+            if spent + calls > self.per_day and spent:
+                self.sleep(max(0.0, (day + 1) * DAY_S - self.wall()))
+                day, spent = int(self.wall() // DAY_S), 0
+            self._day[location] = (day, spent + calls)
         now = self.clock()
         start = max(self._next.get(location, now), now - GHL_INTERVAL_S)  # at most one window of saved-up credit
         self._next[location] = start + calls / self.rate
@@ -333,8 +362,8 @@ def publish(prepared: Prepared, settings: Settings, request: BackfillRequest, ec
     events = prepared.events
     checkpoint = Checkpoint(request.checkpoint_dir or settings.state_dir, prepared.fingerprint)
     done = checkpoint.load()
-    budget = budget_for(prepared.by_client, target, request.rate_share, request.budget_per_10s)
-    pacer = pacer or Pacer(budget.pace_per_s)
+    budget = budget_for(prepared.by_client, target, request.rate_share, request.budget_per_10s, request.daily_limit)
+    pacer = pacer or Pacer(budget.pace_per_s, per_day=budget.per_day)
     first_of_client = {id(evs[0]) for evs in prepared.by_client.values() if evs}
     producer = _producer(settings)
     failed: list[str] = []
@@ -348,7 +377,6 @@ def publish(prepared: Prepared, settings: Settings, request: BackfillRequest, ec
     remaining: Counter[str] = Counter(budget.calls)
     for e in events[:done]:
         remaining[target(e.location_id)] -= CALLS[e.kind] + (FIRST_EVENT_EXTRA_CALLS if id(e) in first_of_client else 0)
-    rate = budget.rate_per_s
     published = 0
     with tqdm(total=len(events), initial=done, unit="ev", desc="backfill", file=_stderr(), mininterval=0.5) as bar:
         for index in range(done, len(events)):
@@ -375,7 +403,7 @@ def publish(prepared: Prepared, settings: Settings, request: BackfillRequest, ec
                 _flush(producer, failed)
                 checkpoint.save(index + 1, len(events))
                 bar.update(index + 1 - bar.n)
-                bar.set_postfix_str(f"GoHighLevel ETA {format_duration(max(remaining.values(), default=0) / rate)}",
+                bar.set_postfix_str(f"GoHighLevel ETA {format_duration(budget.eta_for(max(remaining.values(), default=0)))}",
                                     refresh=False)
             if published == stop_after:
                 break
@@ -401,10 +429,9 @@ def summary_lines(prepared: Prepared, budget: Budget) -> list[str]:
         lines.append(f"  ... and {len(export.rejects) - 20} more rejected rows")
     for key, n in sorted(export.lenient.items()):
         lines.append(f"  {n} invalid {key} values dropped")
-    rate = budget.rate_per_s
     for label, calls in sorted(budget.calls.items()):
-        lines.append(f"  GoHighLevel location {label}: ~{calls} calls, at {rate:g} calls/s "
-                     f"≈ {format_duration(calls / rate)}")
+        lines.append(f"  GoHighLevel location {label}: ~{calls} calls at {budget.rate_per_s:g} calls/s, at most "
+                     f"{budget.per_day} a day ≈ {format_duration(budget.eta_for(calls))}")
     lines.append(f"ETA (the slowest location, calls ÷ its rate budget share): {format_duration(budget.eta_s())}")
     return lines
 

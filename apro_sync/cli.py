@@ -222,6 +222,7 @@ def backfill(
     rate_share: float = typer.Option(0.5, min=0.0, max=1.0, help="Share of each GoHighLevel location's rate budget "
                                      "the backfill is paced to (0: publish unpaced)."),
     budget: int = typer.Option(100, min=1, help="GoHighLevel requests per 10 s per location (GoHighLevel: 100)."),
+    daily_limit: int = typer.Option(200_000, min=1, help="GoHighLevel requests per day per location (200,000)."),
     checkpoint_dir: Optional[str] = typer.Option(None, help="Where the resume checkpoint is kept "
                                                  "(default: APRO_STATE_DIR)."),
 ) -> None:
@@ -246,12 +247,12 @@ def backfill(
     request = backfill_mod.BackfillRequest(
         clients=Path(clients) if clients else None, appointments=Path(appointments) if appointments else None,
         invoices=Path(invoices) if invoices else None, location=location, dry_run=dry_run, as_of=taken,
-        rate_share=rate_share, budget_per_10s=budget,
+        rate_share=rate_share, budget_per_10s=budget, daily_limit=daily_limit,
         checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None)
     try:
         prepared = backfill_mod.prepare(request, settings)
         target = backfill_mod.ghl_target_of(settings)
-        plan = backfill_mod.budget_for(prepared.by_client, target, rate_share, budget)
+        plan = backfill_mod.budget_for(prepared.by_client, target, rate_share, budget, daily_limit)
         for line in backfill_mod.summary_lines(prepared, plan):
             typer.echo(line)
         if dry_run:

@@ -288,8 +288,28 @@ def test_pacer_spends_the_share_of_the_budget_per_location() -> None:
     assert clock[0] == pytest.approx(10.0)
 
 
+def test_pacer_waits_for_the_next_utc_day_once_the_daily_share_is_spent() -> None:
+    wall = [86_400.0 * 20_000 + 3_600]  # 01:00 UTC
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        wall[0] += s
+
+    pacer = backfill_mod.Pacer(1e9, sleep=sleep, clock=lambda: wall[0], per_day=10, wall=lambda: wall[0])
+    for _ in range(5):
+        pacer.take("A", 2)
+    assert slept == []
+    pacer.take("A", 2)  # the 11th and 12th call of the day
+    assert wall[0] == 86_400.0 * 20_001  # waited until midnight
+    pacer.take("B", 10)  # another location's day is its own
+    assert wall[0] == 86_400.0 * 20_001
+
+
 def test_eta_is_the_slowest_locations_calls_over_its_rate() -> None:
     budget = backfill_mod.Budget(share=0.5, calls={"A": 1000, "B": 3000})
     assert budget.rate_per_s == 5.0 and budget.eta_s() == 600.0
     assert backfill_mod.Budget(share=0.0, calls={"A": 1000}).eta_s() == 100.0
+    # Past the daily share (100,000 a day at 0.5), whole days: 250,000 calls = 2 days + 50,000 / 5 per s.
+    assert backfill_mod.Budget(share=0.5, calls={"A": 250_000}).eta_s() == 2 * 86_400 + 10_000
     assert backfill_mod.format_duration(93_784) == "1d02h03m"

@@ -115,7 +115,8 @@ def test_backfill_matches_export_resumes_after_sigkill_and_repeats_as_a_no_op(st
 
     # 1. A paced run (about 10 s of publishing at this budget), SIGKILLed a third of the way in.
     budget = str(max(100, CLIENTS * 20))
-    first = _backfill(stack, paths, checkpoints, "--as-of", as_of.isoformat(), "--budget", budget)
+    first = _backfill(stack, paths, checkpoints, "--as-of", as_of.isoformat(), "--budget", budget,
+                      "--daily-limit", "10000000")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         published, total = _published(checkpoints)
