@@ -296,6 +296,8 @@ def dry_run(prepared: Prepared, settings: Settings, target: Callable[[str | None
                 if isinstance(op, UpsertContact):
                     c.contacts_updated += contact
                     c.contacts_created += not contact
+                    if not contact:  # the collision check searches by email, then by phone (sync-rules.md)
+                        c.calls += bool(op.standard.email) + bool(op.standard.phone)
                     contact = True
                     c.calls += 1
                 elif isinstance(op, UpsertOpportunity):

@@ -28,9 +28,9 @@ _APPOINTMENT_EVENT = {"booked": "appointment.booked", "completed": "appointment.
 # GoHighLevel calls a historical event costs (docs/benchmarks.md "(a) Which calls"; no note and no enrollment for
 # historical events): contact write and opportunity write (a patient's past appointment: the contact only; the
 # patient tag once per client). An estimate for the ETA; `--dry-run` counts exactly. A client's first event adds the
-# opportunity search.
+# contact searches (email, phone: the collision check) and the opportunity search.
 CALLS = {"client": 1, "appointment": 2, "paid": 2, "reversal": 2}
-FIRST_EVENT_EXTRA_CALLS = 1
+FIRST_EVENT_EXTRA_CALLS = 3
 
 
 @dataclass(frozen=True)

@@ -243,8 +243,9 @@ def test_dry_run_counts_per_location() -> None:
     assert c.events == sum(len(v) for v in prepared.by_client.values()) == 13
     assert (c.contacts_created, c.notes, c.enrollments, c.tags, c.unreadable, c.skipped) == (3, 0, 0, 3, 0, 0)
     assert c.opportunities_created == 3
+    searches = 2 + 1 + 1  # Jane has email and phone, Omar a phone, Lena an email
     assert c.calls == c.contacts_created + c.contacts_updated + 2 * c.opportunities_created + \
-        c.opportunities_updated + c.tags
+        c.opportunities_updated + c.tags + searches
     assert "@" not in c.line() and "Jane" not in c.line()
 
 
