@@ -1,6 +1,7 @@
 """`apro-sync backfill` end to end: generated export → CLI (a real subprocess, SIGKILLed mid-run and resumed) →
 raw topic → worker (normalize + sync) → GoHighLevel emulator. Lifetime value, last and next visit must match the
-export; a second run must change nothing. CI size: 300 clients; `APRO_LONG=1`: 10,000 (docs/benchmarks.md)."""
+export; a second run must change nothing. CI size: 300 clients; `APRO_LONG=1`: 10,000; `APRO_BACKFILL_CLIENTS=N`
+sets another size (docs/benchmarks.md, "Backfill")."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,9 +27,8 @@ from tests.conftest import REPO
 from tests.ghl_emulator_fixture import LOCATION_1, TOKEN_1
 from tests.test_sink_e2e import Stack, fields, stack  # noqa: F401 - `stack` is a fixture
 
-pytestmark = pytest.mark.integration
-
-CLIENTS = 10_000 if os.environ.get("APRO_LONG") else 300
+CLIENTS = int(os.environ.get("APRO_BACKFILL_CLIENTS") or (10_000 if os.environ.get("APRO_LONG") == "1" else 300))
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600 + CLIENTS * 2)]
 CLI = [sys.executable, "-c", "from apro_sync.cli import main; main()", "backfill"]
 
 
@@ -39,11 +40,26 @@ def ghl_emulator_config() -> EmulatorConfig:
                           rate_limit=RateLimitConfig(burst_max=5000, interval_ms=1000, daily_max=10_000_000))
 
 
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_backfills() -> Iterator[None]:
+    yield
+    while _STARTED:  # a failed test must not leave a publisher running against the next test's broker
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _backfill(stack: Stack, paths: tuple[Path, Path, Path], checkpoints: Path, *extra: str) -> subprocess.Popen[bytes]:
     args = [*CLI, "--clients", str(paths[0]), "--appointments", str(paths[1]), "--invoices", str(paths[2]),
             "--checkpoint-dir", str(checkpoints), *extra]
     log = open(checkpoints.parent / f"backfill-{checkpoints.name}-{time.monotonic_ns()}.log", "wb")
-    return subprocess.Popen(args, cwd=REPO, env=stack.env(), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, cwd=REPO, env=stack.env(), stdout=log, stderr=subprocess.STDOUT)
+    _STARTED.append(proc)
+    return proc
 
 
 def _published(checkpoints: Path) -> tuple[int, int]:
@@ -131,10 +147,10 @@ def test_backfill_matches_export_resumes_after_sigkill_and_repeats_as_a_no_op(st
 
     # 2. The same command resumes from the checkpoint (unpaced) and finishes.
     resumed = _backfill(stack, paths, checkpoints, "--as-of", as_of.isoformat(), "--rate-share", "0")
-    assert resumed.wait(timeout=600) == 0
+    assert resumed.wait(timeout=600 + CLIENTS) == 0
     assert _published(checkpoints) == (total, total)
 
-    state = _wait_converged(stack, truth, timeout_s=1800 if CLIENTS > 1000 else 300)
+    state = _wait_converged(stack, truth, timeout_s=300 + CLIENTS)
     contacts = _by_email(state)
     assert len(state["contacts"]) == len(truth)
     for client_id, expected in truth.items():
@@ -154,7 +170,7 @@ def test_backfill_matches_export_resumes_after_sigkill_and_repeats_as_a_no_op(st
     before = _requests(state)
     again = _backfill(stack, paths, tmp_path / "checkpoints-again", "--as-of",
                       (as_of + timedelta(hours=1)).isoformat(), "--rate-share", "0")
-    assert again.wait(timeout=600) == 0
+    assert again.wait(timeout=600 + CLIENTS) == 0
     assert _published(tmp_path / "checkpoints-again") == (total, total)
     _wait_raw_consumed(stack)  # the worker has read every record of the second run
     after = stack.settle(quiet_s=3.0, timeout_s=120)
