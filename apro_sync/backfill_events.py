@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -49,7 +49,7 @@ class HistoricalEvent:
 
 
 def _event_id(resource: str, row: Any, suffix: str = "") -> str:
-    fields = {k: v for k, v in asdict(row).items() if k != "row"}
+    fields = {k: v for k, v in vars(row).items() if k != "row"}  # flat rows: no deep copy needed
     digest = hashlib.sha256(orjson.dumps([resource, suffix, fields], default=str, option=orjson.OPT_SORT_KEYS))
     return f"backfill-{resource[:4]}-{digest.hexdigest()[:32]}{suffix}"
 
