@@ -98,7 +98,7 @@ def bench_publish(prepared: backfill_mod.Prepared, bootstrap: str, embedded: boo
           f"events/s; ratio {elapsed / baseline:.2f}x")
 
 
-def bench_eta(bootstrap: str, embedded: bool, work: Path, clients: int) -> None:
+def bench_eta(bootstrap: str, embedded: bool, work: Path, clients: int, share: float) -> None:
     emulator = ThreadedEmulator(EmulatorConfig(locations=[LocationConfig(id=LOCATION_ID, token=TOKEN)],
                                                max_request_log=1_000_000)).start()
     env = {"APRO_GHL_BASE_URL": emulator.base_url, "APRO_GHL_TOKEN": TOKEN, "APRO_GHL_LOCATION_ID": LOCATION_ID,
@@ -115,10 +115,10 @@ def bench_eta(bootstrap: str, embedded: bool, work: Path, clients: int) -> None:
     try:
         as_of = datetime.now(timezone.utc).replace(microsecond=0)
         paths, _truth = generate(work / "eta-export", clients, seed=5, as_of=as_of)
-        request = backfill_mod.BackfillRequest(*paths, as_of=as_of, rate_share=1.0, checkpoint_dir=work / "eta")
+        request = backfill_mod.BackfillRequest(*paths, as_of=as_of, rate_share=share, checkpoint_dir=work / "eta")
         prepared = backfill_mod.prepare(request, settings)
         target = backfill_mod.ghl_target_of(settings)
-        budget = backfill_mod.budget_for(prepared.by_client, target, 1.0)
+        budget = backfill_mod.budget_for(prepared.by_client, target, share)
         exact = backfill_mod.dry_run(prepared, settings, target)[LOCATION_ID].calls
         time.sleep(10.5)  # the worker's start-up calls leave the window too
         started = time.time()
@@ -133,7 +133,8 @@ def bench_eta(bootstrap: str, embedded: bool, work: Path, clients: int) -> None:
             time.sleep(0.5)
         drained = last - started
         predicted = budget.eta_s()
-        print(f"(c) ETA at 100 requests / 10 s, {clients} clients, {len(prepared.events)} events, paced at share 1.0: "
+        print(f"(c) ETA at 100 requests / 10 s, {clients} clients, {len(prepared.events)} events, "
+              f"{f'paced at share {share:g}' if share else 'unpaced (the worker paces itself)'}: "
               f"predicted {predicted:.0f} s ({sum(budget.calls.values())} calls estimated; dry run {exact}), "
               f"measured {drained:.0f} s to the last call ({count} calls; publishing took {published - started:.0f} "
               f"s); measured / predicted {drained / predicted:.2f}, calls measured / estimated "
@@ -149,6 +150,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=20_000, help="export size for (a) and (b)")
     ap.add_argument("--eta-clients", type=int, default=30, help="export size for (c) (~20 calls each at 10/s)")
+    ap.add_argument("--eta-share", type=float, default=1.0, help="--rate-share for (c); 0 = unpaced")
     ap.add_argument("--only", choices=["read", "publish", "eta"])
     args = ap.parse_args()
     broker = None
@@ -166,7 +168,7 @@ def main() -> None:
                 if args.only in (None, "publish"):
                     bench_publish(prepared, bootstrap, broker is not None, work)
             if args.only in (None, "eta"):
-                bench_eta(bootstrap, broker is not None, work, args.eta_clients)
+                bench_eta(bootstrap, broker is not None, work, args.eta_clients, args.eta_share)
     finally:
         if broker is not None:
             broker.stop()
