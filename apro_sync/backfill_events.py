@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -33,24 +33,38 @@ CALLS = {"client": 1, "appointment": 2, "paid": 2, "reversal": 2}
 FIRST_EVENT_EXTRA_CALLS = 3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HistoricalEvent:
+    """One event; its JSON body is built when asked for (a 1,000,000-row export would not fit in memory)."""
+
     client_id: str
     at: datetime
     rank: int
     event_id: str
     kind: str  # client | appointment | paid | reversal
     location_id: str | None
-    body: bytes
+    row: Any = field(repr=False, compare=False)
+    builder: "EventBuilder" = field(repr=False, compare=False)
+    payload: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def body(self) -> bytes:
+        return self.payload if self.payload is not None else self.builder.body_of(self)
 
     @property
     def sort_key(self) -> tuple[datetime, int, str]:
         return (self.at, self.rank, self.event_id)
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _event_id(resource: str, row: Any, suffix: str = "") -> str:
-    fields = {k: v for k, v in vars(row).items() if k != "row"}  # flat rows: no deep copy needed
-    digest = hashlib.sha256(orjson.dumps([resource, suffix, fields], default=str, option=orjson.OPT_SORT_KEYS))
+    names = _FIELD_NAMES.get(type(row))
+    if names is None:
+        names = _FIELD_NAMES[type(row)] = tuple(f.name for f in fields(row) if f.name != "row")
+    values = {name: getattr(row, name) for name in names}
+    digest = hashlib.sha256(orjson.dumps([resource, suffix, values], default=str, option=orjson.OPT_SORT_KEYS))
     return f"backfill-{resource[:4]}-{digest.hexdigest()[:32]}{suffix}"
 
 
@@ -97,6 +111,28 @@ class EventBuilder:
             out["name"] = name
         return out
 
+    def _event(self, row: Any, client_id: str, at: datetime, kind: str, event_id: str, location: dict[str, Any],
+               build: bool, body: Any) -> HistoricalEvent:
+        """`body` is a function returning (event name, blocks); called only when `build`."""
+        payload = None
+        if build:
+            name, blocks = body()
+            payload = self._body(event_id, name, at, client_id, location, **blocks)
+        return HistoricalEvent(client_id, at, _RANK[kind], event_id, kind, location.get("id"), row, self, payload)
+
+    def body_of(self, event: HistoricalEvent) -> bytes:
+        """The JSON body of an event built earlier (rebuilt from its row: the same bytes every time)."""
+        if event.kind == "client":
+            built = [self.client_event(event.row, build=True)]
+        elif event.kind == "appointment":
+            built = [self.appointment_event(event.row, build=True)]
+        else:
+            built = self.invoice_events(event.row, build=True)
+        for candidate in built:
+            if candidate is not None and candidate.event_id == event.event_id and candidate.payload is not None:
+                return candidate.payload
+        raise LookupError("event not rebuilt from its row")
+
     def _body(self, event_id: str, kind: str, at: datetime, client_id: str, location: dict[str, Any],
               **blocks: Any) -> bytes:
         body = {"eventId": event_id, "event": kind, "occurredAt": _iso(at), "source": "backfill",
@@ -106,15 +142,14 @@ class EventBuilder:
     def _cap(self, at: datetime) -> datetime:
         return min(at, self.as_of)
 
-    def client_event(self, row: ClientRow) -> HistoricalEvent | None:
+    def client_event(self, row: ClientRow, build: bool = False) -> HistoricalEvent | None:
         location = self._location(row.location_id, row.location_name, row)
         if location is None:
-            self.filtered_out += 1
+            self.filtered_out += not build
             return None
-        event_id = _event_id("clients", row)
         # A client row says what the client looks like at export time.
-        body = self._body(event_id, "client.updated", self.as_of, row.client_id, location)
-        return HistoricalEvent(row.client_id, self.as_of, _RANK["client"], event_id, "client", location.get("id"), body)
+        return self._event(row, row.client_id, self.as_of, "client", _event_id("clients", row), location, build,
+                           lambda: ("client.updated", {}))
 
     def _appointment_block(self, row: AppointmentRow, status: str) -> dict[str, Any]:
         block: dict[str, Any] = {"appointmentId": row.appointment_id, "status": status,
@@ -127,11 +162,11 @@ class EventBuilder:
             block["provider"] = row.provider
         return block
 
-    def appointment_event(self, row: AppointmentRow) -> HistoricalEvent | None:
+    def appointment_event(self, row: AppointmentRow, build: bool = False) -> HistoricalEvent | None:
         client = self.clients.get(row.client_id)
         location = self._location(row.location_id, row.location_name, client)
         if location is None:
-            self.filtered_out += 1
+            self.filtered_out += not build
             return None
         kind = _APPOINTMENT_EVENT[row.status]
         if row.status in ("booked", "completed"):
@@ -140,20 +175,17 @@ class EventBuilder:
             at = self._cap(row.changed_at or row.start)
         status = {"completed": "Booked", "booked": "Booked", "cancelled": "Cancelled", "no_show": "No Show",
                   "deleted": "Deleted"}[row.status]
-        event_id = _event_id("appointments", row)
-        body = self._body(event_id, kind, at, row.client_id, location,
-                          appointment=self._appointment_block(row, status))
-        return HistoricalEvent(row.client_id, at, _RANK["appointment"], event_id, "appointment", location.get("id"),
-                               body)
+        return self._event(row, row.client_id, at, "appointment", _event_id("appointments", row), location, build,
+                           lambda: (kind, {"appointment": self._appointment_block(row, status)}))
 
-    def invoice_events(self, row: InvoiceRow) -> list[HistoricalEvent]:
+    def invoice_events(self, row: InvoiceRow, build: bool = False) -> list[HistoricalEvent]:
         client = self.clients.get(row.client_id)
         location = self._location(row.location_id, row.location_name, client)
         if location is None:
-            self.filtered_out += 1
+            self.filtered_out += not build
             return []
         if row.status == "open":
-            self.unpaid_invoices += 1
+            self.unpaid_invoices += not build
             return []
         if row.paid_at is not None:
             paid_at = row.paid_at
@@ -161,6 +193,16 @@ class EventBuilder:
             assert row.invoice_date is not None  # the reader rejects a paid invoice with neither
             paid_at = datetime.combine(row.invoice_date, time(12), self.tz)
         paid_at = self._cap(paid_at)
+        events = [self._event(row, row.client_id, paid_at, "paid", _event_id("invoices", row, ":paid"), location,
+                              build, lambda: ("invoice.paid", {"invoice": self._paid_block(row, paid_at)}))]
+        if row.status in ("refunded", "voided"):
+            at = max(self._cap(row.changed_at or paid_at + timedelta(seconds=1)), paid_at)
+            kind = "invoice.refunded" if row.status == "refunded" else "invoice.voided"
+            events.append(self._event(row, row.client_id, at, "reversal", _event_id("invoices", row, f":{row.status}"),
+                                      location, build, lambda: (kind, {"invoice": self._reversal_block(row)})))
+        return events
+
+    def _paid_block(self, row: InvoiceRow, paid_at: datetime) -> dict[str, Any]:
         invoice: dict[str, Any] = {"id": row.invoice_id, "status": "Paid", "amountPaid": str(row.amount_paid),
                                    "paidDate": _iso(paid_at)}
         if row.invoice_number:
@@ -174,25 +216,18 @@ class EventBuilder:
             appt = self.appointments.get(row.appointment_id)
             invoice["appointment"] = (self._appointment_block(appt, "Completed") if appt is not None
                                       else {"appointmentId": row.appointment_id})
-        paid_id = _event_id("invoices", row, ":paid")
-        events = [HistoricalEvent(row.client_id, paid_at, _RANK["paid"], paid_id, "paid", location.get("id"),
-                                  self._body(paid_id, "invoice.paid", paid_at, row.client_id, location,
-                                             invoice=invoice))]
-        if row.status in ("refunded", "voided"):
-            at = max(self._cap(row.changed_at or paid_at + timedelta(seconds=1)), paid_at)
-            kind = "invoice.refunded" if row.status == "refunded" else "invoice.voided"
-            reversal: dict[str, Any] = {"id": row.invoice_id, "status": row.status.capitalize()}
-            if row.status == "refunded":  # no refunded amount in the export: a full refund
-                reversal["refundAmount"] = str(min(row.refunded, row.amount_paid) if row.refunded else row.amount_paid)
-            else:
-                reversal["total"] = str(row.amount_paid)
-            if row.invoice_number:
-                reversal["invoiceNumber"] = row.invoice_number
-            rev_id = _event_id("invoices", row, f":{row.status}")
-            events.append(HistoricalEvent(row.client_id, at, _RANK["reversal"], rev_id, "reversal",
-                                          location.get("id"),
-                                          self._body(rev_id, kind, at, row.client_id, location, invoice=reversal)))
-        return events
+        return invoice
+
+    @staticmethod
+    def _reversal_block(row: InvoiceRow) -> dict[str, Any]:
+        reversal: dict[str, Any] = {"id": row.invoice_id, "status": row.status.capitalize()}
+        if row.status == "refunded":  # no refunded amount in the export: a full refund
+            reversal["refundAmount"] = str(min(row.refunded, row.amount_paid) if row.refunded else row.amount_paid)
+        else:
+            reversal["total"] = str(row.amount_paid)
+        if row.invoice_number:
+            reversal["invoiceNumber"] = row.invoice_number
+        return reversal
 
     def by_client(self) -> dict[str, list[HistoricalEvent]]:
         """Every client's events in time order (client ids in a stable order)."""

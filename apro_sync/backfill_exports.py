@@ -104,7 +104,7 @@ class ExportError(ValueError):
     """A file that cannot be read at all (missing required column, not CSV). Never quotes a value."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reject:
     resource: str
     row: int  # 1-based data row (the header is row 0)
@@ -112,7 +112,7 @@ class Reject:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClientRow:
     row: int
     client_id: str
@@ -129,7 +129,7 @@ class ClientRow:
     location_name: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AppointmentRow:
     row: int
     appointment_id: str
@@ -145,7 +145,7 @@ class AppointmentRow:
     location_name: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InvoiceRow:
     row: int
     invoice_id: str
