@@ -7,6 +7,7 @@ be ordered or identified is rejected with its row number and column name (never 
 
 from __future__ import annotations
 
+import codecs
 import csv
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -246,9 +247,23 @@ class _Bad(Exception):
         self.column, self.reason = column, reason
 
 
+def encoding_of(path: Path) -> str:
+    """UTF-8 (with or without a byte-order mark) when the whole file decodes as such, else Windows-1252, which
+    older Windows exports use (a name like `Zoë` must not become `Zo�`)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as handle:
+        try:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return "cp1252"
+    return "utf-8-sig"
+
+
 def _rows(path: Path, resource: str, export: Export) -> Iterator[_Row]:
     csv.field_size_limit(MAX_FIELD_CHARS)
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+    with open(path, newline="", encoding=encoding_of(path), errors="replace") as handle:
         sample = handle.read(8192)
         handle.seek(0)
         try:

@@ -101,6 +101,14 @@ def test_a_missing_required_column_stops_the_read(tmp_path: Path) -> None:
         read_export(None, path, None, tz=PHOENIX)
 
 
+def test_a_windows_1252_export_keeps_its_accents(tmp_path: Path) -> None:
+    path = tmp_path / "clients.csv"
+    path.write_bytes("Client ID,First Name,Email\nC1,Zoë,zoe@example.com\n".encode("cp1252"))
+    assert [c.first_name for c in read_export(path, None, None, tz=PHOENIX).clients] == ["Zoë"]
+    path.write_bytes("\ufeffClient ID,First Name\nC1,Zoë\n".encode("utf-8"))
+    assert [c.first_name for c in read_export(path, None, None, tz=PHOENIX).clients] == ["Zoë"]
+
+
 def test_lenient_fields_are_dropped_and_counted(tmp_path: Path) -> None:
     path = tmp_path / "clients.csv"
     path.write_text("Client ID,Email,Phone,DOB\nC1,not an email,12,31/31/1990\nC2,a@example.com,,\n")
