@@ -23,7 +23,7 @@ from confluent_kafka import Producer
 from tqdm import tqdm
 
 from apro_sync import headers as headers_mod
-from apro_sync.backfill_events import CALLS, FIRST_EVENT_EXTRA_CALLS, EventBuilder, HistoricalEvent, estimated_calls
+from apro_sync.backfill_events import CALLS, FIRST_EVENT_EXTRA_CALLS, EventBuilder, HistoricalEvent
 from apro_sync.backfill_exports import Export, read_export
 from apro_sync.config import Settings
 from apro_sync.kafka_connection import KafkaConnection
@@ -34,7 +34,6 @@ GHL_BURST = 100  # GoHighLevel: 100 requests per 10 s per location (docs/sync-en
 GHL_INTERVAL_S = 10.0
 GHL_DAILY = 200_000  # requests per day per location (GoHighLevel's documented daily limit)
 DAY_S = 86_400.0
-Echo = Callable[[str], None]
 
 
 class BackfillError(Exception):
@@ -352,12 +351,9 @@ class PublishSummary:
     published: int
 
 
-def publish(prepared: Prepared, settings: Settings, request: BackfillRequest, echo: Echo,
-            pacer: Pacer | None = None, target: Callable[[str | None], str] | None = None,
-            stop_after: int | None = None) -> PublishSummary:
-    """Publish the events not yet checkpointed; checkpoint after every acknowledged flush.
-
-    `stop_after` (tests and benchmarks) stops after that many newly acknowledged events."""
+def publish(prepared: Prepared, settings: Settings, request: BackfillRequest, pacer: Pacer | None = None,
+            target: Callable[[str | None], str] | None = None) -> PublishSummary:
+    """Publish the events not yet checkpointed; checkpoint after every acknowledged flush."""
     if not settings.kafka_bootstrap_servers:
         raise BackfillError("no broker configured: set KAFKA_BOOTSTRAP_SERVERS")
     target = target or ghl_target_of(settings)
@@ -389,8 +385,6 @@ def publish(prepared: Prepared, settings: Settings, request: BackfillRequest, ec
             headers = [(headers_mod.BACKFILL, b"1"), (headers_mod.CONTENT_TYPE, b"application/json"),
                        (headers_mod.REQUEST_ID, request_id.encode()),
                        (headers_mod.RECEIVED_AT, datetime.now(timezone.utc).isoformat().encode())]
-            if event.location_id:
-                headers.append((headers_mod.TOKEN_LOCATION, event.location_id.encode()))
             while True:
                 try:
                     producer.produce(topic, value=event.body, key=event.client_id.encode(), headers=headers,
@@ -401,14 +395,12 @@ def publish(prepared: Prepared, settings: Settings, request: BackfillRequest, ec
             producer.poll(0)
             remaining[label] -= calls
             published += 1
-            if (index + 1) % FLUSH_EVERY == 0 or index + 1 == len(events) or published == stop_after:
+            if (index + 1) % FLUSH_EVERY == 0 or index + 1 == len(events):
                 _flush(producer, failed)
                 checkpoint.save(index + 1, len(events))
                 bar.update(index + 1 - bar.n)
                 bar.set_postfix_str(f"GoHighLevel ETA {format_duration(budget.eta_for(max(remaining.values(), default=0)))}",
                                     refresh=False)
-            if published == stop_after:
-                break
     return PublishSummary(total=len(events), skipped_by_checkpoint=done, published=published)
 
 
@@ -439,4 +431,4 @@ def summary_lines(prepared: Prepared, budget: Budget) -> list[str]:
 
 
 __all__ = ["BackfillError", "BackfillRequest", "Checkpoint", "DryRunCounts", "Pacer", "Prepared", "budget_for",
-           "dry_run", "estimated_calls", "fingerprint", "ghl_target_of", "prepare", "publish", "summary_lines"]
+           "dry_run", "fingerprint", "ghl_target_of", "prepare", "publish", "summary_lines"]

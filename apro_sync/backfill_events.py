@@ -251,11 +251,6 @@ def ordered(by_client: dict[str, list[HistoricalEvent]]) -> Iterator[HistoricalE
         yield from events
 
 
-def estimated_calls(by_client: dict[str, list[HistoricalEvent]]) -> int:
-    return sum(sum(CALLS[e.kind] for e in events) + (FIRST_EVENT_EXTRA_CALLS if events else 0)
-               for events in by_client.values())
-
-
 def expected_lifetime_value(export: Export) -> dict[str, Decimal]:
     """What each client's Patient Lifetime Value must be after the backfill (the export's own sum)."""
     out: dict[str, Decimal] = defaultdict(lambda: Decimal("0.00"))
@@ -269,4 +264,4 @@ def expected_lifetime_value(export: Export) -> dict[str, Decimal]:
     return dict(out)
 
 
-__all__ = ["CALLS", "EventBuilder", "HistoricalEvent", "estimated_calls", "expected_lifetime_value", "ordered"]
+__all__ = ["CALLS", "EventBuilder", "HistoricalEvent", "expected_lifetime_value", "ordered"]

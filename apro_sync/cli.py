@@ -260,7 +260,7 @@ def backfill(
                 typer.echo(f"location {label}: {counts.line()}")
             typer.echo("dry run: nothing published (counts assume no contact exists yet in GoHighLevel)")
             return
-        result = backfill_mod.publish(prepared, settings, request, typer.echo, target=target)
+        result = backfill_mod.publish(prepared, settings, request, target=target)
     except (ExportError, backfill_mod.BackfillError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -76,7 +76,7 @@ def bench_publish(prepared: backfill_mod.Prepared, bootstrap: str, embedded: boo
     ensure_topics(bootstrap, [settings.topics.raw], 12)
     request = backfill_mod.BackfillRequest(None, None, None, rate_share=0.0, checkpoint_dir=work / "ckpt")
     t0 = time.perf_counter()
-    backfill_mod.publish(prepared, settings, request, lambda _line: None, target=lambda loc: loc or "x")
+    backfill_mod.publish(prepared, settings, request, target=lambda loc: loc or "x")
     elapsed = time.perf_counter() - t0
     base_settings = _settings(bootstrap, embedded, work, "bfq.")
     ensure_topics(bootstrap, [base_settings.topics.raw], 12)
@@ -122,7 +122,7 @@ def bench_eta(bootstrap: str, embedded: bool, work: Path, clients: int, share: f
         exact = backfill_mod.dry_run(prepared, settings, target)[LOCATION_ID].calls
         time.sleep(10.5)  # the worker's start-up calls leave the window too
         started = time.time()
-        backfill_mod.publish(prepared, settings, request, lambda _line: None, target=target)
+        backfill_mod.publish(prepared, settings, request, target=target)
         published = time.time()
         last, count, quiet = started, 0, time.monotonic()
         while time.monotonic() - quiet < 15:

@@ -25,7 +25,7 @@ from apro_sync.backfill_exports import (
     read_export,
 )
 from apro_sync.config import Settings
-from streams.crm_ops import AddNote, AddTags, EnrollWorkflow, UpsertContact, UpsertOpportunity
+from streams.crm_ops import AddNote, AddTags, EnrollWorkflow, UpsertOpportunity
 from streams.events import NormalizedEvent
 from streams.normalize import normalize
 from streams.planner import plan
