@@ -399,8 +399,8 @@ def publish(prepared: Prepared, settings: Settings, request: BackfillRequest, pa
                 _flush(producer, failed)
                 checkpoint.save(index + 1, len(events))
                 bar.update(index + 1 - bar.n)
-                bar.set_postfix_str(f"GoHighLevel ETA {format_duration(budget.eta_for(max(remaining.values(), default=0)))}",
-                                    refresh=False)
+                eta = budget.eta_for(max(remaining.values(), default=0))
+                bar.set_postfix_str(f"GoHighLevel ETA {format_duration(eta)}", refresh=False)
     return PublishSummary(total=len(events), skipped_by_checkpoint=done, published=published)
 
 

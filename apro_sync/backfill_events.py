@@ -99,7 +99,8 @@ class EventBuilder:
         self.filtered_out = 0  # rows of another location than --location
         self.unpaid_invoices = 0
 
-    def _location(self, row_location: str | None, row_name: str | None, client: ClientRow | None) -> dict[str, Any] | None:
+    def _location(self, row_location: str | None, row_name: str | None,
+                  client: ClientRow | None) -> dict[str, Any] | None:
         loc_id = row_location or (client.location_id if client else None) or self.location
         name = row_name or (client.location_name if client else None)
         if self.location is not None and loc_id is not None and loc_id != self.location:

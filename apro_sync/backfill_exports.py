@@ -191,7 +191,8 @@ def header_map(resource: str, headers: list[str]) -> dict[str, int]:
                 break
     missing = [c for c in REQUIRED[resource] if c not in found]
     if missing:
-        raise ExportError(f"{resource} export: no column for {', '.join(missing)} (accepted: examples/exports/README.md)")
+        raise ExportError(f"{resource} export: no column for {', '.join(missing)} "
+                          "(accepted spellings: examples/exports/README.md)")
     return found
 
 
@@ -286,7 +287,8 @@ def _rows(path: Path, resource: str, export: Export) -> Iterator[_Row]:
             except StopIteration:
                 return
             except csv.Error:
-                export.rejects.append(Reject(resource, number, "*", "malformed CSV row (field too long or bad quoting)"))
+                export.rejects.append(Reject(resource, number, "*",
+                                             "malformed CSV row (field too long or bad quoting)"))
                 continue
             if number > MAX_ROWS_PER_FILE:
                 raise ExportError(f"{resource} export has more than {MAX_ROWS_PER_FILE} rows")

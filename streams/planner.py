@@ -660,7 +660,7 @@ def plan(
         return Plan(new_state=st, ops=(), outcome=outcome)
     if event.historical:  # backfill: no audit note per past event, no automation for the past, one patient tag
         w.ops = [(cls, kwargs) for cls, kwargs in w.ops
-                 if cls not in (AddNote, EnrollWorkflow) and not (cls is AddTags and st.patient)]
+                 if cls not in (AddNote, EnrollWorkflow) and not (st.patient and kwargs.get("tags") == (PATIENT_TAG,))]
 
     ops: tuple[CrmOp, ...] = ()
     if outcome is Outcome.APPLIED or (outcome is Outcome.REPEATED_INVOICE and w.ops):
