@@ -395,6 +395,7 @@ class _Reader:
             invoice=invoice,
             membership=membership,
             invalid_fields=tuple(self.invalid),
+            historical=header_names.BACKFILL in self.headers,
         )
 
     # ---------------------------------------------------------------------------------------------- client

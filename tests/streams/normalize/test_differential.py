@@ -39,7 +39,11 @@ def test_same_result_as_recorded(chunk: int) -> None:
         raw = base64.b64decode(case["raw"])
         result = normalize(raw, case["headers"], **case["kwargs"])
         actual = {"type": type(result).__name__, "out": result.model_dump(mode="json")}
-        expected = {"type": case["type"], "out": case["out"]}
+        out = case["out"]
+        if case["type"] == "NormalizedEvent":
+            # `historical` came later (backfill); no recorded case carries the apro-backfill header.
+            out = {**out, "historical": False}
+        expected = {"type": case["type"], "out": out}
         if actual != expected:
             mismatches.append(f"case {number}: expected {expected}, got {actual}")
     assert not mismatches, f"{len(mismatches)} differ; first: {mismatches[0]}"
