@@ -120,7 +120,8 @@ def provision(dry_run: bool = typer.Option(False, help="Report what is missing w
 
 @app.command()
 def peek(
-    topic: str = typer.Argument("raw", help="raw | quarantine | normalized | skipped | deadletter, or a topic name."),
+    topic: str = typer.Argument("raw", help="raw | quarantine | normalized | skipped | deadletter | shadow, or a "
+                                "topic name."),
     show_payload: bool = typer.Option(False, "--show-payload",
                                       help="Also print keys and bodies (patient data: development only)."),
 ) -> None:
@@ -130,7 +131,7 @@ def peek(
     from apro_sync.ops.kafka_io import OperatorError
 
     settings = _kafka_settings()
-    short = {"raw", "quarantine", "normalized", "skipped", "deadletter"}
+    short = {"raw", "quarantine", "normalized", "skipped", "deadletter", "shadow"}
     name = getattr(settings.topics, topic) if topic in short else topic
     try:
         peek.run(settings.kafka if settings.kafka_bootstrap_servers else "localhost:9092", name, show_payload, typer.echo)
@@ -209,6 +210,92 @@ def replay(
     typer.echo(f"replay of {settings.topics.raw} for {span}" + (f", location {location}" if location else ""))
     for line in summary.lines("republished", dry_run):
         typer.echo(line)
+
+
+@app.command()
+def reconcile(
+    location: Optional[str] = typer.Option(None, help="Only this GoHighLevel location (its label or id)."),
+    fix: bool = typer.Option(False, "--fix", help="Write the state's values again where GoHighLevel drifted."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (stderr)."),
+) -> None:
+    """Compare what apro-sync owns in GoHighLevel (its custom fields, the opportunity's stage, status and value,
+    the patient tag) with the sink's state, and report drift per field as counts. With --fix, re-apply the
+    state through the sync executor within the rate budget. Exit 1 when drift remains."""
+    from apro_sync.ops.kafka_io import OperatorError
+    from apro_sync.ops import reconcile as reconcile_tool
+    from sinks.locations import LocationsError
+
+    settings = _kafka_settings()
+    try:
+        reports = reconcile_tool.run(settings, location=location, fix=fix, show_progress=progress,
+                        log=lambda line: typer.echo(line, err=True))
+    except (OperatorError, LocationsError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for line in reconcile_tool.iter_lines(reports, fix):
+        typer.echo(line)
+    remaining = any(r.failed_clients or (r.counts.total and not fix) for r in reports)
+    raise typer.Exit(1 if remaining else 0)
+
+
+@app.command()
+def backfill(
+    clients: Optional[str] = typer.Option(None, "--clients", help="Clients export (CSV)."),
+    appointments: Optional[str] = typer.Option(None, "--appointments", help="Appointments export (CSV)."),
+    invoices: Optional[str] = typer.Option(None, "--invoices", help="Invoices export (CSV)."),
+    location: Optional[str] = typer.Option(None, help="AestheticsPro location id of rows that name none; rows of "
+                                           "another location are left out."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print per location what it would create or update."),
+    as_of: Optional[str] = typer.Option(None, help="When the export was taken (default: now); same forms as replay."),
+    rate_share: float = typer.Option(0.5, min=0.0, max=1.0, help="Share of each GoHighLevel location's rate budget "
+                                     "the backfill is paced to (0: publish unpaced)."),
+    budget: int = typer.Option(100, min=1, help="GoHighLevel requests per 10 s per location (GoHighLevel: 100)."),
+    daily_limit: int = typer.Option(200_000, min=1, help="GoHighLevel requests per day per location (200,000)."),
+    checkpoint_dir: Optional[str] = typer.Option(None, help="Where the resume checkpoint is kept "
+                                                 "(default: APRO_STATE_DIR)."),
+) -> None:
+    """Publish AestheticsPro's CSV exports as historical events (columns: examples/exports/README.md).
+
+    Resumable: re-run the same command after a crash; events already published are not repeated in effect.
+    """
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from apro_sync.ops import backfill as backfill_mod
+    from apro_sync.ops.backfill_exports import ExportError
+    from foundations.timeparse import TimeParseError, parse_time
+
+    if not (clients or appointments or invoices):
+        raise typer.BadParameter("give at least one of --clients, --appointments, --invoices")
+    try:
+        taken = parse_time(as_of, datetime.now(timezone.utc)) if as_of else None
+    except TimeParseError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    settings = load_settings() if dry_run else _kafka_settings()
+    request = backfill_mod.BackfillRequest(
+        clients=Path(clients) if clients else None, appointments=Path(appointments) if appointments else None,
+        invoices=Path(invoices) if invoices else None, location=location, dry_run=dry_run, as_of=taken,
+        rate_share=rate_share, budget_per_10s=budget, daily_limit=daily_limit,
+        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None)
+    try:
+        prepared = backfill_mod.prepare(request, settings)
+        target = backfill_mod.ghl_target_of(settings)
+        plan = backfill_mod.budget_for(prepared.by_client, target, rate_share, budget, daily_limit)
+        for line in backfill_mod.summary_lines(prepared, plan):
+            typer.echo(line)
+        if dry_run:
+            for label, counts in sorted(backfill_mod.dry_run(prepared, settings, target).items()):
+                typer.echo(f"location {label}: {counts.line()}")
+            typer.echo("dry run: nothing published (counts assume no contact exists yet in GoHighLevel)")
+            return
+        result = backfill_mod.publish(prepared, settings, request, target=target)
+    except (ExportError, backfill_mod.BackfillError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"published {result.published} events ({result.skipped_by_checkpoint} already published by an "
+               f"earlier run) of {result.total}")
+    if prepared.export.rejects:
+        raise typer.Exit(2)
 
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and redrive dead-letter records (headers only, never payloads).")

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -19,7 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
 from foundations.kafka_connection import KafkaConnection, SaslMechanism, SecurityProtocol
-from foundations.topics import Topics, TopicSpec, topic_specs
+from foundations.topics import SHADOW_SUFFIX, Topics, TopicSpec, topic_specs
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,9 @@ class Settings(BaseSettings):
     # GoHighLevel call) after GoHighLevel answers again, whatever the outage's length (docs/sync-engine.md).
     sink_pause_max_s: float = Field(default=20.0, gt=0)
     sink_revoke_grace_s: float = Field(default=1.0, ge=0)  # on rebalance: let in-flight ops finish this long
+    # live: write to GoHighLevel. shadow: a parallel pipeline on the same raw topic (own consumer group, derived
+    # topics and state) that records the GoHighLevel writes to the shadow topic instead (docs/operations.md).
+    sink_mode: Literal["live", "shadow"] = "live"
 
     @field_validator("webhook_tokens", mode="before")
     @classmethod
@@ -191,12 +195,18 @@ class Settings(BaseSettings):
 
     @property
     def topics(self) -> Topics:
-        return Topics.with_prefix(self.topic_prefix) if self.topic_prefix else Topics()
+        topics = Topics.with_prefix(self.topic_prefix) if self.topic_prefix else Topics()
+        return topics.shadowed() if self.sink_mode == "shadow" else topics
+
+    @property
+    def consumer_group(self) -> str:
+        """The workers' Faust app id and consumer group: shadow workers never move the live group's offsets."""
+        return f"{self.worker_id}{SHADOW_SUFFIX}" if self.sink_mode == "shadow" else self.worker_id
 
     def topic_specs(self) -> list[TopicSpec]:
         """Every topic with the configs production needs (retention, compaction, replication, size)."""
         return topic_specs(
-            topics=self.topics, app_id=self.worker_id, partitions=self.topic_partitions,
+            topics=self.topics, app_id=self.consumer_group, partitions=self.topic_partitions,
             replication=self.topic_replication, min_insync=self.topic_min_insync_replicas,
             raw_retention_days=self.raw_retention_days, quarantine_retention_days=self.quarantine_retention_days,
             deadletter_retention_days=self.deadletter_retention_days, max_body_bytes=self.max_body_bytes)

@@ -20,6 +20,7 @@ Model (docs/sync-engine.md has the full argument):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -46,6 +47,7 @@ from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget, Locations, LocationsError, UnknownLocation, load_locations
 from sinks.oauth import OAuthManager
 from sinks.provision import ResolvedIdsCache
+from sinks.shadow import CURRENT_OP, Send, ShadowGhlClient
 from streams.plan.planner import Outcome, PlanError, plan
 from streams.plan.state import ClientState, mark_done, park_failed
 from workarounds.consumer_control import SequenceGuard, abandon
@@ -57,6 +59,7 @@ log = logging.getLogger("apro_sync.sink")
 STAGE = "sync"
 TABLE_NAME = "client_state"
 CHANGELOG_TOPIC = "apro.state.client-state-changelog"
+SHADOW_CHANGELOG_TOPIC = "apro.state.client-state-shadow-changelog"  # shadow mode's own state (sinks/shadow.py)
 CHANGELOG_SERIALIZER = "json"  # what faust.Table uses for str keys/values; the changelog topic must match it
 AUTH_STATUSES = (401, 403)  # credentials rejected: pause the location (after a location-level check)
 UNEXPECTED_MAX_ATTEMPTS = 3  # an unexpected exception (a bug) is retried this often, then dead-lettered
@@ -73,19 +76,24 @@ class LocationRuntime:
     """Clients, resolved ids and breaker of one GoHighLevel location (shared by all lanes of this worker)."""
 
     def __init__(self, target: GhlTarget, settings: Settings, ids_cache: ResolvedIdsCache,
-                 metrics_label: str | None = None, oauth: OAuthManager | None = None) -> None:
+                 metrics_label: str | None = None, shadow_send: Send | None = None,
+                 oauth: OAuthManager | None = None) -> None:
         self.target = target
         self.label = target.ghl_location_id
         limiter = SharedRateLimiter(metrics_label or target.label, share=settings.ghl_rate_share,
                                     daily_pace_from=settings.ghl_daily_pace_from)
+        # Shadow mode: writes are recorded to the shadow topic instead of sent (reads still go to GoHighLevel).
+        client_class: Any = GhlClient
+        if shadow_send is not None:
+            client_class = functools.partial(ShadowGhlClient, send=shadow_send)
         auth = oauth.auth_for(target) if oauth is not None else None  # None: Private Integration Token
-        self.client = GhlClient(settings.ghl_base_url, target.token, target.ghl_location_id, auth=auth,
-                                limiter=limiter, timeout=settings.ghl_timeout_s,
-                                max_retries=settings.ghl_max_retries, metrics_location=target.label)
+        self.client = client_class(settings.ghl_base_url, target.token, target.ghl_location_id, auth=auth,
+                                   limiter=limiter, timeout=settings.ghl_timeout_s,
+                                   max_retries=settings.ghl_max_retries, metrics_location=target.label)
         # Same limiter, no automatic retries: notes and enrollments retry in the executor, checking first.
-        self.once = GhlClient(settings.ghl_base_url, target.token, target.ghl_location_id, auth=auth,
-                              limiter=limiter, timeout=settings.ghl_timeout_s,
-                              retry_policy=RetryPolicy(max_attempts=1), metrics_location=target.label)
+        self.once = client_class(settings.ghl_base_url, target.token, target.ghl_location_id, auth=auth,
+                                 limiter=limiter, timeout=settings.ghl_timeout_s,
+                                 retry_policy=RetryPolicy(max_attempts=1), metrics_location=target.label)
         self.breaker = LocationBreaker(target.label, threshold=settings.sink_pause_after,
                                        base_s=settings.sink_pause_s, max_s=settings.sink_pause_max_s)
         self._ids_cache = ids_cache
@@ -131,8 +139,10 @@ class Lane:
 
 class SyncEngine:
     def __init__(self, app: faust.App, settings: Settings, locations: Locations, table: Any,
-                 deadletter: faust.TopicT, *, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+                 deadletter: faust.TopicT, *, sleep: Callable[[float], Any] = asyncio.sleep,
+                 shadow_send: Send | None = None) -> None:
         self.app = app
+        self.shadow_send = shadow_send
         self.settings = settings
         self.locations = locations
         self.location_labels = metrics.LocationLabels.from_settings(settings)  # bounded `location` label values
@@ -159,8 +169,9 @@ class SyncEngine:
     def runtime(self, target: GhlTarget) -> LocationRuntime:
         rt = self._runtimes.get(target.ghl_location_id)
         if rt is None:
-            rt = self._runtimes[target.ghl_location_id] = LocationRuntime(target, self.settings, self._ids_cache,
-                                                                          self.ghl_labels(target.label), self.oauth)
+            rt = self._runtimes[target.ghl_location_id] = LocationRuntime(
+                target, self.settings, self._ids_cache, self.ghl_labels(target.label), shadow_send=self.shadow_send,
+                oauth=self.oauth)
         return rt
 
     def runtime_by_label(self, label: str) -> LocationRuntime:
@@ -456,6 +467,7 @@ class SyncEngine:
             op_executor = executor if op_rt is rt else await op_rt.executor()
             in_doubt = op.op_id not in lane.clean
             lane.clean.discard(op.op_id)
+            CURRENT_OP.set((client_id, op.event_id, op.op_id))  # names the op in shadow records
             state = await op_executor.execute(op, state, in_doubt=in_doubt)
             state = mark_done(state, op.op_id)
             last_write = self._save(client_id, state, partition)
@@ -573,6 +585,12 @@ def _reason_label(reason: str) -> str:
 # ------------------------------------------------------------------------------------------------- wiring
 
 
+def changelog_topic_name(settings: Settings, *, shadow: bool | None = None) -> str:
+    """The client_state changelog (named by the topic prefix); shadow mode keeps its state apart."""
+    shadow = settings.sink_mode == "shadow" if shadow is None else shadow
+    return f"{settings.topic_prefix}{SHADOW_CHANGELOG_TOPIC if shadow else CHANGELOG_TOPIC}"
+
+
 def ghl_configured(settings: Settings) -> bool:
     return bool(settings.locations_file or settings.ghl_location_id)
 
@@ -599,7 +617,7 @@ def register_sink(app: faust.App, settings: Settings) -> None:
     # The table serializes str keys and values as JSON (Faust's default for non-bytes types); a changelog topic
     # passed in explicitly must decode them the same way, or recovery rebuilds the table under the JSON text of
     # each key ('"48213"' instead of '48213') and every lookup after a restart or replay misses.
-    changelog = app.topic(f"{settings.topic_prefix}{CHANGELOG_TOPIC}", key_type=str, value_type=str,
+    changelog = app.topic(changelog_topic_name(settings), key_type=str, value_type=str,
                           key_serializer=CHANGELOG_SERIALIZER, value_serializer=CHANGELOG_SERIALIZER,
                           partitions=partitions, compacting=True, deleting=False, internal=True)
     table = app.Table(TABLE_NAME, default=None, partitions=partitions, key_type=str, value_type=str,
@@ -607,7 +625,16 @@ def register_sink(app: faust.App, settings: Settings) -> None:
                       help="Per AestheticsPro client: LTV ledger, appointments, CRM ids, effects ledger.")
     if (table.key_serializer, table.value_serializer) != (changelog.key_serializer, changelog.value_serializer):
         raise RuntimeError("client_state changelog serializers differ from the table's: recovery would lose state")
-    engine = SyncEngine(app, settings, locations, table, deadletter)
+    shadow_send = None
+    if settings.sink_mode == "shadow":
+        shadow_topic = app.topic(names.shadow, key_type=bytes, value_type=bytes, key_serializer="raw",
+                                 value_serializer="raw", partitions=partitions)
+
+        async def shadow_send(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+            await (await shadow_topic.send(key=key, value=value, headers=headers))
+
+        log.warning("sink in SHADOW mode: GoHighLevel writes are recorded to %s, not sent", names.shadow)
+    engine = SyncEngine(app, settings, locations, table, deadletter, shadow_send=shadow_send)
 
     # Fence before Faust waits for in-flight events (wait_empty), i.e. at the very start of a rebalance.
     on_rebalance_start(app, lambda: engine.fence("rebalance"))
@@ -630,4 +657,4 @@ def register_sink(app: faust.App, settings: Settings) -> None:
     app.sync_engine = engine  # type: ignore[attr-defined]  # for tests
 
 
-__all__ = ["SyncEngine", "ghl_configured", "register_sink"]
+__all__ = ["SyncEngine", "changelog_topic_name", "ghl_configured", "register_sink"]

@@ -27,7 +27,7 @@ def build_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     if settings.embedded_broker:
         _short_fetch_wait_for_embedded_broker()
     return faust.App(
-        app_id or settings.worker_id,
+        app_id or settings.consumer_group,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
         broker_credentials=settings.kafka.faust_credentials(),
         store="memory://",  # tables are rebuilt from their changelog topics at start

@@ -10,6 +10,7 @@ from typing import NamedTuple
 from apro_sync.ops.kafka_io import admin, read_all, reader, require_topic
 from foundations.formats import headers as header_names
 from foundations.kafka_connection import KafkaConnection
+from sinks.shadow import describe as describe_shadow
 
 
 class Peeked(NamedTuple):
@@ -31,6 +32,7 @@ def format_line(record: Peeked, show_payload: bool) -> str:
              f"bytes={len(record.value or b'')}"]
     if header_names.REASON in record.headers:
         parts.append(f"reason={record.headers[header_names.REASON]}")
+    parts.extend(describe_shadow(record.headers))  # a GoHighLevel call recorded in shadow mode
     if show_payload:
         parts.append(f"key={(record.key or b'').decode('utf-8', 'replace')}")
         parts.append((record.value or b"").decode("utf-8", "replace"))

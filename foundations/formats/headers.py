@@ -26,6 +26,8 @@ DLQ_ATTEMPTS = "apro-dlq-attempts"
 # Set by the operator tools (`apro-sync replay`, `apro-sync dlq redrive`) on records they publish again.
 REPLAY = "apro-replay"  # replay | redrive: the normalizer passes the record on even if its event id was seen
 REPLAYED_FROM = "apro-replayed-from"  # "<topic>:<partition>:<offset>" of the record this one copies
+# Set by `apro-sync backfill`: the record is a historical event from an export (no live-only effects).
+BACKFILL = "apro-backfill"
 
 
 def to_dict(headers: Iterable[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None] | None) -> dict[str, str]:

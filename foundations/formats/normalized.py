@@ -193,6 +193,8 @@ class NormalizedEvent(_Model):
     # order that breaks ties between equal event times. Set by the normalize agent; None in events written
     # before it existed (they order before any event with an offset at the same time).
     raw_offset: int | None = Field(default=None, ge=0)
+    # From `apro-sync backfill` (header apro-backfill): no notes, no workflows, no stage move away from Patient.
+    historical: bool = False
 
     @property
     def partition_key(self) -> str:

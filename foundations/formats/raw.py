@@ -56,8 +56,10 @@ def norm_key(key: object) -> str:
 
 def _index(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Normalised key → value; the first key (in the object's order) that normalises to a name wins."""
-    index: dict[str, Any] = {}
     cache = _NORM_CACHE
+    if type(obj) is dict:  # built back to front, so the first spelling is the one left standing
+        return {cache.get(key) or norm_key(key): value for key, value in reversed(obj.items())}
+    index: dict[str, Any] = {}
     for key, value in obj.items():
         normed = cache.get(key) if type(key) is str else None  # inlined norm_key hit: this loop is the hot one
         if normed is None:
@@ -67,11 +69,31 @@ def _index(obj: Mapping[str, Any]) -> dict[str, Any]:
     return index
 
 
-def _first(index: dict[str, Any], wanted: Iterable[str]) -> Any:
-    for name in wanted:
-        value = index.get(name)
-        if value is not None and value != "" and value != [] and value != {}:
-            return value
+_WANTED: dict[tuple[str, ...], tuple[tuple[str, ...], frozenset[str]]] = {}
+_WANTED_MAX = 4096  # the names are our own constants; the bound is only a safeguard
+
+
+def wanted(names: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
+    """`names` normalised (memoised): in order of preference, and as a set for one C-level intersection."""
+    found = _WANTED.get(names)
+    if found is None:
+        normed = tuple(norm_key(n) for n in names)
+        found = (normed, frozenset(normed))
+        if len(_WANTED) < _WANTED_MAX:
+            _WANTED[names] = found
+    return found
+
+
+def _first(index: dict[str, Any], wanted: tuple[tuple[str, ...], frozenset[str]]) -> Any:
+    """First non-empty value under the names of `wanted` (a `wanted()` pair), in their order."""
+    hits = index.keys() & wanted[1]  # most lookups find none of their spellings: one intersection in C
+    if not hits:
+        return None
+    for name in wanted[0]:
+        if name in hits:
+            value = index[name]
+            if value is not None and value != "" and value != [] and value != {}:
+                return value
     return None
 
 
@@ -79,13 +101,97 @@ def get(obj: Any, *names: str) -> Any:
     """First non-empty value under any of `names`, comparing keys case- and separator-insensitively."""
     if type(obj) is not dict and not isinstance(obj, Mapping):
         return None
-    wanted = [norm_key(n) for n in names]
-    return _first(_index(obj), wanted)
+    return _first(_index(obj), wanted(names))
 
 
 def get_block(obj: Any, *names: str) -> Mapping[str, Any] | None:
     value = get(obj, *names)
     return value if isinstance(value, Mapping) else None
+
+
+class Lookup:
+    """`get` / `get_block` for one read of one body, building each object's normalised-key index only once.
+
+    A read looks at the same few objects dozens of times. An entry keeps its object alive, so an id cannot be
+    reused while the lookup exists; the objects must not change meanwhile. Drop the lookup after the read.
+    """
+
+    __slots__ = ("_indexes",)
+
+    def __init__(self) -> None:
+        self._indexes: dict[int, tuple[Any, dict[str, Any], dict[tuple[str, ...], Any]]] = {}
+
+    def index(self, obj: Any) -> dict[str, Any] | None:
+        """`obj`'s normalised key → value (the first key in order wins); None when `obj` is not an object."""
+        if type(obj) is not dict and not isinstance(obj, Mapping):
+            return None
+        entry = self._indexes.get(id(obj))
+        if entry is None or entry[0] is not obj:
+            entry = (obj, _index(obj), {})
+            self._indexes[id(obj)] = entry
+        return entry[1]
+
+    def has_any(self, obj: Any, names: frozenset[str]) -> bool:
+        """Whether `obj` has a key under any of the normalised `names` (empty values count)."""
+        index = self.index(obj)
+        return index is not None and not index.keys().isdisjoint(names)
+
+    def find(self, obj: Any, names: tuple[tuple[str, ...], frozenset[str]]) -> Any:
+        """`get(obj, *spellings)` with `names` = `wanted(spellings)`."""
+        if type(obj) is not dict and not isinstance(obj, Mapping):
+            return None
+        entry = self._indexes.get(id(obj))
+        if entry is None or entry[0] is not obj:
+            entry = (obj, _index(obj), {})
+            self._indexes[id(obj)] = entry
+        return _first(entry[1], names)
+
+    def find_block(self, obj: Any, names: tuple[tuple[str, ...], frozenset[str]]) -> Mapping[str, Any] | None:
+        value = self.find(obj, names)
+        return value if type(value) is dict or isinstance(value, Mapping) else None
+
+    def get(self, obj: Any, *names: str) -> Any:
+        """`payload.get`, each object indexed once and each answer kept (a read asks half its questions twice).
+        One frame: this is the normalizer's hottest call."""
+        if type(obj) is not dict and not isinstance(obj, Mapping):
+            return None
+        entry = self._indexes.get(id(obj))
+        if entry is None or entry[0] is not obj:
+            entry = (obj, _index(obj), {})
+            self._indexes[id(obj)] = entry
+        answers = entry[2]
+        if names in answers:
+            return answers[names]
+        index = entry[1]
+        spelled = _WANTED.get(names) or wanted(names)
+        found = None
+        hits = index.keys() & spelled[1]
+        if hits:
+            for name in spelled[0]:
+                if name in hits:
+                    value = index[name]
+                    if value is not None and value != "" and value != [] and value != {}:
+                        found = value
+                        break
+        answers[names] = found
+        return found
+
+    def get_block(self, obj: Any, *names: str) -> Mapping[str, Any] | None:
+        answers = self._answers(obj)
+        if answers is None:
+            return None
+        value = answers[names] if names in answers else self.get(obj, *names)
+        return value if type(value) is dict or isinstance(value, Mapping) else None
+
+    def _answers(self, obj: Any) -> dict[tuple[str, ...], Any] | None:
+        entry = self._indexes.get(id(obj))
+        if entry is not None and entry[0] is obj:
+            return entry[2]
+        if type(obj) is not dict and not isinstance(obj, Mapping):
+            return None
+        entry = (obj, _index(obj), {})
+        self._indexes[id(obj)] = entry
+        return entry[2]
 
 
 _SCALARS = frozenset({str, int, float, bool, Decimal, type(None)})
@@ -145,7 +251,9 @@ def _parse_json(raw: bytes) -> Any:
         raise PayloadError("body is not valid UTF-8") from None
     try:
         # Exact decimals: a float would already have lost cents before we see them.
-        value = json.loads(text, parse_float=Decimal)
+        if text.startswith("\ufeff"):  # what json.loads says of a second BOM
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = _DECODER.decode(text)  # json.loads(text, parse_float=Decimal) without a new decoder per call
     except RecursionError:
         raise PayloadError(f"body nests deeper than {MAX_DEPTH} levels") from None
     except ArithmeticError:  # decimal.InvalidOperation: an exponent beyond Decimal's range (found by atheris)
@@ -160,6 +268,7 @@ def _parse_json(raw: bytes) -> Any:
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_DECODER = json.JSONDecoder(parse_float=Decimal)
 
 
 def _valid_unicode(value: Any) -> bool:
@@ -217,10 +326,12 @@ def parse_body(raw: bytes, content_type: str | None = None) -> dict[str, Any]:
     if not raw or not raw.strip():
         raise PayloadError("body is empty")
     ctype = (content_type or "").split(";")[0].strip().lower()
+    checked = False  # a JSON body's depth was bounded by check_nesting before it was parsed
     if ctype == "application/x-www-form-urlencoded":
         body: Any = _parse_form(raw)
     elif ctype.endswith("json") or raw.lstrip()[:1] in (b"{", b"["):
         body = _parse_json(raw)
+        checked = True
     else:
         body = _parse_form(raw) if b"=" in raw else None
         if body is None:
@@ -229,7 +340,8 @@ def parse_body(raw: bytes, content_type: str | None = None) -> dict[str, Any]:
         body = body[0]
     if not isinstance(body, dict):
         raise PayloadError(f"body is a JSON {type(body).__name__}, not an object")
-    _check_depth(body)
+    if not checked:  # a form body may embed a JSON document one level down
+        _check_depth(body)
     return body
 
 
@@ -299,35 +411,8 @@ def id_issue(value: Any) -> str | None:
     return "not a finite number"
 
 
-class _Lookup:
-    """`get` / `get_block` for one inspection, building each object's normalised-key index only once.
-
-    The finders look at the same few objects many times (the unwrapped body, the client block); an entry keeps
-    its object alive, so an id cannot be reused while the lookup exists. Objects must not change meanwhile.
-    """
-
-    __slots__ = ("_indexes",)
-
-    def __init__(self) -> None:
-        self._indexes: dict[int, tuple[Any, dict[str, Any]]] = {}
-
-    def get(self, obj: Any, wanted: tuple[str, ...]) -> Any:
-        """`get(obj, *names)` with `wanted` = the names already normalised."""
-        if type(obj) is not dict and not isinstance(obj, Mapping):
-            return None
-        entry = self._indexes.get(id(obj))
-        if entry is None or entry[0] is not obj:
-            entry = (obj, _index(obj))
-            self._indexes[id(obj)] = entry
-        return _first(entry[1], wanted)
-
-    def block(self, obj: Any, wanted: tuple[str, ...]) -> Mapping[str, Any] | None:
-        value = self.get(obj, wanted)
-        return value if type(value) is dict or isinstance(value, Mapping) else None
-
-
-def _names(*names: str) -> tuple[str, ...]:
-    return tuple(norm_key(n) for n in names)
+def _names(*names: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    return wanted(names)
 
 
 _N_CLIENT_BLOCK = _names(*CLIENT_BLOCK_KEYS)
@@ -343,45 +428,45 @@ _N_LOCATION_NAME = _names("locationName", "clinicName", "siteName")
 _N_LOCATION = _names("location")
 
 
-def _nested_client_blocks(body: Mapping[str, Any], look: _Lookup) -> Iterable[Mapping[str, Any]]:
-    for _entity, wanted in _N_PARENTS:
-        parent = look.block(body, wanted)
+def _nested_client_blocks(body: Mapping[str, Any], look: Lookup) -> Iterable[Mapping[str, Any]]:
+    for _entity, names in _N_PARENTS:
+        parent = look.find_block(body, names)
         if parent:
-            nested = look.block(parent, _N_CLIENT_BLOCK)
+            nested = look.find_block(parent, _N_CLIENT_BLOCK)
             if nested:
                 yield nested
-            grand = look.block(parent, _N_APPOINTMENT)
+            grand = look.find_block(parent, _N_APPOINTMENT)
             if grand:
-                nested = look.block(grand, _N_CLIENT_BLOCK)
+                nested = look.find_block(grand, _N_CLIENT_BLOCK)
                 if nested:
                     yield nested
 
 
-def _client_id(flat: Mapping[str, Any], look: _Lookup, issues: list[str] | None = None) -> str | None:
+def _client_id(flat: Mapping[str, Any], look: Lookup, issues: list[str] | None = None) -> str | None:
     """The first usable client id, in the places below in order. When none is usable but a value was present,
     the first such value's `id_issue` is appended to `issues` (if given)."""
     # The top-level client block first, without a generator: it is where almost every payload has the id.
-    block = look.block(flat, _N_CLIENT_BLOCK)
+    block = look.find_block(flat, _N_CLIENT_BLOCK)
     rejected: list[Any] = []
     if block:
-        raw = look.get(block, _N_ID_OR_CLIENT_ID)
+        raw = look.find(block, _N_ID_OR_CLIENT_ID)
         found = id_str(raw)
         if found:
             return found
         rejected.append(raw)
     for block in _nested_client_blocks(flat, look):
-        raw = look.get(block, _N_ID_OR_CLIENT_ID)
+        raw = look.find(block, _N_ID_OR_CLIENT_ID)
         found = id_str(raw)
         if found:
             return found
         rejected.append(raw)
-    raw = look.get(flat, _N_CLIENT_ID)
+    raw = look.find(flat, _N_CLIENT_ID)
     found = id_str(raw)
     if found:
         return found
     rejected.append(raw)
-    for _entity, wanted in _N_PARENTS:
-        raw = look.get(look.block(flat, wanted), _N_CLIENT_ID)
+    for _entity, names in _N_PARENTS:
+        raw = look.find(look.find_block(flat, names), _N_CLIENT_ID)
         found = id_str(raw)
         if found:
             return found
@@ -395,16 +480,16 @@ def _client_id(flat: Mapping[str, Any], look: _Lookup, issues: list[str] | None 
     return None
 
 
-def _location(flat: Mapping[str, Any], look: _Lookup) -> tuple[str | None, str | None]:
-    block = look.block(flat, _N_LOCATION_BLOCK)
-    loc_id = id_str(look.get(block, _N_LOCATION_BLOCK_ID)) if block else None
-    name = look.get(block, _N_LOCATION_BLOCK_NAME) if block else None
+def _location(flat: Mapping[str, Any], look: Lookup) -> tuple[str | None, str | None]:
+    block = look.find_block(flat, _N_LOCATION_BLOCK)
+    loc_id = id_str(look.find(block, _N_LOCATION_BLOCK_ID)) if block else None
+    name = look.find(block, _N_LOCATION_BLOCK_NAME) if block else None
     if loc_id is None:
-        loc_id = id_str(look.get(flat, _N_LOCATION_ID))
+        loc_id = id_str(look.find(flat, _N_LOCATION_ID))
     if name is None:
-        raw_name = look.get(flat, _N_LOCATION_NAME)
-        if raw_name is None and isinstance(look.get(flat, _N_LOCATION), str):
-            raw_name = look.get(flat, _N_LOCATION)
+        raw_name = look.find(flat, _N_LOCATION_NAME)
+        if raw_name is None and isinstance(look.find(flat, _N_LOCATION), str):
+            raw_name = look.find(flat, _N_LOCATION)
         name = raw_name
     text = clean_text(str(name)).strip() if isinstance(name, (str, int)) and not isinstance(name, bool) else ""
     return loc_id, (text or None)
@@ -412,12 +497,12 @@ def _location(flat: Mapping[str, Any], look: _Lookup) -> tuple[str | None, str |
 
 def find_client_id(body: Mapping[str, Any]) -> str | None:
     """The AestheticsPro client id wherever the payload puts it; None when there is none (e.g. a test ping)."""
-    return _client_id(unwrap(body), _Lookup())
+    return _client_id(unwrap(body), Lookup())
 
 
 def find_location(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """(location id, location name) from a `location` block or flat `locationId` / `locationName` fields."""
-    return _location(unwrap(body), _Lookup())
+    return _location(unwrap(body), Lookup())
 
 
 def find_client_and_location(
@@ -427,7 +512,11 @@ def find_client_and_location(
 
     With `issues`: when the client id is present but unusable, why (`id_issue`) is appended to it.
     """
-    flat = unwrap(body)
-    look = _Lookup()
-    client_id = _client_id(flat, look, issues)
-    return (client_id, *_location(flat, look))
+    return client_and_location(unwrap(body), Lookup(), issues)
+
+
+def client_and_location(
+    flat: Mapping[str, Any], look: Lookup, issues: list[str] | None = None
+) -> tuple[str | None, str | None, str | None]:
+    """`find_client_and_location` of an already unwrapped body, through the caller's lookup."""
+    return (_client_id(flat, look, issues), *_location(flat, look))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from enum import StrEnum
 
 from foundations.formats.normalized import AppointmentStatus, EventKind, MembershipStatus
@@ -71,8 +72,11 @@ class KindWords:
     is_test: bool
 
 
+@lru_cache(maxsize=1024)
 def read_kind(kind: str | None, action: str | None = None) -> KindWords:
-    """Split an event kind (plus an optional separate action field) into entity and action."""
+    """Split an event kind (plus an optional separate action field) into entity and action.
+
+    Memoised (pure, the result is frozen): a sender spells its few event kinds the same way every time."""
     all_words = words(kind or "") + words(action or "")
     entity = None
     rest: list[str] = []

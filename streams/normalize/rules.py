@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from foundations.formats import headers as H
+from foundations.formats import headers as header_names
 from foundations.formats.normalized import (
     Address,
     Appointment,
@@ -68,8 +68,9 @@ from foundations.formats.raw import (
     CLIENT_BLOCK_KEYS,
     ENVELOPE_KEYS,
     PayloadError,
+    Lookup,
     clean_text,
-    find_client_and_location,
+    client_and_location,
     find_location,
     id_issue,
     id_str,
@@ -79,53 +80,7 @@ from foundations.formats.raw import (
 )
 
 Result = NormalizedEvent | Skipped | Unreadable
-
-# ------------------------------------------------------------------------------------------ key lookups
-# `foundations.formats.raw.get` semantics (first non-empty value under any spelling of the names), but each object's
-# normalised-key index is built once per webhook instead of once per lookup: one read makes ~60 lookups over a
-# handful of objects, which was a third of normalize()'s time. Entries hold their object, so an id cannot be
-# reused while cached; the cache is cleared at the start of every normalize() call, which bounds it.
-_INDEXES: dict[int, tuple[Any, dict[str, Any]]] = {}
-_WANTED: dict[tuple[str, ...], tuple[str, ...]] = {}
-
-
-def _wanted(names: tuple[str, ...]) -> tuple[str, ...]:
-    normed = _WANTED.get(names)
-    if normed is None:
-        normed = tuple(norm_key(n) for n in names)
-        if len(_WANTED) < 4096:  # the names are this module's constants; the bound is only a safeguard
-            _WANTED[names] = normed
-    return normed
-
-
-def get(obj: Any, *names: str) -> Any:
-    """First non-empty value under any of `names` (case- and separator-insensitive), like `payload.get`."""
-    if type(obj) is not dict and not isinstance(obj, Mapping):
-        return None
-    entry = _INDEXES.get(id(obj))
-    if entry is None or entry[0] is not obj:
-        index: dict[str, Any] = {}
-        for key, value in obj.items():
-            normed = norm_key(key)
-            if normed not in index:
-                index[normed] = value
-        entry = (obj, index)
-        _INDEXES[id(obj)] = entry
-    index = entry[1]
-    wanted = _WANTED.get(names)
-    if wanted is None:
-        wanted = _wanted(names)
-    for name in wanted:
-        value = index.get(name)
-        if value is not None and value != "" and value != [] and value != {}:
-            return value
-    return None
-
-
-def get_block(obj: Any, *names: str) -> Mapping[str, Any] | None:
-    value = get(obj, *names)
-    return value if isinstance(value, Mapping) else None
-
+_UTC = ZoneInfo("UTC")
 
 KIND_KEYS = ("event", "eventType", "event_type", "eventName", "type", "webhookEvent", "topic", "trigger")
 ACTION_KEYS = ("action", "eventAction", "operation", "change")
@@ -211,10 +166,24 @@ def consent_flag(value: Any) -> bool | None:
             return False
         raise FieldError("flag is not a yes/no word")
     raise FieldError("flag is not a boolean, number or word")
+
+
+_NO_CONSENT = Consent()
 PHONE_KEYS = ("mobilePhone", "cellPhone", "mobile", "cell", "mobileNumber", "cellNumber", "phone", "phoneNumber",
               "primaryPhone", "homePhone", "workPhone", "phone1", "phone2")
 EMAIL_KEYS = ("email", "emailAddress", "primaryEmail", "email1", "mail")
 DOB_KEYS = ("dateOfBirth", "dob", "birthDate", "birthday", "birthdate", "dateOfBirthday")
+# Normalised spelling sets, so a block that has none of a feature's keys is passed over with one set operation.
+_PHONE_NAMES_IN_ORDER = tuple(dict.fromkeys(norm_key(k) for k in PHONE_KEYS))
+_PHONE_NAMES = frozenset(_PHONE_NAMES_IN_ORDER)
+_CONSENT_NAMES = frozenset(norm_key(k) for k in (
+    *(k for keys in CONSENT_OPT_OUT_KEYS.values() for k in keys),
+    *(k for keys in CONSENT_OPT_IN_KEYS.values() for k in keys),
+    *CONSENT_BLOCK_KEYS, *OPT_OUT_BLOCK_KEYS, *DO_NOT_CONTACT_KEYS))
+_ADDRESS_NAMES = frozenset(norm_key(k) for k in (
+    "address", "homeAddress", "mailingAddress", "line1", "address1", "street", "streetAddress", "addressLine1",
+    "line2", "address2", "addressLine2", "suite", "city", "town", "state", "province", "region", "stateCode",
+    "postalCode", "zip", "zipCode", "postcode", "postal", "country", "countryCode"))
 
 
 class Unread(Exception):
@@ -234,7 +203,6 @@ def normalize(
 ) -> Result:
     """Read one raw webhook. Never raises: anything unexpected becomes Unreadable naming the exception type."""
     try:
-        _INDEXES.clear()
         hdrs = _lower_headers(headers)
         return _Reader(bytes(raw), hdrs, default_timezone, default_region).read()
     except Exception as exc:  # noqa: BLE001 - the contract is "never raises"; the type name is not PHI
@@ -260,6 +228,9 @@ def _lower_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def _text(value: Any, limit: int = 500) -> str | None:
+    if type(value) is str:
+        text = clean_text(value).strip()  # no control characters reach the CRM
+        return text[:limit] if text else None
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, Decimal)):
@@ -277,25 +248,26 @@ class _Reader:
         self.raw = raw
         self.headers = headers
         self.region = region
-        self.default_zone = zone(default_timezone) or ZoneInfo("UTC")
+        self.default_zone = zone(default_timezone) or _UTC
         self.invalid: list[str] = []
         self.event_id = body_hash(raw)
         self.location = Location()
         self.client_id: str | None = None
         self.client_issues: list[str] = []  # why a present client id is unusable (payload.id_issue)
+        self.look = Lookup()  # every key lookup of this read: each object is indexed once
 
     # ----------------------------------------------------------------------------------------- top level
 
     def read(self) -> Result:
         try:
-            body = parse_body(self.raw, self.headers.get(H.CONTENT_TYPE))
+            body = parse_body(self.raw, self.headers.get(header_names.CONTENT_TYPE))
         except PayloadError as exc:
             return self._unreadable(f"body: {exc}")
         self.body = body
         self.flat = unwrap(body)
         self.event_id = self._event_id()
         try:
-            self.client_id, *self._found_location = find_client_and_location(body, self.client_issues)
+            self.client_id, *self._found_location = client_and_location(self.flat, self.look, self.client_issues)
         except Exception:  # noqa: BLE001 - a malformed client block is handled below as a missing id
             self.client_id, self._found_location = None, find_location(body)
         self.location = self._location()
@@ -304,8 +276,6 @@ class _Reader:
             return self._read_event()
         except Unread as exc:
             return self._unreadable(exc.reason)
-        finally:
-            _INDEXES.clear()  # release the body's objects now rather than at the next call
 
     def _unreadable(self, reason: str) -> Unreadable:
         return Unreadable(event_id=self.event_id, reason=reason, location=self.location, client_id=self.client_id)
@@ -315,33 +285,33 @@ class _Reader:
                        location=self.location, client_id=self.client_id, received_at=self._received_at())
 
     def _event_id(self) -> str:
-        found = id_str(get(self.flat, *EVENT_ID_KEYS))
+        found = id_str(self.look.get(self.flat, *EVENT_ID_KEYS))
         if found is None and any(norm_key(k) in ENVELOPE_KEYS for k in self.body):
             # An envelope's own `id` is the delivery id; a flat body's `id` could be the entity's.
-            found = id_str(get(self.body, "id", "uuid"))
+            found = id_str(self.look.get(self.body, "id", "uuid"))
         return found or body_hash(self.raw)
 
     def _location(self) -> Location:
         loc_id, name = self._found_location
-        block = get_block(self.flat, "location", "clinic", "site", "business")
-        tz_name = _text(get(block, "timezone", "timeZone", "tz", "tzName", "ianaTimezone")) if block else None
+        block = self.look.get_block(self.flat, "location", "clinic", "site", "business")
+        tz_name = _text(self.look.get(block, "timezone", "timeZone", "tz", "tzName", "ianaTimezone")) if block else None
         if tz_name is None:
-            tz_name = _text(get(self.flat, "locationTimezone", "locationTimeZone", "timezone", "timeZone"))
+            tz_name = _text(self.look.get(self.flat, "locationTimezone", "locationTimeZone", "timezone", "timeZone"))
         if zone(tz_name) is None:
             tz_name = None  # an unknown zone name is ignored: naive times fall back to the default zone
         if loc_id is None:
-            loc_id = _text(self.headers.get(H.TOKEN_LOCATION), 128)
+            loc_id = _text(self.headers.get(header_names.TOKEN_LOCATION), 128)
         return Location(id=loc_id, name=name[:200] if name else None, timezone=tz_name)
 
     def _received_at(self) -> datetime | None:
         try:
-            return parse_instant(self.headers.get(H.RECEIVED_AT), ZoneInfo("UTC"))
+            return parse_instant(self.headers.get(header_names.RECEIVED_AT), _UTC)
         except FieldError:
             return None
 
     def _source_kind(self) -> tuple[str | None, str | None]:
-        kind = get(self.flat, *KIND_KEYS)
-        action = get(self.flat, *ACTION_KEYS)
+        kind = self.look.get(self.flat, *KIND_KEYS)
+        action = self.look.get(self.flat, *ACTION_KEYS)
         kind_text = _text(kind, 100) if not isinstance(kind, Mapping) else None
         action_text = _text(action, 100) if not isinstance(action, Mapping) else None
         return kind_text, action_text
@@ -352,24 +322,24 @@ class _Reader:
         kind_text, action_text = self._source_kind()
         source_kind = ".".join(p for p in (kind_text, action_text) if p) or None
         words = read_kind(kind_text, action_text)
-        if words.is_test or truthy(get(self.flat, *TEST_FLAG_KEYS)):
+        if words.is_test or truthy(self.look.get(self.flat, *TEST_FLAG_KEYS)):
             return self._skip(SkipReason.TEST_PING, "test or ping event", source_kind)
         if self.client_id is None and self.client_issues:
             # A client id is there but unusable (an object, 10,000 characters, a NUL): say so, never "test ping".
             return self._unreadable(f"client.id: {self.client_issues[0]}")
-        appointment_block = get_block(self.flat, *APPOINTMENT_KEYS)
-        invoice_block = get_block(self.flat, *INVOICE_KEYS)
-        has_client = get_block(self.flat, *CLIENT_BLOCK_KEYS) is not None or self.client_id is not None
-        has_appointment = appointment_block is not None or get(self.flat, *APPOINTMENT_ID_KEYS) is not None
-        has_invoice = invoice_block is not None or get(self.flat, *INVOICE_ID_KEYS) is not None
-        membership_block = get_block(self.flat, *MEMBERSHIP_KEYS)
-        has_membership = membership_block is not None or get(self.flat, *MEMBERSHIP_ID_KEYS) is not None
+        appointment_block = self.look.get_block(self.flat, *APPOINTMENT_KEYS)
+        invoice_block = self.look.get_block(self.flat, *INVOICE_KEYS)
+        has_client = self.look.get_block(self.flat, *CLIENT_BLOCK_KEYS) is not None or self.client_id is not None
+        has_appointment = appointment_block is not None or self.look.get(self.flat, *APPOINTMENT_ID_KEYS) is not None
+        has_invoice = invoice_block is not None or self.look.get(self.flat, *INVOICE_ID_KEYS) is not None
+        membership_block = self.look.get_block(self.flat, *MEMBERSHIP_KEYS)
+        has_membership = membership_block is not None or self.look.get(self.flat, *MEMBERSHIP_ID_KEYS) is not None
         if not (has_client or has_appointment or has_invoice or has_membership):
             return self._skip(SkipReason.TEST_PING, "no client, appointment or invoice in body", source_kind)
 
         entity = words.entity
         if entity is None:
-            entity = RESOURCE_HINTS.get((self.headers.get(H.RESOURCE) or "").strip().lower())
+            entity = RESOURCE_HINTS.get((self.headers.get(header_names.RESOURCE) or "").strip().lower())
         if entity is None:
             entity = (Entity.INVOICE if has_invoice else Entity.APPOINTMENT if has_appointment
                       else Entity.MEMBERSHIP if has_membership else Entity.CLIENT)
@@ -382,14 +352,15 @@ class _Reader:
             return self._event(kind, source_kind)
         if entity is Entity.MEMBERSHIP:
             block = membership_block if membership_block is not None else self.flat
-            kind = membership_kind(words.action, _text(get(block, "status", "membershipStatus")))
+            kind = membership_kind(words.action, _text(self.look.get(block, "status", "membershipStatus")))
             if kind is None:
                 return self._skip(SkipReason.UNHANDLED_KIND,
                                   f"membership action not handled: {words.action[:40] or 'status'}", source_kind)
             return self._event(kind, source_kind, membership=self._membership(block, kind))
         if entity is Entity.APPOINTMENT:
             block = appointment_block if appointment_block is not None else self.flat
-            decided = appointment_kind(words.action, _text(get(block, "status", "appointmentStatus", "apptStatus")))
+            status_text = _text(self.look.get(block, "status", "appointmentStatus", "apptStatus"))
+            decided = appointment_kind(words.action, status_text)
             if decided is None:
                 return self._skip(SkipReason.UNHANDLED_KIND,
                                   f"appointment action not handled: {words.action[:40] or 'status'}", source_kind)
@@ -397,7 +368,7 @@ class _Reader:
             appointment = self._appointment(block, status)
             return self._event(kind, source_kind, appointment=appointment)
         block = invoice_block if invoice_block is not None else self.flat
-        kind = invoice_kind(words.action, _text(get(block, "status", "invoiceStatus", "paymentStatus")))
+        kind = invoice_kind(words.action, _text(self.look.get(block, "status", "invoiceStatus", "paymentStatus")))
         if kind is None:
             return self._skip(SkipReason.UNHANDLED_KIND,
                               f"invoice action not handled: {words.action[:40] or 'status'}", source_kind)
@@ -411,7 +382,7 @@ class _Reader:
                                      EventKind.MEMBERSHIP_EXPIRED)
         if needs_contact and client.email is None and client.phone is None:
             return self._skip(SkipReason.NO_CONTACT_INFO, "client has no valid email or phone", source_kind)
-        occurred_at = self._lenient_instant(get(self.flat, *OCCURRED_KEYS), "occurred_at")
+        occurred_at = self._lenient_instant(self.look.get(self.flat, *OCCURRED_KEYS), "occurred_at")
         return NormalizedEvent(
             event_id=self.event_id,
             kind=kind,
@@ -424,6 +395,7 @@ class _Reader:
             invoice=invoice,
             membership=membership,
             invalid_fields=tuple(self.invalid),
+            historical=header_names.BACKFILL in self.headers,
         )
 
     # ---------------------------------------------------------------------------------------------- client
@@ -435,16 +407,16 @@ class _Reader:
             return cached
         blocks: list[Mapping[str, Any]] = []
         self._blocks = blocks
-        direct = get_block(self.flat, *CLIENT_BLOCK_KEYS)
+        direct = self.look.get_block(self.flat, *CLIENT_BLOCK_KEYS)
         if direct is not None:
             blocks.append(direct)
         for parent_keys in (INVOICE_KEYS, APPOINTMENT_KEYS):
-            parent = get_block(self.flat, *parent_keys)
-            nested = get_block(parent, *CLIENT_BLOCK_KEYS) if parent else None
+            parent = self.look.get_block(self.flat, *parent_keys)
+            nested = self.look.get_block(parent, *CLIENT_BLOCK_KEYS) if parent else None
             if nested is not None:
                 blocks.append(nested)
-            grand = get_block(parent, *APPOINTMENT_KEYS) if parent else None
-            nested = get_block(grand, *CLIENT_BLOCK_KEYS) if grand else None
+            grand = self.look.get_block(parent, *APPOINTMENT_KEYS) if parent else None
+            nested = self.look.get_block(grand, *CLIENT_BLOCK_KEYS) if grand else None
             if nested is not None:
                 blocks.append(nested)
         blocks.append(self.flat)
@@ -452,7 +424,7 @@ class _Reader:
 
     def _client_get(self, *names: str) -> Any:
         for block in self._client_blocks():
-            found = get(block, *names)
+            found = self.look.get(block, *names)
             if found is not None:
                 return found
         return None
@@ -468,9 +440,12 @@ class _Reader:
         phone = None
         phone_seen = False
         for block in blocks:
-            for key in PHONE_KEYS:
-                value = get(block, key)
-                if value is None or isinstance(value, Mapping):
+            index = self.look.index(block)
+            if index is None or index.keys().isdisjoint(_PHONE_NAMES):
+                continue
+            for name in _PHONE_NAMES_IN_ORDER:  # each spelling on its own: the first valid number wins
+                value = index.get(name)
+                if value is None or value == "" or value == [] or value == {} or isinstance(value, Mapping):
                     continue
                 phone_seen = True
                 phone = parse_phone(value, self.region)
@@ -489,8 +464,8 @@ class _Reader:
         first = _text(self._named(blocks, "firstName", "fname", "givenName", "first"), 200)
         last = _text(self._named(blocks, "lastName", "lname", "surname", "familyName", "last"), 200)
         if first is None and last is None:
-            full = _text(get(blocks[0], "fullName", "name", "clientName") if len(blocks) > 1 else
-                         get(blocks[0], "fullName", "clientName"), 200)
+            full = _text(self.look.get(blocks[0], "fullName", "name", "clientName") if len(blocks) > 1 else
+                         self.look.get(blocks[0], "fullName", "clientName"), 200)
             if full:
                 first, _, rest = full.partition(" ")
                 last = rest.strip() or None
@@ -501,6 +476,9 @@ class _Reader:
     def _consent(self, blocks: list[Mapping[str, Any]]) -> Consent:
         """Opt-outs per channel from the client's blocks (order in CONSENT_OPT_OUT_KEYS' comment). An unreadable
         flag is lenient: the channel stays unsaid and `client.consent.<channel>` is listed as invalid."""
+        blocks = [block for block in blocks if self.look.has_any(block, _CONSENT_NAMES)]
+        if not blocks:  # most webhooks say nothing about marketing: skip the ~40 spellings per channel
+            return _NO_CONSENT
         said: dict[str, bool | None] = {}
         for channel in ("email", "sms", "call"):
             said[channel] = None
@@ -518,49 +496,50 @@ class _Reader:
                     break
         return Consent(email_opt_out=said["email"], sms_opt_out=said["sms"], call_opt_out=said["call"])
 
-    @staticmethod
-    def _consent_sources(blocks: list[Mapping[str, Any]], channel: str) -> list[tuple[bool, Any]]:
+    def _consent_sources(self, blocks: list[Mapping[str, Any]], channel: str) -> list[tuple[bool, Any]]:
         """(value means "opted out", lookup) in order of precedence."""
         sources: list[tuple[bool, Any]] = []
         for block in blocks:
-            sources.append((True, lambda b=block: get(b, *CONSENT_OPT_OUT_KEYS[channel])))
-            sources.append((False, lambda b=block: get(b, *CONSENT_OPT_IN_KEYS[channel])))
-            prefs = get_block(block, *CONSENT_BLOCK_KEYS)
+            sources.append((True, lambda b=block: self.look.get(b, *CONSENT_OPT_OUT_KEYS[channel])))
+            sources.append((False, lambda b=block: self.look.get(b, *CONSENT_OPT_IN_KEYS[channel])))
+            prefs = self.look.get_block(block, *CONSENT_BLOCK_KEYS)
             if prefs is not None:
-                sources.append((True, lambda p=prefs: get(p, *CONSENT_OPT_OUT_KEYS[channel])))
-                sources.append((False, lambda p=prefs: get(p, *CONSENT_OPT_IN_KEYS[channel])))
-                sources.append((False, lambda p=prefs: get(p, *CONSENT_CHANNEL_KEYS[channel])))
-            outs = get_block(block, *OPT_OUT_BLOCK_KEYS)
+                sources.append((True, lambda p=prefs: self.look.get(p, *CONSENT_OPT_OUT_KEYS[channel])))
+                sources.append((False, lambda p=prefs: self.look.get(p, *CONSENT_OPT_IN_KEYS[channel])))
+                sources.append((False, lambda p=prefs: self.look.get(p, *CONSENT_CHANNEL_KEYS[channel])))
+            outs = self.look.get_block(block, *OPT_OUT_BLOCK_KEYS)
             if outs is not None:
-                sources.append((True, lambda o=outs: get(o, *CONSENT_CHANNEL_KEYS[channel])))
-            sources.append((True, lambda b=block: get(b, *DO_NOT_CONTACT_KEYS)))
+                sources.append((True, lambda o=outs: self.look.get(o, *CONSENT_CHANNEL_KEYS[channel])))
+            sources.append((True, lambda b=block: self.look.get(b, *DO_NOT_CONTACT_KEYS)))
         return sources
 
-    @staticmethod
-    def _named(blocks: list[Mapping[str, Any]], *names: str) -> Any:
+    def _named(self, blocks: list[Mapping[str, Any]], *names: str) -> Any:
         for block in blocks:
-            found = get(block, *names)
+            found = self.look.get(block, *names)
             if found is not None:
                 return found
         return None
 
     def _address(self, blocks: list[Mapping[str, Any]]) -> Address | None:
         block = blocks[0]  # address fields only from the client's own block (a flat body is its own block)
-        nested = get_block(block, "address", "homeAddress", "mailingAddress")
+        if not self.look.has_any(block, _ADDRESS_NAMES):
+            return None
+        nested = self.look.get_block(block, "address", "homeAddress", "mailingAddress")
         source = nested if nested is not None else block
-        line1 = _text(get(source, "line1", "address1", "street", "streetAddress", "addressLine1"), 200)
+        line1 = _text(self.look.get(source, "line1", "address1", "street", "streetAddress", "addressLine1"), 200)
         if line1 is None and nested is None:
-            line1 = _text(get(block, "address", "address1", "street", "streetAddress", "addressLine1"), 200)
-        address = Address(
-            line1=line1,
-            line2=_text(get(source, "line2", "address2", "addressLine2", "suite"), 200),
-            city=_text(get(source, "city", "town"), 100) or _text(get(block, "city"), 100),
-            state=_text(get(source, "state", "province", "region", "stateCode"), 100) or _text(get(block, "state"), 100),
-            postal_code=_text(get(source, "postalCode", "zip", "zipCode", "postcode", "postal"), 20)
-            or _text(get(block, "postalCode", "zip", "zipCode"), 20),
-            country=_text(get(source, "country", "countryCode"), 60),
-        )
-        return address if any(address.model_dump().values()) else None
+            line1 = _text(self.look.get(block, "address", "address1", "street", "streetAddress", "addressLine1"), 200)
+        fields = {
+            "line1": line1,
+            "line2": _text(self.look.get(source, "line2", "address2", "addressLine2", "suite"), 200),
+            "city": _text(self.look.get(source, "city", "town"), 100) or _text(self.look.get(block, "city"), 100),
+            "state": _text(self.look.get(source, "state", "province", "region", "stateCode"), 100)
+            or _text(self.look.get(block, "state"), 100),
+            "postal_code": _text(self.look.get(source, "postalCode", "zip", "zipCode", "postcode", "postal"), 20)
+            or _text(self.look.get(block, "postalCode", "zip", "zipCode"), 20),
+            "country": _text(self.look.get(source, "country", "countryCode"), 60),
+        }
+        return Address(**fields) if any(fields.values()) else None
 
     # ----------------------------------------------------------------------------------------- appointment
 
@@ -585,12 +564,12 @@ class _Reader:
 
         def pick(*names: str) -> Any:
             for b in chain:
-                found = get(b, *names)
+                found = self.look.get(b, *names)
                 if found is not None:
                     return found
             return None
 
-        own_id = get(block, "id", *APPOINTMENT_ID_KEYS) if block is not self.flat else None
+        own_id = self.look.get(block, "id", *APPOINTMENT_ID_KEYS) if block is not self.flat else None
         raw_id = own_id if own_id is not None else pick(*APPOINTMENT_ID_KEYS)
         appt_id = id_str(raw_id)
         if appt_id is None:
@@ -613,15 +592,14 @@ class _Reader:
             cancel_reason=_text(pick("cancelReason", "cancellationReason", "cancelledReason", "reason"), 200),
         )
 
-    @staticmethod
-    def _provider(pick: Any) -> Provider | None:
+    def _provider(self, pick: Any) -> Provider | None:
         raw = pick("provider", "staff", "employee", "practitioner", "therapist", "providerName", "staffName")
         if isinstance(raw, Mapping):
-            name = _text(get(raw, "name", "fullName", "displayName"), 200)
+            name = _text(self.look.get(raw, "name", "fullName", "displayName"), 200)
             if name is None:
-                parts = [_text(get(raw, "firstName"), 100), _text(get(raw, "lastName"), 100)]
+                parts = [_text(self.look.get(raw, "firstName"), 100), _text(self.look.get(raw, "lastName"), 100)]
                 name = " ".join(p for p in parts if p) or None
-            provider = Provider(id=id_str(get(raw, "id", "providerId", "staffId", "employeeId")), name=name)
+            provider = Provider(id=id_str(self.look.get(raw, "id", "providerId", "staffId", "employeeId")), name=name)
         else:
             provider = Provider(id=id_str(pick("providerId", "staffId", "employeeId")), name=_text(raw, 200))
         return provider if provider.id or provider.name else None
@@ -638,36 +616,37 @@ class _Reader:
         """A membership from its block (or the flat body). Id and dates are strict: a renewal date the CRM's
         reminders run on must be right or visibly dead-lettered, never guessed."""
         nested = block is not self.flat
-        own_id = get(block, "id", *MEMBERSHIP_ID_KEYS) if nested else None
-        raw_id = own_id if own_id is not None else get(block, *MEMBERSHIP_ID_KEYS)
+        own_id = self.look.get(block, "id", *MEMBERSHIP_ID_KEYS) if nested else None
+        raw_id = own_id if own_id is not None else self.look.get(block, *MEMBERSHIP_ID_KEYS)
         if raw_id is None and nested:
-            raw_id = get(self.flat, *MEMBERSHIP_ID_KEYS)
+            raw_id = self.look.get(self.flat, *MEMBERSHIP_ID_KEYS)
         membership_id = id_str(raw_id)
         if membership_id is None:
             raise Unread(f"membership.id: {id_issue(raw_id) or 'missing'}")
         name_keys = (*MEMBERSHIP_NAME_KEYS, "name", "title", "plan") if nested else MEMBERSHIP_NAME_KEYS
-        name = get(block, *name_keys)
+        name = self.look.get(block, *name_keys)
         return Membership(
             id=membership_id,
-            name=_text(name, 200) if not isinstance(name, Mapping) else _text(get(name, "name", "title"), 200),
+            name=(_text(name, 200) if not isinstance(name, Mapping)
+                  else _text(self.look.get(name, "name", "title"), 200)),
             status=_MEMBERSHIP_STATUS_BY_KIND[kind],
-            start_date=self._date(get(block, *MEMBERSHIP_START_KEYS), "membership.start_date"),
-            renewal_date=self._date(get(block, *RENEWAL_KEYS), "membership.renewal_date"),
-            end_date=self._date(get(block, *MEMBERSHIP_END_KEYS), "membership.end_date"),
-            cancel_reason=_text(get(block, "cancelReason", "cancellationReason", "reason"), 200),
+            start_date=self._date(self.look.get(block, *MEMBERSHIP_START_KEYS), "membership.start_date"),
+            renewal_date=self._date(self.look.get(block, *RENEWAL_KEYS), "membership.renewal_date"),
+            end_date=self._date(self.look.get(block, *MEMBERSHIP_END_KEYS), "membership.end_date"),
+            cancel_reason=_text(self.look.get(block, "cancelReason", "cancellationReason", "reason"), 200),
         )
 
     # --------------------------------------------------------------------------------------------- invoice
 
     def _money(self, block: Mapping[str, Any], field: str, *names: str) -> Decimal | None:
         try:
-            return money_field(block, *names)
+            return money_field(block, *names, look=self.look)
         except FieldError as exc:
             raise Unread(f"invoice.{field}: {exc}") from None
 
     def _invoice(self, block: Mapping[str, Any], kind: EventKind) -> Invoice:
-        own_id = get(block, "id", *INVOICE_ID_KEYS) if block is not self.flat else None
-        raw_id = own_id if own_id is not None else get(block, *INVOICE_ID_KEYS)
+        own_id = self.look.get(block, "id", *INVOICE_ID_KEYS) if block is not self.flat else None
+        raw_id = own_id if own_id is not None else self.look.get(block, *INVOICE_ID_KEYS)
         invoice_id = id_str(raw_id)
         if invoice_id is None:
             raise Unread(f"invoice.id: {id_issue(raw_id) or 'missing'}")
@@ -687,13 +666,14 @@ class _Reader:
         if amount is None:
             raise Unread("invoice.amount: missing (no amountPaid, total or refund amount)")
         try:
-            invoice_date = parse_calendar_date(get(block, "invoiceDate", "date", "invoiceDateTime", "createdDate"))
+            invoice_date = parse_calendar_date(
+                self.look.get(block, "invoiceDate", "date", "invoiceDateTime", "createdDate"))
         except FieldError as exc:
             raise Unread(f"invoice.invoice_date: {exc}") from None
-        paid_at = self._strict_instant(get(block, "paidDate", "paidAt", "paymentDate", "datePaid", "paidOn",
+        paid_at = self._strict_instant(self.look.get(block, "paidDate", "paidAt", "paymentDate", "datePaid", "paidOn",
                                            "closedAt", "closedDate"), "invoice.paid_at")
-        nested = get_block(block, *APPOINTMENT_KEYS)
-        has_invoice_level = get(block, *APPOINTMENT_ID_KEYS) is not None
+        nested = self.look.get_block(block, *APPOINTMENT_KEYS)
+        has_invoice_level = self.look.get(block, *APPOINTMENT_ID_KEYS) is not None
         appointment = None
         if nested is not None or has_invoice_level:
             # Invoice-level fields first (only the appointment-specific spellings), then the nested block.
@@ -702,8 +682,8 @@ class _Reader:
                                             field="invoice.appointment")
         return Invoice(
             id=invoice_id,
-            number=_text(get(block, "invoiceNumber", "number", "invoiceNo", "invoiceNum"), 64),
-            status=_invoice_status(_text(get(block, "status", "invoiceStatus", "paymentStatus"), 64)),
+            number=_text(self.look.get(block, "invoiceNumber", "number", "invoiceNo", "invoiceNum"), 64),
+            status=_invoice_status(_text(self.look.get(block, "status", "invoiceStatus", "paymentStatus"), 64)),
             invoice_date=invoice_date,
             paid_at=paid_at,
             subtotal=subtotal,
@@ -716,17 +696,18 @@ class _Reader:
 
     def _items(self, block: Mapping[str, Any]) -> tuple[LineItem, ...]:
         items: list[LineItem] = []
-        for raw in split_list(get(block, "items", "lineItems", "lines", "invoiceItems", "products")):
+        for raw in split_list(self.look.get(block, "items", "lineItems", "lines", "invoiceItems", "products")):
             if isinstance(raw, Mapping):
-                name = _text(get(raw, "name", "description", "itemName", "productName", "serviceName", "title"), 200)
+                name = _text(self.look.get(raw, "name", "description", "itemName", "productName", "serviceName",
+                                           "title"), 200)
                 if not name:
                     continue
                 try:
-                    quantity = parse_decimal(get(raw, "quantity", "qty", "count"))
-                    amount = money_field(raw, "amount", "total", "lineTotal", "price", "unitPrice")
+                    quantity = parse_decimal(self.look.get(raw, "quantity", "qty", "count"))
+                    amount = money_field(raw, "amount", "total", "lineTotal", "price", "unitPrice", look=self.look)
                 except FieldError as exc:
                     raise Unread(f"invoice.items: {exc}") from None
-                items.append(LineItem(name=name, type=_text(get(raw, "type", "itemType", "category"), 64),
+                items.append(LineItem(name=name, type=_text(self.look.get(raw, "type", "itemType", "category"), 64),
                                       quantity=quantity if quantity is not None else Decimal(1),
                                       amount=amount if amount is not None else Decimal(0)))
             else:

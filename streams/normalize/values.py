@@ -21,7 +21,7 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
 from foundations.formats.normalized import Service
-from foundations.formats.raw import clean_text, get, id_str
+from foundations.formats.raw import Lookup, clean_text, get, id_str
 
 
 class FieldError(ValueError):
@@ -238,13 +238,14 @@ def parse_money(value: Any, *, cents: bool = False) -> Decimal | None:
         raise FieldError("amount out of range") from None
 
 
-def money_field(block: Any, *names: str) -> Decimal | None:
+def money_field(block: Any, *names: str, look: Lookup | None = None) -> Decimal | None:
     """First present amount under `names`, also trying each name's `…Cents` / `…_cents` spelling (in cents)."""
+    lookup = look.get if look is not None else get
     for name in names:
-        plain = get(block, name)
+        plain = lookup(block, name)
         if plain is not None:
             return parse_money(plain)
-        in_cents = get(block, name + "Cents")
+        in_cents = lookup(block, name + "Cents")
         if in_cents is not None:
             return parse_money(in_cents, cents=True)
     return None
@@ -280,9 +281,19 @@ def parse_phone(value: Any, region: str = "US") -> str | None:
     return _phone(text, region)
 
 
+# A US number in one of the usual shapes (`(480) 555-0134`, `480.555.0134`, `+1 480 555 0134`): its digits are what
+# phonenumbers.parse would find, so only the validity check asks the library (tests/test_parsing_phone.py).
+_US_PHONE = re.compile(r"(?:\+?1[ .-]?)?\(?([2-9]\d\d)\)?[ .-]?([2-9]\d\d)[ .-]?(\d{4})")
+
+
 @lru_cache(maxsize=16384)
 def _phone(text: str, region: str) -> str | None:
     # Memoised: the same clients' numbers recur, and phonenumbers costs ~40 µs a parse. Pure.
+    plain = _US_PHONE.fullmatch(text) if region == "US" else None
+    if plain is not None:
+        digits = "".join(plain.groups())
+        number = phonenumbers.PhoneNumber(country_code=1, national_number=int(digits))
+        return f"+1{digits}" if phonenumbers.is_valid_number(number) else None
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
@@ -299,7 +310,18 @@ def parse_email(value: Any) -> str | None:
     text = value.strip()
     if not text or len(text) > 320:
         return None
+    if len(text) <= 254 and _PLAIN_EMAIL.fullmatch(text) and "--" not in text and text.index("@") <= 64:
+        return text.lower()  # what email-validator answers for a plain address (tests/test_parsing_email.py)
     return _email(text)
+
+
+# Plain ASCII addresses, for which email-validator's answer is the address lower-cased: dot-atom local part of
+# letters, digits, `_+-`; host labels of letters, digits and inner hyphens (no `--`, so no IDNA `xn--` labels);
+# a common top-level domain (never a special-use name such as .test or .local). Anything else asks the library.
+_PLAIN_EMAIL = re.compile(
+    r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+    r"(?i:com|net|org|edu|gov|us|io|co|info|biz|me|ca|uk|mx)"
+)
 
 
 @lru_cache(maxsize=16384)

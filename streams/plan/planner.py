@@ -382,6 +382,8 @@ def _appointment(w: _Work) -> Outcome:
             crm_fields.APRO_LOCATION.key: new.location,
         })
     stage = _STAGE_BY_KIND.get(ev.kind)
+    if stage and ev.historical and w.patient and not (stage == crm_fields.STAGE_BOOKED and new.start and new.start > w.at):
+        stage = None  # backfill: a patient's past booking or cancellation is no follow-up work (sync-rules.md)
     if stage and latest:
         w.set_stage(stage)
     w.recompute_next_visit()
@@ -674,6 +676,9 @@ def plan(
             outcome = Outcome.APPLIED
     if outcome in (Outcome.DUPLICATE, Outcome.STALE):
         return Plan(new_state=st, ops=(), outcome=outcome)
+    if event.historical:  # backfill: no audit note per past event, no automation for the past, one patient tag
+        w.ops = [(cls, kwargs) for cls, kwargs in w.ops
+                 if cls not in (AddNote, EnrollWorkflow) and not (st.patient and kwargs.get("tags") == (PATIENT_TAG,))]
 
     ops: tuple[CrmOp, ...] = ()
     if outcome is Outcome.APPLIED or (outcome is Outcome.REPEATED_INVOICE and w.ops):
