@@ -51,7 +51,7 @@ def reg(value: str) -> Register:
     return Register(value=value, at=AT, event_id="bench", seq=1)
 
 
-def populate(emu: ThreadedEmulator, settings: Settings, clients: int, rng: random.Random) -> int:
+def populate(emu: ThreadedEmulator, settings: Settings, clients: int, rng: random.Random) -> int:  # noqa: ARG001
     """Contacts, opportunities, tags and the matching changelog; returns how many clients were drifted."""
     async def resolve() -> Any:
         async with GhlClient(settings.ghl_base_url, SecretStr(TOKEN), LOCATION) as client:

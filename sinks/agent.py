@@ -528,7 +528,7 @@ def _parse(event: faust.EventT) -> NormalizedEvent:
     except ValidationError:
         raise _Unreadable("unreadable normalized event") from None
     try:
-        event._apro_parsed = parsed  # type: ignore[attr-defined]
+        event._apro_parsed = parsed  # type: ignore[attr-defined]  # noqa: SLF001 - cache on the event
     except AttributeError:
         pass
     return parsed

@@ -322,7 +322,7 @@ def _client(w: _Work) -> Outcome:
     wm = w.demographics_at
     if wm is not None and not wm.loses_to(w.key):
         return Outcome.STALE
-    w.demographics_at = w._register("")
+    w.demographics_at = w._register("")  # noqa: SLF001 - the planner owns the working state
     w.put_demographics(address=True)
     # Demographic sync only: no note, no opportunity, no workflow (seed).
     w.upsert_contact(IDENTITY_FIELDS + ADDRESS_FIELDS, CLIENT_CUSTOM)
