@@ -1,12 +1,8 @@
 """Intake throughput: the producer (auth, parse, key, Kafka ack before 202) against a bare aiohttp JSON endpoint.
 
-One run starts an embedded broker, a baseline server (parses JSON, answers 202) and the producer, each in its
-own process, and loads both with the same request (the client_created fixture), the same connection count and
-the same duration. Load comes from `wrk` when installed, else from a pure-Python aiohttp load generator in a
-separate process. Prints both throughputs, the ratio (target ≥ 0.60) and the producer's p50/p99 latency.
+Same request, connections and duration for both; prints both throughputs, the ratio and p50/p99 latency.
 
-    python bench/intake.py [--connections 32] [--duration 10] [--python-load]
-"""
+    python bench/intake.py [--connections 32] [--duration 10] [--python-load]"""
 
 from __future__ import annotations
 

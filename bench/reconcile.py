@@ -1,12 +1,8 @@
 """Reconcile benchmark: clients/s and GoHighLevel calls of `apro-sync reconcile` (check, then --fix).
 
-The state (one changelog record per client) and the matching contacts, opportunities and tags are written
-directly (broker: embedded, or KAFKA_BOOTSTRAP_SERVERS; GoHighLevel emulator on loopback); 10 % of the clients
-get one drifted field. Two budgets: GoHighLevel's 100 requests / 10 s (ratio = clients/s over the budget's
-bound for the calls made) and unbounded (ratio = clients/s over single GET /contacts/{id} calls/s, same run).
+Against GoHighLevel's budget bound and against single GET calls/s, same run (docs/benchmarks.md).
 
-    python bench/reconcile.py [--clients 300]
-"""
+    python bench/reconcile.py [--clients 300]"""
 
 from __future__ import annotations
 

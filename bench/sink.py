@@ -1,24 +1,9 @@
 """Sink benchmark: GoHighLevel calls per event, end-to-end latency at nominal load, rate-budget use on a backlog.
 
-Real processes (`apro-sync producer`, `apro-sync worker`) on the embedded broker started here (or the broker in
-KAFKA_BOOTSTRAP_SERVERS), the GoHighLevel emulator in this process on loopback with 11 sub-accounts (one per
-AestheticsPro location, through a locations file), every figure printed against a baseline from the same run:
+Real producer and worker processes, the emulator on loopback; every figure against a baseline from the same
+run (method and targets: docs/benchmarks.md, "Module notes").
 
-(c) budget: a backlog of bookings for ONE location is posted while the worker is stopped, then the worker starts
-    and drains it. From the emulator's own request log: requests per sliding 10 s window / the 100-request limit,
-    and the share of 429s. Target >= 95 % with < 1 % 429s.
-(a) calls per event / theoretical minimum (client 1, appointment 4, invoice 5), target 1.00, on the standard mix
-    (30 % client, 50 % appointment, 20 % invoice events). Cold: each client's first event (new contact). Steady:
-    the events of (b), for clients whose contact and opportunity already exist. Every call is attributed to its
-    event (by contact, in order; the audit note's `apro-event:` marker checks the attribution), so the extra
-    calls are named per event kind.
-(b) latency webhook accepted (the producer's received-at) -> the end of the event's last GoHighLevel call (as the
-    emulator answered it), 10 locations, 20 events/s offered open loop, 50 ms per emulated call. Baseline: the
-    emulator's measured time per call x the kind's minimum calls. Also split by stage (normalize, sink pick-up,
-    calls) and compared with the worker's own apro_sync_e2e_seconds histogram. Target p50 < 300 ms, p99 < 1 s.
-
-    python bench/sink.py [--quick] [--only load|budget] [--rate 20] [--seconds 45] [--call-ms 50]
-"""
+    python bench/sink.py [--quick] [--only load|budget] [--rate 20] [--seconds 45] [--call-ms 50]"""
 
 from __future__ import annotations
 

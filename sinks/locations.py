@@ -1,15 +1,8 @@
 """Which GoHighLevel sub-account (location) each AestheticsPro location syncs into.
 
-Two modes:
-- No locations file (the seed's model): one GHL sub-account (APRO_GHL_LOCATION_ID + APRO_GHL_TOKEN) receives
-  every AestheticsPro location; the contact's "APro Location" custom field tells them apart.
-- A locations file (APRO_LOCATIONS_FILE, YAML or JSON; see docs/locations.example.yaml) maps AestheticsPro
-  locations, by id or by name, to their own sub-accounts, with a `default` entry for the rest.
-
-The file holds no secrets: each entry names the environment variable holding its Private Integration Token
-(`token_env`); without one, APRO_GHL_TOKEN is used. Pipeline, stages and workflows are given by name (defaults:
-streams/crm_fields) or by id. Errors name the bad entry and the problem, never a token.
-"""
+Without a locations file one sub-account receives every location; with APRO_LOCATIONS_FILE (YAML or JSON,
+docs/locations.example.yaml) locations map by id or name to their own sub-accounts. The file holds no secrets
+(`token_env` names the variable); errors name the bad entry, never a token."""
 
 from __future__ import annotations
 
