@@ -101,7 +101,7 @@ class LocationBreaker:
 
     def pause_for_trip(self, trip: int) -> float:
         """The pause of the `trip`-th trip since the last success (0-based): base_s doubling, capped at max_s."""
-        return min(self.max_s, self.base_s * (2 ** min(trip, 32)))
+        return min(self.max_s, self.base_s * (2.0 ** min(trip, 32)))
 
     def _trip(self) -> float:
         pause = self.pause_for_trip(self.trips)

@@ -254,7 +254,7 @@ class _Reader:
         try:
             self.client_id, *self._found_location = client_and_location(self.flat, self.look, self.client_issues)
         except Exception:  # noqa: BLE001 - a malformed client block is handled below as a missing id
-            self.client_id, self._found_location = None, find_location(body)
+            self.client_id, self._found_location = None, list(find_location(body))
         self.location = self._location()
         self.zone = zone(self.location.timezone) or self.default_zone
         try:
@@ -387,7 +387,7 @@ class _Reader:
 
     def _client_blocks(self) -> list[Mapping[str, Any]]:
         """Where client fields may be: `client`, `invoice.client`, `appointment.client`, then the flat body."""
-        cached = self.__dict__.get("_blocks")
+        cached: list[Mapping[str, Any]] | None = self.__dict__.get("_blocks")
         if cached is not None:
             return cached
         blocks: list[Mapping[str, Any]] = []

@@ -44,6 +44,9 @@ from streams.plan.state import (
     order_key,
 )
 
+# The op classes a plan is built from (before each op gets its id).
+_OpClass = type[UpsertContact] | type[AddNote] | type[UpsertOpportunity] | type[AddTags] | type[EnrollWorkflow]
+
 
 class Outcome(StrEnum):
     APPLIED = "applied"
@@ -167,7 +170,7 @@ class _Work:
     memberships: dict[str, MembershipRecord] = field(default_factory=dict)
     next_visit: NextVisit | None = None
     next_visit_changed: bool = False
-    ops: list[tuple[type, dict[str, Any]]] = field(default_factory=list)
+    ops: list[tuple[_OpClass, dict[str, Any]]] = field(default_factory=list)
 
     # registers -------------------------------------------------------
     @property
@@ -262,7 +265,7 @@ class _Work:
         return " ".join(parts) or f"AestheticsPro client {self.ev.client.id}"
 
     # op builders -----------------------------------------------------
-    def op(self, cls: type, **kwargs: Any) -> None:
+    def op(self, cls: _OpClass, **kwargs: Any) -> None:
         self.ops.append((cls, kwargs))
 
     def upsert_contact(self, standard: tuple[str, ...], custom: tuple[str, ...], *, ltv: bool = False,
