@@ -1,9 +1,10 @@
-"""Sink benchmark: GoHighLevel calls per event, end-to-end latency at nominal load, rate-budget use on a backlog.
+"""Sink benchmark, real producer and worker processes against the emulator (12 sub-accounts, lognormal call times):
+(a) calls per event / minimum, cold and steady side by side; (b) latency at 20 events/s over 10 sub-accounts;
+(c) budget used draining a backlog into one sub-account; (d) one sub-account offered twice its rate limit.
+Every figure against a baseline from the same run; method, options and figures: docs/benchmarks.md, "Sink".
 
-Real producer and worker processes, the emulator on loopback; every figure against a baseline from the same
-run (method and targets: docs/benchmarks.md, "Module notes").
-
-    python bench/sink.py [--quick] [--only load|budget] [--rate 20] [--seconds 45] [--call-ms 50]"""
+    python bench/sink.py [--quick] [--only load|budget|limit] [--call-p50-ms 50 --call-p99-ms 250 | --call-ms 50]
+"""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: 
 
 from apro_sync.embedded_broker import EmbeddedBroker  # noqa: E402
 from apro_sync.local_stack import TOKEN, StackConfig, parse_metrics, scrape  # noqa: E402
-from emulator.config import EmulatorConfig, LocationConfig  # noqa: E402
+from emulator.config import EmulatorConfig, LatencyConfig, LocationConfig  # noqa: E402
 from emulator.server import ThreadedEmulator  # noqa: E402
 from foundations.config import Settings  # noqa: E402
 from sinks.locations import load_locations  # noqa: E402
@@ -48,8 +49,10 @@ MINIMUM = {"client": 1, "appointment": 4, "invoice": 5}
 MIX = (("client", 0.3), ("appointment", 0.5), ("invoice", 0.2))
 MARKER = "apro-event: "
 CONTACT_WRITES = {"PUT /contacts/{contactId}", "POST /contacts/upsert"}  # the first op of every event
+SEARCH = "POST /contacts/search"  # duplicate search (email, then phone) right before a new contact's upsert
 LOAD_LOCATIONS = [str(n) for n in range(101, 111)]  # AestheticsPro location ids of (a)/(b), one sub-account each
 BACKLOG_LOCATION = "999"  # (c): its own sub-account, untouched by (a)/(b)
+LIMIT_LOCATION = "998"  # (d): its own sub-account, offered more than its rate limit allows
 BURST = 100  # GoHighLevel: 100 requests / 10 s per location (the emulator's default)
 WINDOW_S = 10.0
 
@@ -76,6 +79,12 @@ class Bodies:
         self.t0 = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
         self.by_cid: dict[int, list[Ev]] = defaultdict(list)  # every event of a client, in posting order
         self.by_id: dict[str, Ev] = {}
+        self.cid_by_search: dict[str, int] = {}  # email, or the phone's last 10 digits → client
+
+    def cid_of_search(self, value: str) -> int | None:
+        """The client a duplicate search was for, from its filter value (email or phone in any format)."""
+        digits = re.sub(r"\D", "", value)
+        return self.cid_by_search.get(value.lower()) or (self.cid_by_search.get(digits[-10:]) if digits else None)
 
     def make(self, kind: str, cid: int, location: str, phase: str) -> Ev:
         self.n += 1
@@ -99,6 +108,8 @@ class Bodies:
         client["email"] = f"bench{cid}@example.com"
         client["mobilePhone"] = f"(602) 555-{cid % 10_000:04d}"
         body["client"] = client
+        self.cid_by_search[client["email"]] = cid
+        self.cid_by_search[re.sub(r"\D", "", client["mobilePhone"])[-10:]] = cid
         body["location"] = {"id": location, "name": f"Bench {location}"}
         ev = Ev(body["eventId"], kind, cid, location, phase, json.dumps(body).encode())
         self.by_cid[cid].append(ev)
@@ -130,6 +141,7 @@ class Call:
     contact: str | None = None
     opportunity: str | None = None
     event: str | None = None  # the note's `apro-event:` marker
+    search_value: str | None = None  # a duplicate search's filter value (the bench's synthetic email or phone)
 
 
 class Recorder:
@@ -161,7 +173,7 @@ class Recorder:
         call.contact = m.get("contactId") or request.query.get("contact_id")
         if template.startswith("/opportunities/{id}"):
             call.opportunity = m.get("id")
-        if call.endpoint in ("POST /contacts/upsert", "POST /opportunities/", "POST /contacts/{contactId}/notes"):
+        if call.endpoint in ("POST /contacts/upsert", "POST /opportunities/", "POST /contacts/{contactId}/notes", SEARCH):
             try:
                 sent = json.loads(await request.read() or b"{}")
                 answer = json.loads(getattr(resp, "body", b"") or b"{}")
@@ -172,6 +184,9 @@ class Recorder:
             elif call.endpoint == "POST /opportunities/":
                 call.contact = sent.get("contactId")
                 call.opportunity = (answer.get("opportunity") or {}).get("id")
+            elif call.endpoint == SEARCH:
+                values = [f.get("value") for f in sent.get("filters") or [] if isinstance(f, dict)]
+                call.search_value = next((str(v) for v in values if v), None)
             elif MARKER in (sent.get("body") or ""):
                 call.event = sent["body"].split(MARKER, 1)[1].split()[0]
         with self._lock:
@@ -316,12 +331,17 @@ class Attribution:
 def attribute(calls: Iterable[Call], bodies: Bodies, contact_cid: dict[str, int], opp_contact: dict[str, str],
               ) -> Attribution:
     """Assign every call to its event. A client's events run strictly one after the other (one lane per client),
-    each starts with its contact write and (appointment/invoice) ends with its audit note, so a contact's calls
-    in arrival order, cut at each contact write, are its events' calls in posting order."""
+    each starts with its contact write (for a new contact: the duplicate searches, then the upsert; a search is
+    matched to its client by the email or phone it searches for) and (appointment/invoice) ends with its audit
+    note, so a client's calls in arrival order, cut where an event starts, are its events' calls in posting order."""
     out = Attribution()
     by_cid: dict[int, list[Call]] = defaultdict(list)
     for c in calls:
         contact = c.contact or opp_contact.get(c.opportunity or "")
+        searched = bodies.cid_of_search(c.search_value) if c.search_value else None
+        if searched is not None:
+            by_cid[searched].append(c)
+            continue
         if contact is None:
             (out.setup if c.endpoint.startswith(("GET /locations", "GET /opportunities/pipelines", "GET /workflows"))
              else out.unattributed).append(c)
@@ -335,7 +355,9 @@ def attribute(calls: Iterable[Call], bodies: Bodies, contact_cid: dict[str, int]
         cs.sort(key=lambda c: c.start)
         segments: list[list[Call]] = []
         for c in cs:
-            if c.endpoint in CONTACT_WRITES or not segments:
+            # An event starts with its contact write, or with the duplicate searches just before it.
+            after_search = bool(segments) and segments[-1][-1].endpoint == SEARCH
+            if not segments or (c.endpoint in CONTACT_WRITES or c.endpoint == SEARCH) and not after_search:
                 segments.append([])
             segments[-1].append(c)
         events = bodies.by_cid.get(cid, [])
@@ -429,7 +451,7 @@ def read_normalized(bootstrap: str, topic: str, want: set[str], timeout_s: float
 
 
 def run_budget(stack: Stack, emulator: ThreadedEmulator, recorder: Recorder, bodies: Bodies, count: int,
-               call_ms: int) -> dict[str, Any]:
+               latency: str) -> dict[str, Any]:
     """(c): post a backlog for one location with the worker stopped, then start the worker to drain it."""
     loc_id = emulator.config.locations[len(LOAD_LOCATIONS)].id
     backlog = [bodies.make("appointment", 50_000 + i, BACKLOG_LOCATION, "backlog") for i in range(count)]
@@ -437,7 +459,7 @@ def run_budget(stack: Stack, emulator: ThreadedEmulator, recorder: Recorder, bod
     wait_window_clear(recorder)  # `apro-sync provision`'s calls out of the window: the drain starts with 100
     started = time.time()
     stack.worker.start().wait_ready()
-    return {"loc_id": loc_id, "backlog": backlog, "worker_started": started, "call_ms": call_ms}
+    return {"loc_id": loc_id, "backlog": backlog, "worker_started": started, "latency": latency}
 
 
 def report_budget(emu_log: list[dict[str, Any]], info: dict[str, Any], timeline: bool = False) -> None:
@@ -455,7 +477,7 @@ def report_budget(emu_log: list[dict[str, Any]], info: dict[str, Any], timeline:
     last_start = max(r["at"] for r in log if r["path"] == "/contacts/upsert" and r.get("status") != 429)
     drain = windows(accepted, first, last_start)
     print(f"(c) budget while draining a backlog: {len(info['backlog'])} bookings for one location (new clients, "
-          f"5 calls each), one sub-account, limit {BURST} requests / 10 s, {info['call_ms']} ms per call")
+          f"5 calls each), one sub-account, limit {BURST} requests / 10 s, {info['latency']}")
     print(f"    {len(accepted)} calls answered in {span:.1f} s (first to last call) = "
           f"{len(accepted) / span * WINDOW_S:.1f} per 10 s")
     if drain:
@@ -465,9 +487,80 @@ def report_budget(emu_log: list[dict[str, Any]], info: dict[str, Any], timeline:
     else:
         print("    the backlog drained within one window: too short to measure; use a larger --backlog")
     print(f"    429s: {limited} of {len(log)} requests = {limited / len(log):.2%} (target < 1 %)")
+    per_endpoint = Counter(f"{r['method']} {r['path']}" for r in log if r.get("status") != 429)
+    print(f"    calls per booking: {len(accepted) / len(info['backlog']):.2f} (" + ", ".join(
+        f"{n / len(info['backlog']):.2f} {k}" for k, n in per_endpoint.most_common()) + ")")
     if timeline:
         per_s = Counter(int(t - first) for t in accepted)
         print("    calls per second from the first call: " + " ".join(str(per_s[i]) for i in range(int(span) + 1)))
+
+
+def run_limit(url: str, emulator: ThreadedEmulator, recorder: Recorder, bodies: Bodies, rate: float,
+              seconds: float, clients: int = 20) -> dict[str, Any]:
+    """(d): the standard mix for `clients` known clients of ONE location (one sub-account), offered at `rate`
+    events/s, above what its 100 requests / 10 s allow: the worker can only go as fast as the limit."""
+    cids = list(range(2000, 2000 + clients))
+    cold = [bodies.make(k, cid, LIMIT_LOCATION, "limit-cold") for k, cid in zip(mixed_kinds(clients, 3), cids,
+                                                                                   strict=True)]
+    post(url, cold)
+    wait_done(recorder, bodies, cold, timeout_s=120)
+    warm = [bodies.make("appointment", e.cid, LIMIT_LOCATION, "limit-warm") for e in cold if e.kind == "client"]
+    post(url, warm)
+    wait_done(recorder, bodies, warm, timeout_s=120)
+    wait_window_clear(recorder)
+    started = time.time()
+    evs = [bodies.make(k, cids[i % clients], LIMIT_LOCATION, "limit")
+           for i, k in enumerate(mixed_kinds(int(rate * seconds), 4))]
+    post(url, evs, rate=rate)
+    wait_done(recorder, bodies, evs, timeout_s=len(evs) * 5 / (BURST / WINDOW_S) + 120)
+    return {"loc_id": emulator.config.locations[len(LOAD_LOCATIONS) + 1].id, "events": evs, "started": started,
+            "rate": rate, "seconds": seconds}
+
+
+def report_limit(att: Attribution, info: dict[str, Any], calls: list[Call]) -> None:
+    """(d): events/s and calls/s achieved while work was waiting, over whole 10 s windows from the first call,
+    against the limit (100 calls / 10 s, so 10 / (calls per event) events/s)."""
+    evs = info["events"]
+    done = [e for e in evs if e.event_id in att.per_event]
+    mine = sorted((c for c in calls if c.location == info["loc_id"] and c.start >= info["started"]),
+                  key=lambda c: c.start)
+    answered = [c for c in mine if c.status != 429]
+    print(f"(d) rate limit binding, one location → one sub-account: {len(done)}/{len(evs)} events attributed, "
+          f"standard mix over 20 known clients, {info['rate']:g} events/s offered for {info['seconds']:g} s")
+    if not done or not answered:
+        print("    no calls recorded")
+        return
+    per_event = sum(len(att.per_event[e.event_id]) for e in done) / len(done)
+    t0 = answered[0].start
+    busy_until = max(att.per_event[e.event_id][0].start for e in done)  # events waited until the last one began
+    k = int((busy_until - t0) // WINDOW_S)
+    limit_calls = BURST / WINDOW_S
+    limit_events = limit_calls / per_event
+    print(f"    offered {info['rate']:g} events/s × {per_event:.2f} calls/event = {info['rate'] * per_event:.1f} calls/s, "
+          f"limit {limit_calls:g} calls/s = {limit_events:.2f} events/s at this mix")
+    if k < 1:
+        print("    the events were done within one 10 s window: too short to measure; use a larger --limit-seconds")
+        return
+    t1 = t0 + k * WINDOW_S
+    n_calls = sum(1 for c in answered if t0 <= c.start < t1)
+    n_events = sum(1 for e in done if t0 <= max(c.end for c in att.per_event[e.event_id]) < t1)
+    # events in flight at a window's edge: count each call as its share of its own event
+    shares = sum(sum(1 for c in cs if t0 <= c.start < t1 and c.status != 429) / len(cs)
+                 for cs in (att.per_event[e.event_id] for e in done))
+    span = k * WINDOW_S
+    print(f"    achieved over {k} whole 10 s windows from the first call ({span:.0f} s, work waiting throughout): "
+          f"{n_calls / span:.2f} calls/s vs limit {limit_calls:g} = {n_calls / span / limit_calls:.1%}; "
+          f"events {shares / span:.2f}/s (in-flight events counted by their share of calls) vs limit "
+          f"{limit_events:.2f} = {shares / span / limit_events:.1%}; events completed {n_events / span:.2f}/s = "
+          f"{n_events / span / limit_events:.1%}")
+    print(f"    429s: {len(mine) - len(answered)} of {len(mine)} requests; busiest sliding 10 s window "
+          f"{max_window([c.start for c in answered])} / {BURST}")
+
+
+def phase_ratio(att: Attribution, bodies: Bodies, phase: str) -> tuple[int, int]:
+    """(calls, theoretical minimum) over the attributed events of `phase`."""
+    done = [e for e in bodies.by_id.values() if e.phase == phase and e.event_id in att.per_event]
+    return sum(len(att.per_event[e.event_id]) for e in done), sum(MINIMUM[e.kind] for e in done)
 
 
 def report_calls(att: Attribution, bodies: Bodies, phases: Sequence[tuple[str, str]]) -> None:
@@ -506,7 +599,8 @@ def report_calls(att: Attribution, bodies: Bodies, phases: Sequence[tuple[str, s
                 print(f"    of which {redundant} `POST /contacts/{{id}}/tags` for clients already tagged as patients "
                       f"by an earlier invoice; without them {(total - redundant) / minimum:.3f}")
     print(f"    setup calls (id resolution per location at worker start): "
-          f"{dict(Counter(c.endpoint for c in att.setup))}; unattributed: {len(att.unattributed)}; "
+          f"{dict(Counter(c.endpoint for c in att.setup))}; unattributed: {len(att.unattributed)} "
+          f"{dict(Counter(f'{c.endpoint} {c.status}' for c in att.unattributed))}; "
           f"attribution mismatches: {att.mismatched}")
 
 
@@ -525,7 +619,7 @@ class Sample:
 
 
 def report_latency(att: Attribution, bodies: Bodies, normalized: dict[str, Normalized], accepted: dict[str, float],
-                   calls: list[Call], rate: float, seconds: float, call_ms: int, hist: dict[float, float]) -> None:
+                   calls: list[Call], rate: float, seconds: float, latency: str, hist: dict[float, float]) -> None:
     evs = [e for e in bodies.by_id.values() if e.phase == "steady"]
     rows: list[Sample] = []
     for e in evs:
@@ -541,21 +635,23 @@ def report_latency(att: Attribution, bodies: Bodies, normalized: dict[str, Norma
     lat = [r.latency for r in rows]
     print(f"(b) latency accepted (received-at) → last GoHighLevel call answered: {len(rows)}/{len(evs)} events, "
           f"{rate:.0f}/s offered for {seconds:.0f} s, 10 locations each with its own sub-account (locations file), "
-          f"{call_ms} ms injected per call")
+          f"{latency}")
     print(f"    all kinds: p50 {quantile(lat, .5) * ms:.0f} ms, p99 {quantile(lat, .99) * ms:.0f} ms, "
           f"max {max(lat) * ms:.0f} ms  (targets p50 < 300 ms, p99 < 1000 ms)")
-    print(f"    baseline: the emulator's measured time per call, median {base_call * ms:.1f} ms "
-          f"(p99 {quantile(per_call, .99) * ms:.1f} ms)")
+    print(f"    baseline: the emulator's measured time per call, p50 {base_call * ms:.1f} ms, "
+          f"p99 {quantile(per_call, .99) * ms:.1f} ms, mean {statistics.mean(per_call) * ms:.1f} ms; per kind, the "
+          f"sum of its minimum number of calls drawn from these measured times (20,000 seeded resamples)")
     for kind in ("client", "appointment", "invoice"):
         kr = [r for r in rows if r.ev.kind == kind]
         if not kr:
             continue
         kl = [r.latency for r in kr]
         made = statistics.mean(len(r.calls) for r in kr)
-        base = MINIMUM[kind] * base_call
+        b50, b99 = resampled_sum_quantiles(per_call, MINIMUM[kind], (.5, .99))
         print(f"      {kind:11s} n={len(kl):4d}  p50 {quantile(kl, .5) * ms:4.0f} ms  p99 {quantile(kl, .99) * ms:4.0f} ms"
-              f"   baseline {MINIMUM[kind]} × {base_call * ms:.0f} = {base * ms:3.0f} ms → p50 / baseline "
-              f"{quantile(kl, .5) / base:.2f}   (calls made {made:.2f} → {made * base_call * ms:.0f} ms)")
+              f"   baseline ({MINIMUM[kind]} calls) p50 {b50 * ms:3.0f} ms, p99 {b99 * ms:4.0f} ms → "
+              f"p50 / baseline {quantile(kl, .5) / b50:.2f}, p99 / baseline {quantile(kl, .99) / b99:.2f}"
+              f"   (calls made {made:.2f})")
     stages = {
         "accepted → normalized record written": [r.normalized - r.received for r in rows],
         "normalized → first GoHighLevel call": [r.first - r.normalized for r in rows],
@@ -585,6 +681,15 @@ def report_latency(att: Attribution, bodies: Bodies, normalized: dict[str, Norma
           f"{limited} × 429")
 
 
+def resampled_sum_quantiles(per_call: Sequence[float], k: int, qs: Sequence[float], n: int = 20_000,
+                            seed: int = 5) -> list[float]:
+    """Quantiles of the sum of `k` calls drawn (with replacement, seeded) from the measured call times: the time an
+    event of `k` sequential calls would take with no other cost."""
+    rng = random.Random(seed)
+    sums = [sum(rng.choices(per_call, k=k)) for _ in range(n)]
+    return [quantile(sums, q) for q in qs]
+
+
 def diff_buckets(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
     return {b: after.get(b, 0.0) - before.get(b, 0.0) for b in after}
 
@@ -592,16 +697,25 @@ def diff_buckets(after: dict[float, float], before: dict[float, float]) -> dict[
 # ------------------------------------------------------------------------------------------------ main
 
 
+def describe_latency(latency: LatencyConfig) -> str:
+    if latency.p99_ms == latency.p50_ms:
+        return f"{latency.p50_ms:g} ms per emulated call (constant)"
+    return (f"emulated call latency lognormal p50 {latency.p50_ms:g} ms, p99 {latency.p99_ms:g} ms "
+            f"(cap {latency.max_ms:g} ms, seed {latency.seed})")
+
+
 def run(bootstrap: str, embedded: bool, work: Path, *, quick: bool, only: str | None, rate: float,
-        seconds: float, call_ms: int, backlog: int, timeline: bool = False) -> None:
-    apro_ids = [*LOAD_LOCATIONS, BACKLOG_LOCATION]
+        seconds: float, latency: LatencyConfig, backlog: int, limit_rate: float, limit_seconds: float,
+        timeline: bool = False) -> None:
+    latency_text = describe_latency(latency)
+    apro_ids = [*LOAD_LOCATIONS, BACKLOG_LOCATION, LIMIT_LOCATION]
     emulator, recorder = start_emulator(len(apro_ids))
     path, token_env = locations_file(work, emulator, apro_ids)
     env = {"APRO_GHL_BASE_URL": emulator.base_url, "APRO_LOCATIONS_FILE": str(path), "APRO_GHL_TOKEN": "unused",
            **token_env}
     t_start = time.monotonic()
     provision(env)
-    emulator.set_faults(latency_ms=call_ms)  # every call from here on takes `call_ms` at the emulator
+    emulator.set_faults(latency=latency)  # every call from here on draws its time at the emulator
     stack = Stack(bootstrap, embedded, work / "stack", env)
     bodies = Bodies()
     try:
@@ -609,7 +723,7 @@ def run(bootstrap: str, embedded: bool, work: Path, *, quick: bool, only: str | 
         url = stack.producer.webhook_url()
         budget = None
         if only in (None, "budget"):
-            budget = run_budget(stack, emulator, recorder, bodies, backlog, call_ms)
+            budget = run_budget(stack, emulator, recorder, bodies, backlog, latency_text)
             worker_started = budget["worker_started"]
             wait_done(recorder, bodies, budget["backlog"], timeout_s=backlog * 5 / 8 + 120)
         else:
@@ -634,6 +748,9 @@ def run(bootstrap: str, embedded: bool, work: Path, *, quick: bool, only: str | 
             accepted = post(url, steady, rate=rate)
             wait_done(recorder, bodies, steady, timeout_s=180)
             hist = diff_buckets(e2e_buckets(stack.worker.metrics_url), before)
+        limit = None
+        if only in (None, "limit"):
+            limit = run_limit(url, emulator, recorder, bodies, limit_rate, limit_seconds)
         elapsed = time.monotonic() - t_start
     finally:
         stack.stop()
@@ -648,33 +765,50 @@ def run(bootstrap: str, embedded: bool, work: Path, *, quick: bool, only: str | 
     print(f"GoHighLevel calls since the worker started: {len(calls)} recorded per request, "
           f"{sum(own.values())} in the emulator's own request log "
           f"({'same' if own == Counter(c.endpoint for c in calls) else 'DIFFERENT'} counts per endpoint)")
+    contact_cid = {c["id"]: int(m.group(1)) for c in state["contacts"]
+                   if (m := re.fullmatch(r"bench(\d+)@example\.com", c.get("email") or ""))}
+    opp_contact = {o["id"]: o["contactId"] for o in state["opportunities"]}
+    att = attribute(calls, bodies, contact_cid, opp_contact)
+    if only in (None, "load"):
+        (cold_calls, cold_min), (steady_calls, steady_min) = (phase_ratio(att, bodies, p) for p in ("cold", "steady"))
+        if cold_min and steady_min:
+            print(f"HEADLINE (a) GoHighLevel calls per event / theoretical minimum (target 1.00): "
+                  f"cold, first sync (new contacts) {cold_calls / cold_min:.3f} ({cold_calls}/{cold_min})  |  "
+                  f"steady (contact and opportunity known) {steady_calls / steady_min:.3f} "
+                  f"({steady_calls}/{steady_min})")
     if budget is not None:
         report_budget(emu_log, budget, timeline)
     if only in (None, "load"):
-        contact_cid = {c["id"]: int(m.group(1)) for c in state["contacts"]
-                       if (m := re.fullmatch(r"bench(\d+)@example\.com", c.get("email") or ""))}
-        opp_contact = {o["id"]: o["contactId"] for o in state["opportunities"]}
-        att = attribute(calls, bodies, contact_cid, opp_contact)
         report_calls(att, bodies, [("cold", "cold, each client's first event (new contact)"),
                                    ("warm", "known contact, first booking (its first opportunity)"),
                                    ("steady", "steady state = the events of (b) (contact and opportunity known)")])
         normalized = read_normalized(bootstrap, stack.config.topics.normalized,
                                      {e.event_id for e in bodies.by_id.values() if e.phase == "steady"})
-        report_latency(att, bodies, normalized, accepted, calls, rate, seconds, call_ms, hist)
+        report_latency(att, bodies, normalized, accepted, calls, rate, seconds, latency_text, hist)
+    if limit is not None:
+        report_limit(att, limit, calls)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs (about 70 s instead of about 3 minutes)")
-    ap.add_argument("--only", choices=["load", "budget"], help="load = (a) and (b); budget = (c)")
+    ap.add_argument("--only", choices=["load", "budget", "limit"], help="load = (a) and (b); budget = (c); limit = (d)")
     ap.add_argument("--rate", type=float, default=20.0, help="events per second offered in (b)")
     ap.add_argument("--seconds", type=float, help="duration of (b) (default 60, quick 15)")
-    ap.add_argument("--call-ms", type=int, default=50, help="emulated GoHighLevel time per call")
+    ap.add_argument("--call-p50-ms", type=float, default=50.0, help="emulated GoHighLevel call time, median")
+    ap.add_argument("--call-p99-ms", type=float, default=250.0, help="emulated GoHighLevel call time, 99th percentile")
+    ap.add_argument("--call-ms", type=float, help="a constant emulated call time instead (the old benchmark: 50)")
+    ap.add_argument("--latency-seed", type=int, default=0, help="seed of the emulated call times")
+    ap.add_argument("--limit-rate", type=float, default=6.0, help="events/s offered to one sub-account in (d)")
+    ap.add_argument("--limit-seconds", type=float, help="duration of (d)'s offer (default 30, quick 10)")
     ap.add_argument("--backlog", type=int, help="bookings in the backlog of (c) (default 200, quick 60)")
     ap.add_argument("--timeline", action="store_true", help="print (c)'s calls per second")
     args = ap.parse_args()
     seconds = args.seconds or (15.0 if args.quick else 60.0)
     backlog = args.backlog or (60 if args.quick else 200)
+    limit_seconds = args.limit_seconds or (10.0 if args.quick else 30.0)
+    p50, p99 = (args.call_ms, args.call_ms) if args.call_ms else (args.call_p50_ms, args.call_p99_ms)
+    latency = LatencyConfig(p50_ms=p50, p99_ms=p99, seed=args.latency_seed)
     broker = None
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
@@ -683,7 +817,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
             run(bootstrap, broker is not None, Path(tmp), quick=args.quick, only=args.only, rate=args.rate,
-                seconds=seconds, call_ms=args.call_ms, backlog=backlog, timeline=args.timeline)
+                seconds=seconds, latency=latency, backlog=backlog, limit_rate=args.limit_rate,
+                limit_seconds=limit_seconds, timeline=args.timeline)
     finally:
         if broker is not None:
             broker.stop()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # What a fresh emulated location holds when its configuration names nothing else: the sub-account a practice
 # sets up before the first sync (tests/emulator/test_seed.py holds these against the sync's own catalog).
@@ -87,9 +87,25 @@ class FaultRule(_Model):
     path: str | None = None  # ... and this path template (e.g. "/opportunities/")
 
 
+class LatencyConfig(_Model):
+    """Random latency added to every API call: lognormal with this median and 99th percentile (p99 == p50: constant)."""
+
+    p50_ms: float = Field(50.0, gt=0)
+    p99_ms: float = Field(250.0, gt=0)
+    max_ms: float = Field(10_000.0, gt=0)  # cap: one draw never holds a call longer than this
+    seed: int = 0  # its own RNG: latency draws do not shift the probabilistic faults' draws
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LatencyConfig":
+        if self.p99_ms < self.p50_ms:
+            raise ValueError("latency p99_ms must be >= p50_ms")
+        return self
+
+
 class FaultsConfig(_Model):
     seed: int = 0
     latency_ms: int = 0  # fixed latency added to every API call (benchmarks)
+    latency: LatencyConfig | None = None  # random latency added to every API call, on top of latency_ms
     rules: list[FaultRule] = Field(default_factory=list)
 
 

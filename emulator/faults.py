@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 
 from emulator.config import FaultRule, FaultsConfig
+from emulator.latency import LatencySampler
 
 
 @dataclass
@@ -21,6 +22,7 @@ class FaultPlan:
     def set(self, config: FaultsConfig) -> None:
         self.config = config
         self.rng = random.Random(config.seed)
+        self.sampler = LatencySampler(config.latency)
         self.active = [_Active(r, r.count) for r in config.rules]
 
     def add(self, rules: list[FaultRule]) -> None:
@@ -29,6 +31,10 @@ class FaultPlan:
     @property
     def latency_ms(self) -> int:
         return self.config.latency_ms
+
+    def call_delay_ms(self) -> float:
+        """The delay every API call gets before any latency rule: the fixed part plus one random draw."""
+        return self.config.latency_ms + self.sampler.draw_ms()
 
     def pick(self, method: str, template: str) -> list[FaultRule]:
         """Faults for this request: every matching latency rule, plus the first matching failure rule."""
@@ -54,5 +60,6 @@ class FaultPlan:
     def describe(self) -> dict:
         return {
             "seed": self.config.seed, "latency_ms": self.config.latency_ms,
+            "latency": self.config.latency.model_dump() if self.config.latency else None,
             "rules": [{**a.rule.model_dump(), "remaining": a.remaining} for a in self.active],
         }

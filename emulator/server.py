@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator.config import EmulatorConfig, FaultRule, FaultsConfig, load_config
+from emulator.config import EmulatorConfig, FaultRule, FaultsConfig, LatencyConfig, load_config
 from emulator.faults import FaultPlan
 from emulator.ratelimit import RateLimiter
 from emulator.spec import DEFAULT_SPEC_DIR, SUPPORTED_VERSIONS, V3, Spec, load_spec
@@ -263,7 +263,7 @@ async def _api(request: web.Request, handler: Handler, template: str) -> web.Str
     store.request_counts[(location.id, f"{request.method} {template}")] += 1
 
     faults = emu.faults.pick(request.method, template)
-    delay = emu.faults.latency_ms + sum(f.latency_ms for f in faults if f.kind == "latency")
+    delay = emu.faults.call_delay_ms() + sum(f.latency_ms for f in faults if f.kind == "latency")
     if delay:
         await asyncio.sleep(delay / 1000)
     created_then_422 = False
@@ -351,12 +351,15 @@ async def _inspect_requests(request: web.Request) -> web.Response:
 
 
 def apply_faults(emu: Emulator, data: dict[str, Any]) -> None:
-    """{"replace": bool, "seed", "latency_ms", "rules": [FaultRule...]}; without replace, rules are appended."""
+    """{"replace": bool, "seed", "latency_ms", "latency": LatencyConfig | None, "rules": [FaultRule...]}; without
+    replace, rules are appended."""
     rules = [FaultRule.model_validate(r) for r in data.get("rules", [])]
-    if data.get("replace", False) or "seed" in data or "latency_ms" in data:
+    if data.get("replace", False) or {"seed", "latency_ms", "latency"} & data.keys():
+        latency = data.get("latency", emu.faults.config.latency)
         cfg = FaultsConfig(
             seed=data.get("seed", emu.faults.config.seed),
             latency_ms=data.get("latency_ms", emu.faults.config.latency_ms),
+            latency=LatencyConfig.model_validate(latency) if isinstance(latency, dict) else latency,
             rules=rules if data.get("replace", False) else [a.rule for a in emu.faults.active] + rules,
         )
         emu.faults.set(cfg)
