@@ -38,7 +38,7 @@ def _spawn(name: str, args: list[str], env: dict[str, str], log: IO[bytes]) -> s
 def _terminate_on_sigterm() -> None:
     """`kill`, `timeout` and process managers send SIGTERM: stop the children as Ctrl-C does, never orphan them."""
 
-    def handler(signum: int, frame: object) -> None:
+    def handler(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)

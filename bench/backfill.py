@@ -1,14 +1,8 @@
 """Backfill benchmark: read/build rate, publish rate, and the ETA's accuracy against a real drain.
 
-(a) rows/s of `prepare` (CSV read + events) on a generated export, against a bare `csv.reader` pass over the same
-    files (same run);
-(b) events/s of the unpaced publish onto the raw topic (embedded broker, or KAFKA_BOOTSTRAP_SERVERS), against a
-    bare idempotent producer sending the same records;
-(c) ETA: a small export drained by a real worker into the GoHighLevel emulator at GoHighLevel's own limit (100
-    requests / 10 s); predicted ETA and call estimate against the measured drain time and the emulator's calls.
+Each figure against a baseline from the same run (docs/benchmarks.md, "Module notes").
 
-    python bench/backfill.py [--clients 20000] [--eta-clients 30]
-"""
+    python bench/backfill.py [--clients 20000] [--eta-clients 30]"""
 
 from __future__ import annotations
 

@@ -1,12 +1,8 @@
 """Reconcile benchmark: clients/s and GoHighLevel calls of `apro-sync reconcile` (check, then --fix).
 
-The state (one changelog record per client) and the matching contacts, opportunities and tags are written
-directly (broker: embedded, or KAFKA_BOOTSTRAP_SERVERS; GoHighLevel emulator on loopback); 10 % of the clients
-get one drifted field. Two budgets: GoHighLevel's 100 requests / 10 s (ratio = clients/s over the budget's
-bound for the calls made) and unbounded (ratio = clients/s over single GET /contacts/{id} calls/s, same run).
+Against GoHighLevel's budget bound and against single GET calls/s, same run (docs/benchmarks.md).
 
-    python bench/reconcile.py [--clients 300]
-"""
+    python bench/reconcile.py [--clients 300]"""
 
 from __future__ import annotations
 
@@ -51,7 +47,7 @@ def reg(value: str) -> Register:
     return Register(value=value, at=AT, event_id="bench", seq=1)
 
 
-def populate(emu: ThreadedEmulator, settings: Settings, clients: int, rng: random.Random) -> int:
+def populate(emu: ThreadedEmulator, settings: Settings, clients: int, rng: random.Random) -> int:  # noqa: ARG001
     """Contacts, opportunities, tags and the matching changelog; returns how many clients were drifted."""
     async def resolve() -> Any:
         async with GhlClient(settings.ghl_base_url, SecretStr(TOKEN), LOCATION) as client:

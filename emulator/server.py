@@ -320,7 +320,7 @@ async def _api(request: web.Request, handler: Handler, template: str) -> web.Str
 
 
 @web.middleware
-async def _not_found(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+async def _not_found(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPNotFound:
@@ -424,7 +424,7 @@ class EmulatorServer:
         site = web.TCPSite(self.runner, self.host, self.port)
         await site.start()
         if self.port == 0:
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001 - aiohttp has no public port
         return self
 
     async def stop(self) -> None:

@@ -1,12 +1,8 @@
 """The official GoHighLevel OpenAPI documents, loaded once: route templates and JSON-schema validation.
 
-Request bodies are validated the way HighLevel's NestJS API does it (whitelist + forbidNonWhitelisted):
-unknown properties are rejected, so `additionalProperties: false` is added to every request object schema.
-The specs are machine-generated and contain a few generator placeholders that the real API does not
-enforce; `_normalize` relaxes exactly those (documented in docs/emulator.md, "Spec quirks"). Where a request
-DTO is only an empty generator placeholder, `DOCUMENTED_REQUEST_SCHEMAS` supplies the shape HighLevel documents
-for it (applied only while the vendored DTO is still empty).
-"""
+Unknown request properties are rejected, as HighLevel's API does; the few generator placeholders the real API
+does not enforce are relaxed (docs/emulator.md, "Spec quirks"), and empty request DTOs get their documented
+shape from `DOCUMENTED_REQUEST_SCHEMAS`."""
 
 from __future__ import annotations
 

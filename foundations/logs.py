@@ -1,13 +1,8 @@
 """Structured logging: JSON lines on stderr, one pipeline for our code and for aiohttp/faust/librdkafka.
 
-structlog renders; the stdlib `logging` module is the transport, so third-party loggers (which only know
-stdlib logging) come out in the same JSON shape. Every line passes through `_redact_processor`, which blanks
-the webhook token wherever a webhook URL appears, so a secret cannot leak through a library's message.
-
-Library loggers never write below INFO, whatever APRO_LOG_LEVEL says: at DEBUG, faust (`send: ... k=... v=...`),
-aiokafka (`Sending (key=... value=...)`) and httpcore print whole records and requests, i.e. patient data. And
-a library line that still quotes record bytes (`key=b'...'`, `value=b'...'`) at any level has them withheld.
-"""
+structlog renders and stdlib `logging` transports, so library loggers come out in the same shape. Every line
+is redacted (webhook tokens), library loggers never go below INFO (at DEBUG they print patient data), and
+library lines quoting record bytes have them withheld."""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
 """Points in time typed by an operator (`replay --since/--until`). Pure: `now` is passed in.
 
-Accepted forms:
-- ISO 8601 date or date-time, with an offset (`2026-01-15T08:00:00-07:00`, `...Z`); without one it is UTC;
-- relative to now, back in time: `90s`, `30m`, `2h`, `1d`, `1w`, or combined `1h30m`;
-- epoch: seconds (`1768464000`, decimals allowed) or milliseconds (13 digits or more);
-- `now`.
-"""
+Accepted: ISO 8601 (UTC without an offset), relative (`90s`, `2h`, `1h30m`, `1w`), epoch seconds or
+milliseconds (13+ digits), and `now`."""
 
 from __future__ import annotations
 

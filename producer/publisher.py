@@ -1,28 +1,8 @@
 """Async publishing over confluent_kafka.Producer: `await publish(...)` returns only once the broker acked.
 
-librdkafka does the batching and retrying in its own threads. Delivery reports are served on the event loop
-itself: a loop timer calls `poll(0)` every POLL_INTERVAL_S while acks are awaited (every IDLE_POLL_INTERVAL_S
-otherwise, for error and log callbacks). That resolves the futures directly. A separate poll thread, as before,
-needed the GIL once per delivery report while the loop thread held it, and every hand-off cost both threads
-latency under load: with 32 concurrent webhooks the intake ran at ~6k req/s with the loop ~30 % idle, waiting.
-The same tick expires waiters past `produce_timeout_s` (one deque in deadline order instead of a timer per
-request). Callbacks that fire on other threads (flush at close, purge of a retired producer) are handed to the
-loop in batches with `call_soon_threadsafe`.
-
-Delivery after a timeout: when the broker is down we answer 503 after `produce_timeout_s`, but librdkafka keeps
-the message queued and retries it until `message.timeout.ms` (30 s by default here) expires. If the broker comes
-back within that window the record is still written, *after* we told the sender to retry. That is by design:
-the sender retries, and the normalizer drops the duplicate by event id. `message.timeout.ms` bounds how long such
-orphans can pile up in memory while the broker stays down.
-
-Broker known down: when librdkafka reports all brokers down (error callback `_ALL_BROKERS_DOWN`) and a metadata
-probe confirms it, `publish` fails at once with PublishFailed("broker_unreachable") instead of letting every
-webhook wait `produce_timeout_s`; a probe every BROKER_PROBE_INTERVAL_S clears the state when a broker answers.
-
-Size: `message.max.bytes` is `max_body_bytes + RECORD_HEADROOM_BYTES`, so every body the HTTP layer accepts
-fits (librdkafka's default, 1,000,000, is below the default 1 MiB body limit). The broker's own limit must be
-at least as large (docker-compose.yml KAFKA_MESSAGE_MAX_BYTES); if it is not, the broker's refusal maps to 413.
-"""
+librdkafka batches and retries in its threads; delivery reports are polled on the event loop itself. When all
+brokers are known down, `publish` fails at once (broker_unreachable). `message.max.bytes` fits every body the
+HTTP layer accepts. Design and trade-offs: docs/reliability.md, "Module notes"."""
 
 from __future__ import annotations
 

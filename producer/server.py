@@ -1,23 +1,8 @@
 """Webhook intake over HTTP: authenticate, bound, key, publish raw to Kafka, answer 202 only after the ack.
 
-Routes
-  POST /webhooks/aestheticspro/{token}[/{resource}]   resource ∈ clients | appointments | invoices
-  GET  /healthz   process alive          GET /readyz   broker reachable (200) or not (503)
-  GET  /metrics   Prometheus text format
-
-Answers: 202 accepted (record acked) · 400 unreadable body (quarantined) · 401 bad token · 404 unknown resource ·
-408 body not received within http_body_timeout_s · 413 body too large (one limit, max_body_bytes, from HTTP to
-the Kafka producer: never a 503 for size) · 503 Kafka did not confirm in time, or the broker is known to be
-unreachable (at once; Retry-After; the sender retries, nothing is lost).
-
-Hostile clients: a connection must deliver its request head within http_header_timeout_s and its body within
-http_body_timeout_s; idle keep-alive connections close after http_keepalive_timeout_s. Malformed requests
-(oversized headers, garbage) are logged as one line per reason without traceback, at most once per
-CLIENT_ERROR_LOG_WINDOW_S, with the count of those not logged. Metric labels come from the configuration only.
-
-Nothing from the body and never the token reaches a log line or a metric label: the access log redacts the
-token segment of the path, and the per-request log line carries only ids, outcome, labels and latency.
-"""
+Routes: POST /webhooks/aestheticspro/{token}[/{resource}], GET /healthz, /readyz, /metrics. Answers 202, 400
+(quarantined), 401, 404, 408, 413 or 503 (nothing lost; the sender retries). Slow or malformed clients are
+bounded by timeouts. No body content and never the token reach logs or metric labels (docs/reliability.md)."""
 
 from __future__ import annotations
 

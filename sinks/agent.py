@@ -1,21 +1,8 @@
 """The sync engine's I/O side: a Faust agent that executes the planner's CRM ops against GoHighLevel.
 
-Model (docs/sync-engine.md has the full argument):
-- `client_state` table (changelog-backed, memory store rebuilt from the changelog at start), keyed by the
-  AestheticsPro client id, co-partitioned with the normalized topic (same key, same partition count; every write
-  goes to the partition of the event being processed). Value: `ClientState` JSON with its effects ledger.
-- The agent reads the normalized topic without automatic acks and hands each event to one of K lanes
-  (crc32(client id) mod K). A lane is a bounded asyncio queue processed sequentially, so a client's events run
-  strictly in order while different clients progress concurrently; full queues block the agent (backpressure).
-- Per event: plan → write the new state (with its pending effects) and wait for the broker's ack → run every
-  pending op in order, recording `mark_done` (and new CRM ids) in the table after each → ack the event.
-- Acks go through `PartitionAcker`, which acks a partition's events in offset order only (see its docstring for
-  why Faust needs that), so the committed offset never passes an event that is not done or dead-lettered.
-- Transient GoHighLevel failures: the event stays unacked, its lane backs off (capped exponential) and retries;
-  repeated failures pause the location (`LocationBreaker`). Permanent failures: dead-letter topic, then ack.
-- Rebalance or shutdown: lanes stop at the next op boundary (bounded grace, then cancelled), queued events are
-  abandoned (neither acked nor committed); the new owner resumes them from the table's pending effects.
-"""
+Per event: plan → write the state with its pending effects → run each op, marking it done → ack in offset
+order (`PartitionAcker`). Clients are spread over K sequential lanes, so a client's events run in order;
+transient failures retry, permanent ones dead-letter (docs/sync-engine.md, "Module notes")."""
 
 from __future__ import annotations
 
@@ -536,7 +523,7 @@ def _parse(event: faust.EventT) -> NormalizedEvent:
     except ValidationError:
         raise _Unreadable("unreadable normalized event") from None
     try:
-        event._apro_parsed = parsed  # type: ignore[attr-defined]
+        event._apro_parsed = parsed  # type: ignore[attr-defined]  # noqa: SLF001 - cache on the event
     except AttributeError:
         pass
     return parsed

@@ -1,19 +1,8 @@
 """Per-GoHighLevel-location shared budget and outage breaker for the sink.
 
-Rate budget across workers (docs/sync-engine.md, "Rate budget"): events are partitioned by client, so every
-worker may write to every GHL location. GoHighLevel reports the location's remaining burst budget on every answer
-(X-RateLimit-Remaining / -Max / -Interval-Milliseconds); each worker's `RateLimiter` adopts that server view, so
-requests made by the other workers count against ours too, and a 429 pauses the location for the whole worker.
-`SharedRateLimiter` additionally caps this worker to `share` of the burst (APRO_GHL_RATE_SHARE, e.g. 1/N for N
-workers) so that concurrent workers cannot all spend the same remaining budget at once.
-
-`LocationBreaker`: consecutive transient failures (after the client's own retries) of any lane for a location
-pause that location for every lane, so an outage costs one probe per pause, not a storm of retries. The pause
-grows once per failed probe (never per concurrently failing lane) and is capped at `max_s`, so sync resumes at
-most `max_s` (plus one GoHighLevel call) after GoHighLevel answers again, whatever the outage's length; the first
-success closes it at once (docs/sync-engine.md, "Recovery"). An outage never dead-letters an event, nor do
-rejected credentials (401/403 for the whole location): they pause the location until a probe gets through.
-"""
+`SharedRateLimiter` caps this worker to `share` of the location's burst budget so concurrent workers cannot
+spend the same remainder. `LocationBreaker` pauses a location for every lane after consecutive transient
+failures, with a capped pause, so an outage costs one probe per pause (docs/sync-engine.md, "Rate budget ownership")."""
 
 from __future__ import annotations
 
@@ -112,7 +101,7 @@ class LocationBreaker:
 
     def pause_for_trip(self, trip: int) -> float:
         """The pause of the `trip`-th trip since the last success (0-based): base_s doubling, capped at max_s."""
-        return min(self.max_s, self.base_s * (2 ** min(trip, 32)))
+        return min(self.max_s, self.base_s * (2.0 ** min(trip, 32)))
 
     def _trip(self) -> float:
         pause = self.pause_for_trip(self.trips)

@@ -1,26 +1,8 @@
 """Turns the planner's CRM ops (foundations/formats/crm_commands.py) into GoHighLevel calls, one op at a time.
 
-Pure-ish: given a `GhlClient` (retrying), a non-retrying twin sharing its rate limiter, and the location's
-resolved ids, `OpExecutor.execute(op, state, in_doubt=...)` performs one op and returns the client state with any
-new CRM id recorded. It never writes tables and never decides about retries of whole events: the sink agent
-(sinks/agent.py) does that. Errors: `GhlTransientError` (retry later), `GhlPermanentError` or `SyncError`
-(dead-letter the event).
-
-Exactly-once per op (see docs/sync-engine.md):
-- contact upsert, tags, opportunity update: absolute / additive values, safe to repeat;
-- opportunity creation: the contact's opportunity in the pipeline is searched before creating (the client also
-  recovers the "422 yet created" defect);
-- note: sent without the client's automatic retries; an op that may have reached GoHighLevel (`in_doubt`, or a
-  previous attempt failed ambiguously) first lists the contact's notes and looks for the `apro-event: <id>` line;
-- workflow enrollment: cannot be checked through the API. In doubt, the event's note (always executed last, see
-  `execution_order`) proves the whole event done; otherwise the enrollment is repeated (at least once).
-
-Identity: a client's first upsert (no contact id recorded) first asks GoHighLevel which contact it would match
-(`GhlClient.find_duplicate`: a contact search by email/phone in the location's duplicate-search order, PHI in
-the request body only). A contact whose APro Client ID names another client is never overwritten: where the
-location allows duplicates a separate contact is created, else the event fails with `IdentityConflict`
-(dead-lettered, counted). Either way staff get a note on that contact (ids only).
-"""
+`OpExecutor.execute(op, state, in_doubt=...)` performs one op and returns the state with any new CRM id; retries
+of whole events belong to the sink agent. Errors: `GhlTransientError` (retry later), `GhlPermanentError` or
+`SyncError` (dead-letter). Exactly-once per op and identity checks: docs/sync-engine.md, "Module notes"."""
 
 from __future__ import annotations
 

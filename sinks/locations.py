@@ -1,15 +1,8 @@
 """Which GoHighLevel sub-account (location) each AestheticsPro location syncs into.
 
-Two modes:
-- No locations file (the seed's model): one GHL sub-account (APRO_GHL_LOCATION_ID + APRO_GHL_TOKEN) receives
-  every AestheticsPro location; the contact's "APro Location" custom field tells them apart.
-- A locations file (APRO_LOCATIONS_FILE, YAML or JSON; see docs/locations.example.yaml) maps AestheticsPro
-  locations, by id or by name, to their own sub-accounts, with a `default` entry for the rest.
-
-The file holds no secrets: each entry names the environment variable holding its Private Integration Token
-(`token_env`; without one, APRO_GHL_TOKEN is used) or, for a Marketplace-app install, `oauth` (sinks/oauth.py). Pipeline, stages and workflows are given by name (defaults:
-streams/crm_fields) or by id. Errors name the bad entry and the problem, never a token.
-"""
+Without a locations file one sub-account receives every location; with APRO_LOCATIONS_FILE (YAML or JSON,
+docs/locations.example.yaml) locations map by id or name to their own sub-accounts. The file holds no secrets
+(`token_env` or `oauth` name the variables; sinks/oauth.py); errors name the bad entry, never a token."""
 
 from __future__ import annotations
 
@@ -279,7 +272,7 @@ def read_locations_file(path: Path) -> Any:
 
             return yaml.safe_load(text) or {}
         return json.loads(text)
-    except Exception as exc:  # yaml.YAMLError / JSONDecodeError: position only, not the content
+    except Exception as exc:  # noqa: BLE001 - yaml.YAMLError / JSONDecodeError: position only, not the content
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark is not None else (f" (line {exc.lineno})" if hasattr(exc, "lineno") else "")
         raise LocationsError(f"locations file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}{at}") from None

@@ -1,16 +1,8 @@
 """`apro-sync provision`: make a GoHighLevel sub-account ready for apro-sync, and resolve its ids at start.
 
-- Custom fields (streams/crm_fields.ALL_FIELDS, model contact): listed, the missing ones created with the right
-  dataType. Idempotent: matched by fieldKey, else by name, so a second run creates nothing.
-- Folders: the API cannot create a folder or put a contact field in one. POST /locations/{id}/customFields has
-  no `parentId`, and the Custom Fields V2 API (the only one with folders) supports custom objects and company
-  fields only. The report says so; moving the fields into "Aesthetics Pro" is a manual step.
-- Pipeline, stages and the three workflows cannot be created through the API either: they are checked by name
-  (or id) and reported when missing; the exit code is then non-zero.
-
-`resolve_ids` is the read-only half used by the sync engine at start (`ResolvedIdsCache` keeps one per location).
-Matching is pure (`match_ids`), separate from the HTTP calls.
-"""
+Missing custom fields are created (idempotent); folders, pipeline, stages and workflows cannot be created
+through the API, so they are checked and reported (docs/operations.md, "Module notes"). `resolve_ids` is the
+read-only half used at start; matching is pure (`match_ids`)."""
 
 from __future__ import annotations
 

@@ -55,7 +55,8 @@ def record(location_id: str, method: str, template: str, path_params: Mapping[st
     return client_id.encode(), json.dumps(value, default=str, sort_keys=True).encode(), headers
 
 
-def answer(method: str, template: str, path_params: Mapping[str, str], body: Any, location_id: str,
+def answer(method: str, template: str,  # noqa: ARG001 - same signature as the recorded call
+           path_params: Mapping[str, str], body: Any, location_id: str,
            found_contact: str | None) -> dict[str, Any]:
     """What GoHighLevel would answer a write, as far as the executor reads it."""
     body = body if isinstance(body, dict) else {}

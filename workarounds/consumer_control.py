@@ -1,11 +1,8 @@
-"""What the agents need from Faust's consumer beyond a plain ack (Kafka I/O; faust-streaming 0.15.3 internals
-are touched here and only here).
+"""What the agents need from Faust's consumer beyond a plain ack (faust-streaming 0.15.3 internals, here only).
 
-- `abandon`: drop a delivered record without acking it, so its offset is never committed and the partition's
-  next owner delivers it again.
-- `SequenceGuard`: keep each partition's records in sequence (workarounds/offset_sequence.py explains why): records
-  Faust dropped on the way are read straight from the broker by a `GapReader` and handed to the agent first.
-"""
+- `abandon`: drop a delivered record without acking it, so the partition's next owner delivers it again.
+- `SequenceGuard`: keep each partition's records in sequence; records Faust dropped are read from the broker
+  by a `GapReader` and handed to the agent first (why: workarounds/offset_sequence.py)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,8 @@
 """Hand each partition's records to an agent one after another, with no offset missing (pure logic, no I/O).
 
-Why: faust-streaming 0.15.3 can drop a record between its consumer and an agent's stream and never deliver it
-again. Two ways were seen in tests: the stream skips records it sees while flow control is suspended or from
-another consumer generation (around the seek to the committed offsets at the end of a rebalance: after a restart
-the sink got offsets 0, 1, 3, 4... of a partition, and offset 2, a cancellation, was never synced); and its fetch
-loop drops every record below the highest offset it has handed out, which undoes a seek made while it is still
-handing out an earlier fetch (with a slow agent behind a full stream buffer that is nearly always, so seeking back
-to a dropped record did not work: the long crash run). Faust would then commit past the hole, because its gap
-check is off by one (`min(acked) - committed > 1`).
-
-Our topics are written by non-transactional producers and are not compacted, so their offsets are contiguous: an
-offset jump inside one consumer generation means records were dropped on the way. The agent then reads the
-missing offsets straight from the broker (workarounds/consumer_control.py) and handles them before the record that
-revealed the gap; the stream itself never moves back, so nothing depends on Faust re-delivering anything.
-"""
+Why: faust-streaming 0.15.3 can drop a record between its consumer and an agent and commit past the hole.
+Our topics have contiguous offsets, so a jump means a dropped record: the agent reads the missing offsets from
+the broker first (workarounds/consumer_control.py). The incidents: docs/reliability.md, "Module notes"."""
 
 from __future__ import annotations
 

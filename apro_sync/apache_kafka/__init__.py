@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apro_sync.processes import BrokerProcess, free_port
-from foundations.kafka_admin import wait_for_broker
 from foundations.topics import record_max_bytes
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # as docker-compose.yml: the broker takes any record the producer may send

@@ -1,16 +1,8 @@
 """`apro-sync dlq list|redrive`: inspect and republish dead-letter (and quarantine) records.
 
-Records are named `topic:partition:offset`. Listing reads the topic from its first retained record to its end
-(assign, no group, no commit) and shows headers only; the value (the original webhook, PHI) is never printed.
-
-Redrive publishes the value back to the record's `apro-dlq-source-topic` (quarantine records, which have none,
-go to the raw topic), same key, same partition when it still exists, headers without the dead-letter ones,
-`apro-dlq-attempts` + 1, `apro-replay: redrive` and `apro-replayed-from: <record id>`.
-Memory of what was redriven: after the broker acknowledged the republished record, a marker is written to the
-compacted topic `<dead-letter topic>.redriven`, keyed by the record id (value: where it went, attempts, time;
-no PHI). `list` reads the markers to show REDRIVEN and `--all` skips those records, so no store outside Kafka is
-needed. A crash between the two writes can redrive a record twice; downstream effects are idempotent.
-"""
+Records are named `topic:partition:offset`. Listing shows headers only, never the value (PHI). Redrive
+republishes the value to its source topic and records a marker in the compacted `<dead-letter topic>.redriven`
+topic, so no store outside Kafka is needed (details: docs/operations.md, "Module notes")."""
 
 from __future__ import annotations
 

@@ -1,11 +1,8 @@
 """Consumer-lag exporter: end offset minus committed offset per consumer group and topic-partition.
 
-The Faust workers cannot report their own lag reliably (a stalled or dead worker reports nothing), so a
-separate process asks the broker: the group's committed offsets (OffsetFetch) and each partition's end
-offset (ListOffsets), and publishes `apro_consumer_lag{group, topic, partition}` for Prometheus.
-
-Arithmetic (`partition_lag`, `compute_lags`) is pure; `LagReader` does the broker I/O; `run` serves it.
-"""
+A stalled worker reports nothing, so a separate process asks the broker and publishes
+`apro_consumer_lag{group, topic, partition}`. Arithmetic (`partition_lag`, `compute_lags`) is pure;
+`LagReader` does the broker I/O; `run` serves it."""
 
 from __future__ import annotations
 

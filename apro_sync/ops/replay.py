@@ -1,18 +1,8 @@
 """`apro-sync replay`: process the raw webhooks of a time range again.
 
-Two modes:
-- republish (default, safe while workers run): copy the selected raw records back onto the raw topic, same key,
-  same value, same partition, original headers plus `apro-replay: replay` and `apro-replayed-from:
-  <topic>:<partition>:<offset>`. The normalizer's event-id dedupe lets `apro-replay` records through; the sync
-  ledger keeps GoHighLevel effects exactly-once, so a replay only fills what is missing.
-- `--reset-offsets`: move the workers' consumer group back to `--since` on the raw topic. Only while the group
-  has no members (a running worker would overwrite the reset with its next commit). The records are re-read as
-  they are, so the normalizer's bounded dedupe window still drops event ids it already passed on: use it to
-  re-read records the workers skipped or lost, and republish to force a re-run.
-
-Offsets are found by timestamp (`offsets_for_times`; on the embedded Tansu broker that is the write time, i.e.
-when the producer accepted the webhook). Nothing here prints a record value.
-"""
+Republish (default, safe while workers run) copies the selected raw records back onto the raw topic; the sync
+ledger keeps GoHighLevel effects exactly-once. `--reset-offsets` moves an idle consumer group back to `--since`.
+Offsets are found by timestamp; nothing here prints a record value (docs/operations.md, "Module notes")."""
 
 from __future__ import annotations
 

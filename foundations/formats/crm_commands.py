@@ -1,32 +1,8 @@
 """Declarative CRM operations: what the sync planner asks the GoHighLevel sink to do.
 
-The planner (streams/plan/planner.py) never talks to GoHighLevel; it emits these ops, and the sink agent turns each
-one into API calls. Every op is:
-
-- absolute: it carries the value a field must end up with (never "add 100 to lifetime value"), so executing
-  it twice leaves the CRM as executing it once;
-- addressed by `op_id` = f"{event_id}:{kind}:{ordinal}", stable across redeliveries, replays and restarts, so
-  the effects ledger (streams/plan/state.py, `PendingEffects`) can record which ops are done;
-- free of CRM ids: the executor resolves the contact / opportunity of `client_id` in `location_label` from
-  `ClientState.crm` (recording new ids with `state.record_contact_id` / `record_opportunity_id`), so the
-  steady state needs no searches and a pending op stays valid after a restart.
-
-Executor contract (per client, ops in order; the contact op always comes first):
-- UpsertContact: contact id known → PUT /contacts/{id}; else POST /contacts/upsert (email/phone identify the
-  contact) and record the returned id. `standard` → top-level body fields; `custom` → `customFields`
-  ([{id, field_value}], id resolved from the key via foundations/formats/crm_fields.py). An empty string clears a field.
-  Never send `tags` in an upsert (it replaces all tags); GHL's v2 contact DTOs have no writable `type`.
-  `dnd` → `dndSettings` ({Email|SMS|Call: {status, message}}), only the channels AestheticsPro spoke about.
-- AddNote: POST /contacts/{id}/notes {body}. Non-idempotent in GHL: after a crash between the call and the
-  ledger mark, list the contact's notes and skip if one contains `marker` (`apro-event: <event_id>`).
-  The body is PHI: it goes to the CRM only, never to logs or errors.
-- UpsertOpportunity: opportunity id known → PUT /opportunities/{id}; else search the contact's opportunity in
-  `pipeline` (POST /opportunities/search) and update it, or create one (POST /opportunities/) in `stage`, and
-  record the id. `monetary_value` None → leave the value alone. `name` is used when creating.
-- AddTags: POST /contacts/{id}/tags {tags} (additive; adding a present tag is a no-op).
-- EnrollWorkflow: POST /contacts/{id}/workflow/{workflowId} (workflow resolved by name). Not idempotent in
-  GHL: the ledger mark right after the call is what prevents a second enrollment.
-"""
+Every op is absolute (executing it twice equals once), addressed by a stable `op_id` so the effects ledger can
+record which ops are done, and free of CRM ids (the executor resolves them from `ClientState.crm`).
+The executor contract per op kind is in docs/sync-engine.md, "Module notes"."""
 
 from __future__ import annotations
 

@@ -1,15 +1,9 @@
-"""Async GoHighLevel API v2 client, one per GHL location (sub-account), authenticated by a Private Integration
-Token or OAuth (an httpx auth, sinks/oauth.py). Every call goes through the location's `RateLimiter`, is retried
-on transient errors (see retry.py), counted in Prometheus by endpoint *template*, and turned into
-`GhlTransientError` / `GhlPermanentError`.
+"""Async GoHighLevel API v2 client, one per location, authenticated by a Private Integration Token
+or OAuth (an httpx auth, sinks/oauth.py).
 
-Request bodies follow emulator/openapi/apps/*.json (vendored official specs) (tests/sinks/ghl/test_schema_conformance.py checks each).
-Known API defects handled here:
-- upsert (and update) with `tags` replaces every tag of the contact: refused here; use `add_tags`.
-- upsert may ignore the phone when the e-mail matches another contact: detected, flagged, counted, logged.
-- create opportunity may answer 422/5xx/time out yet create it: we search before any retry and after a 422.
-PHI (patient email, phone, names) never goes into a URL (access logs keep URLs): only into JSON bodies.
-"""
+Every call goes through the location's `RateLimiter`, is retried on transient errors (retry.py), counted by
+endpoint template and turned into `GhlTransientError` / `GhlPermanentError`. Known API defects are handled
+here (docs/sync-engine.md, "Module notes"). PHI never goes into a URL, only into JSON bodies."""
 
 from __future__ import annotations
 

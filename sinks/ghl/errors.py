@@ -1,12 +1,7 @@
 """GoHighLevel API errors: transient (retry, then pause the sink) or permanent (dead-letter the event).
 
-Message policy (why the reasons look the way they do): a reason string ends up in logs and dead-letter headers,
-so it carries only the HTTP status, the endpoint *template* (``POST /contacts/upsert``, never a URL with ids or
-query values) and, when safe, GoHighLevel's own ``message`` field. GHL validation messages sometimes echo the
-value that was sent (``"abc@x" is not a valid email``), so the message is kept only if it contains no value from
-the request body, no e-mail-like or phone-like token and no long digit run; it is cut to 160 characters. Response
-bodies, headers, query strings and the token are never part of a reason.
-"""
+A reason ends up in logs and dead-letter headers, so it carries only the status, the endpoint template and,
+when it echoes nothing from the request, GoHighLevel's own message, cut to 160 characters."""
 
 from __future__ import annotations
 

@@ -1,17 +1,8 @@
 """Per-location GoHighLevel request budget: 100 requests / 10 s (burst) and 200,000 / day.
 
-GoHighLevel counts requests per app per location (sub-account), so there is one `RateLimiter` per GHL location,
-shared by every coroutine that talks to it. The burst window is a sliding log of request times; the daily budget
-is a token bucket refilling at daily/86400 per second. Both are tightened (never loosened beyond the configured
-maximum) by the X-RateLimit-* headers of each response, which are the API's own view. A 429 pauses the whole
-location, not just the request that got it. Time and sleep are injectable so tests never use the wall clock.
-
-Daily budget (docs/operations.md, AproSyncGhlDailyBudgetHigh): X-RateLimit-Daily-Remaining / -Limit-Daily give the
-server's count for the location, exported as `apro_ghl_daily_budget_used_ratio`. With `daily_pace_from` set (the
-sink sets APRO_GHL_DAILY_PACE_FROM), once that share of the day's limit is used the limiter spreads what is left
-over the time left in the day (GoHighLevel does not document the reset; the emulator's day, and ours, is the UTC
-day), so the location slows down instead of running dry at noon.
-"""
+One `RateLimiter` per location, shared by every coroutine: a sliding log for the burst, a token bucket for the
+day, both tightened by the X-RateLimit-* headers; a 429 pauses the whole location. Time and sleep are
+injectable. Daily pacing: docs/sync-engine.md, "Module notes"."""
 
 from __future__ import annotations
 

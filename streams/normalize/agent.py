@@ -1,13 +1,8 @@
 """The normalization agent: raw webhook records → normalized | skipped | dead-letter topics (Kafka I/O only).
 
-Delivery: at least once. Events are taken in batches; every output of a batch is written and acknowledged by
-the broker before the batch's offsets are acked (Faust commits only acked offsets), so a crash replays, never
-loses. Replays and webhook retries are caught by the bounded event-id dedupe (streams/normalize/dedupe.py), updated once per
-batch and partition after the outputs are durable.
-Throughput: outputs go through a batching librdkafka producer (streams/normalize/output_producer.py), not Faust's, which
-the embedded broker limits to one record per request; Faust's producer writes only the dedupe changelog.
-Ordering: one agent instance per partition and outputs sent in input order, so a client's events stay in order.
-"""
+At least once: a batch's outputs are acknowledged by the broker before its input offsets are acked; replays
+are caught by the bounded event-id dedupe. Outputs go through a batching producer (output_producer.py), in
+input order per partition, so a client's events stay in order."""
 
 from __future__ import annotations
 

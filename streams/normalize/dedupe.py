@@ -1,25 +1,8 @@
 """Bounded de-duplication of webhook event ids, per source partition.
 
-AestheticsPro retries a webhook it thinks failed, and the producer may publish a record twice (a timeout after
-the broker wrote it). Both land on the same raw partition (the key is the client id), so duplicates are caught
-per partition.
-
-Storage: a Faust table of *chunks*: key `<partition>:<sequence>`, value `[partition, sequence, [event ids]]`, one
-chunk per processed batch and partition. The memory survives restarts and rebalances (the table is rebuilt from
-its changelog), and costs one changelog record per batch and partition instead of one per event (each changelog
-record is its own produce request against the embedded broker). Bound: at least `window` and at most
-`window + one chunk` ids per partition; when a partition goes past it its oldest chunks are deleted (changelog
-tombstones keep the compacted changelog to the same bound).
-
-Trade-off of the bound: memory and recovery time grow with `window` (ids are ~40 bytes; 100k ids per partition
-is a few MB and well under a second of changelog replay, as chunks). A redelivery older than the last `window`
-events of its partition is not recognised and is passed on again, so downstream effects must stay idempotent per
-event id (the sync engine's ledger is). With the default 100k and a clinic's traffic (hundreds of webhooks a day
-per partition) that horizon is months, far beyond AestheticsPro's retry period.
-
-Entries of the earlier one-id-per-key layout (key = event id, value `[partition, sequence]`) are read back as
-one-id chunks, so an upgrade keeps its memory.
-"""
+AestheticsPro retries and producer re-sends land on the same raw partition. Ids are stored in a Faust table
+of chunks (one changelog record per batch and partition), at least `window` ids per partition; older
+redeliveries pass again, so downstream effects stay idempotent per event id (docs/sync-engine.md)."""
 
 from __future__ import annotations
 

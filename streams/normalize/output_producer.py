@@ -1,15 +1,8 @@
 """A batching Kafka producer for the normalizer's output records (Kafka I/O only).
 
-Why not Faust's own producer: against the embedded Tansu broker Faust must send one record per produce request
-(`producer_max_batch_size=1`, a Tansu end-offset bug that only matters for table changelogs), which caps the
-normalizer at a few hundred records/s. Output topics have no such need, so they go through librdkafka, which
-batches (linger), retries and keeps per-partition order (`enable.idempotence`, which works on Tansu), while
-Faust's producer keeps writing only the dedupe table's changelog.
-
-`write(records)` returns once the broker acknowledged every record (acks=all) and raises if any failed, so the
-caller can ack its input offsets only after its outputs are durable. Keys are partitioned like Faust/aiokafka
-(Java murmur2 of the key: `partitioner=murmur2_random`), so the sink's co-partitioned table stays aligned.
-"""
+Faust's producer must send one record per request against the embedded broker; output topics go through
+librdkafka instead. `write(records)` returns once the broker acknowledged every record (acks=all), and keys
+are partitioned like Faust (murmur2) so the sink's co-partitioned table stays aligned."""
 
 from __future__ import annotations
 

@@ -1,23 +1,8 @@
 """Raw AestheticsPro webhook → NormalizedEvent | Skipped | Unreadable. Pure: no I/O, no logging, never raises.
 
-Rules (examples/webhooks/README.md, and the decisions below):
-- The event kind comes from `event` / `eventType` / `event_type` / `type` (+ `action`), else the `apro-resource`
-  header (clients | appointments | invoices) with the status deciding, else the blocks the body carries.
-- Test pings (a test/ping kind or flag, or a body with no client, appointment or invoice) → Skipped(TEST_PING).
-- Contact info: an event that may *create* the CRM contact (client upsert, booking, cancellation, no-show,
-  update, paid invoice) needs a valid email or phone, else Skipped(NO_CONTACT_INFO). Appointment deletions and
-  invoice refunds/voids carry ids only and only ever touch an existing contact, so they never skip for it.
-- Strict fields (unreadable → Unreadable with the field and rule): client id, appointment id, invoice id, an
-  invoice amount, money, appointment start/end, paid date. Lenient fields (unreadable → None, and the field
-  name listed in `NormalizedEvent.invalid_fields`): email, phone, date of birth, previous start, occurred_at.
-- Ids are at most 128 characters without control characters; a present but unusable client, appointment or
-  invoice id → Unreadable naming why (`client.id: not a string or number`, `... longer than 128 characters`,
-  `... contains control characters`), never a test ping. Free text loses its control characters.
-- Instants are UTC; a naive time is local to the location's `timezone`, else `default_timezone`.
-- Marketing consent (`Client.consent`, per channel) is read from any event's client blocks; an unreadable flag is
-  lenient (`client.consent.<channel>`). Membership events (created / renewed / cancelled / expired) carry a
-  `Membership`; its id and dates are strict. Spellings: examples/webhooks/README.md.
-"""
+Strict fields (ids, money, appointment times) make an event Unreadable; lenient ones (email, phone, date of
+birth) become None and are listed in `invalid_fields`. Events that may create a contact need an email or
+phone. The full rule list: docs/sync-rules.md, "Module notes"; spellings: examples/webhooks/README.md."""
 
 from __future__ import annotations
 
@@ -269,7 +254,7 @@ class _Reader:
         try:
             self.client_id, *self._found_location = client_and_location(self.flat, self.look, self.client_issues)
         except Exception:  # noqa: BLE001 - a malformed client block is handled below as a missing id
-            self.client_id, self._found_location = None, find_location(body)
+            self.client_id, self._found_location = None, list(find_location(body))
         self.location = self._location()
         self.zone = zone(self.location.timezone) or self.default_zone
         try:
@@ -402,7 +387,7 @@ class _Reader:
 
     def _client_blocks(self) -> list[Mapping[str, Any]]:
         """Where client fields may be: `client`, `invoice.client`, `appointment.client`, then the flat body."""
-        cached = self.__dict__.get("_blocks")
+        cached: list[Mapping[str, Any]] | None = self.__dict__.get("_blocks")
         if cached is not None:
             return cached
         blocks: list[Mapping[str, Any]] = []

@@ -1,21 +1,8 @@
 """The sync planner: (event, client state) → (new state, CRM ops, outcome). Pure and deterministic.
 
-No I/O, no wall clock: every time decision uses the event's occurred_at (else received_at, else the `now`
-argument), so replaying a topic gives the same plans. The rules (seed behaviour plus the documented
-extensions) are in docs/sync-rules.md; the op model and the executor contract in foundations/formats/crm_commands.py.
-
-How a plan stays correct under redelivery, replay and reordering:
-- an event id the state already knows → DUPLICATE, no ops (older replays are caught by the per-appointment and
-  per-invoice records, which remember the last event applied to them);
-- events are ordered by `state.order_key` (event time, then the raw record's offset: arrival breaks ties);
-- an appointment event older than the last one applied to that appointment → STALE: no state change, no ops;
-- contact fields are last-writer-wins registers, and ops carry the registers' current (absolute) values, so an
-  event that is late for the client but not for its appointment re-asserts the current truth, never an old one;
-- one decision per event: the activity fields (APro Appt fields) and the stage move together, only when the
-  event is newer than every event that wrote any of them (`_Work.is_latest`); the workflow follows the stage;
-- a dead-lettered event's unfinished ops are parked in the state (`ClientState.failed`); its redrive or replay
-  (`resume_failed=True`) → RESUMED: exactly those ops again, contact/opportunity values refreshed (`resume`).
-"""
+No I/O, no wall clock: time decisions use the event's own times, so replaying a topic gives the same plans.
+Rules: docs/sync-rules.md; op model: foundations/formats/crm_commands.py; how a plan stays correct under
+redelivery, replay and reordering: docs/sync-engine.md, "Module notes"."""
 
 from __future__ import annotations
 
@@ -56,6 +43,9 @@ from streams.plan.state import (
     Register,
     order_key,
 )
+
+# The op classes a plan is built from (before each op gets its id).
+_OpClass = type[UpsertContact] | type[AddNote] | type[UpsertOpportunity] | type[AddTags] | type[EnrollWorkflow]
 
 
 class Outcome(StrEnum):
@@ -180,7 +170,7 @@ class _Work:
     memberships: dict[str, MembershipRecord] = field(default_factory=dict)
     next_visit: NextVisit | None = None
     next_visit_changed: bool = False
-    ops: list[tuple[type, dict[str, Any]]] = field(default_factory=list)
+    ops: list[tuple[_OpClass, dict[str, Any]]] = field(default_factory=list)
 
     # registers -------------------------------------------------------
     @property
@@ -275,7 +265,7 @@ class _Work:
         return " ".join(parts) or f"AestheticsPro client {self.ev.client.id}"
 
     # op builders -----------------------------------------------------
-    def op(self, cls: type, **kwargs: Any) -> None:
+    def op(self, cls: _OpClass, **kwargs: Any) -> None:
         self.ops.append((cls, kwargs))
 
     def upsert_contact(self, standard: tuple[str, ...], custom: tuple[str, ...], *, ltv: bool = False,
@@ -322,7 +312,7 @@ def _client(w: _Work) -> Outcome:
     wm = w.demographics_at
     if wm is not None and not wm.loses_to(w.key):
         return Outcome.STALE
-    w.demographics_at = w._register("")
+    w.demographics_at = w._register("")  # noqa: SLF001 - the planner owns the working state
     w.put_demographics(address=True)
     # Demographic sync only: no note, no opportunity, no workflow (seed).
     w.upsert_contact(IDENTITY_FIELDS + ADDRESS_FIELDS, CLIENT_CUSTOM)

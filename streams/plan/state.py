@@ -1,19 +1,8 @@
 """Per-client sync state: one JSON-serializable record per AestheticsPro client id.
 
-The sink keys its table by client id (the Kafka key), so all of a patient's events see one record, in order.
-The state is built so that applying events is idempotent and, where it matters, order-independent:
-
-- events are ordered by `order_key`: event time, then the raw record's partition offset (arrival), so equal
-  event times follow arrival, never the event id;
-- contact fields are last-writer-wins registers ordered by that key, so a late event never overwrites a newer
-  value (`Register`);
-- the invoice ledger keeps, per invoice, the paid amount of its latest paid event (a resend of the same amount
-  still moves "latest" to it) plus refunds keyed by event id, so lifetime value is a function of the set of
-  events seen: exact under duplicates, replays and any arrival order (`InvoiceRecord`);
-- each appointment remembers the time and id of the last event applied to it, so a stale event is recognized;
-- the effects ledger (`PendingEffects`) holds the ops of each applied event until the executor has marked every
-  one done, so a redelivery, replay or restart never repeats a note, an opportunity creation or an enrollment.
-"""
+Applying events is idempotent and, where it matters, order-independent: last-writer-wins registers
+(`Register`), an invoice ledger whose lifetime value depends only on the set of events seen
+(`InvoiceRecord`), and an effects ledger (`PendingEffects`) so no op is repeated (docs/sync-engine.md)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ and a second run finds none."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys

@@ -6,7 +6,7 @@ Normalizer rules for the payload variants (examples/webhooks/README.md), planner
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,7 +14,6 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from foundations.formats import crm_fields
 from foundations.formats.crm_commands import (
     MEMBER_TAG,
     AddNote,
