@@ -109,6 +109,19 @@ class FaultsConfig(_Model):
     rules: list[FaultRule] = Field(default_factory=list)
 
 
+class OAuthConfig(_Model):
+    """The Marketplace app the emulator's OAuth endpoints (emulator/oauth.py) answer for."""
+
+    client_id: str = "emu-oauth-client-id"
+    client_secret: str = "emu-oauth-client-secret"
+    company_id: str = "emuCompany0000000001"  # the agency every emulated location belongs to
+    app_id: str = "emuApp00000000000001"
+    access_token_ttl_s: float = Field(default=86399, gt=0)  # GoHighLevel: about a day (expires_in 86399)
+    code_ttl_s: float = Field(default=600, gt=0)  # authorization codes: single use, short-lived
+    scope: str = "contacts.readonly contacts.write opportunities.readonly opportunities.write " \
+                 "locations.readonly locations/customFields.readonly locations/customFields.write workflows.readonly"
+
+
 class EmulatorConfig(_Model):
     seed: int = 1  # deterministic ids
     locations: list[LocationConfig] = Field(
@@ -125,6 +138,7 @@ class EmulatorConfig(_Model):
     # contact, in this order (POST /contacts/search answers each field's matches oldest first, so a search by
     # the first field that finds any, first hit, names the same contact).
     contact_match_order: tuple[Literal["email", "phone"], ...] = ("email", "phone")
+    oauth: OAuthConfig = Field(default_factory=OAuthConfig)
     validate_requests: bool = True
     spec_dir: str | None = None
     max_request_log: int = 10_000

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from emulator.config import EmulatorConfig, FaultRule, FaultsConfig, LatencyConfig, load_config
 from emulator.faults import FaultPlan
+from emulator.oauth import OAuthState, add_routes as add_oauth_routes
 from emulator.ratelimit import RateLimiter
 from emulator.spec import DEFAULT_SPEC_DIR, SUPPORTED_VERSIONS, V3, Spec, load_spec
 from emulator.state import ApiError, Store
@@ -67,9 +68,11 @@ class Emulator:
         spec_dir = config.spec_dir or str(DEFAULT_SPEC_DIR)
         self.specs: dict[str, Spec] = {"v2": load_spec(spec_dir, "2021-07-28"), "v3": load_spec(spec_dir, V3)}
         self.tokens = config.location_by_token()
+        self.oauth = OAuthState(config)
 
     def reset(self) -> None:
         self.store.reset()
+        self.oauth.reset()
         self.limiter.reset()
         self.faults.set(self.config.faults)
         self.log.clear()
@@ -244,6 +247,8 @@ async def _api(request: web.Request, handler: Handler, template: str) -> web.Str
     auth = request.headers.get("Authorization", "")
     token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
     location = emu.tokens.get(token) if token else None
+    if location is None and token:  # an OAuth location access token (expired or unknown: 401)
+        location = store.locations.get(emu.oauth.location_for(token) or "")
     if location is None:
         return done(_json(401, error_body(401, "Invalid token: access token is invalid")))
     entry["locationId"] = location.id
@@ -380,6 +385,7 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
         app.router.add_route(method, template, view)
         if template.endswith("/") and template != "/":
             app.router.add_route(method, template.rstrip("/"), view)  # clients often omit the trailing slash
+    add_oauth_routes(app, emu.oauth, emu.specs)
     app.router.add_get("/_emulator/state", _inspect_state)
     app.router.add_get("/_emulator/snapshot", _inspect_snapshot)
     app.router.add_post("/_emulator/reset", _inspect_reset)

@@ -19,7 +19,8 @@ from jsonschema import Draft7Validator
 
 # Vendored official specs (package data; source and licence in openapi/SOURCE.md).
 DEFAULT_SPEC_DIR = Path(os.environ.get("APRO_GHL_OPENAPI_DIR") or Path(__file__).resolve().parent / "openapi")
-SPEC_FILES = ("contacts", "opportunities", "locations", "workflows")
+SPEC_FILES = ("contacts", "opportunities", "locations", "workflows", "oauth")
+FORM = "application/x-www-form-urlencoded"
 V2 = "2021-07-28"
 V3 = "v3"
 # Versions the emulated endpoints answer to: v2 (what apro-sync sends) and v3 (what the official SDK 3.x sends).
@@ -196,7 +197,9 @@ class Spec:
                     if method == "parameters":
                         continue
                     rb = op.get("requestBody") or {}
-                    rb_schema = rb.get("content", {}).get("application/json", {}).get("schema")
+                    content = rb.get("content", {})
+                    # JSON bodies; the OAuth endpoints take form bodies (every value a string).
+                    rb_schema = (content.get("application/json") or content.get(FORM) or {}).get("schema")
                     responses = {}
                     for status, resp in op.get("responses", {}).items():
                         s = (resp or {}).get("content", {}).get("application/json", {}).get("schema")

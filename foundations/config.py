@@ -105,6 +105,16 @@ class Settings(BaseSettings):
     # Once this share of a location's daily limit is used, the sink spreads the rest over the rest of the UTC day
     # (sinks/ghl/ratelimit.py, docs/operations.md#aprosyncghldailybudgethigh).
     ghl_daily_pace_from: float = Field(default=0.8, gt=0, le=1)
+    # OAuth (Marketplace-app installs; sinks/oauth.py, docs/operations.md "OAuth locations"). The client id and
+    # secret of the app; the install's first refresh token (single sub-account mode; the locations file names
+    # one variable per location); Fernet keys encrypting the stored tokens (comma list: the first encrypts).
+    ghl_oauth_client_id: str | None = None
+    ghl_oauth_client_secret: SecretStr | None = None
+    ghl_oauth_refresh_token: SecretStr | None = None
+    ghl_oauth_company_id: str | None = None  # set: the refresh token is an agency (Company) install's
+    oauth_token_keys: SecretStr | None = None
+    oauth_refresh_at: float = Field(default=0.8, gt=0, lt=1)  # refresh at this fraction of the token's lifetime
+    oauth_lease_s: float = Field(default=60.0, gt=0)  # one worker refreshes a location for at most this long
 
     # Sync engine (sinks/agent.py, docs/sync-engine.md)
     sink_lanes: int = Field(default=32, ge=1, le=1024)  # clients progressing concurrently per worker

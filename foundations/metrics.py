@@ -162,3 +162,14 @@ def _locations_file_names(path: Path) -> set[str]:
             if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
                 names.add(str(value).strip())
     return names
+
+# OAuth (Marketplace-app locations: sinks/oauth.py)
+GHL_OAUTH_REFRESHES = Counter(
+    "apro_ghl_oauth_refreshes_total",
+    "OAuth token events per GoHighLevel location (refreshed, rejected, failed, adopted).", ["location", "outcome"])
+GHL_OAUTH_REJECTED = Gauge(
+    "apro_ghl_oauth_refresh_rejected",
+    "1 while GoHighLevel refuses the location's stored OAuth refresh token (reinstall the app), else 0.", ["location"])
+GHL_OAUTH_EXPIRY = Gauge(
+    "apro_ghl_oauth_access_expiry_timestamp_seconds", "When the location's current OAuth access token expires.",
+    ["location"])

@@ -16,16 +16,17 @@ class Topics:
     normalized: str = "apro.events.normalized"
     skipped: str = "apro.events.skipped"
     deadletter: str = "apro.deadletter"
+    oauth_tokens: str = "apro.oauth-tokens"  # encrypted OAuth tokens per GoHighLevel location (sinks/oauth_store.py)
     shadow: str = "apro.sink.shadow"  # GoHighLevel calls recorded in shadow mode (APRO_SINK_MODE=shadow)
 
     def all(self) -> list[str]:
-        return [self.raw, self.quarantine, self.normalized, self.skipped, self.deadletter]
+        return [self.raw, self.quarantine, self.normalized, self.skipped, self.deadletter, self.oauth_tokens]
 
     def shadowed(self) -> "Topics":
         """Shadow mode's topics: the same intake (raw, quarantine), its own derived topics."""
         return Topics(raw=self.raw, quarantine=self.quarantine, normalized=self.normalized + SHADOW_SUFFIX,
                       skipped=self.skipped + SHADOW_SUFFIX, deadletter=self.deadletter + SHADOW_SUFFIX,
-                      shadow=self.shadow)
+                      shadow=self.shadow, oauth_tokens=self.oauth_tokens)  # one token topic: shadow shares live's
 
     @classmethod
     def with_prefix(cls, prefix: str) -> "Topics":
@@ -82,6 +83,7 @@ def topic_specs(*, topics: Topics, app_id: str, partitions: int, replication: in
         spec(topics.deadletter, retention_days=deadletter_retention_days),
         spec(topics.shadow, retention_days=raw_retention_days),
         spec(f"{topics.deadletter}.redriven", compact=True, parts=1),
+        spec(topics.oauth_tokens, compact=True, parts=1),  # one partition: one order for tokens and leases
         spec(f"{app_id}-normalize-dedupe-changelog", compact=True),
         spec(f"{app_id}-client_state-changelog", compact=True),
     ]

@@ -32,6 +32,7 @@ from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlPermanentError, GhlTransientError
 from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget, Locations, LocationsError, UnknownLocation, load_locations
+from sinks.oauth import OAuthManager
 from sinks.provision import ResolvedIdsCache
 from sinks.shadow import CURRENT_OP, Send, ShadowGhlClient
 from streams.plan.planner import Outcome, PlanError, plan
@@ -62,7 +63,8 @@ class LocationRuntime:
     """Clients, resolved ids and breaker of one GoHighLevel location (shared by all lanes of this worker)."""
 
     def __init__(self, target: GhlTarget, settings: Settings, ids_cache: ResolvedIdsCache,
-                 metrics_label: str | None = None, shadow_send: Send | None = None) -> None:
+                 metrics_label: str | None = None, shadow_send: Send | None = None,
+                 oauth: OAuthManager | None = None) -> None:
         self.target = target
         self.label = target.ghl_location_id
         limiter = SharedRateLimiter(metrics_label or target.label, share=settings.ghl_rate_share,
@@ -71,13 +73,14 @@ class LocationRuntime:
         client_class: Any = GhlClient
         if shadow_send is not None:
             client_class = functools.partial(ShadowGhlClient, send=shadow_send)
-        self.client = client_class(settings.ghl_base_url, target.token, target.ghl_location_id, limiter=limiter,
-                                   timeout=settings.ghl_timeout_s, max_retries=settings.ghl_max_retries,
-                                   metrics_location=target.label)
+        auth = oauth.auth_for(target) if oauth is not None else None  # None: Private Integration Token
+        self.client = client_class(settings.ghl_base_url, target.token, target.ghl_location_id, auth=auth,
+                                   limiter=limiter, timeout=settings.ghl_timeout_s,
+                                   max_retries=settings.ghl_max_retries, metrics_location=target.label)
         # Same limiter, no automatic retries: notes and enrollments retry in the executor, checking first.
-        self.once = client_class(settings.ghl_base_url, target.token, target.ghl_location_id, limiter=limiter,
-                                 timeout=settings.ghl_timeout_s, retry_policy=RetryPolicy(max_attempts=1),
-                                 metrics_location=target.label)
+        self.once = client_class(settings.ghl_base_url, target.token, target.ghl_location_id, auth=auth,
+                                 limiter=limiter, timeout=settings.ghl_timeout_s,
+                                 retry_policy=RetryPolicy(max_attempts=1), metrics_location=target.label)
         self.breaker = LocationBreaker(target.label, threshold=settings.sink_pause_after,
                                        base_s=settings.sink_pause_s, max_s=settings.sink_pause_max_s)
         self._ids_cache = ids_cache
@@ -142,6 +145,9 @@ class SyncEngine:
         self._fence = asyncio.Event()
         self._ids_cache = ResolvedIdsCache()
         self._runtimes: dict[str, LocationRuntime] = {}
+        self.oauth = OAuthManager(settings) if any(t.oauth for t in locations.targets()) else None
+        if self.oauth is not None:
+            _ = self.oauth.store  # fail at start without a valid APRO_OAUTH_TOKEN_KEYS
         self.lanes: list[Lane] = []
         self._sleep = sleep
         self._stopping = False
@@ -150,9 +156,9 @@ class SyncEngine:
     def runtime(self, target: GhlTarget) -> LocationRuntime:
         rt = self._runtimes.get(target.ghl_location_id)
         if rt is None:
-            rt = self._runtimes[target.ghl_location_id] = LocationRuntime(target, self.settings, self._ids_cache,
-                                                                          self.ghl_labels(target.label),
-                                                                          shadow_send=self.shadow_send)
+            rt = self._runtimes[target.ghl_location_id] = LocationRuntime(
+                target, self.settings, self._ids_cache, self.ghl_labels(target.label), shadow_send=self.shadow_send,
+                oauth=self.oauth)
         return rt
 
     def runtime_by_label(self, label: str) -> LocationRuntime:
@@ -181,6 +187,8 @@ class SyncEngine:
         for rt in self._runtimes.values():
             await rt.aclose()
         self._runtimes.clear()
+        if self.oauth is not None:
+            await self.oauth.aclose()
         await self.sequence.close()
 
     def close_intake(self) -> None:

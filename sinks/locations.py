@@ -2,7 +2,7 @@
 
 Without a locations file one sub-account receives every location; with APRO_LOCATIONS_FILE (YAML or JSON,
 docs/locations.example.yaml) locations map by id or name to their own sub-accounts. The file holds no secrets
-(`token_env` names the variable); errors name the bad entry, never a token."""
+(`token_env` or `oauth` name the variables; sinks/oauth.py); errors name the bad entry, never a token."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
@@ -65,9 +65,43 @@ class WorkflowRefs(_Model):
     birthday: Ref = Ref(name=crm_fields.WORKFLOW_BIRTHDAY)
 
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class OAuthConfig(_Model):
+    """A location installed through a Marketplace app: environment variables holding the install's first refresh
+    token and, when not APRO_GHL_OAUTH_CLIENT_ID / _SECRET, the app's client id and secret. `user_type: Company`:
+    an agency-level install; the company token (stored once per `company_id`) buys the location's tokens."""
+
+    user_type: Literal["Location", "Company"] = "Location"
+    company_id: str | None = None
+    refresh_token_env: str | None = Field(default=None, pattern=ENV_NAME)
+    client_id_env: str | None = Field(default=None, pattern=ENV_NAME)
+    client_secret_env: str | None = Field(default=None, pattern=ENV_NAME)
+
+    @model_validator(mode="after")
+    def _company_named(self) -> OAuthConfig:
+        if self.user_type == "Company" and not self.company_id:
+            raise ValueError("a Company install needs `company_id`")
+        return self
+
+
+@dataclass(frozen=True)
+class OAuthCredentials:
+    client_id: str
+    client_secret: SecretStr
+    bootstrap: SecretStr | None  # the install's refresh token; used once, unless the token topic has newer ones
+    user_type: str = "Location"
+    company_id: str | None = None
+
+    def __repr__(self) -> str:
+        return f"OAuthCredentials(client_id={self.client_id!r})"
+
+
 class TargetConfig(_Model):
     ghl_location_id: str = Field(min_length=1)
-    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    token_env: str | None = Field(default=None, pattern=ENV_NAME)
+    oauth: OAuthConfig | None = None
     name: str | None = None  # label for reports and logs
     pipeline: Ref = Ref(name=crm_fields.PIPELINE_NAME)
     stages: StageRefs = StageRefs()
@@ -79,6 +113,12 @@ class TargetConfig(_Model):
         if isinstance(value, Mapping) and "token" in value:
             raise ValueError("tokens do not belong in this file: name an environment variable with `token_env`")
         return value
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> TargetConfig:
+        if self.token_env and self.oauth:
+            raise ValueError("give either `token_env` (Private Integration) or `oauth` (Marketplace app), not both")
+        return self
 
 
 class LocationEntry(TargetConfig):
@@ -102,11 +142,12 @@ class GhlTarget:
     """Everything the sink needs to write to one GoHighLevel sub-account."""
 
     ghl_location_id: str
-    token: SecretStr
+    token: SecretStr | None  # Private Integration Token; None for an OAuth location
     label: str
     pipeline: Ref = Ref(name=crm_fields.PIPELINE_NAME)
     stages: StageRefs = StageRefs()
     workflows: WorkflowRefs = WorkflowRefs()
+    oauth: OAuthCredentials | None = None
 
     def __repr__(self) -> str:
         return f"GhlTarget(ghl_location_id={self.ghl_location_id!r}, label={self.label!r})"
@@ -163,10 +204,30 @@ def _token(where: str, config: TargetConfig, settings: Settings, env: Mapping[st
     raise LocationsError(f"{where}: no `token_env` and APRO_GHL_TOKEN is not set")
 
 
+def _oauth(where: str, config: OAuthConfig, settings: Settings, env: Mapping[str, str]) -> OAuthCredentials:
+    def value(name: str | None, fallback: str | None, setting: str) -> str:
+        found = env.get(name, "").strip() if name else (fallback or "")
+        if not found:
+            raise LocationsError(f"{where}.oauth: " + (f"environment variable {name} is not set or empty" if name
+                                                       else f"{setting} is not set"))
+        return found
+
+    secret = settings.ghl_oauth_client_secret.get_secret_value() if settings.ghl_oauth_client_secret else None
+    refresh = env.get(config.refresh_token_env, "").strip() if config.refresh_token_env else ""
+    if config.refresh_token_env is None and settings.ghl_oauth_refresh_token is not None:
+        refresh = settings.ghl_oauth_refresh_token.get_secret_value().strip()
+    return OAuthCredentials(
+        client_id=value(config.client_id_env, settings.ghl_oauth_client_id, "APRO_GHL_OAUTH_CLIENT_ID"),
+        client_secret=SecretStr(value(config.client_secret_env, secret, "APRO_GHL_OAUTH_CLIENT_SECRET")),
+        bootstrap=SecretStr(refresh) if refresh else None, user_type=config.user_type, company_id=config.company_id)
+
+
 def _target(where: str, config: TargetConfig, settings: Settings, env: Mapping[str, str]) -> GhlTarget:
-    return GhlTarget(ghl_location_id=config.ghl_location_id, token=_token(where, config, settings, env),
+    oauth = _oauth(where, config.oauth, settings, env) if config.oauth else None
+    return GhlTarget(ghl_location_id=config.ghl_location_id,
+                     token=None if oauth else _token(where, config, settings, env),
                      label=config.name or config.ghl_location_id, pipeline=config.pipeline, stages=config.stages,
-                     workflows=config.workflows)
+                     workflows=config.workflows, oauth=oauth)
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -223,5 +284,10 @@ def load_locations(settings: Settings, env: Mapping[str, str] | None = None) -> 
         return parse_locations(read_locations_file(Path(settings.locations_file)), settings, env)
     if not settings.ghl_location_id:
         raise LocationsError("set APRO_GHL_LOCATION_ID and APRO_GHL_TOKEN, or APRO_LOCATIONS_FILE")
-    default = TargetConfig(ghl_location_id=settings.ghl_location_id)
+    # OAuth when the app's client id is set and no Private Integration Token is.
+    oauth = None
+    if settings.ghl_oauth_client_id and settings.ghl_token is None:
+        oauth = OAuthConfig(user_type="Company", company_id=settings.ghl_oauth_company_id) \
+            if settings.ghl_oauth_company_id else OAuthConfig()
+    default = TargetConfig(ghl_location_id=settings.ghl_location_id, oauth=oauth)
     return Locations([], _target("settings (APRO_GHL_LOCATION_ID)", default, settings, env or {}))

@@ -19,6 +19,7 @@ from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlError
 from sinks.ghl.models import CustomFieldDef, Pipeline, Workflow
 from sinks.locations import GhlTarget, LocationsError, Ref, load_locations
+from sinks.oauth import OAuthManager
 
 FOLDER_NOTE = (
     f'Custom fields cannot be put in the "{crm_fields.APRO_FOLDER_NAME}" folder through the API: '
@@ -252,8 +253,10 @@ async def provision(client: GhlClient, target: GhlTarget, *, dry_run: bool = Fal
 async def provision_all(targets: Sequence[GhlTarget], settings: Settings, *, dry_run: bool,
                         out: TextIO) -> int:
     code = 0
+    oauth = OAuthManager(settings) if any(t.oauth for t in targets) else None
     for target in targets:
         async with GhlClient(settings.ghl_base_url, target.token, target.ghl_location_id,
+                             auth=oauth.auth_for(target) if oauth else None,
                              timeout=settings.ghl_timeout_s, metrics_location=target.label) as client:
             try:
                 report = await provision(client, target, dry_run=dry_run)
@@ -265,6 +268,8 @@ async def provision_all(targets: Sequence[GhlTarget], settings: Settings, *, dry
         print(file=out)
         if not report.ok:
             code = 1
+    if oauth is not None:
+        await oauth.aclose()
     return code
 
 

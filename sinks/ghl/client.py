@@ -1,4 +1,5 @@
-"""Async GoHighLevel API v2 client, one per location, authenticated by a Private Integration Token.
+"""Async GoHighLevel API v2 client, one per location, authenticated by a Private Integration Token
+or OAuth (an httpx auth, sinks/oauth.py).
 
 Every call goes through the location's `RateLimiter`, is retried on transient errors (retry.py), counted by
 endpoint template and turned into `GhlTransientError` / `GhlPermanentError`. Known API defects are handled
@@ -135,9 +136,10 @@ class GhlClient:
     def __init__(
         self,
         base_url: str,
-        token: SecretStr,
+        token: SecretStr | None,
         location_id: str,
         *,
+        auth: httpx.Auth | None = None,
         limiter: RateLimiter | None = None,
         timeout: float = 15.0,
         max_retries: int = 5,
@@ -149,6 +151,8 @@ class GhlClient:
     ) -> None:
         if not location_id:
             raise ValueError("a GoHighLevel location id is required")
+        if (token is None) == (auth is None):
+            raise ValueError("give a Private Integration Token or an OAuth auth, not both")
         if not contact_match_order or len(set(contact_match_order)) != len(contact_match_order) \
                 or not set(contact_match_order) <= set(CONTACT_MATCH_ORDER):
             raise ValueError("contact_match_order: email and/or phone, each at most once")
@@ -165,10 +169,11 @@ class GhlClient:
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(timeout),
             headers={
-                "Authorization": f"Bearer {token.get_secret_value()}",
+                **({"Authorization": f"Bearer {token.get_secret_value()}"} if token is not None else {}),
                 "Version": API_VERSION,
                 "Accept": "application/json",
             },
+            auth=auth,
             follow_redirects=False,
         )
 

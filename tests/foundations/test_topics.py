@@ -28,10 +28,11 @@ def test_specs_carry_retention_compaction_replication_and_size() -> None:
     assert specs["apro.webhooks.quarantine"].config["retention.ms"] == str(30 * DAY_MS)
     assert specs["apro.deadletter"].config["retention.ms"] == str(60 * DAY_MS)
     for changelog in ("apro-sync-normalize-dedupe-changelog", "apro-sync-client_state-changelog",
-                      "apro.deadletter.redriven"):
+                      "apro.deadletter.redriven", "apro.oauth-tokens"):
         assert specs[changelog].config["cleanup.policy"] == "compact"
         assert "retention.ms" not in specs[changelog].config
     assert set(Topics().all()) <= set(specs)
+    assert specs["apro.oauth-tokens"].partitions == 1  # tokens and leases in one order (sinks/oauth_store.py)
 
 
 def test_min_insync_never_exceeds_replication() -> None:
