@@ -11,12 +11,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from foundations.config import Settings
 from foundations.kafka_connection import KafkaConnection
 from foundations.metrics import CONSUMER_LAG
+from workarounds.group_offsets import CommittedOffsets
 
 log = structlog.get_logger(__name__)
 
@@ -61,17 +62,12 @@ def compute_lags(
 
 
 class LagReader:
-    """Reads end offsets with one AdminClient and committed offsets with one idle Consumer per group.
-
-    Committed offsets go through `Consumer.committed`, not `AdminClient.list_consumer_group_offsets`: the
-    latter crashes the process (SIGSEGV, confluent-kafka 2.15-2.16) when a fresh Apache Kafka answers
-    COORDINATOR_LOAD_IN_PROGRESS. The consumer never subscribes, so it never joins or disturbs the group.
-    """
+    """Reads end offsets with one AdminClient, committed offsets through `workarounds.group_offsets`."""
 
     def __init__(self, bootstrap: KafkaConnection | str, timeout_s: float = 10.0) -> None:
-        self._connection = KafkaConnection.of(bootstrap)
-        self._admin = AdminClient({**self._connection.librdkafka(), "log_level": 0})
-        self._consumers: dict[str, Consumer] = {}
+        connection = KafkaConnection.of(bootstrap)
+        self._admin = AdminClient({**connection.librdkafka(), "log_level": 0})
+        self._committed = CommittedOffsets(connection.librdkafka(), timeout_s)
         self._timeout_s = timeout_s
 
     def partitions(self, topics: Iterable[str] | None = None) -> list[TP]:
@@ -87,32 +83,15 @@ class LagReader:
             found.extend((topic, p) for p in meta.partitions)
         return sorted(found)
 
-    def _consumer(self, group: str) -> Consumer:
-        if group not in self._consumers:
-            self._consumers[group] = Consumer(
-                {**self._connection.librdkafka(), "group.id": group, "enable.auto.commit": False, "log_level": 0}
-            )
-        return self._consumers[group]
-
     def committed(self, group: str, partitions: Sequence[TP] | None = None) -> dict[TP, int | None]:
         """The group's committed offsets; `partitions=None` gives every partition it has committed on."""
-        asked = self.partitions() if partitions is None else list(partitions)
-        if not asked:
-            return {}
-        got = self._consumer(group).committed([TopicPartition(t, p) for t, p in asked], timeout=self._timeout_s)
-        offsets: dict[TP, int | None] = {}
-        for tp in got:
-            if tp.error is not None:
-                raise KafkaException(tp.error)
-            offsets[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
-        if partitions is None:
-            return {tp: offset for tp, offset in offsets.items() if offset is not None}
-        return offsets
+        if partitions is not None:
+            return self._committed.read(group, list(partitions))
+        offsets = self._committed.read(group, self.partitions())
+        return {tp: offset for tp, offset in offsets.items() if offset is not None}
 
     def close(self) -> None:
-        for consumer in self._consumers.values():
-            consumer.close()
-        self._consumers.clear()
+        self._committed.close()
 
     def offsets(self, partitions: Iterable[TP], spec: OffsetSpec) -> dict[TP, int]:
         request = {TopicPartition(t, p): spec for t, p in partitions}
