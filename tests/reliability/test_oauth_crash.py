@@ -245,7 +245,9 @@ def test_oauth_location_syncs_through_several_token_expiries(
     assert unauthorized == 0  # refreshed ahead of expiry: no call ever went out with an expired token
     print(f"\noauth/e2e: {counts.get('refresh_token', 0)} refreshes of a {TTL_S:.0f}s token, {run.notes} notes, "
           f"{run.seconds:.0f}s")
-    assert counts.get("refresh_token", 0) >= CHUNKS  # every chunk needed a newer token than the one before
+    # Chunks are posted TTL_S apart and a token is refreshed at 80 % of TTL_S, so each chunk needed a newer token
+    # than the one before: the install's code exchange gave the first, refreshes the others (more when slower).
+    assert counts.get("authorization_code", 0) + counts.get("refresh_token", 0) >= CHUNKS
     assert counts.get("refresh_rejected", 0) == counts.get("refresh_rejected_reused", 0) == 0
     assert_same_end_state(run, reference, stream)
 
