@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from emulator.config import EmulatorConfig
+from emulator.errors import error_body
 from emulator.spec import SUPPORTED_VERSIONS, V2, V3, Spec
 from emulator.state import ApiError
 
@@ -201,7 +202,7 @@ SPECS: web.AppKey[dict[str, Spec]] = web.AppKey("oauth_specs", dict)
 
 
 def _error(status: int, message: str | list[str]) -> web.Response:
-    from emulator.server import error_body  # the one error shape of every emulated route
+
 
     return web.json_response(error_body(status, message), status=status)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from emulator.errors import _REASONS, error_body
 from emulator.config import EmulatorConfig, FaultRule, FaultsConfig, LatencyConfig, load_config
 from emulator.faults import FaultPlan
 from emulator.oauth import OAuthState, add_routes as add_oauth_routes
@@ -30,17 +31,6 @@ Handler = Callable[[web.Request, "Ctx"], Awaitable[web.Response]]
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 EMU: web.AppKey["Emulator"] = web.AppKey("emulator", object)  # type: ignore[arg-type]
 TRACE_ID: web.RequestKey[str] = web.RequestKey("trace_id", str)
-_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 422: "Unprocessable Entity",
-            429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
-
-
-def error_body(status: int, message: str | list[str]) -> dict[str, Any]:
-    """Shaped like the spec's BadRequestDTO / UnauthorizedDTO / UnprocessableDTO (NestJS errors)."""
-    if status == 422 and isinstance(message, str):
-        message = [message]
-    return {"statusCode": status, "message": message, "error": _REASONS.get(status, "Error")}
-
-
 class Ctx:
     """What the middleware established for one API request."""
 
