@@ -202,8 +202,6 @@ SPECS: web.AppKey[dict[str, Spec]] = web.AppKey("oauth_specs", dict)
 
 
 def _error(status: int, message: str | list[str]) -> web.Response:
-
-
     return web.json_response(error_body(status, message), status=status)
 
 
