@@ -401,8 +401,13 @@ def test_control_characters_and_malformed_ids(full_stack: Stack) -> None:
     flat_object_id = {"event": "client.created", "eventId": "cc-flat-object", "clientId": {"id": 1},
                       "email": "x@example.com"}
     posts = [
-        variant("names", client__firstName=f"Ja{CONTROL}ne", client__lastName="Doe\u001b[31m",
-                appointment__services=[{"name": "Botox\u0000 - Forehead"}], appointment__provider={"name": "Dr.\u0000 Lee"}),
+        variant(
+            "names",
+            client__firstName=f"Ja{CONTROL}ne",
+            client__lastName="Doe\u001b[31m",
+            appointment__services=[{"name": "Botox\u0000 - Forehead"}],
+            appointment__provider={"name": "Dr.\u0000 Lee"},
+        ),
         variant("object-id", client__clientId={"a": 1}),
         variant("long-id", client__clientId="9" * 10_000),
         variant("nul-id", client__clientId="482\u000013"),

@@ -241,7 +241,10 @@ def test_no_phi_or_secret_in_logs_or_metrics(full_stack: Stack) -> None:
     reasons = Counter(r.headers[header_names.REASON].split(":")[0] for r in dead)
     print(f"\nsecurity: statuses {dict(statuses)}, dead-letter reasons {dict(reasons)}")
 
-    metrics = {"producer /metrics": scrape(stack.producer.metrics_url), "worker /metrics": scrape(stack.worker.metrics_url)}
+    metrics = {
+        "producer /metrics": scrape(stack.producer.metrics_url),
+        "worker /metrics": scrape(stack.worker.metrics_url),
+    }
     stack.worker.stop()
     stack.producer.stop()
 

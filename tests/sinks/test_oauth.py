@@ -265,7 +265,9 @@ async def test_stored_tokens_are_encrypted(oauth_settings: Settings) -> None:
         for secret in (bootstrap, access, refresh):
             assert secret.encode() not in (record.value or b"")
     # With another key, the records cannot be read: the provider says so instead of using anything.
-    other = OAuthManager(oauth_settings.model_copy(update={"oauth_token_keys": SecretStr(Fernet.generate_key().decode())}))
+    other = OAuthManager(
+        oauth_settings.model_copy(update={"oauth_token_keys": SecretStr(Fernet.generate_key().decode())})
+    )
     try:
         await other.store.start()
         assert other.store.tokens(LOCATION) is None
