@@ -45,7 +45,7 @@ from tests.reliability.harness import (
     wait_until,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker_neutral]
 
 LONG = os.environ.get("APRO_LONG") == "1"
 FUZZ_COUNT = 50_000 if LONG else 10_000

@@ -74,6 +74,7 @@ def _assert_nothing_published(stack: Stack) -> None:
         assert read_topic(stack.config.bootstrap, topic) == [], topic
 
 
+@pytest.mark.broker_neutral
 def test_authentication_and_limits_publish_nothing(producer_only: Stack) -> None:
     stack, producer = producer_only, producer_only.producer
     base = producer.base + WEBHOOK_PATH

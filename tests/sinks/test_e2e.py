@@ -433,6 +433,7 @@ def test_redriven_sync_dead_letter_resumes_exactly_the_ops_not_done(stack: Stack
     assert len(dead) == 1  # not dead-lettered again
 
 
+@pytest.mark.broker_neutral
 def test_rejected_credentials_pause_the_location_and_the_backlog_drains_once_fixed(
         stack: Stack, fixture_bodies: dict[str, bytes]) -> None:
     """Every call answered 401 (bad or rotated token): the location is paused and probed with backoff, nothing
@@ -476,6 +477,7 @@ def test_shutdown_while_ghl_is_down_then_restart_ends_in_the_fault_free_state(
     assert read_topic(stack.settings, stack.settings.topics.deadletter, lambda r: len(r) >= 1, timeout_s=3) == []
 
 
+@pytest.mark.broker_neutral
 def test_transient_faults_end_in_the_fault_free_state(stack: Stack, fixture_bodies: dict[str, bytes]) -> None:
     stack.emulator.set_faults([
         {"kind": "status", "status": 429, "retry_after_s": 1, "count": 3},

@@ -138,6 +138,7 @@ async def api_ok_status(emu: EmulatorServer, manager: OAuthManager, tgt: GhlTarg
     return 200
 
 
+@pytest.mark.broker_neutral
 async def test_provider_refreshes_before_expiry_and_after_a_401(oauth_settings: Settings) -> None:
     clock = FakeClock()
     async with EmulatorServer(EmulatorConfig()) as emu:
@@ -203,6 +204,7 @@ async def test_two_workers_refresh_each_generation_once(oauth_settings: Settings
                 await w.aclose()
 
 
+@pytest.mark.broker_neutral
 async def test_a_spent_refresh_token_fails_loudly_and_a_new_install_recovers(
         oauth_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
@@ -312,6 +314,7 @@ async def test_an_answer_the_topic_did_not_take_is_kept_and_written_later(oauth_
             await manager.aclose()
 
 
+@pytest.mark.broker_neutral
 async def test_company_install_buys_location_tokens_and_stores_only_the_company_grant(
         oauth_settings: Settings) -> None:
     from emulator.config import LocationConfig

@@ -24,7 +24,7 @@ from tests.sinks.test_e2e import (  # noqa: F401 - `stack` is the fixture
     with_id,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker_neutral]
 
 
 def markers(state: dict[str, Any], contact: dict[str, Any], prefix: str = "apro-event: ") -> list[str]:
