@@ -378,7 +378,7 @@ def shared(model: Callable[..., ModelT], *values: Any) -> ModelT:
         if len(_SHARED) >= _SHARED_MAX:
             _SHARED.clear()
         found = _SHARED[key] = model(*values)
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def _service(sid: str | None, name: str, stype: str | None) -> Service:
