@@ -154,13 +154,8 @@ class Lookup:
 
     def find(self, obj: Any, names: tuple[tuple[str, ...], frozenset[str]]) -> Any:
         """`get(obj, *spellings)` with `names` = `wanted(spellings)`."""
-        if type(obj) is not dict and (type(obj) in _SCALARS or not isinstance(obj, Mapping)):
-            return None
-        entry = self._indexes.get(id(obj))
-        if entry is None or entry[0] is not obj:
-            entry = (obj, _index(obj))
-            self._indexes[id(obj)] = entry
-        return _first(entry[1], names)
+        index = self.index(obj)
+        return None if index is None else _first(index, names)
 
     def find_block(self, obj: Any, names: tuple[tuple[str, ...], frozenset[str]]) -> Mapping[str, Any] | None:
         value = self.find(obj, names)
