@@ -96,6 +96,9 @@ def run(events: list[NormalizedEvent], state: ClientState | None = None, *,
         state = p.new_state
         for op in p.ops:
             state = mark_done(state, op.op_id)
+        stored = ClientState.from_json(state.to_json())  # what the table holds
+        assert stored == state
+        state = stored
     return state, plans
 
 
