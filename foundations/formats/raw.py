@@ -16,6 +16,8 @@ from itertools import accumulate
 from typing import Any
 from urllib.parse import parse_qsl
 
+import msgspec
+
 _SEPARATORS = re.compile(r"[\s_\-.]+")
 _INTEGRAL_TEXT = re.compile(r"\d+\.0+")
 ENVELOPE_KEYS = ("data", "payload", "body", "record")
@@ -84,6 +86,20 @@ def wanted(names: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
     return found
 
 
+_SPELLED: dict[tuple[str, ...], tuple[str, ...]] = {}
+_EMPTIABLE = frozenset({str, list, dict})  # of these, an empty value counts as absent (0 and False do not)
+
+
+def spelled(names: tuple[str, ...]) -> tuple[str, ...]:
+    """`names` normalised, without repeats, in order of preference (memoised like `wanted`)."""
+    found = _SPELLED.get(names)
+    if found is None:
+        found = tuple(dict.fromkeys(norm_key(n) for n in names))
+        if len(_SPELLED) < _WANTED_MAX:
+            _SPELLED[names] = found
+    return found
+
+
 def _first(index: dict[str, Any], wanted: tuple[tuple[str, ...], frozenset[str]]) -> Any:
     """First non-empty value under the names of `wanted` (a `wanted()` pair), in their order."""
     hits = index.keys() & wanted[1]  # most lookups find none of their spellings: one intersection in C
@@ -99,14 +115,14 @@ def _first(index: dict[str, Any], wanted: tuple[tuple[str, ...], frozenset[str]]
 
 def get(obj: Any, *names: str) -> Any:
     """First non-empty value under any of `names`, comparing keys case- and separator-insensitively."""
-    if type(obj) is not dict and not isinstance(obj, Mapping):
+    if type(obj) is not dict and (type(obj) in _SCALARS or not isinstance(obj, Mapping)):
         return None
     return _first(_index(obj), wanted(names))
 
 
 def get_block(obj: Any, *names: str) -> Mapping[str, Any] | None:
     value = get(obj, *names)
-    return value if isinstance(value, Mapping) else None
+    return value if is_object(value) else None
 
 
 class Lookup:
@@ -119,15 +135,15 @@ class Lookup:
     __slots__ = ("_indexes",)
 
     def __init__(self) -> None:
-        self._indexes: dict[int, tuple[Any, dict[str, Any], dict[tuple[str, ...], Any]]] = {}
+        self._indexes: dict[int, tuple[Any, dict[str, Any]]] = {}
 
     def index(self, obj: Any) -> dict[str, Any] | None:
         """`obj`'s normalised key → value (the first key in order wins); None when `obj` is not an object."""
-        if type(obj) is not dict and not isinstance(obj, Mapping):
+        if type(obj) is not dict and (type(obj) in _SCALARS or not isinstance(obj, Mapping)):
             return None
         entry = self._indexes.get(id(obj))
         if entry is None or entry[0] is not obj:
-            entry = (obj, _index(obj), {})
+            entry = (obj, _index(obj))
             self._indexes[id(obj)] = entry
         return entry[1]
 
@@ -138,63 +154,39 @@ class Lookup:
 
     def find(self, obj: Any, names: tuple[tuple[str, ...], frozenset[str]]) -> Any:
         """`get(obj, *spellings)` with `names` = `wanted(spellings)`."""
-        if type(obj) is not dict and not isinstance(obj, Mapping):
-            return None
-        entry = self._indexes.get(id(obj))
-        if entry is None or entry[0] is not obj:
-            entry = (obj, _index(obj), {})
-            self._indexes[id(obj)] = entry
-        return _first(entry[1], names)
+        index = self.index(obj)
+        return None if index is None else _first(index, names)
 
     def find_block(self, obj: Any, names: tuple[tuple[str, ...], frozenset[str]]) -> Mapping[str, Any] | None:
         value = self.find(obj, names)
-        return value if type(value) is dict or isinstance(value, Mapping) else None
+        return value if type(value) is dict or (type(value) not in _SCALARS and isinstance(value, Mapping)) else None
 
     def get(self, obj: Any, *names: str) -> Any:
-        """`payload.get`, each object indexed once and each answer kept (a read asks half its questions twice).
-        One frame: this is the normalizer's hottest call."""
-        if type(obj) is not dict and not isinstance(obj, Mapping):
-            return None
+        """`payload.get`, each object indexed once. One frame: this is the normalizer's hottest call."""
         entry = self._indexes.get(id(obj))
         if entry is None or entry[0] is not obj:
-            entry = (obj, _index(obj), {})
+            if type(obj) is not dict and (type(obj) in _SCALARS or not isinstance(obj, Mapping)):
+                return None
+            entry = (obj, _index(obj))
             self._indexes[id(obj)] = entry
-        answers = entry[2]
-        if names in answers:
-            return answers[names]
-        index = entry[1]
-        spelled = _WANTED.get(names) or wanted(names)
-        found = None
-        hits = index.keys() & spelled[1]
-        if hits:
-            for name in spelled[0]:
-                if name in hits:
-                    value = index[name]
-                    if value is not None and value != "" and value != [] and value != {}:
-                        found = value
-                        break
-        answers[names] = found
-        return found
+        lookup = entry[1].get
+        for name in _SPELLED.get(names) or spelled(names):
+            value = lookup(name)
+            if value is not None and (value or type(value) not in _EMPTIABLE):
+                return value
+        return None
 
     def get_block(self, obj: Any, *names: str) -> Mapping[str, Any] | None:
-        answers = self._answers(obj)
-        if answers is None:
-            return None
-        value = answers[names] if names in answers else self.get(obj, *names)
-        return value if type(value) is dict or isinstance(value, Mapping) else None
-
-    def _answers(self, obj: Any) -> dict[tuple[str, ...], Any] | None:
-        entry = self._indexes.get(id(obj))
-        if entry is not None and entry[0] is obj:
-            return entry[2]
-        if type(obj) is not dict and not isinstance(obj, Mapping):
-            return None
-        entry = (obj, _index(obj), {})
-        self._indexes[id(obj)] = entry
-        return entry[2]
+        value = self.get(obj, *names)
+        return value if type(value) is dict or (type(value) not in _SCALARS and isinstance(value, Mapping)) else None
 
 
 _SCALARS = frozenset({str, int, float, bool, Decimal, type(None)})
+
+
+def is_object(value: Any) -> bool:
+    """A JSON object: a dict (every parsed body's), or another Mapping. Scalars skip the slow ABC check."""
+    return type(value) is dict or (type(value) not in _SCALARS and isinstance(value, Mapping))
 
 
 _JSON_STRING = re.compile(rb'"(?:[^"\\]+|\\.)*+"', re.DOTALL)  # possessive: no backtracking
@@ -228,7 +220,7 @@ def clean_text(text: str) -> str:
 def _check_depth(value: Any, depth: int = 0) -> None:
     if depth > MAX_DEPTH:
         raise PayloadError(f"body nests deeper than {MAX_DEPTH} levels")
-    if type(value) is dict or isinstance(value, Mapping):
+    if type(value) is dict or (type(value) not in _SCALARS and isinstance(value, Mapping)):
         children: Iterable[Any] = value.values()
     elif isinstance(value, list):
         children = value
@@ -245,6 +237,12 @@ def _check_depth(value: Any, depth: int = 0) -> None:
 
 def _parse_json(raw: bytes) -> Any:
     check_nesting(raw)
+    try:
+        # msgspec (C, exact Decimals) reads every valid body; anything it refuses (NaN, a lone surrogate, invalid
+        # UTF-8, huge integers, broken JSON) is read again by the stdlib below, which decides and words the reason.
+        return _FAST_DECODER.decode(raw[3:] if raw[:3] == b"\xef\xbb\xbf" else raw)
+    except (msgspec.DecodeError, ArithmeticError):  # ArithmeticError: Decimal's range, from the float hook
+        pass
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -269,6 +267,7 @@ def _parse_json(raw: bytes) -> Any:
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _DECODER = json.JSONDecoder(parse_float=Decimal)
+_FAST_DECODER = msgspec.json.Decoder(float_hook=Decimal)
 
 
 def _valid_unicode(value: Any) -> bool:

@@ -67,6 +67,10 @@ class Normalizer:
         self.app = app
         self.settings = settings
         self.location_labels = metrics.LocationLabels.from_settings(settings)
+        # Metric children by label values (bounded: locations are LocationLabels', kinds an enum): `labels()`
+        # costs more than the increment, on every record.
+        self._last_event_time: dict[str, Any] = {}
+        self._normalized: dict[tuple[str, str], Any] = {}
         self.topics = topics
         self.names = {name: topic.get_topic_name() for name, topic in topics.items()}
         self.raw_topic = settings.topics.raw
@@ -110,7 +114,10 @@ class Normalizer:
         except Exception as exc:  # noqa: BLE001 - normalize never raises; belt and braces
             result = Unreadable(event_id=body_hash(raw), reason=f"internal error: {type(exc).__name__}")
         location = self.location_labels(result.location.key)  # bounded: configured locations, "other", "unknown"
-        metrics.LAST_EVENT_TIME.labels(location=location).set(time.time())
+        gauge = self._last_event_time.get(location)
+        if gauge is None:
+            gauge = self._last_event_time[location] = metrics.LAST_EVENT_TIME.labels(location=location)
+        gauge.set(time.time())
         if isinstance(result, Unreadable):
             return self.deadletter(event, raw, headers, result.reason, result.event_id, location,
                                    metrics.location_label(result.location.key)), None
@@ -124,7 +131,11 @@ class Normalizer:
             result = result.model_copy(update={"raw_offset": raw_offset(message, headers, self.raw_topic)})
         value = result.model_dump_json().encode("utf-8")
         if isinstance(result, NormalizedEvent):
-            metrics.EVENTS_NORMALIZED.labels(location=location, kind=result.kind.value).inc()
+            counter = self._normalized.get((location, result.kind))
+            if counter is None:
+                counter = self._normalized[(location, result.kind)] = metrics.EVENTS_NORMALIZED.labels(
+                    location=location, kind=result.kind.value)
+            counter.inc()
             extra = [(header_names.DLQ_EVENT_ID, result.event_id)]
             return _Output(self.names["normalized"], result.client.id.encode(), value,
                            _header_pairs(headers, extra)), result.event_id

@@ -8,9 +8,11 @@ Confirmed, Cancelled / Canceled, No Show / NoShow / no_show). Everything is redu
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 from enum import StrEnum
+from typing import TypeVar
 
 from foundations.formats.normalized import AppointmentStatus, EventKind, MembershipStatus
 
@@ -90,21 +92,72 @@ def read_kind(kind: str | None, action: str | None = None) -> KindWords:
     return KindWords(entity, joined, is_test)
 
 
+T = TypeVar("T")
+_STATUS_CHANGE_WORDS = {"statuschanged", "status"}
+
+
+def _first(word: str, table: tuple[tuple[Collection[str], T], ...]) -> T | None:
+    """The answer of the first row whose words hold `word` (rows are in order of precedence)."""
+    for row_words, answer in table:
+        if word in row_words:
+            return answer
+    return None
+
+
+_APPOINTMENT_STATUSES = (
+    (CANCELLED_WORDS, AppointmentStatus.CANCELLED),
+    (NO_SHOW_WORDS, AppointmentStatus.NO_SHOW),
+    (DELETED_WORDS, AppointmentStatus.DELETED),
+    (COMPLETED_WORDS, AppointmentStatus.COMPLETED),
+    (BOOKED_WORDS | {"rescheduled", "checkedin", "arrived", "inprogress"}, AppointmentStatus.BOOKED),
+)
+_APPOINTMENT_ACTIONS = (
+    (CANCELLED_WORDS, (EventKind.APPOINTMENT_CANCELLED, AppointmentStatus.CANCELLED)),
+    (NO_SHOW_WORDS, (EventKind.APPOINTMENT_NO_SHOW, AppointmentStatus.NO_SHOW)),
+    (DELETED_WORDS, (EventKind.APPOINTMENT_DELETED, AppointmentStatus.DELETED)),
+    (BOOKED_WORDS, (EventKind.APPOINTMENT_BOOKED, AppointmentStatus.BOOKED)),
+)
+# An update whose status says one of these is that change (the status word itself names it).
+_APPOINTMENT_BY_STATUS = {
+    AppointmentStatus.CANCELLED: EventKind.APPOINTMENT_CANCELLED,
+    AppointmentStatus.NO_SHOW: EventKind.APPOINTMENT_NO_SHOW,
+    AppointmentStatus.DELETED: EventKind.APPOINTMENT_DELETED,
+}
+_INVOICE_ACTIONS = (
+    (REFUNDED_WORDS, EventKind.INVOICE_REFUNDED),
+    ({"voided", "void"}, EventKind.INVOICE_VOIDED),
+    (PAID_WORDS, EventKind.INVOICE_PAID),
+)
+_INVOICE_STATUSES = (
+    (REFUNDED_WORDS, EventKind.INVOICE_REFUNDED),
+    (VOIDED_WORDS, EventKind.INVOICE_VOIDED),
+    ({"paid", "paidinfull", "closed", "completed", "settled"}, EventKind.INVOICE_PAID),
+)
+_MEMBERSHIP_STATUSES = (
+    (ACTIVE_WORDS, MembershipStatus.ACTIVE),
+    (CANCELLED_WORDS, MembershipStatus.CANCELLED),
+    (EXPIRED_WORDS, MembershipStatus.EXPIRED),
+)
+_MEMBERSHIP_ACTIONS = (
+    (RENEWED_WORDS, EventKind.MEMBERSHIP_RENEWED),
+    (CANCELLED_WORDS, EventKind.MEMBERSHIP_CANCELLED),
+    (EXPIRED_WORDS, EventKind.MEMBERSHIP_EXPIRED),
+    (MEMBERSHIP_CREATED_WORDS, EventKind.MEMBERSHIP_CREATED),
+)
+_MEMBERSHIP_BY_STATUS = {
+    MembershipStatus.CANCELLED: EventKind.MEMBERSHIP_CANCELLED,
+    MembershipStatus.EXPIRED: EventKind.MEMBERSHIP_EXPIRED,
+}
+
+
+def _decided_by_status(action: str) -> bool:
+    """An update, a status change or no action at all: the status decides what happened."""
+    return not action or action in UPDATED_WORDS or action in _STATUS_CHANGE_WORDS
+
+
 def appointment_status(status: str | None) -> AppointmentStatus | None:
     word = squash(status)
-    if not word:
-        return None
-    if word in CANCELLED_WORDS:
-        return AppointmentStatus.CANCELLED
-    if word in NO_SHOW_WORDS:
-        return AppointmentStatus.NO_SHOW
-    if word in DELETED_WORDS:
-        return AppointmentStatus.DELETED
-    if word in COMPLETED_WORDS:
-        return AppointmentStatus.COMPLETED
-    if word in BOOKED_WORDS or word in {"rescheduled", "checkedin", "arrived", "inprogress"}:
-        return AppointmentStatus.BOOKED
-    return None
+    return _first(word, _APPOINTMENT_STATUSES) if word else None
 
 
 def appointment_kind(action: str, status: str | None) -> tuple[EventKind, AppointmentStatus] | None:
@@ -113,28 +166,17 @@ def appointment_kind(action: str, status: str | None) -> tuple[EventKind, Appoin
     An update (reschedule) whose status says cancelled / no-show is that change; a missing action (the URL said
     "appointments" and nothing else) is decided by the status, and with no status at all it is an update.
     """
+    decided = _first(action, _APPOINTMENT_ACTIONS)
+    if decided is not None or not _decided_by_status(action):
+        return decided
     said = appointment_status(status)
-    if action in CANCELLED_WORDS:
-        return EventKind.APPOINTMENT_CANCELLED, AppointmentStatus.CANCELLED
-    if action in NO_SHOW_WORDS:
-        return EventKind.APPOINTMENT_NO_SHOW, AppointmentStatus.NO_SHOW
-    if action in DELETED_WORDS:
-        return EventKind.APPOINTMENT_DELETED, AppointmentStatus.DELETED
-    if action in BOOKED_WORDS:
+    if said in _APPOINTMENT_BY_STATUS:
+        return _APPOINTMENT_BY_STATUS[said], said
+    if said is AppointmentStatus.COMPLETED:
+        return None  # completion is signalled by the paid invoice, not the appointment
+    if not action and said is AppointmentStatus.BOOKED:
         return EventKind.APPOINTMENT_BOOKED, AppointmentStatus.BOOKED
-    if action in UPDATED_WORDS or action in {"statuschanged", "status"} or not action:
-        if said is AppointmentStatus.CANCELLED:
-            return EventKind.APPOINTMENT_CANCELLED, AppointmentStatus.CANCELLED
-        if said is AppointmentStatus.NO_SHOW:
-            return EventKind.APPOINTMENT_NO_SHOW, AppointmentStatus.NO_SHOW
-        if said is AppointmentStatus.DELETED:
-            return EventKind.APPOINTMENT_DELETED, AppointmentStatus.DELETED
-        if said is AppointmentStatus.COMPLETED:
-            return None  # completion is signalled by the paid invoice, not the appointment
-        if not action and said is AppointmentStatus.BOOKED:
-            return EventKind.APPOINTMENT_BOOKED, AppointmentStatus.BOOKED
-        return EventKind.APPOINTMENT_UPDATED, AppointmentStatus.BOOKED
-    return None
+    return EventKind.APPOINTMENT_UPDATED, AppointmentStatus.BOOKED
 
 
 def invoice_kind(action: str, status: str | None) -> EventKind | None:
@@ -143,53 +185,24 @@ def invoice_kind(action: str, status: str | None) -> EventKind | None:
     The lifetime-value ledger must therefore be idempotent per invoice id (an `invoice.updated` with status Paid
     after `invoice.paid` is the same payment).
     """
-    if action in REFUNDED_WORDS:
-        return EventKind.INVOICE_REFUNDED
-    if action in {"voided", "void"}:
-        return EventKind.INVOICE_VOIDED
-    if action in PAID_WORDS:
-        return EventKind.INVOICE_PAID
-    if action in BOOKED_WORDS or action in UPDATED_WORDS or not action:
-        word = squash(status)
-        if word in REFUNDED_WORDS:
-            return EventKind.INVOICE_REFUNDED
-        if word in VOIDED_WORDS:
-            return EventKind.INVOICE_VOIDED
-        if word in {"paid", "paidinfull", "closed", "completed", "settled"}:
-            return EventKind.INVOICE_PAID
-    return None
+    decided = _first(action, _INVOICE_ACTIONS)
+    if decided is None and (not action or action in BOOKED_WORDS or action in UPDATED_WORDS):
+        return _first(squash(status), _INVOICE_STATUSES)
+    return decided
 
 
 def membership_status(status: str | None) -> MembershipStatus | None:
     """`Active` / `CANCELED` / `lapsed` → the APro Membership Status; None when unknown or absent."""
-    word = squash(status)
-    if word in ACTIVE_WORDS:
-        return MembershipStatus.ACTIVE
-    if word in CANCELLED_WORDS:
-        return MembershipStatus.CANCELLED
-    if word in EXPIRED_WORDS:
-        return MembershipStatus.EXPIRED
-    return None
+    return _first(squash(status), _MEMBERSHIP_STATUSES)
 
 
 def membership_kind(action: str, status: str | None) -> EventKind | None:
     """Created / renewed / cancelled / expired; an update (or no action) is decided by a cancelled or expired
     status only: an active membership's update says nothing we could name (skipped as unhandled)."""
-    if action in RENEWED_WORDS:
-        return EventKind.MEMBERSHIP_RENEWED
-    if action in CANCELLED_WORDS:
-        return EventKind.MEMBERSHIP_CANCELLED
-    if action in EXPIRED_WORDS:
-        return EventKind.MEMBERSHIP_EXPIRED
-    if action in MEMBERSHIP_CREATED_WORDS:
-        return EventKind.MEMBERSHIP_CREATED
-    if action in UPDATED_WORDS or action in {"statuschanged", "status"} or not action:
-        said = membership_status(status)
-        if said is MembershipStatus.CANCELLED:
-            return EventKind.MEMBERSHIP_CANCELLED
-        if said is MembershipStatus.EXPIRED:
-            return EventKind.MEMBERSHIP_EXPIRED
-    return None
+    decided = _first(action, _MEMBERSHIP_ACTIONS)
+    if decided is None and _decided_by_status(action):
+        return _MEMBERSHIP_BY_STATUS.get(membership_status(status))  # type: ignore[arg-type]
+    return decided
 
 
 def client_kind(action: str) -> EventKind | None:

@@ -45,6 +45,7 @@ from streams.normalize.values import (
     parse_instant,
     parse_phone,
     parse_services,
+    shared,
     split_list,
     truthy,
     zone,
@@ -59,6 +60,7 @@ from foundations.formats.raw import (
     find_location,
     id_issue,
     id_str,
+    is_object,
     norm_key,
     parse_body,
     unwrap,
@@ -154,6 +156,19 @@ def consent_flag(value: Any) -> bool | None:
 
 
 _NO_CONSENT = Consent()
+_NO_LOCATION = Location()
+
+
+def _location(loc_id: str | None, name: str | None, timezone: str | None) -> Location:
+    return Location(id=loc_id, name=name, timezone=timezone)
+
+
+def _consent(email: bool | None, sms: bool | None, call: bool | None) -> Consent:
+    return Consent(email_opt_out=email, sms_opt_out=sms, call_opt_out=call)
+
+
+def _provider(provider_id: str | None, name: str | None) -> Provider:
+    return Provider(id=provider_id, name=name)
 PHONE_KEYS = ("mobilePhone", "cellPhone", "mobile", "cell", "mobileNumber", "cellNumber", "phone", "phoneNumber",
               "primaryPhone", "homePhone", "workPhone", "phone1", "phone2")
 EMAIL_KEYS = ("email", "emailAddress", "primaryEmail", "email1", "mail")
@@ -235,8 +250,8 @@ class _Reader:
         self.region = region
         self.default_zone = zone(default_timezone) or _UTC
         self.invalid: list[str] = []
-        self.event_id = body_hash(raw)
-        self.location = Location()
+        self.event_id = ""  # set once the body is parsed; a body that does not parse is named by its hash
+        self.location = _NO_LOCATION
         self.client_id: str | None = None
         self.client_issues: list[str] = []  # why a present client id is unusable (payload.id_issue)
         self.look = Lookup()  # every key lookup of this read: each object is indexed once
@@ -263,7 +278,8 @@ class _Reader:
             return self._unreadable(exc.reason)
 
     def _unreadable(self, reason: str) -> Unreadable:
-        return Unreadable(event_id=self.event_id, reason=reason, location=self.location, client_id=self.client_id)
+        return Unreadable(event_id=self.event_id or body_hash(self.raw), reason=reason, location=self.location,
+                          client_id=self.client_id)
 
     def _skip(self, reason: SkipReason, detail: str | None, source_kind: str | None) -> Skipped:
         return Skipped(event_id=self.event_id, reason=reason, detail=detail, source_kind=source_kind,
@@ -286,7 +302,7 @@ class _Reader:
             tz_name = None  # an unknown zone name is ignored: naive times fall back to the default zone
         if loc_id is None:
             loc_id = _text(self.headers.get(header_names.TOKEN_LOCATION), 128)
-        return Location(id=loc_id, name=name[:200] if name else None, timezone=tz_name)
+        return shared(_location, loc_id, name[:200] if name else None, tz_name)
 
     def _received_at(self) -> datetime | None:
         try:
@@ -297,8 +313,8 @@ class _Reader:
     def _source_kind(self) -> tuple[str | None, str | None]:
         kind = self.look.get(self.flat, *KIND_KEYS)
         action = self.look.get(self.flat, *ACTION_KEYS)
-        kind_text = _text(kind, 100) if not isinstance(kind, Mapping) else None
-        action_text = _text(action, 100) if not isinstance(action, Mapping) else None
+        kind_text = _text(kind, 100) if not is_object(kind) else None
+        action_text = _text(action, 100) if not is_object(action) else None
         return kind_text, action_text
 
     # ------------------------------------------------------------------------------------------- dispatch
@@ -430,7 +446,7 @@ class _Reader:
                 continue
             for name in _PHONE_NAMES_IN_ORDER:  # each spelling on its own: the first valid number wins
                 value = index.get(name)
-                if value is None or value == "" or value == [] or value == {} or isinstance(value, Mapping):
+                if value is None or value == "" or value == [] or value == {} or is_object(value):
                     continue
                 phone_seen = True
                 phone = parse_phone(value, self.region)
@@ -469,7 +485,7 @@ class _Reader:
             said[channel] = None
             for opted_out, lookup in self._consent_sources(blocks, channel):
                 raw = lookup()
-                if raw is None or isinstance(raw, Mapping):
+                if raw is None or is_object(raw):
                     continue
                 try:
                     value = consent_flag(raw)
@@ -479,7 +495,7 @@ class _Reader:
                 if value is not None:
                     said[channel] = value if opted_out else not value
                     break
-        return Consent(email_opt_out=said["email"], sms_opt_out=said["sms"], call_opt_out=said["call"])
+        return shared(_consent, said["email"], said["sms"], said["call"])
 
     def _consent_sources(self, blocks: list[Mapping[str, Any]], channel: str) -> list[tuple[bool, Any]]:
         """(value means "opted out", lookup) in order of precedence."""
@@ -579,14 +595,14 @@ class _Reader:
 
     def _provider(self, pick: Any) -> Provider | None:
         raw = pick("provider", "staff", "employee", "practitioner", "therapist", "providerName", "staffName")
-        if isinstance(raw, Mapping):
+        if is_object(raw):
             name = _text(self.look.get(raw, "name", "fullName", "displayName"), 200)
             if name is None:
                 parts = [_text(self.look.get(raw, "firstName"), 100), _text(self.look.get(raw, "lastName"), 100)]
                 name = " ".join(p for p in parts if p) or None
-            provider = Provider(id=id_str(self.look.get(raw, "id", "providerId", "staffId", "employeeId")), name=name)
+            provider = shared(_provider, id_str(self.look.get(raw, "id", "providerId", "staffId", "employeeId")), name)
         else:
-            provider = Provider(id=id_str(pick("providerId", "staffId", "employeeId")), name=_text(raw, 200))
+            provider = shared(_provider, id_str(pick("providerId", "staffId", "employeeId")), _text(raw, 200))
         return provider if provider.id or provider.name else None
 
     # ------------------------------------------------------------------------------------------ membership
@@ -612,7 +628,7 @@ class _Reader:
         name = self.look.get(block, *name_keys)
         return Membership(
             id=membership_id,
-            name=(_text(name, 200) if not isinstance(name, Mapping)
+            name=(_text(name, 200) if not is_object(name)
                   else _text(self.look.get(name, "name", "title"), 200)),
             status=_MEMBERSHIP_STATUS_BY_KIND[kind],
             start_date=self._date(self.look.get(block, *MEMBERSHIP_START_KEYS), "membership.start_date"),
@@ -682,7 +698,7 @@ class _Reader:
     def _items(self, block: Mapping[str, Any]) -> tuple[LineItem, ...]:
         items: list[LineItem] = []
         for raw in split_list(self.look.get(block, "items", "lineItems", "lines", "invoiceItems", "products")):
-            if isinstance(raw, Mapping):
+            if is_object(raw):
                 name = _text(self.look.get(raw, "name", "description", "itemName", "productName", "serviceName",
                                            "title"), 200)
                 if not name:

@@ -9,19 +9,19 @@ appointment times) or only noted (email, phone, date of birth).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
 from foundations.formats.normalized import Service
-from foundations.formats.raw import Lookup, clean_text, get, id_str
+from foundations.formats.raw import Lookup, clean_text, get, id_str, is_object
 
 
 class FieldError(ValueError):
@@ -359,9 +359,30 @@ def _text(value: Any) -> str | None:
         return id_str(value)
     if isinstance(value, str):
         return clean_text(value).strip() or None
-    if isinstance(value, Mapping):
+    if is_object(value):
         return _text(get(value, "name", "title", "value"))
     return None
+
+
+_SHARED: dict[tuple[Any, ...], Any] = {}
+_SHARED_MAX = 4096  # distinct clinics, providers and services are few; the bound only matters against hostile input
+ModelT = TypeVar("ModelT")
+
+
+def shared(model: Callable[..., ModelT], *values: Any) -> ModelT:
+    """`model(*values)` built once per distinct value: a clinic, a provider or a service repeats across events, and
+    building an immutable model costs as much as reading its block."""
+    key = (model, *values)
+    found = _SHARED.get(key)
+    if found is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        found = _SHARED[key] = model(*values)
+    return found
+
+
+def _service(sid: str | None, name: str, stype: str | None) -> Service:
+    return Service(id=sid, name=name, service_type=stype)
 
 
 def parse_services(services: Any, service_types: Any = None) -> tuple[Service, ...]:
@@ -369,7 +390,7 @@ def parse_services(services: Any, service_types: Any = None) -> tuple[Service, .
     types = [_text(t) for t in split_list(service_types)]
     out: list[Service] = []
     for index, item in enumerate(split_list(services)):
-        if isinstance(item, Mapping):
+        if is_object(item):
             name = _text(get(item, *_SERVICE_NAME_KEYS))
             sid = id_str(get(item, *_SERVICE_ID_KEYS))
             stype = _text(get(item, *_SERVICE_TYPE_KEYS))
@@ -379,7 +400,7 @@ def parse_services(services: Any, service_types: Any = None) -> tuple[Service, .
             continue
         if stype is None and types:
             stype = types[0] if len(types) == 1 else (types[index] if index < len(types) else None)
-        out.append(Service(id=sid, name=name, service_type=stype))
+        out.append(shared(_service, sid, name, stype))
     return tuple(out)
 
 
@@ -396,5 +417,5 @@ def truthy(value: Any) -> bool:
 
 __all__ = [
     "FieldError", "combine_date_time", "money_field", "parse_calendar_date", "parse_decimal", "parse_email",
-    "parse_instant", "parse_money", "parse_phone", "parse_services", "split_list", "truthy", "zone",
+    "parse_instant", "parse_money", "parse_phone", "parse_services", "shared", "split_list", "truthy", "zone",
 ]
