@@ -28,10 +28,12 @@ def watermark(state: ClientState) -> datetime | None:
     return state.clock - LATE_HORIZON if state.clock is not None else None
 
 
-def is_late(kind: EventKind, at: datetime, state: ClientState) -> bool:
-    """Whether an event of `kind` at `at` is older than the client's lateness watermark."""
+def is_late(kind: EventKind, at: datetime, state: ClientState, *, historical: bool = False) -> bool:
+    """Whether an event of `kind` at `at` is older than the client's lateness watermark. A historical (backfill)
+    event is late only once the state has forgotten something: before that, nothing it is about can be missing,
+    so a backfill run after the client's live events counts in full (and compaction waits for a live event)."""
     wm = watermark(state)
-    return kind in _LATE_KINDS and wm is not None and at < wm
+    return kind in _LATE_KINDS and wm is not None and at < wm and (state.forgotten or not historical)
 
 
 def stamp_invoices(before: dict[str, InvoiceRecord], after: dict[str, InvoiceRecord],
@@ -83,7 +85,7 @@ def compact(state: ClientState) -> ClientState:
             and ids == state.applied_event_ids):
         return state
     return state.model_copy(update={"appointments": appointments, "invoices": invoices, "folded_value": folded,
-                                    "applied_event_ids": ids, "applied_event_at": times})
+                                    "applied_event_ids": ids, "applied_event_at": times, "forgotten": True})
 
 
 __all__ = ["INVOICE_HORIZON", "LATE_HORIZON", "compact", "is_late", "record_applied", "stamp_invoices", "watermark"]

@@ -659,7 +659,7 @@ def plan(
     )
     consent_changed = w.put_consent()
     # Older than the lateness watermark: what it is about may have been forgotten (streams/plan/horizon.py).
-    late = bounded and is_late(event.kind, w.at, st)
+    late = bounded and is_late(event.kind, w.at, st, historical=event.historical)
     outcome = Outcome.STALE if late else _FLOWS[event.kind](w)
     if consent_changed and outcome is not Outcome.DUPLICATE and not any(cls is UpsertContact for cls, _ in w.ops):
         # Stale for what it is about (or a resend), yet the newest word on a consent channel: only that is
@@ -696,7 +696,9 @@ def plan(
         "applied_event_ids": applied_ids, "applied_event_at": applied_at,
         "effects": effects,
     })
-    return Plan(new_state=compact(new_state) if bounded else new_state, ops=ops, outcome=outcome)
+    # A backfill replays a client's past in order: its state is compacted by the next live event, not between.
+    compacted = compact(new_state) if bounded and not event.historical else new_state
+    return Plan(new_state=compacted, ops=ops, outcome=outcome)
 
 
 def resume(state: ClientState, event_id: str) -> Plan:

@@ -159,6 +159,9 @@ class ClientState(_Model):
     applied_event_ids: tuple[str, ...] = ()  # most recent last, bounded by MAX_EVENT_IDS and the lateness watermark
     applied_event_at: tuple[AwareDatetime | None, ...] = ()  # their event times (aligned; streams/plan/horizon.py)
     folded_value: Decimal = ZERO  # net of the invoices folded out of `invoices` (streams/plan/horizon.py)
+    # compact() has dropped something (an appointment, an invoice, an event id): from then on a late event may be
+    # about what was forgotten. Until then a late historical event is applied like any other (backfill after live).
+    forgotten: bool = False
     effects: tuple[PendingEffects, ...] = ()  # FIFO: execute in this order
     # Ops of dead-lettered events, never done: parked (they do not block later events) until the dead letter is
     # redriven or the event replayed (`plan(..., resume_failed=True)`), which puts them back into `effects`.

@@ -202,3 +202,38 @@ def test_a_state_written_before_bounded_state_loads_and_keeps_its_value() -> Non
     # Invoices without a recorded last event time are never folded; appointments are pruned by their own times.
     later = loaded.model_copy(update={"clock": loaded.clock + INVOICE_HORIZON * 2})  # type: ignore[operator]
     assert compact(later).invoices == loaded.invoices and not compact(later).appointments
+
+
+def _historical(events: list[NormalizedEvent], prefix: str) -> list[NormalizedEvent]:
+    return [ev.model_copy(update={"event_id": f"{prefix}-{ev.event_id}", "historical": True}) for ev in events]
+
+
+def test_a_backfill_after_live_events_counts_the_whole_past() -> None:
+    # Two years of visits, exported and backfilled after the client's live events of this month.
+    past = history([(28, "paid", "partial" if i % 5 == 0 else None, 20, "HydraFacial", "199.00")
+                    for i in range(26)], [0])
+    live_at = T0 + timedelta(days=28 * 27)
+    live = []
+    for i in range(2):
+        appt = _appt(100 + i, live_at + timedelta(days=i), "Chemical Peel")
+        inv = Invoice(id=f"INV-L{i}", amount_paid=Decimal("150.50"), appointment=appt, paid_at=appt.start)
+        live.append(_event(EventKind.INVOICE_PAID, live_at + timedelta(days=i), invoice=inv).model_copy(
+            update={"event_id": f"live-{i}", "raw_offset": 100 + i}))
+    state, _ = run(live)
+    assert state is not None and not state.forgotten
+    backfilled, plans = run(_historical(past, "bf"), state)
+    assert backfilled is not None
+    assert all(p.outcome is not Outcome.STALE for p in plans)
+    expected = Decimal("199.00") * 26 - Decimal("50.00") * 6 + Decimal("150.50") * 2
+    assert backfilled.lifetime_value == expected
+    # Running the backfill again changes nothing; the next live event compacts, and the value stays exact.
+    again, replans = run(_historical(past, "bf"), backfilled)
+    assert again == backfilled and all(not p.ops for p in replans)
+    nxt = live[-1].model_copy(update={"event_id": "live-next", "raw_offset": 999,
+                                      "occurred_at": live_at + timedelta(days=9)})
+    final, _ = run([nxt], backfilled)
+    assert final is not None and final.forgotten and final.lifetime_value == expected
+    assert len(final.invoices) < len(backfilled.invoices)
+    # Once something was forgotten, a late historical event is stale rather than possibly counted twice.
+    resent, plans = run(_historical(past[:3], "bf2"), final)
+    assert resent == final and all(p.outcome is Outcome.STALE for p in plans)
