@@ -16,13 +16,17 @@ from typing import Any
 from foundations.formats import crm_fields
 from foundations.formats.crm_fields import DataType
 from foundations.formats.crm_commands import (
-    PATIENT_TAG, AddTags, ContactFields, CrmOp, OpKind, UpsertContact, UpsertOpportunity, op_id_for,
+    DND_CHANNELS, MEMBER_TAG, PATIENT_TAG, AddTags, ContactFields, CrmOp, OpKind, UpsertContact, UpsertOpportunity,
+    op_id_for,
 )
-from streams.plan.planner import IDENTITY_FIELDS
+from foundations.formats.normalized import MembershipStatus
+from streams.plan.planner import IDENTITY_FIELDS, dnd_of
 from streams.plan.state import ClientState
 
 OPP_STAGE, OPP_STATUS, OPP_VALUE = "opportunity.stage", "opportunity.status", "opportunity.monetary_value"
 TAG_PATIENT = f"tag.{PATIENT_TAG}"
+TAG_MEMBER = f"tag.{MEMBER_TAG}"
+DND_PREFIX = "dnd."  # + GoHighLevel DND channel (Email, SMS, Call): `dnd.Email`
 CONTACT_MISSING = "contact.missing"  # the recorded contact is gone from GoHighLevel (deleted or merged)
 CENTS = Decimal("0.01")
 
@@ -36,12 +40,15 @@ class Expected:
     status: str | None = None
     monetary_value: Decimal | None = None  # None: not written by apro-sync (not a patient yet)
     patient_tag: bool = False
+    member_tag: bool = False  # an active membership: the sticky member tag must be there
+    dnd: Mapping[str, str] = field(default_factory=dict)  # DND channel → "active" | "inactive" (opt-outs known)
 
 
 @dataclass(frozen=True)
 class Observed:
     custom: Mapping[str, str]  # crm_fields key → canonical value
     tags: frozenset[str] = frozenset()
+    dnd: Mapping[str, str] = field(default_factory=dict)  # DND channel → status as GoHighLevel shows it
     opportunity: bool = False
     stage: str | None = None  # logical stage name, None when the stage id is unknown
     status: str | None = None
@@ -112,7 +119,21 @@ def expected(state: ClientState) -> Expected:
         status=None if stage is None else ("won" if state.patient else "open"),
         monetary_value=state.lifetime_value.quantize(CENTS) if state.patient and stage else None,
         patient_tag=state.patient,
+        member_tag=any(m.status is MembershipStatus.ACTIVE for m in state.memberships.values()),
+        dnd=dnd_of(state.consent),
     )
+
+
+def observed_dnd(contact: Mapping[str, Any]) -> dict[str, str]:
+    """`dndSettings` (DndSettingsSchema) → channel → status; a channel without a setting is not DND."""
+    settings = contact.get("dndSettings")
+    out: dict[str, str] = {}
+    for channel in DND_CHANNELS:
+        entry = settings.get(channel) if isinstance(settings, Mapping) else None
+        status = entry.get("status") if isinstance(entry, Mapping) else None
+        status = str(status).strip().lower() if status else "inactive"
+        out[channel] = "active" if status == "permanent" else status  # a stricter DND staff set is still DND
+    return out
 
 
 def observed(contact: Mapping[str, Any] | None, opportunity: Mapping[str, Any] | None, *,
@@ -129,11 +150,12 @@ def observed(contact: Mapping[str, Any] | None, opportunity: Mapping[str, Any] |
         if key is not None:
             custom[key] = canonical(key, entry.get("value", entry.get("field_value")))
     tags = frozenset(str(t).strip().lower() for t in contact.get("tags") or [])
+    dnd = observed_dnd(contact)
     if opportunity is None:
-        return Observed(custom=custom, tags=tags)
+        return Observed(custom=custom, tags=tags, dnd=dnd)
     value = opportunity.get("monetaryValue")
     return Observed(
-        custom=custom, tags=tags, opportunity=True,
+        custom=custom, tags=tags, dnd=dnd, opportunity=True,
         stage=stage_names.get(str(opportunity.get("pipelineStageId"))),
         status=opportunity.get("status"),
         monetary_value=None if value is None else Decimal(str(value)).quantize(CENTS),
@@ -154,8 +176,12 @@ def drift(want: Expected, seen: Observed) -> list[str]:
             out.append(OPP_STATUS)
         if want.monetary_value is not None and (not seen.opportunity or seen.monetary_value != want.monetary_value):
             out.append(OPP_VALUE)
+    out += [f"{DND_PREFIX}{channel}" for channel, status in sorted(want.dnd.items())
+            if seen.dnd.get(channel, "inactive") != status]
     if want.patient_tag and PATIENT_TAG not in seen.tags:
         out.append(TAG_PATIENT)
+    if want.member_tag and MEMBER_TAG not in seen.tags:
+        out.append(TAG_MEMBER)
     return out
 
 
@@ -171,7 +197,8 @@ def repair_ops(state: ClientState, label: str, names: Iterable[str], run_id: str
     missing = CONTACT_MISSING in names
     ops: list[CrmOp] = []
     keys = sorted(want.custom) if missing else sorted(names & set(want.custom))
-    if keys or missing:
+    dnd = {channel: status for channel, status in want.dnd.items() if missing or f"{DND_PREFIX}{channel}" in names}
+    if keys or dnd or missing:
         values: dict[str, Any] = {}
         for key in keys:
             value = want.custom[key]
@@ -181,17 +208,19 @@ def repair_ops(state: ClientState, label: str, names: Iterable[str], run_id: str
                 values[key] = value
         standard = ContactFields(**{k: state.contact[k].value for k in IDENTITY_FIELDS if k in state.contact})
         ops.append(UpsertContact(op_id=op_id_for(event_id, OpKind.UPSERT_CONTACT, 0), standard=standard,
-                                 custom=values, **base))
+                                 custom=values, dnd=dnd, **base))
     if want.stage is not None and (missing or names & {OPP_STAGE, OPP_STATUS, OPP_VALUE}):
         assert want.status in ("open", "won")
         name = " ".join(state.contact[k].value for k in ("firstName", "lastName") if k in state.contact)
         ops.append(UpsertOpportunity(op_id=op_id_for(event_id, OpKind.UPSERT_OPPORTUNITY, 0), stage=want.stage,
                                      status=want.status, monetary_value=want.monetary_value,
                                      name=name or f"AestheticsPro client {state.client_id}", **base))
-    if want.patient_tag and (missing or TAG_PATIENT in names):
-        ops.append(AddTags(op_id=op_id_for(event_id, OpKind.ADD_TAGS, 0), tags=(PATIENT_TAG,), **base))
+    tags = [tag for tag, wanted, name in ((PATIENT_TAG, want.patient_tag, TAG_PATIENT),
+                                          (MEMBER_TAG, want.member_tag, TAG_MEMBER)) if wanted and (missing or name in names)]
+    if tags:
+        ops.append(AddTags(op_id=op_id_for(event_id, OpKind.ADD_TAGS, 0), tags=tuple(tags), **base))
     return ops
 
 
-__all__ = ["CONTACT_MISSING", "DriftCounts", "Expected", "OPP_STAGE", "OPP_STATUS", "OPP_VALUE", "Observed",
-           "TAG_PATIENT", "canonical", "drift", "expected", "needs_comparison", "observed", "repair_ops"]
+__all__ = ["CONTACT_MISSING", "DND_PREFIX", "DriftCounts", "Expected", "OPP_STAGE", "OPP_STATUS", "OPP_VALUE", "Observed",
+           "TAG_MEMBER", "TAG_PATIENT", "canonical", "drift", "expected", "needs_comparison", "observed", "repair_ops"]

@@ -31,8 +31,8 @@ from foundations.formats.crm_commands import (
     op_id_for,
 )
 from foundations.formats.normalized import AppointmentStatus, EventKind, Invoice, MembershipStatus, NormalizedEvent
+from streams.plan.horizon import compact, is_late, record_applied, stamp_invoices
 from streams.plan.state import (
-    MAX_EVENT_IDS,
     AppointmentRecord,
     ClientState,
     InvoiceRecord,
@@ -258,7 +258,7 @@ class _Work:
 
     @property
     def lifetime_value(self) -> Decimal:
-        return sum((inv.net_amount for inv in self.invoices.values()), Decimal("0.00"))
+        return sum((inv.net_amount for inv in self.invoices.values()), self.prev.folded_value)
 
     def opportunity_name(self) -> str:
         parts = [self.contact[k].value for k in ("firstName", "lastName") if k in self.contact]
@@ -630,6 +630,7 @@ def plan(
     now: datetime,
     default_timezone: str = "UTC",
     resume_failed: bool = False,
+    bounded: bool = True,
 ) -> Plan:
     """Apply `event` to the client's state and say what the CRM (GoHighLevel location `location_label`) needs.
 
@@ -637,6 +638,7 @@ def plan(
     timestamp, not the wall clock, to keep replays deterministic. `default_timezone` is the zone for locations
     whose payload names none (the worker passes Settings.default_timezone). `resume_failed`: the record is an
     operator redrive or replay, so the ops a dead letter of this event parked are resumed (`resume`).
+    `bounded=False` keeps the whole history (no lateness rule, nothing forgotten): the reference model in tests.
     """
     if now.tzinfo is None:
         raise PlanError("now must be timezone-aware")
@@ -656,7 +658,9 @@ def plan(
         patient=st.patient, consent=dict(st.consent), memberships=dict(st.memberships), next_visit=st.next_visit,
     )
     consent_changed = w.put_consent()
-    outcome = _FLOWS[event.kind](w)
+    # Older than the lateness watermark: what it is about may have been forgotten (streams/plan/horizon.py).
+    late = bounded and is_late(event.kind, w.at, st, historical=event.historical)
+    outcome = Outcome.STALE if late else _FLOWS[event.kind](w)
     if consent_changed and outcome is not Outcome.DUPLICATE and not any(cls is UpsertContact for cls, _ in w.ops):
         # Stale for what it is about (or a resend), yet the newest word on a consent channel: only that is
         # written (the upsert carries the current registers, no note, no pipeline move).
@@ -681,16 +685,20 @@ def plan(
     effects = st.effects
     if ops:
         effects = (*effects, PendingEffects(event_id=event.event_id, location_label=location_label, ops=ops))
+    applied_ids, applied_at = record_applied(st, event.event_id, w.at)
     new_state = st.model_copy(update={
-        "appointments": w.appointments, "invoices": w.invoices, "contact": w.contact, "custom": w.custom,
+        "appointments": w.appointments, "invoices": stamp_invoices(st.invoices, w.invoices, w.at),
+        "contact": w.contact, "custom": w.custom,
         "stage": w.stage, "demographics_at": w.demographics_at, "patient": w.patient,
         "next_visit": w.next_visit,
         "consent": w.consent, "memberships": w.memberships,
         "clock": max(w.at, st.clock) if st.clock else w.at,
-        "applied_event_ids": (*st.applied_event_ids, event.event_id)[-MAX_EVENT_IDS:],
+        "applied_event_ids": applied_ids, "applied_event_at": applied_at,
         "effects": effects,
     })
-    return Plan(new_state=new_state, ops=ops, outcome=outcome)
+    # A backfill replays a client's past in order: its state is compacted by the next live event, not between.
+    compacted = compact(new_state) if bounded and not event.historical else new_state
+    return Plan(new_state=compacted, ops=ops, outcome=outcome)
 
 
 def resume(state: ClientState, event_id: str) -> Plan:

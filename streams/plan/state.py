@@ -83,6 +83,7 @@ class InvoiceRecord(_Model):
     void_event_id: str | None = None  # the latest void event (by `order_key`)
     void_event_at: AwareDatetime | None = None
     void_event_seq: int | None = None
+    last_event_at: AwareDatetime | None = None  # latest event applied to it (None: before bounded state; never folded)
 
     @property
     def paid_key(self) -> OrderKey | None:
@@ -155,7 +156,12 @@ class ClientState(_Model):
     patient: bool = False  # has had a paid invoice: the opportunity is won from then on
     clock: AwareDatetime | None = None  # latest event time applied: "now" for next-visit decisions
     crm: dict[str, CrmIds] = Field(default_factory=dict)  # GHL location label → ids
-    applied_event_ids: tuple[str, ...] = ()  # most recent last, bounded by MAX_EVENT_IDS
+    applied_event_ids: tuple[str, ...] = ()  # most recent last, bounded by MAX_EVENT_IDS and the lateness watermark
+    applied_event_at: tuple[AwareDatetime | None, ...] = ()  # their event times (aligned; streams/plan/horizon.py)
+    folded_value: Decimal = ZERO  # net of the invoices folded out of `invoices` (streams/plan/horizon.py)
+    # compact() has dropped something (an appointment, an invoice, an event id): from then on a late event may be
+    # about what was forgotten. Until then a late historical event is applied like any other (backfill after live).
+    forgotten: bool = False
     effects: tuple[PendingEffects, ...] = ()  # FIFO: execute in this order
     # Ops of dead-lettered events, never done: parked (they do not block later events) until the dead letter is
     # redriven or the event replayed (`plan(..., resume_failed=True)`), which puts them back into `effects`.
@@ -166,7 +172,7 @@ class ClientState(_Model):
 
     @property
     def lifetime_value(self) -> Decimal:
-        return sum((inv.net_amount for inv in self.invoices.values()), ZERO)
+        return sum((inv.net_amount for inv in self.invoices.values()), self.folded_value)
 
     @property
     def last_visit(self) -> tuple[date, str] | None:
@@ -186,7 +192,8 @@ class ClientState(_Model):
         return [op for entry in self.effects for op in entry.remaining]
 
     def to_json(self) -> bytes:
-        return self.model_dump_json().encode()
+        """Absent fields are None (a third of the bytes of a typical record): every changelog write is smaller."""
+        return self.model_dump_json(exclude_none=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> ClientState:

@@ -8,7 +8,10 @@ from decimal import Decimal
 from sinks import drift
 from foundations.formats import crm_fields
 from foundations.formats.crm_commands import OpKind
-from streams.plan.state import ClientState, CrmIds, InvoiceRecord, NextVisit, PendingEffects, Register
+from foundations.formats.normalized import MembershipStatus
+from streams.plan.state import (
+    ClientState, CrmIds, InvoiceRecord, MembershipRecord, NextVisit, PendingEffects, Register,
+)
 
 AT = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)
 LABEL = "loc1"
@@ -129,6 +132,50 @@ def test_repair_ops_write_only_what_drifted() -> None:
     everything = drift.repair_ops(state, LABEL, [drift.CONTACT_MISSING], "run1")
     assert set(everything[0].custom) == set(drift.expected(state).custom)
     assert everything[0].custom[crm_fields.PATIENT_LIFETIME_VALUE.key] == Decimal("150.50")
+
+
+def consent_member_state(status: MembershipStatus) -> ClientState:
+    """Opted out of email, in for SMS, silent on calls; one membership."""
+    member = MembershipRecord(id="M1", name="Glow Club", status=status, last_event_at=AT, last_event_id="m1",
+                              last_event_seq=2)
+    return patient_state(consent={"Email": reg("opt_out"), "SMS": reg("opt_in")}, memberships={"M1": member})
+
+
+def test_dnd_per_channel_and_the_member_tag() -> None:
+    state = consent_member_state(MembershipStatus.ACTIVE)
+    want = drift.expected(state)
+    assert (dict(want.dnd), want.member_tag) == ({"Email": "active", "SMS": "inactive"}, True)
+    contact = contact_for(state)
+    contact["tags"] = ["apro-patient", "apro-member"]
+    contact["dndSettings"] = {"Email": {"status": "active", "message": "x"}, "Call": {"status": "active"}}
+    # An absent SMS setting is not DND, as the state wants; Call is not the state's to compare.
+    assert drift.drift(want, observe(contact, opp())) == []
+    contact["dndSettings"] = {"Email": {"status": "permanent"}, "SMS": {"status": "active"}}
+    contact["tags"] = ["apro-patient"]
+    assert drift.drift(want, observe(contact, opp())) == ["dnd.SMS", drift.TAG_MEMBER]
+    contact["dndSettings"] = {"Email": {"status": "inactive"}}
+    assert drift.drift(want, observe(contact, opp())) == ["dnd.Email", drift.TAG_MEMBER]
+
+
+def test_an_ended_membership_does_not_require_the_sticky_tag() -> None:
+    state = consent_member_state(MembershipStatus.CANCELLED)
+    contact = contact_for(state)
+    contact["dndSettings"] = {"Email": {"status": "active"}}
+    assert not drift.expected(state).member_tag
+    assert drift.drift(drift.expected(state), observe(contact, opp())) == []
+
+
+def test_repair_ops_for_dnd_and_member_tag() -> None:
+    state = consent_member_state(MembershipStatus.ACTIVE)
+    upsert, tags = drift.repair_ops(state, LABEL, ["dnd.SMS", drift.TAG_MEMBER], "run1")
+    assert upsert.kind is OpKind.UPSERT_CONTACT and (upsert.custom, upsert.dnd) == ({}, {"SMS": "inactive"})
+    assert upsert.dnd_settings() == {"SMS": {"status": "inactive"}}
+    assert tags.tags == ("apro-member",)
+    both = drift.repair_ops(state, LABEL, [drift.TAG_PATIENT, drift.TAG_MEMBER], "run1")
+    assert [op.tags for op in both] == [("apro-patient", "apro-member")]
+    everything = drift.repair_ops(state, LABEL, [drift.CONTACT_MISSING], "run1")
+    assert everything[0].dnd == {"Email": "active", "SMS": "inactive"}
+    assert everything[-1].tags == ("apro-patient", "apro-member")
 
 
 def test_counts() -> None:
