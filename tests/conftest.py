@@ -19,7 +19,6 @@ import pytest
 from apro_sync.embedded_broker import EmbeddedBroker
 from apro_sync.local_brokers import local_broker
 from foundations.config import Settings
-from tests.xdist_schedule import schedule_for_workers
 
 if TYPE_CHECKING:
     from apro_sync.apache_kafka import ApacheKafka
@@ -77,7 +76,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("broker_restart"):
             item.add_marker(pytest.mark.broker)
-    schedule_for_workers(items)
 
 
 @pytest.fixture

@@ -53,7 +53,7 @@ from tests.ghl_emulator_fixture import GhlEmulatorHandle
 from tests.reliability import harness
 from tests.sinks.test_e2e import write_requests
 
-pytestmark = [pytest.mark.integration, pytest.mark.broker_neutral]
+pytestmark = pytest.mark.integration
 needs_prometheus = pytest.mark.skipif(PROMETHEUS is None,
                                       reason="prometheus binary not installed (Debian package `prometheus`)")
 
