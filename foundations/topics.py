@@ -18,6 +18,8 @@ class Topics:
     deadletter: str = "apro.deadletter"
     oauth_tokens: str = "apro.oauth-tokens"  # encrypted OAuth tokens per GoHighLevel location (sinks/oauth_store.py)
     shadow: str = "apro.sink.shadow"  # GoHighLevel calls recorded in shadow mode (APRO_SINK_MODE=shadow)
+    client_state_changelog: str = "apro.state.client-state-changelog"  # the sink's per-client state table
+    client_state_shadow_changelog: str = "apro.state.client-state-shadow-changelog"  # shadow mode's own state
 
     def all(self) -> list[str]:
         return [self.raw, self.quarantine, self.normalized, self.skipped, self.deadletter, self.oauth_tokens]
@@ -26,7 +28,9 @@ class Topics:
         """Shadow mode's topics: the same intake (raw, quarantine), its own derived topics."""
         return Topics(raw=self.raw, quarantine=self.quarantine, normalized=self.normalized + SHADOW_SUFFIX,
                       skipped=self.skipped + SHADOW_SUFFIX, deadletter=self.deadletter + SHADOW_SUFFIX,
-                      shadow=self.shadow, oauth_tokens=self.oauth_tokens)  # one token topic: shadow shares live's
+                      shadow=self.shadow, oauth_tokens=self.oauth_tokens,  # one token topic: shadow shares live's
+                      client_state_changelog=self.client_state_changelog,
+                      client_state_shadow_changelog=self.client_state_shadow_changelog)
 
     @classmethod
     def with_prefix(cls, prefix: str) -> "Topics":
@@ -87,5 +91,6 @@ def topic_specs(*, topics: Topics, app_id: str, partitions: int, replication: in
         spec(f"{topics.deadletter}.redriven", compact=True, parts=1),
         spec(topics.oauth_tokens, compact=True, parts=1),  # one partition: one order for tokens and leases
         spec(f"{app_id}-normalize-dedupe-changelog", compact=True),
-        spec(f"{app_id}-client_state-changelog", compact=True),
+        spec(topics.client_state_changelog, compact=True),  # co-partitioned with the normalized topic
+        spec(topics.client_state_shadow_changelog, compact=True),
     ]

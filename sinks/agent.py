@@ -45,8 +45,6 @@ log = logging.getLogger("apro_sync.sink")
 
 STAGE = "sync"
 TABLE_NAME = "client_state"
-CHANGELOG_TOPIC = "apro.state.client-state-changelog"
-SHADOW_CHANGELOG_TOPIC = "apro.state.client-state-shadow-changelog"  # shadow mode's own state (sinks/shadow.py)
 CHANGELOG_SERIALIZER = "json"  # what faust.Table uses for str keys/values; the changelog topic must match it
 AUTH_STATUSES = (401, 403)  # credentials rejected: pause the location (after a location-level check)
 UNEXPECTED_MAX_ATTEMPTS = 3  # an unexpected exception (a bug) is retried this often, then dead-lettered
@@ -574,7 +572,8 @@ def _reason_label(reason: str) -> str:
 def changelog_topic_name(settings: Settings, *, shadow: bool | None = None) -> str:
     """The client_state changelog (named by the topic prefix); shadow mode keeps its state apart."""
     shadow = settings.sink_mode == "shadow" if shadow is None else shadow
-    return f"{settings.topic_prefix}{SHADOW_CHANGELOG_TOPIC if shadow else CHANGELOG_TOPIC}"
+    topics = settings.topics
+    return topics.client_state_shadow_changelog if shadow else topics.client_state_changelog
 
 
 def ghl_configured(settings: Settings) -> bool:

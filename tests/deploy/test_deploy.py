@@ -255,7 +255,7 @@ def test_compose_creates_every_topic_from_the_code_definitions(services: dict[st
     settings = Settings(_env_file=None, **{k.lower(): v for k, v in init["environment"].items()
                                            if k.startswith("APRO_")}, kafka_bootstrap_servers="kafka:9092")
     names = {spec.name for spec in settings.topic_specs()}
-    assert names >= set(Topics().all()) and f"{settings.worker_id}-client_state-changelog" in names
+    assert names >= set(Topics().all()) and settings.topics.client_state_changelog in names
     assert all(spec.partitions == 12 for spec in settings.topic_specs()
                if not spec.name.endswith((".redriven", ".oauth-tokens")))
 

@@ -27,8 +27,8 @@ def test_specs_carry_retention_compaction_replication_and_size() -> None:
                           "max.message.bytes": str(record_max_bytes(1024 * 1024))}
     assert specs["apro.webhooks.quarantine"].config["retention.ms"] == str(30 * DAY_MS)
     assert specs["apro.deadletter"].config["retention.ms"] == str(60 * DAY_MS)
-    for changelog in ("apro-sync-normalize-dedupe-changelog", "apro-sync-client_state-changelog",
-                      "apro.deadletter.redriven", "apro.oauth-tokens"):
+    for changelog in ("apro-sync-normalize-dedupe-changelog", "apro.state.client-state-changelog",
+                      "apro.state.client-state-shadow-changelog", "apro.deadletter.redriven", "apro.oauth-tokens"):
         assert specs[changelog].config["cleanup.policy"] == "compact"
         assert "retention.ms" not in specs[changelog].config
     assert set(Topics().all()) <= set(specs)
@@ -62,7 +62,7 @@ def test_topics_command_creates_then_checks_configs(settings: Settings) -> None:
     configs = admin.describe_configs([raw])[raw].result()
     assert configs["retention.ms"].value == str(7 * DAY_MS)
     assert configs["cleanup.policy"].value == "delete"
-    changelog = ConfigResource(ConfigResource.Type.TOPIC, f"{settings.worker_id}-client_state-changelog")
+    changelog = ConfigResource(ConfigResource.Type.TOPIC, settings.topics.client_state_changelog)
     assert admin.describe_configs([changelog])[changelog].result()["cleanup.policy"].value == "compact"
 
     # A setting that no longer matches the existing topics is reported (exit 1), nothing is changed.
@@ -92,3 +92,16 @@ def test_producers_never_batch_beyond_the_topic_limit() -> None:
                    Publisher("127.0.0.1:9", max_value_bytes=body)._config]
         for config in configs:
             assert config["batch.size"] <= limit and config["message.max.bytes"] <= limit, config.get("client.id")
+
+
+def test_the_sink_state_changelogs_are_the_ones_the_worker_uses() -> None:
+    from sinks.agent import changelog_topic_name
+
+    live = Settings(_env_file=None, topic_prefix="t1.")
+    shadow = live.model_copy(update={"sink_mode": "shadow"})
+    for settings in (live, shadow):
+        names = {spec.name: spec for spec in settings.topic_specs()}
+        for mode in (False, True):
+            name = changelog_topic_name(settings, shadow=mode)
+            assert name.startswith("t1.") and names[name].config["cleanup.policy"] == "compact"
+            assert names[name].partitions == names[settings.topics.normalized].partitions  # co-partitioned
