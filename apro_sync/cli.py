@@ -38,7 +38,9 @@ CONFIG_HELP = ("Configuration: environment variables (APRO_*, KAFKA_BOOTSTRAP_SE
 
 
 @app.command()
-def config(show_defaults_only: bool = typer.Option(False, "--defaults", help="Ignore the environment and .env.")) -> None:
+def config(
+    show_defaults_only: bool = typer.Option(False, "--defaults", help="Ignore the environment and .env."),
+) -> None:
     """List every setting: its variable, current value (secrets masked) and default."""
     from foundations.config import PROCESS_VARIABLES, Settings, env_name
 
@@ -134,7 +136,9 @@ def peek(
     short = {"raw", "quarantine", "normalized", "skipped", "deadletter", "shadow"}
     name = getattr(settings.topics, topic) if topic in short else topic
     try:
-        peek.run(settings.kafka if settings.kafka_bootstrap_servers else "localhost:9092", name, show_payload, typer.echo)
+        peek.run(
+            settings.kafka if settings.kafka_bootstrap_servers else "localhost:9092", name, show_payload, typer.echo
+        )
     except OperatorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -298,7 +302,9 @@ def backfill(
         raise typer.Exit(2)
 
 
-dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and redrive dead-letter records (headers only, never payloads).")
+dlq_app = typer.Typer(
+    no_args_is_help=True, help="Inspect and redrive dead-letter records (headers only, never payloads)."
+)
 app.add_typer(dlq_app, name="dlq")
 
 _STAGES = ("intake", "normalize", "sync")
@@ -344,7 +350,9 @@ def dlq_redrive(
     force: bool = typer.Option(False, "--force", help="Redrive records again even if already redriven."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be redriven; publish nothing."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-    quarantine: bool = typer.Option(False, "--quarantine", help="Redrive from the quarantine topic (to the raw topic)."),
+    quarantine: bool = typer.Option(
+        False, "--quarantine", help="Redrive from the quarantine topic (to the raw topic)."
+    ),
 ) -> None:
     """Publish dead-letter records back to their source topic (same key and partition; dead-letter headers
     removed; apro-dlq-attempts + 1) and wait for the broker's acknowledgement.

@@ -68,9 +68,13 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
 
         if settings.ghl_token is None:
             emulator_url = f"http://127.0.0.1:{emulator_port}"
-            children.append(("ghl-emulator", _spawn("ghl-emulator", ["emulator", "--port", str(emulator_port)], env, log)))
+            children.append(
+                ("ghl-emulator", _spawn("ghl-emulator", ["emulator", "--port", str(emulator_port)], env, log))
+            )
             wait_http(f"{emulator_url}/_emulator/state")
-            env.update(APRO_GHL_BASE_URL=emulator_url, APRO_GHL_TOKEN=DEV_GHL_TOKEN, APRO_GHL_LOCATION_ID=DEV_GHL_LOCATION)
+            env.update(
+                APRO_GHL_BASE_URL=emulator_url, APRO_GHL_TOKEN=DEV_GHL_TOKEN, APRO_GHL_LOCATION_ID=DEV_GHL_LOCATION
+            )
             print(f"  GoHighLevel emulator at {emulator_url} (inspect: {emulator_url}/_emulator/state)")
             # A fresh sub-account has none of our custom fields: create them as an operator would.
             provisioned = subprocess.run(
@@ -101,7 +105,8 @@ def run_dev(settings: Settings, *, port: int, emulator_port: int) -> None:
             f"  (optional resource hint: {base}/{shown}/appointments | clients | invoices)\n"
             f"  metrics: http://{settings.http_host}:{port}/metrics (producer), "
             f"http://127.0.0.1:{settings.metrics_port}/metrics (worker)\n"
-            f"  example: curl -sS -H 'Content-Type: application/json' --data-binary @{fixtures}/appointment_created.json "
+            f"  example: curl -sS -H 'Content-Type: application/json' "
+            f"--data-binary @{fixtures}/appointment_created.json "
             f"{base}/{shown}\n"
             f"  raw records: KAFKA_BOOTSTRAP_SERVERS={bootstrap} apro-sync peek\n"
             f"  logs of the producer, worker and emulator: {log_path}\n"

@@ -274,8 +274,10 @@ def main() -> None:
               f"max {h.max_ms:7.2f} ms  non-2xx {h.requests - h.ok}  {h.errors}")
     print(f"  producer p99 / baseline p99 at half load: {prod.half.p99_ms / base.half.p99_ms:.2f}")
     accepted = prod.intake_accepted
-    print(f"records on the raw topic: {records} ({distinct} distinct request ids); accepted by the intake (its metric): "
-          f"{accepted}; 2xx seen by wrk: {prod.ok_total} (warm-up, throughput, calibration and half-load runs)")
+    print(
+        f"records on the raw topic: {records} ({distinct} distinct request ids); accepted by the intake (its metric): "
+        f"{accepted}; 2xx seen by wrk: {prod.ok_total} (warm-up, throughput, calibration and half-load runs)"
+    )
     problems = record_problems(records, distinct, accepted, prod.ok_total, in_flight=4 * args.connections)
     if problems:
         raise SystemExit("FAIL: " + "; ".join(problems))

@@ -62,9 +62,14 @@ def populate(emu: ThreadedEmulator, settings: Settings, clients: int, rng: rando
     for i in range(clients):
         patient = i % 2 == 0
         amount = Decimal(f"{100 + i}.{i % 100:02d}")
-        custom = {crm_fields.APRO_CLIENT_ID.key: f"B{i}", crm_fields.APRO_APPT_STATUS.key: "Completed" if patient else "Booked"}
+        custom = {
+            crm_fields.APRO_CLIENT_ID.key: f"B{i}",
+            crm_fields.APRO_APPT_STATUS.key: "Completed" if patient else "Booked",
+        }
         if patient:
-            custom.update({crm_fields.LAST_VISIT_DATE.key: "2026-11-20", crm_fields.INVOICE_PAID_AMOUNT.key: str(amount)})
+            custom.update(
+                {crm_fields.LAST_VISIT_DATE.key: "2026-11-20", crm_fields.INVOICE_PAID_AMOUNT.key: str(amount)}
+            )
         written = dict(custom, **({crm_fields.PATIENT_LIFETIME_VALUE.key: str(amount)} if patient else {}))
         if i % 10 == 0:
             written[crm_fields.APRO_APPT_STATUS.key] = "edited by staff"

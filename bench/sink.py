@@ -173,7 +173,12 @@ class Recorder:
         call.contact = m.get("contactId") or request.query.get("contact_id")
         if template.startswith("/opportunities/{id}"):
             call.opportunity = m.get("id")
-        if call.endpoint in ("POST /contacts/upsert", "POST /opportunities/", "POST /contacts/{contactId}/notes", SEARCH):
+        if call.endpoint in (
+            "POST /contacts/upsert",
+            "POST /opportunities/",
+            "POST /contacts/{contactId}/notes",
+            SEARCH,
+        ):
             try:
                 sent = json.loads(await request.read() or b"{}")
                 answer = json.loads(getattr(resp, "body", b"") or b"{}")
@@ -536,8 +541,11 @@ def report_limit(att: Attribution, info: dict[str, Any], calls: list[Call]) -> N
     k = int((busy_until - t0) // WINDOW_S)
     limit_calls = BURST / WINDOW_S
     limit_events = limit_calls / per_event
-    print(f"    offered {info['rate']:g} events/s × {per_event:.2f} calls/event = {info['rate'] * per_event:.1f} calls/s, "
-          f"limit {limit_calls:g} calls/s = {limit_events:.2f} events/s at this mix")
+    print(
+        f"    offered {info['rate']:g} events/s × {per_event:.2f} calls/event = "
+        f"{info['rate'] * per_event:.1f} calls/s, "
+        f"limit {limit_calls:g} calls/s = {limit_events:.2f} events/s at this mix"
+    )
     if k < 1:
         print("    the events were done within one 10 s window: too short to measure; use a larger --limit-seconds")
         return
@@ -573,7 +581,9 @@ def report_calls(att: Attribution, bodies: Bodies, phases: Sequence[tuple[str, s
                 continue
             if cid in first_invoice_seen:
                 calls = att.per_event.get(ev.event_id, [])
-                extra_tag_redundant[ev.phase] += sum(1 for c in calls if c.endpoint == "POST /contacts/{contactId}/tags")
+                extra_tag_redundant[ev.phase] += sum(
+                    1 for c in calls if c.endpoint == "POST /contacts/{contactId}/tags"
+                )
             first_invoice_seen.add(cid)
     for phase, title in phases:
         evs = [e for e in bodies.by_id.values() if e.phase == phase]
@@ -648,10 +658,13 @@ def report_latency(att: Attribution, bodies: Bodies, normalized: dict[str, Norma
         kl = [r.latency for r in kr]
         made = statistics.mean(len(r.calls) for r in kr)
         b50, b99 = resampled_sum_quantiles(per_call, MINIMUM[kind], (.5, .99))
-        print(f"      {kind:11s} n={len(kl):4d}  p50 {quantile(kl, .5) * ms:4.0f} ms  p99 {quantile(kl, .99) * ms:4.0f} ms"
-              f"   baseline ({MINIMUM[kind]} calls) p50 {b50 * ms:3.0f} ms, p99 {b99 * ms:4.0f} ms → "
-              f"p50 / baseline {quantile(kl, .5) / b50:.2f}, p99 / baseline {quantile(kl, .99) / b99:.2f}"
-              f"   (calls made {made:.2f})")
+        print(
+            f"      {kind:11s} n={len(kl):4d}  p50 {quantile(kl, 0.5) * ms:4.0f} ms  "
+            f"p99 {quantile(kl, 0.99) * ms:4.0f} ms"
+            f"   baseline ({MINIMUM[kind]} calls) p50 {b50 * ms:3.0f} ms, p99 {b99 * ms:4.0f} ms → "
+            f"p50 / baseline {quantile(kl, 0.5) / b50:.2f}, p99 / baseline {quantile(kl, 0.99) / b99:.2f}"
+            f"   (calls made {made:.2f})"
+        )
     stages = {
         "accepted → normalized record written": [r.normalized - r.received for r in rows],
         "normalized → first GoHighLevel call": [r.first - r.normalized for r in rows],
@@ -662,7 +675,9 @@ def report_latency(att: Attribution, bodies: Bodies, normalized: dict[str, Norma
     print("    where the time goes:")
     for name, values in stages.items():
         if values:
-            print(f"      {name:38s} p50 {quantile(values, .5) * ms:5.0f} ms   p99 {quantile(values, .99) * ms:5.0f} ms")
+            print(
+                f"      {name:38s} p50 {quantile(values, 0.5) * ms:5.0f} ms   p99 {quantile(values, 0.99) * ms:5.0f} ms"
+            )
     acks = [accepted[r.ev.event_id] - r.received for r in rows if r.ev.event_id in accepted]
     if acks:
         print(f"      (received-at → 202 seen by the load generator: p50 {quantile(acks, .5) * ms:.0f} ms)")

@@ -6,6 +6,15 @@ from emulator.config import (
 from emulator.server import EmulatorServer, ThreadedEmulator, create_app, run
 
 __all__ = [
-    "EmulatorConfig", "EmulatorServer", "FaultRule", "FaultsConfig", "LatencyConfig", "LocationConfig", "RateLimitConfig",
-    "ThreadedEmulator", "create_app", "load_config", "run",
+    "EmulatorConfig",
+    "EmulatorServer",
+    "FaultRule",
+    "FaultsConfig",
+    "LatencyConfig",
+    "LocationConfig",
+    "RateLimitConfig",
+    "ThreadedEmulator",
+    "create_app",
+    "load_config",
+    "run",
 ]

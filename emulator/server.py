@@ -83,7 +83,9 @@ async def create_contact(request: web.Request, ctx: Ctx) -> web.Response:
 
 async def get_contact(request: web.Request, ctx: Ctx) -> web.Response:
     store = request.app[STORE]
-    return web.json_response({"contact": store.contact_view(store.contact(ctx.location_id, request.match_info["contactId"]))})
+    return web.json_response(
+        {"contact": store.contact_view(store.contact(ctx.location_id, request.match_info["contactId"]))}
+    )
 
 
 async def update_contact(request: web.Request, ctx: Ctx) -> web.Response:
@@ -138,17 +140,23 @@ async def unenroll(request: web.Request, ctx: Ctx) -> web.Response:
 
 
 async def list_workflows(request: web.Request, ctx: Ctx) -> web.Response:
-    return web.json_response({"workflows": request.app[STORE].list_workflows(ctx.location_id, request.query.get("locationId"))})
+    return web.json_response(
+        {"workflows": request.app[STORE].list_workflows(ctx.location_id, request.query.get("locationId"))}
+    )
 
 
 async def list_custom_fields(request: web.Request, ctx: Ctx) -> web.Response:
-    fields = request.app[STORE].list_custom_fields(ctx.location_id, request.match_info["locationId"], request.query.get("model"))
+    fields = request.app[STORE].list_custom_fields(
+        ctx.location_id, request.match_info["locationId"], request.query.get("model")
+    )
     return web.json_response({"customFields": fields})
 
 
 async def get_custom_field(request: web.Request, ctx: Ctx) -> web.Response:
     m = request.match_info
-    return web.json_response({"customField": request.app[STORE].get_custom_field(ctx.location_id, m["locationId"], m["id"])})
+    return web.json_response(
+        {"customField": request.app[STORE].get_custom_field(ctx.location_id, m["locationId"], m["id"])}
+    )
 
 
 async def create_custom_field(request: web.Request, ctx: Ctx) -> web.Response:
@@ -157,7 +165,9 @@ async def create_custom_field(request: web.Request, ctx: Ctx) -> web.Response:
 
 
 async def list_pipelines(request: web.Request, ctx: Ctx) -> web.Response:
-    return web.json_response({"pipelines": request.app[STORE].list_pipelines(ctx.location_id, request.query.get("locationId"))})
+    return web.json_response(
+        {"pipelines": request.app[STORE].list_pipelines(ctx.location_id, request.query.get("locationId"))}
+    )
 
 
 async def search_opportunities(request: web.Request, ctx: Ctx) -> web.Response:
@@ -166,11 +176,15 @@ async def search_opportunities(request: web.Request, ctx: Ctx) -> web.Response:
 
 async def get_opportunity(request: web.Request, ctx: Ctx) -> web.Response:
     store = request.app[STORE]
-    return web.json_response({"opportunity": store.opportunity_view(store.opportunity(ctx.location_id, request.match_info["id"]))})
+    return web.json_response(
+        {"opportunity": store.opportunity_view(store.opportunity(ctx.location_id, request.match_info["id"]))}
+    )
 
 
 async def create_opportunity(request: web.Request, ctx: Ctx) -> web.Response:
-    return web.json_response({"opportunity": request.app[STORE].create_opportunity(ctx.location_id, ctx.body)}, status=201)
+    return web.json_response(
+        {"opportunity": request.app[STORE].create_opportunity(ctx.location_id, ctx.body)}, status=201
+    )
 
 
 async def update_opportunity(request: web.Request, ctx: Ctx) -> web.Response:
@@ -310,7 +324,9 @@ async def _api(request: web.Request, handler: Handler, template: str) -> web.Str
 
 
 @web.middleware
-async def _not_found(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def _not_found(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPNotFound:
@@ -435,7 +451,9 @@ class EmulatorServer:
         return copy.deepcopy(self.store.snapshot())
 
     def set_faults(self, rules: list[dict[str, Any] | FaultRule] | None = None, **kw: Any) -> None:
-        apply_faults(self.emulator, {"rules": [r.model_dump() if isinstance(r, FaultRule) else r for r in rules or []], **kw})
+        apply_faults(
+            self.emulator, {"rules": [r.model_dump() if isinstance(r, FaultRule) else r for r in rules or []], **kw}
+        )
 
     def reset(self) -> None:
         self.emulator.reset()

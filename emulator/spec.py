@@ -98,7 +98,9 @@ class Operation:
         schema = self.responses.get(str(status))
         if schema is None:
             return []
-        return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in Draft7Validator(schema).iter_errors(body)]
+        return [
+            f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in Draft7Validator(schema).iter_errors(body)
+        ]
 
 
 def _message(err: Any) -> str:
@@ -113,7 +115,8 @@ def _message(err: Any) -> str:
         name = (f"{path}." if path else "") + (missing[0] if missing else "")
         return f"{name} should not be empty"
     if err.validator == "type":
-        return f"{path or 'body'} must be a {err.validator_value if isinstance(err.validator_value, str) else err.validator_value[0]}"
+        expected = err.validator_value if isinstance(err.validator_value, str) else err.validator_value[0]
+        return f"{path or 'body'} must be a {expected}"
     if err.validator == "enum":
         return f"{path} must be one of the following values: {', '.join(map(str, err.validator_value))}"
     if err.validator == "anyOf":
@@ -208,7 +211,9 @@ class Spec:
                         method=method.upper(),
                         template=template,
                         operation_id=op.get("operationId", ""),
-                        request_schema=_normalize(resolver.inline(rb_schema, path), request=True) if rb_schema else None,
+                        request_schema=_normalize(resolver.inline(rb_schema, path), request=True)
+                        if rb_schema
+                        else None,
                         request_required=bool(rb.get("required")),
                         responses=responses,
                         params=[resolver.inline(p, path) for p in op.get("parameters", [])],

@@ -201,7 +201,11 @@ class Store:
             return cid
         if key:
             for f in self.custom_fields.values():
-                if f["locationId"] == location_id and f["model"] == "contact" and f["fieldKey"] in (key, f"contact.{key}"):
+                if (
+                    f["locationId"] == location_id
+                    and f["model"] == "contact"
+                    and f["fieldKey"] in (key, f"contact.{key}")
+                ):
                     return f["id"]
         return None
 
@@ -344,7 +348,11 @@ class Store:
         out = {k: v for k, v in c.items() if k != "customFields" and v is not None}
         if c.get("email"):
             out["emailLowerCase"] = c["email"].lower()
-        for src, dst in (("firstName", "firstNameLowerCase"), ("lastName", "lastNameLowerCase"), ("name", "fullNameLowerCase")):
+        for src, dst in (
+            ("firstName", "firstNameLowerCase"),
+            ("lastName", "lastNameLowerCase"),
+            ("name", "fullNameLowerCase"),
+        ):
             if c.get(src):
                 out[dst] = c[src].lower()
         out["customFields"] = [{"id": k, "value": v} for k, v in c["customFields"].items()]
@@ -464,7 +472,10 @@ class Store:
         pipeline_id = body.get("pipelineId", opp["pipelineId"])
         if pipeline_id != opp["pipelineId"]:
             self._pipeline(opp["locationId"], pipeline_id)
-            if any(o["contactId"] == opp["contactId"] and o["pipelineId"] == pipeline_id for o in self.opportunities.values()):
+            if any(
+                o["contactId"] == opp["contactId"] and o["pipelineId"] == pipeline_id
+                for o in self.opportunities.values()
+            ):
                 raise ApiError(400, DUPLICATE_OPPORTUNITY)
         stage = body.get("pipelineStageId")
         if stage is not None or pipeline_id != opp["pipelineId"]:
@@ -494,7 +505,9 @@ class Store:
         out = dict(opp)
         c = self.contacts.get(opp["contactId"])
         if c:
-            out["contact"] = {k: c[k] for k in ("id", "name", "companyName", "email", "phone", "tags") if c.get(k) is not None}
+            out["contact"] = {
+                k: c[k] for k in ("id", "name", "companyName", "email", "phone", "tags") if c.get(k) is not None
+            }
         return out
 
     def search_opportunities(self, token_location: str, q: dict[str, str]) -> dict[str, Any]:
@@ -581,7 +594,9 @@ class Store:
             "requestCounts": [
                 {"locationId": loc, "endpoint": ep, "count": n} for (loc, ep), n in sorted(self.request_counts.items())
             ],
-            "statusCounts": [{"endpoint": ep, "status": s, "count": n} for (ep, s), n in sorted(self.status_counts.items())],
+            "statusCounts": [
+                {"endpoint": ep, "status": s, "count": n} for (ep, s), n in sorted(self.status_counts.items())
+            ],
             "rateLimited": dict(sorted(self.rate_limited.items())),
             "faultsInjected": dict(sorted(self.faults_injected.items())),
             "ignoredCustomFields": dict(sorted(self.ignored_custom_fields.items())),
@@ -598,13 +613,19 @@ class Store:
 
         contacts = []
         for c in self.contacts.values():
-            contacts.append({
-                "locationId": c["locationId"], "key": ckey(c["id"]),
-                **{k: c.get(k) for k in (*CONTACT_FIELDS, "dateOfBirth") if c.get(k) is not None},
-                "tags": sorted(c["tags"]),
-                "customFields": {keys.get(k, k): v for k, v in sorted(c["customFields"].items(), key=lambda kv: keys.get(kv[0], kv[0]))},
-                "notes": sorted(n["body"] for n in self.notes.values() if n["contactId"] == c["id"]),
-            })
+            contacts.append(
+                {
+                    "locationId": c["locationId"],
+                    "key": ckey(c["id"]),
+                    **{k: c.get(k) for k in (*CONTACT_FIELDS, "dateOfBirth") if c.get(k) is not None},
+                    "tags": sorted(c["tags"]),
+                    "customFields": {
+                        keys.get(k, k): v
+                        for k, v in sorted(c["customFields"].items(), key=lambda kv: keys.get(kv[0], kv[0]))
+                    },
+                    "notes": sorted(n["body"] for n in self.notes.values() if n["contactId"] == c["id"]),
+                }
+            )
         opps = sorted(
             (
                 {

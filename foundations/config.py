@@ -172,7 +172,9 @@ class Settings(BaseSettings):
     def _kafka_security_complete(self) -> "Settings":
         if self.kafka_security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
             if not (self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password):
-                raise ValueError("SASL needs APRO_KAFKA_SASL_MECHANISM, APRO_KAFKA_SASL_USERNAME and APRO_KAFKA_SASL_PASSWORD")
+                raise ValueError(
+                    "SASL needs APRO_KAFKA_SASL_MECHANISM, APRO_KAFKA_SASL_USERNAME and APRO_KAFKA_SASL_PASSWORD"
+                )
         if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
             raise ValueError("APRO_KAFKA_SSL_CERT_FILE and APRO_KAFKA_SSL_KEY_FILE go together")
         for name in ("kafka_ssl_ca_file", "kafka_ssl_cert_file", "kafka_ssl_key_file"):

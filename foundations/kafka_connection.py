@@ -51,7 +51,10 @@ class KafkaConnection:
 
     def librdkafka(self) -> dict[str, Any]:
         """confluent-kafka / librdkafka configuration keys."""
-        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "security.protocol": self.security_protocol.lower()}
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            "security.protocol": self.security_protocol.lower(),
+        }
         if self.uses_sasl:
             config["sasl.mechanism"] = self.sasl_mechanism
             config["sasl.username"] = self.sasl_username
@@ -91,8 +94,11 @@ class KafkaConnection:
 
         if self.uses_sasl:
             return faust.SASLCredentials(
-                username=self.sasl_username, password=self.sasl_password.get_secret_value() if self.sasl_password else "",
-                mechanism=self.sasl_mechanism, ssl_context=self.ssl_context())
+                username=self.sasl_username,
+                password=self.sasl_password.get_secret_value() if self.sasl_password else "",
+                mechanism=self.sasl_mechanism,
+                ssl_context=self.ssl_context(),
+            )
         if self.uses_ssl:
             return faust.SSLCredentials(self.ssl_context())
         return None

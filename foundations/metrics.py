@@ -29,25 +29,37 @@ WEBHOOK_LATENCY = Histogram(
 PRODUCE_ERRORS = Counter("apro_produce_errors_total", "Kafka publishes that failed or timed out.", ["topic", "reason"])
 
 # Normalization
-EVENTS_NORMALIZED = Counter("apro_events_normalized_total", "Raw webhooks turned into typed events.", ["location", "kind"])
-EVENTS_SKIPPED = Counter("apro_events_skipped_total", "Webhooks deliberately not synced, by reason.", ["location", "reason"])
+EVENTS_NORMALIZED = Counter(
+    "apro_events_normalized_total", "Raw webhooks turned into typed events.", ["location", "kind"]
+)
+EVENTS_SKIPPED = Counter(
+    "apro_events_skipped_total", "Webhooks deliberately not synced, by reason.", ["location", "reason"]
+)
 EVENTS_DUPLICATE = Counter("apro_events_duplicate_total", "Redelivered webhooks passed on only once.", ["location"])
 EVENTS_DEADLETTERED = Counter(
-    "apro_events_deadlettered_total", "Inputs sent to the dead-letter topic, by stage and reason.", ["location", "stage", "reason"]
+    "apro_events_deadlettered_total",
+    "Inputs sent to the dead-letter topic, by stage and reason.",
+    ["location", "stage", "reason"],
 )
 
 # Sync to GoHighLevel
 EVENTS_SYNCED = Counter("apro_events_synced_total", "Events whose CRM effects are all done.", ["location", "kind"])
 GHL_REQUESTS = Counter(
-    "apro_ghl_requests_total", "GoHighLevel API calls by endpoint and status class.", ["location", "endpoint", "status_class"]
+    "apro_ghl_requests_total",
+    "GoHighLevel API calls by endpoint and status class.",
+    ["location", "endpoint", "status_class"],
 )
 GHL_LATENCY = Histogram(
     "apro_ghl_request_seconds", "GoHighLevel API call latency.", ["location", "endpoint"], buckets=LATENCY_BUCKETS
 )
-GHL_RETRIES = Counter("apro_ghl_retries_total", "GoHighLevel calls retried after a transient failure.", ["location", "endpoint"])
+GHL_RETRIES = Counter(
+    "apro_ghl_retries_total", "GoHighLevel calls retried after a transient failure.", ["location", "endpoint"]
+)
 GHL_RATE_LIMITED = Counter("apro_ghl_rate_limited_total", "429 answers from GoHighLevel.", ["location"])
 GHL_RATE_REMAINING = Gauge(
-    "apro_ghl_rate_budget_remaining", "Remaining GoHighLevel request budget (window = burst|daily).", ["location", "window"]
+    "apro_ghl_rate_budget_remaining",
+    "Remaining GoHighLevel request budget (window = burst|daily).",
+    ["location", "window"],
 )
 GHL_DAILY_BUDGET_USED = Gauge(
     "apro_ghl_daily_budget_used_ratio",
@@ -58,7 +70,9 @@ GHL_DAILY_BUDGET_USED = Gauge(
 SYNC_E2E_LATENCY = Histogram(
     "apro_sync_e2e_seconds", "Webhook accepted → last CRM call done.", ["location"], buckets=LATENCY_BUCKETS
 )
-LAST_EVENT_TIME = Gauge("apro_last_event_timestamp_seconds", "Unix time of the last event seen per location.", ["location"])
+LAST_EVENT_TIME = Gauge(
+    "apro_last_event_timestamp_seconds", "Unix time of the last event seen per location.", ["location"]
+)
 CONSUMER_LAG = Gauge("apro_consumer_lag", "End offset minus committed offset.", ["group", "topic", "partition"])
 GHL_API_ANOMALIES = Counter(
     "apro_ghl_api_anomalies_total",
@@ -72,7 +86,9 @@ SYNC_IN_DOUBT = Counter(
     ["location", "op", "resolution"],
 )
 SYNC_OUTCOMES = Counter(
-    "apro_sync_outcomes_total", "Planner outcomes per synced event (applied, duplicate, stale, ...).", ["location", "outcome"]
+    "apro_sync_outcomes_total",
+    "Planner outcomes per synced event (applied, duplicate, stale, ...).",
+    ["location", "outcome"],
 )
 SYNC_IDENTITY_CONFLICTS = Counter(
     "apro_sync_identity_conflicts_total",
@@ -81,7 +97,9 @@ SYNC_IDENTITY_CONFLICTS = Counter(
     ["location"],
 )
 GHL_LOCATION_PAUSED = Gauge(
-    "apro_ghl_location_paused", "1 while the sink holds a GoHighLevel location paused after repeated failures.", ["location"]
+    "apro_ghl_location_paused",
+    "1 while the sink holds a GoHighLevel location paused after repeated failures.",
+    ["location"],
 )
 STREAM_GAP_RECORDS = Counter(
     "apro_stream_gap_records_total",

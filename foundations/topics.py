@@ -66,7 +66,9 @@ def topic_specs(*, topics: Topics, app_id: str, partitions: int, replication: in
     common = {"min.insync.replicas": str(min(min_insync, replication)),
               "max.message.bytes": str(record_max_bytes(max_body_bytes))}
 
-    def spec(name: str, *, retention_days: float | None = None, compact: bool = False, parts: int = partitions) -> TopicSpec:
+    def spec(
+        name: str, *, retention_days: float | None = None, compact: bool = False, parts: int = partitions
+    ) -> TopicSpec:
         config = dict(common)
         if compact:
             config["cleanup.policy"] = "compact"

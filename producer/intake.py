@@ -78,7 +78,8 @@ def _plain(value: dict[str, Any] | list[Any], depth: int) -> bool:
 
 
 def request_id_from(header: str | None) -> str:
-    """The sender's X-Request-ID when it looks like an id (bounded, no spaces or control chars), else 128 random bits (hex)."""
+    """The sender's X-Request-ID when it looks like an id (bounded, no spaces or control chars), else 128 random
+    bits (hex)."""
     if header and _SANE_REQUEST_ID.fullmatch(header):
         return header
     return secrets.token_hex(16)

@@ -60,7 +60,9 @@ POLL_INTERVAL_S = 0.0005
 IDLE_POLL_INTERVAL_S = 0.1
 # Key (a client id, at most 128 characters), the apro-* headers (request id ≤ 128, content type ≤ 200, reason,
 # timestamps: under 1 KiB in all) and record/batch framing (~100 bytes), with room to spare.
-RECORD_HEADROOM_BYTES = RECORD_OVERHEAD_BYTES  # the same headroom as the topics' max.message.bytes (foundations/topics.py)
+RECORD_HEADROOM_BYTES = (
+    RECORD_OVERHEAD_BYTES  # the same headroom as the topics' max.message.bytes (foundations/topics.py)
+)
 BROKER_PROBE_INTERVAL_S = 0.5
 
 

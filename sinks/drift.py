@@ -109,7 +109,9 @@ def needs_comparison(state: ClientState, label: str) -> bool:
 def expected(state: ClientState) -> Expected:
     custom = {key: canonical(key, reg.value) for key, reg in state.custom.items() if key in crm_fields.BY_KEY}
     if state.invoices:
-        custom[crm_fields.PATIENT_LIFETIME_VALUE.key] = canonical(crm_fields.PATIENT_LIFETIME_VALUE.key, state.lifetime_value)
+        custom[crm_fields.PATIENT_LIFETIME_VALUE.key] = canonical(
+            crm_fields.PATIENT_LIFETIME_VALUE.key, state.lifetime_value
+        )
     nv = state.next_visit
     custom[crm_fields.NEXT_VISIT_DATE.key] = nv.date.isoformat() if nv else ""
     custom[crm_fields.NEXT_VISIT_SERVICE.key] = nv.service if nv else ""
@@ -215,12 +217,34 @@ def repair_ops(state: ClientState, label: str, names: Iterable[str], run_id: str
         ops.append(UpsertOpportunity(op_id=op_id_for(event_id, OpKind.UPSERT_OPPORTUNITY, 0), stage=want.stage,
                                      status=want.status, monetary_value=want.monetary_value,
                                      name=name or f"AestheticsPro client {state.client_id}", **base))
-    tags = [tag for tag, wanted, name in ((PATIENT_TAG, want.patient_tag, TAG_PATIENT),
-                                          (MEMBER_TAG, want.member_tag, TAG_MEMBER)) if wanted and (missing or name in names)]
+    tags = [
+        tag
+        for tag, wanted, name in (
+            (PATIENT_TAG, want.patient_tag, TAG_PATIENT),
+            (MEMBER_TAG, want.member_tag, TAG_MEMBER),
+        )
+        if wanted and (missing or name in names)
+    ]
     if tags:
         ops.append(AddTags(op_id=op_id_for(event_id, OpKind.ADD_TAGS, 0), tags=tuple(tags), **base))
     return ops
 
 
-__all__ = ["CONTACT_MISSING", "DND_PREFIX", "DriftCounts", "Expected", "OPP_STAGE", "OPP_STATUS", "OPP_VALUE", "Observed",
-           "TAG_MEMBER", "TAG_PATIENT", "canonical", "drift", "expected", "needs_comparison", "observed", "repair_ops"]
+__all__ = [
+    "CONTACT_MISSING",
+    "DND_PREFIX",
+    "DriftCounts",
+    "Expected",
+    "OPP_STAGE",
+    "OPP_STATUS",
+    "OPP_VALUE",
+    "Observed",
+    "TAG_MEMBER",
+    "TAG_PATIENT",
+    "canonical",
+    "drift",
+    "expected",
+    "needs_comparison",
+    "observed",
+    "repair_ops",
+]

@@ -41,7 +41,9 @@ _RANK = {
     OpKind.ADD_NOTE: 4,
 }
 STAGE_KEYS = {
-    crm_fields.STAGE_NEW_LEAD: "new_lead", crm_fields.STAGE_BOOKED: "booked", crm_fields.STAGE_CANCEL_NO_SHOW: "cancel_no_show",
+    crm_fields.STAGE_NEW_LEAD: "new_lead",
+    crm_fields.STAGE_BOOKED: "booked",
+    crm_fields.STAGE_CANCEL_NO_SHOW: "cancel_no_show",
     crm_fields.STAGE_PATIENT: "patient",
 }
 WORKFLOW_KEYS = {

@@ -274,7 +274,11 @@ def read_locations_file(path: Path) -> Any:
         return json.loads(text)
     except Exception as exc:  # noqa: BLE001 - yaml.YAMLError / JSONDecodeError: position only, not the content
         mark = getattr(exc, "problem_mark", None)
-        at = f" (line {mark.line + 1})" if mark is not None else (f" (line {exc.lineno})" if hasattr(exc, "lineno") else "")
+        at = (
+            f" (line {mark.line + 1})"
+            if mark is not None
+            else (f" (line {exc.lineno})" if hasattr(exc, "lineno") else "")
+        )
         raise LocationsError(f"locations file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}{at}") from None
 
 

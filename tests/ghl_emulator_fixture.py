@@ -1,8 +1,7 @@
 """Pytest plugin: a GoHighLevel emulator per test (thread-run, own loop, so sync and async tests can use it).
 
-    def test_x(ghl_emulator):
-        ghl_emulator.base_url, ghl_emulator.token, ghl_emulator.location_id
-        ghl_emulator.state(); ghl_emulator.snapshot(); ghl_emulator.set_faults([{"kind": "status", "status": 503, "count": 1}])
+    def test_x(ghl_emulator):  # also .base_url .token .location_id .state() .snapshot()
+        ghl_emulator.set_faults([{"kind": "status", "status": 503, "count": 1}])
 
 Customize the config by overriding the `ghl_emulator_config` fixture in a test module.
 """

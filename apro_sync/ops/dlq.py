@@ -68,7 +68,9 @@ def _bootstrap(settings: Settings) -> KafkaConnection:
     return settings.kafka
 
 
-def _redriven_ids(consumer: kafka_io.Consumer, client: kafka_io.AdminClient, bootstrap: KafkaConnection, topic: str) -> set[str]:
+def _redriven_ids(
+    consumer: kafka_io.Consumer, client: kafka_io.AdminClient, bootstrap: KafkaConnection, topic: str
+) -> set[str]:
     """Record ids with a redrive marker (latest marker per key wins; a tombstone clears it)."""
     markers = marker_topic(topic)
     count = kafka_io.partition_counts(client, bootstrap, [markers]).get(markers)
@@ -155,7 +157,10 @@ def redrive(settings: Settings, *, ids: Sequence[str] = (), all_: bool = False, 
     summary = RedriveSummary(selected=len(chosen), skipped=dict(skipped))
     client = kafka_io.admin(bootstrap)
     plan = []
-    sources = {header_names.to_dict(by_id[e.id].headers).get(header_names.DLQ_SOURCE_TOPIC) or settings.topics.raw for e in chosen}
+    sources = {
+        header_names.to_dict(by_id[e.id].headers).get(header_names.DLQ_SOURCE_TOPIC) or settings.topics.raw
+        for e in chosen
+    }
     counts = kafka_io.partition_counts(client, bootstrap, sorted(sources))
     for entry in chosen:
         record = by_id[entry.id]

@@ -56,7 +56,12 @@ def compute_lags(
     """Lag for every partition whose end offset is known, sorted by topic then partition."""
     starts = start_offsets or {}
     return [
-        PartitionLag(group, topic, partition, partition_lag(end, committed.get((topic, partition)), starts.get((topic, partition), 0)))
+        PartitionLag(
+            group,
+            topic,
+            partition,
+            partition_lag(end, committed.get((topic, partition)), starts.get((topic, partition), 0)),
+        )
         for (topic, partition), end in sorted(end_offsets.items())
     ]
 

@@ -69,7 +69,9 @@ def plan_ranges(consumer: kafka_io.Consumer, topic: str, partitions: int, since:
     return ranges
 
 
-def _verified_start(consumer: kafka_io.Consumer, topic: str, partition: int, start: int, high: int, since_ms: int) -> int:
+def _verified_start(
+    consumer: kafka_io.Consumer, topic: str, partition: int, start: int, high: int, since_ms: int
+) -> int:
     """The first offset from `start` whose record timestamp is >= `since_ms` (else `high`).
 
     Kafka's lookup is already that offset (one record read to confirm); the embedded broker answers 0 when no

@@ -203,7 +203,9 @@ def dlq_entry(rid: str, headers: dict[str, str], timestamp_ms: int | None, *, de
     )
 
 
-def redrive_target(headers: dict[str, str], fallback_topic: str, partitions_of: dict[str, int]) -> tuple[str, int | None]:
+def redrive_target(
+    headers: dict[str, str], fallback_topic: str, partitions_of: dict[str, int]
+) -> tuple[str, int | None]:
     """(topic, partition or None = by key) a dead-letter record goes back to.
 
     The source partition is kept when the topic still has it, so the client's records stay on one partition
@@ -220,7 +222,12 @@ def redrive_target(headers: dict[str, str], fallback_topic: str, partitions_of: 
 def redrive_headers(original: HeaderList, rid: str) -> HeaderList:
     """Original headers minus the dead-letter ones, attempts + 1, and the redrive marker."""
     attempts = deadletter.attempts(dict((k.lower(), v.decode("utf-8", "replace")) for k, v in original))
-    kept = [(k, v) for k, v in original if k.lower() not in deadletter.DEADLETTER_HEADERS and k.lower() not in (header_names.REPLAY, header_names.REPLAYED_FROM)]
+    kept = [
+        (k, v)
+        for k, v in original
+        if k.lower() not in deadletter.DEADLETTER_HEADERS
+        and k.lower() not in (header_names.REPLAY, header_names.REPLAYED_FROM)
+    ]
     return kept + [(header_names.DLQ_ATTEMPTS, str(attempts + 1).encode()), (header_names.REPLAY, b"redrive"),
                    (header_names.REPLAYED_FROM, rid.encode())]
 

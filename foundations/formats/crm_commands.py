@@ -151,6 +151,20 @@ CrmOp = Annotated[
 ]
 
 __all__ = [
-    "AddNote", "AddTags", "ContactFields", "CrmOp", "CustomValue", "EVENT_MARKER_PREFIX", "EnrollWorkflow", "OpKind",
-    "DND_CHANNELS", "DND_MESSAGE", "MEMBER_TAG", "PATIENT_TAG", "UpsertContact", "UpsertOpportunity", "event_marker", "op_id_for",
+    "AddNote",
+    "AddTags",
+    "ContactFields",
+    "CrmOp",
+    "CustomValue",
+    "EVENT_MARKER_PREFIX",
+    "EnrollWorkflow",
+    "OpKind",
+    "DND_CHANNELS",
+    "DND_MESSAGE",
+    "MEMBER_TAG",
+    "PATIENT_TAG",
+    "UpsertContact",
+    "UpsertOpportunity",
+    "event_marker",
+    "op_id_for",
 ]

@@ -30,7 +30,9 @@ REPLAYED_FROM = "apro-replayed-from"  # "<topic>:<partition>:<offset>" of the re
 BACKFILL = "apro-backfill"
 
 
-def to_dict(headers: Iterable[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None] | None) -> dict[str, str]:
+def to_dict(
+    headers: Iterable[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None] | None,
+) -> dict[str, str]:
     """Kafka headers (list of pairs or mapping, bytes or str values) → {name: str}; the last value wins."""
     if not headers:
         return {}

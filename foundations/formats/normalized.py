@@ -225,7 +225,25 @@ class Unreadable(_Model):
 NormalizeResult = NormalizedEvent | Skipped | Unreadable
 
 __all__ = [
-    "Address", "Appointment", "AppointmentStatus", "Client", "Consent", "EventKind", "Invoice", "LineItem", "Location",
-    "MEMBERSHIP_KINDS", "Membership", "MembershipStatus", "NormalizeResult", "NormalizedEvent", "Provider", "Service", "SkipReason", "Skipped", "Unreadable",
-    "date", "datetime",
+    "Address",
+    "Appointment",
+    "AppointmentStatus",
+    "Client",
+    "Consent",
+    "EventKind",
+    "Invoice",
+    "LineItem",
+    "Location",
+    "MEMBERSHIP_KINDS",
+    "Membership",
+    "MembershipStatus",
+    "NormalizeResult",
+    "NormalizedEvent",
+    "Provider",
+    "Service",
+    "SkipReason",
+    "Skipped",
+    "Unreadable",
+    "date",
+    "datetime",
 ]

@@ -47,10 +47,30 @@ log = structlog.get_logger("sinks.ghl")
 
 # UpsertContactDto / UpdateContactDto properties a caller may pass as a raw mapping. `tags` is deliberately
 # absent (it overwrites all tags); `locationId` is set by the client.
-CONTACT_WIRE_KEYS = frozenset({
-    "firstName", "lastName", "name", "email", "gender", "phone", "address1", "city", "state", "postalCode",
-    "website", "timezone", "dnd", "dndSettings", "source", "dateOfBirth", "country", "companyName", "assignedTo", "customFields",
-})
+CONTACT_WIRE_KEYS = frozenset(
+    {
+        "firstName",
+        "lastName",
+        "name",
+        "email",
+        "gender",
+        "phone",
+        "address1",
+        "city",
+        "state",
+        "postalCode",
+        "website",
+        "timezone",
+        "dnd",
+        "dndSettings",
+        "source",
+        "dateOfBirth",
+        "country",
+        "companyName",
+        "assignedTo",
+        "customFields",
+    }
+)
 UPDATE_ONLY_EXCLUDED = frozenset({"gender", "companyName"})  # not in UpdateContactDto
 
 

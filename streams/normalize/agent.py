@@ -122,8 +122,11 @@ class Normalizer:
             return self.deadletter(event, raw, headers, result.reason, result.event_id, location,
                                    metrics.location_label(result.location.key)), None
         key = (message.partition, result.event_id)
-        # An operator replay (header_names.REPLAY) is a deliberate re-run: only the sync ledger dedupes it, not this window.
-        if key in pending or (header_names.REPLAY not in headers and self.deduper.seen(result.event_id, message.partition)):
+        # An operator replay (header_names.REPLAY) is a deliberate re-run: only the sync ledger dedupes it, not this
+        # window.
+        if key in pending or (
+            header_names.REPLAY not in headers and self.deduper.seen(result.event_id, message.partition)
+        ):
             metrics.EVENTS_DUPLICATE.labels(location=location).inc()
             return None, None
         pending.add(key)
@@ -243,13 +246,19 @@ def register_normalizer(app: faust.App, settings: Settings) -> None:
                 raise
             except Exception as exc:  # noqa: BLE001 - Faust would ack the batch anyway: dead-letter it instead
                 log.exception("normalize: batch failed (%s)", type(exc).__name__)
-                await normalizer.write([
-                    normalizer.deadletter(e, e.message.value if isinstance(e.message.value, bytes) else b"",
-                                          header_names.to_dict(e.message.headers), f"internal error: {type(exc).__name__}",
-                                          body_hash(e.message.value if isinstance(e.message.value, bytes) else b""),
-                                          "unknown")
-                    for e in batch
-                ])
+                await normalizer.write(
+                    [
+                        normalizer.deadletter(
+                            e,
+                            e.message.value if isinstance(e.message.value, bytes) else b"",
+                            header_names.to_dict(e.message.headers),
+                            f"internal error: {type(exc).__name__}",
+                            body_hash(e.message.value if isinstance(e.message.value, bytes) else b""),
+                            "unknown",
+                        )
+                        for e in batch
+                    ]
+                )
             for event in batch:  # Faust acks the events it delivered; the ones read from the broker are ours
                 event.ack()
 

@@ -57,8 +57,14 @@ class _Batch:
             self.future.set_result(None)
 
 
-def producer_config(bootstrap: KafkaConnection | str, *, linger_ms: float = 5.0, client_id: str = "apro-sync-normalize",
-                    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def producer_config(
+    bootstrap: KafkaConnection | str,
+    *,
+    linger_ms: float = 5.0,
+    client_id: str = "apro-sync-normalize",
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """librdkafka settings: durable (acks=all, idempotent: no duplicates or reordering from its own retries),
     batched (linger), and Java-compatible key partitioning (the same partition as Faust/aiokafka for a key)."""
     config: dict[str, Any] = {

@@ -718,9 +718,18 @@ class _Reader:
         return tuple(items)
 
 
-_INVOICE_STATUSES = {"paid": "Paid", "paidinfull": "Paid", "refunded": "Refunded", "partiallyrefunded": "Partially Refunded",
-                     "void": "Voided", "voided": "Voided", "partiallypaid": "Partially Paid", "unpaid": "Unpaid",
-                     "open": "Open", "closed": "Closed"}
+_INVOICE_STATUSES = {
+    "paid": "Paid",
+    "paidinfull": "Paid",
+    "refunded": "Refunded",
+    "partiallyrefunded": "Partially Refunded",
+    "void": "Voided",
+    "voided": "Voided",
+    "partiallypaid": "Partially Paid",
+    "unpaid": "Unpaid",
+    "open": "Open",
+    "closed": "Closed",
+}
 
 
 def _invoice_status(text: str | None) -> str | None:

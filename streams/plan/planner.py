@@ -74,22 +74,44 @@ IDENTITY_FIELDS = ("firstName", "lastName", "email", "phone", "dateOfBirth")
 ADDRESS_FIELDS = ("address1", "city", "state", "postalCode")
 # Custom fields each flow writes (crm_fields keys), values taken from the state after the event.
 APPOINTMENT_CUSTOM = (
-    crm_fields.APRO_APPT_STATUS.key, crm_fields.APRO_APPT_DATE.key, crm_fields.APRO_APPT_ID.key, crm_fields.APRO_APPT_SERVICES.key,
-    crm_fields.APRO_APPT_SERVICE_TYPE.key, crm_fields.APRO_PROVIDER.key, crm_fields.APRO_LOCATION.key, crm_fields.APRO_CLIENT_ID.key, crm_fields.APRO_DOB.key,
+    crm_fields.APRO_APPT_STATUS.key,
+    crm_fields.APRO_APPT_DATE.key,
+    crm_fields.APRO_APPT_ID.key,
+    crm_fields.APRO_APPT_SERVICES.key,
+    crm_fields.APRO_APPT_SERVICE_TYPE.key,
+    crm_fields.APRO_PROVIDER.key,
+    crm_fields.APRO_LOCATION.key,
+    crm_fields.APRO_CLIENT_ID.key,
+    crm_fields.APRO_DOB.key,
 )
 INVOICE_CUSTOM = (
-    crm_fields.LAST_VISIT_DATE.key, crm_fields.LAST_VISIT_SERVICE.key, crm_fields.INVOICE_PAID_AMOUNT.key, crm_fields.APRO_APPT_STATUS.key,
-    crm_fields.APRO_INVOICE_ID.key, crm_fields.APRO_LOCATION.key, crm_fields.APRO_CLIENT_ID.key, crm_fields.APRO_DOB.key,
+    crm_fields.LAST_VISIT_DATE.key,
+    crm_fields.LAST_VISIT_SERVICE.key,
+    crm_fields.INVOICE_PAID_AMOUNT.key,
+    crm_fields.APRO_APPT_STATUS.key,
+    crm_fields.APRO_INVOICE_ID.key,
+    crm_fields.APRO_LOCATION.key,
+    crm_fields.APRO_CLIENT_ID.key,
+    crm_fields.APRO_DOB.key,
 )
 CLIENT_CUSTOM = (crm_fields.APRO_CLIENT_ID.key, crm_fields.APRO_DOB.key)
-MEMBERSHIP_GROUP = (crm_fields.APRO_MEMBERSHIP.key, crm_fields.APRO_MEMBERSHIP_STATUS.key, crm_fields.APRO_MEMBERSHIP_RENEWAL_DATE.key)
+MEMBERSHIP_GROUP = (
+    crm_fields.APRO_MEMBERSHIP.key,
+    crm_fields.APRO_MEMBERSHIP_STATUS.key,
+    crm_fields.APRO_MEMBERSHIP_RENEWAL_DATE.key,
+)
 MEMBERSHIP_CUSTOM = (*MEMBERSHIP_GROUP, crm_fields.APRO_CLIENT_ID.key, crm_fields.APRO_DOB.key)
 # Marketing consent registers (ClientState.consent): DND channel → one of these.
 OPT_OUT, OPT_IN = "opt_out", "opt_in"
 # Register groups written as one decision: an event writes all of a group (its non-empty values) or none of it.
 ACTIVITY_GROUP = (  # the client's latest appointment/invoice activity, together with the stage register
-    crm_fields.APRO_APPT_STATUS.key, crm_fields.APRO_APPT_ID.key, crm_fields.APRO_APPT_DATE.key, crm_fields.APRO_APPT_SERVICES.key,
-    crm_fields.APRO_APPT_SERVICE_TYPE.key, crm_fields.APRO_PROVIDER.key, crm_fields.APRO_LOCATION.key,
+    crm_fields.APRO_APPT_STATUS.key,
+    crm_fields.APRO_APPT_ID.key,
+    crm_fields.APRO_APPT_DATE.key,
+    crm_fields.APRO_APPT_SERVICES.key,
+    crm_fields.APRO_APPT_SERVICE_TYPE.key,
+    crm_fields.APRO_PROVIDER.key,
+    crm_fields.APRO_LOCATION.key,
 )
 INVOICE_GROUP = (crm_fields.INVOICE_PAID_AMOUNT.key, crm_fields.APRO_INVOICE_ID.key)
 VISIT_GROUP = (crm_fields.LAST_VISIT_DATE.key, crm_fields.LAST_VISIT_SERVICE.key)
@@ -372,7 +394,12 @@ def _appointment(w: _Work) -> Outcome:
             crm_fields.APRO_LOCATION.key: new.location,
         })
     stage = _STAGE_BY_KIND.get(ev.kind)
-    if stage and ev.historical and w.patient and not (stage == crm_fields.STAGE_BOOKED and new.start and new.start > w.at):
+    if (
+        stage
+        and ev.historical
+        and w.patient
+        and not (stage == crm_fields.STAGE_BOOKED and new.start and new.start > w.at)
+    ):
         stage = None  # backfill: a patient's past booking or cancellation is no follow-up work (sync-rules.md)
     if stage and latest:
         w.set_stage(stage)
@@ -418,8 +445,11 @@ def _membership(w: _Work) -> Outcome:
     w.put_demographics(address=False)
     cur = current_membership(w.memberships)
     assert cur is not None
-    for key, value in ((crm_fields.APRO_MEMBERSHIP.key, cur.name or ""), (crm_fields.APRO_MEMBERSHIP_STATUS.key, cur.status.value),
-                       (crm_fields.APRO_MEMBERSHIP_RENEWAL_DATE.key, cur.renewal_date.isoformat() if cur.renewal_date else "")):
+    for key, value in (
+        (crm_fields.APRO_MEMBERSHIP.key, cur.name or ""),
+        (crm_fields.APRO_MEMBERSHIP_STATUS.key, cur.status.value),
+        (crm_fields.APRO_MEMBERSHIP_RENEWAL_DATE.key, cur.renewal_date.isoformat() if cur.renewal_date else ""),
+    ):
         w.custom[key] = Register(value=value, at=cur.last_event_at, event_id=cur.last_event_id,
                                  seq=cur.last_event_seq)
     w.upsert_contact(IDENTITY_FIELDS, MEMBERSHIP_CUSTOM)
@@ -467,10 +497,14 @@ def _paid_registers(w: _Work, inv: Invoice) -> None:
     ev = w.ev
     visit_at, visit_date, visit_service = _visit(w)
     if w.is_latest(VISIT_GROUP, at=visit_at):
-        w.write_group({crm_fields.LAST_VISIT_DATE.key: visit_date.isoformat(), crm_fields.LAST_VISIT_SERVICE.key: visit_service},
-                      at=visit_at)
+        w.write_group(
+            {crm_fields.LAST_VISIT_DATE.key: visit_date.isoformat(), crm_fields.LAST_VISIT_SERVICE.key: visit_service},
+            at=visit_at,
+        )
     if w.is_latest(INVOICE_GROUP):
-        w.write_group({crm_fields.INVOICE_PAID_AMOUNT.key: str(inv.amount_paid), crm_fields.APRO_INVOICE_ID.key: inv.id})
+        w.write_group(
+            {crm_fields.INVOICE_PAID_AMOUNT.key: str(inv.amount_paid), crm_fields.APRO_INVOICE_ID.key: inv.id}
+        )
     # The visit completes the client's latest activity only if nothing newer (a booking, a cancellation) moved on.
     if w.is_latest(ACTIVITY_GROUP, stage=True):
         w.write_group({crm_fields.APRO_APPT_STATUS.key: AppointmentStatus.COMPLETED.value,
@@ -564,7 +598,10 @@ def _invoice_reversal(w: _Work) -> Outcome:
         amount = abs(inv.amount_paid)
         refunds = {**rec.refunds, ev.event_id: amount if amount else None}  # no amount: a full refund
         rec = rec.model_copy(update={"refunds": refunds, "number": inv.number or rec.number})
-        title, detail = "AestheticsPro invoice refunded", f"Refund: {format_money(amount)}" if amount else "Refund: full"
+        title, detail = (
+            "AestheticsPro invoice refunded",
+            f"Refund: {format_money(amount)}" if amount else "Refund: full",
+        )
     else:
         latest_void = {"void_event_id": ev.event_id, "void_event_at": w.at, "void_event_seq": ev.raw_offset}
         if rec.voided:

@@ -237,7 +237,20 @@ def record_opportunity_id(state: ClientState, location_label: str, opportunity_i
 
 
 __all__ = [
-    "AppointmentRecord", "ClientState", "CrmIds", "InvoiceRecord", "MAX_EVENT_IDS", "MAX_FAILED", "MembershipRecord",
+    "AppointmentRecord",
+    "ClientState",
+    "CrmIds",
+    "InvoiceRecord",
+    "MAX_EVENT_IDS",
+    "MAX_FAILED",
+    "MembershipRecord",
     "NextVisit",
-    "OrderKey", "PendingEffects", "Register", "mark_done", "order_key", "park_failed", "record_contact_id", "record_opportunity_id",
+    "OrderKey",
+    "PendingEffects",
+    "Register",
+    "mark_done",
+    "order_key",
+    "park_failed",
+    "record_contact_id",
+    "record_opportunity_id",
 ]

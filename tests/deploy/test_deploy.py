@@ -1,4 +1,4 @@
-"""Deployment artifacts: docker-compose.yml, Dockerfile, Prometheus config and rules, Grafana provisioning and dashboard.
+"""Deployment artifacts: compose file, Dockerfile, Prometheus config and rules, Grafana provisioning and dashboard.
 
 No Docker engine here, so the compose file is checked structurally against the code it runs (settings, topics,
 metrics). promtool validates the Prometheus files and runs the rule unit tests (deploy/prometheus/alerts_test.yml).
@@ -276,7 +276,9 @@ def test_compose_grafana_mounts_match_provisioning(services: dict[str, Any]) -> 
     assert volumes["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
     provider = load_yaml(GRAFANA_DIR / "provisioning" / "dashboards" / "apro-sync.yml")["providers"][0]
     assert volumes["./deploy/grafana/dashboards"] == provider["options"]["path"]
-    prom_volumes = dict(v.rsplit(":", 1)[0].split(":", 1) for v in services["prometheus"]["volumes"] if v.startswith("."))
+    prom_volumes = dict(
+        v.rsplit(":", 1)[0].split(":", 1) for v in services["prometheus"]["volumes"] if v.startswith(".")
+    )
     config = next(arg for arg in services["prometheus"]["command"] if arg.startswith("--config.file="))
     assert config.split("=", 1)[1] == prom_volumes["./deploy/prometheus"] + "/prometheus.yml"
 
@@ -355,7 +357,9 @@ def test_prometheus_scrapes_every_metrics_endpoint(services: dict[str, Any]) -> 
             if host == "localhost":
                 continue
             service = services[host]
-            open_ports = {str(p) for p in service.get("expose", [])} | {str(p).rsplit(":", 1)[-1] for p in service.get("ports", [])}
+            open_ports = {str(p) for p in service.get("expose", [])} | {
+                str(p).rsplit(":", 1)[-1] for p in service.get("ports", [])
+            }
             assert port in open_ports, f"{job}: {target} is not a port {host} listens on"
 
 
@@ -464,7 +468,9 @@ def test_promql_checker_catches_wrong_names() -> None:
     assert promql_problems("sum by (reason) (apro_consumer_lag)", known) == [
         "label reason is on none of ['apro_consumer_lag']"
     ]
-    assert promql_problems("histogram_quantile(0.9, sum by (le) (rate(apro_ghl_request_seconds_bucket[1m])))", known) == []
+    assert (
+        promql_problems("histogram_quantile(0.9, sum by (le) (rate(apro_ghl_request_seconds_bucket[1m])))", known) == []
+    )
     assert promql_problems("apro_ghl_request_seconds_total", known) == ["unknown metric apro_ghl_request_seconds_total"]
 
 

@@ -115,7 +115,11 @@ def _posts() -> tuple[list[harness.Post], list[harness.Post]]:
 
 
 # Series that must exist in Prometheus before the second wave (histograms whose rate must see an increase).
-WAVE_SERIES = ('apro_webhook_request_seconds_count{{instance="{producer}"}}', "apro_sync_e2e_seconds_count", "apro_ghl_request_seconds_count")
+WAVE_SERIES = (
+    'apro_webhook_request_seconds_count{{instance="{producer}"}}',
+    "apro_sync_e2e_seconds_count",
+    "apro_ghl_request_seconds_count",
+)
 
 
 def _second_wave() -> list[harness.Post]:
@@ -308,7 +312,9 @@ def test_replay_after_a_ghl_outage_is_visible_and_changes_nothing(live: Live) ->
     group_lag = f'apro_consumer_lag{{group="{live.worker_id}"}}'
     # Start from a settled stack: no fault left over, everything of the earlier waves synced and committed.
     live.emulator.set_faults([], replace=True)
-    harness.wait_until(lambda: prom.query(group_lag) and _total(live, group_lag) == 0, 60, 0.5, "lag 0 before the outage")
+    harness.wait_until(
+        lambda: prom.query(group_lag) and _total(live, group_lag) == 0, 60, 0.5, "lag 0 before the outage"
+    )
     dead_before = _total(live, "apro_events_deadlettered_total")
     server_errors = _total(live, 'apro_ghl_requests_total{status_class="5xx"}')
     since = datetime.now(timezone.utc) - timedelta(seconds=1)
@@ -319,8 +325,12 @@ def test_replay_after_a_ghl_outage_is_visible_and_changes_nothing(live: Live) ->
     # multi-record batches, and replay reads up to the end offsets).
     answers = asyncio.run(harness.post_many(live.webhook_url, [harness.Post(b) for b in bodies], concurrency=1))
     assert [a.status for a in answers] == [202] * len(bodies)
-    harness.wait_until(lambda: _total(live, 'apro_ghl_requests_total{status_class="5xx"}') >= server_errors + 3, 60, 0.5,
-                  "the outage visible as GoHighLevel 5xx answers")
+    harness.wait_until(
+        lambda: _total(live, 'apro_ghl_requests_total{status_class="5xx"}') >= server_errors + 3,
+        60,
+        0.5,
+        "the outage visible as GoHighLevel 5xx answers",
+    )
     live.emulator.set_faults([], replace=True)  # GoHighLevel is back
 
     def synced() -> bool:
@@ -335,8 +345,12 @@ def test_replay_after_a_ghl_outage_is_visible_and_changes_nothing(live: Live) ->
     done = subprocess.run([sys.executable, "-m", "apro_sync.cli", "replay", "--since", since.isoformat(), "--yes"],
                           cwd=REPO, env=live.cli_env, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stdout.decode()[-2000:] + done.stderr.decode()[-2000:]
-    harness.wait_until(lambda: _total(live, 'apro_sync_outcomes_total{outcome="duplicate"}') >= duplicates + len(bodies),
-                  60, 0.5, "every replayed event recognised as already applied")
+    harness.wait_until(
+        lambda: _total(live, 'apro_sync_outcomes_total{outcome="duplicate"}') >= duplicates + len(bodies),
+        60,
+        0.5,
+        "every replayed event recognised as already applied",
+    )
     harness.wait_until(lambda: _total(live, group_lag) == 0, 60, 0.5, "lag drained after the replay")
     assert write_requests(live.emulator.state()) == writes  # not a single GoHighLevel effect repeated
     assert _total(live, "apro_events_deadlettered_total") == dead_before

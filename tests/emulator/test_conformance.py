@@ -48,7 +48,9 @@ async def test_official_sdk_round_trip(ghl_emulator) -> None:
     ghl = _sdk(ghl_emulator)
     loc = ghl_emulator.location_id
     try:
-        fields = CustomFieldsListSuccessfulResponseDto.model_validate(await ghl.locations.get_custom_fields(loc, model="contact"))
+        fields = CustomFieldsListSuccessfulResponseDto.model_validate(
+            await ghl.locations.get_custom_fields(loc, model="contact")
+        )
         assert fields.customFields == []
         raw = await ghl.opportunities.get_pipelines(loc)
         # The SDK model copies the spec's generator placeholder `stages: array of array`; GHL (and the emulator)
@@ -91,7 +93,9 @@ async def test_official_sdk_round_trip(ghl_emulator) -> None:
         )
         assert [_g(o, "id") for o in found.opportunities] == [opp_id]
         updated = GetPostOpportunitySuccessfulResponseDto.model_validate(
-            await ghl.opportunities.update_opportunity(opp_id, {"pipelineStageId": stages["Patient"], "monetaryValue": 350})
+            await ghl.opportunities.update_opportunity(
+                opp_id, {"pipelineStageId": stages["Patient"], "monetaryValue": 350}
+            )
         )
         assert _g(updated.opportunity, "pipelineStageId") == stages["Patient"]
         assert _g(updated.opportunity, "monetaryValue") == 350
@@ -104,7 +108,11 @@ async def test_official_sdk_round_trip(ghl_emulator) -> None:
         await ghl.http_client.aclose()
     state = ghl_emulator.state()
     assert [(e["contactId"], e["workflowName"]) for e in state["enrollments"]] == [(contact_id, "APro Birthday")]
-    assert {r["path"] for r in ghl_emulator.requests()} >= {"/contacts/upsert", "/opportunities/", "/opportunities/{id}"}
+    assert {r["path"] for r in ghl_emulator.requests()} >= {
+        "/contacts/upsert",
+        "/opportunities/",
+        "/opportunities/{id}",
+    }
 
 
 def _check(emu, method: str, template: str, path: str, *, version: str = "2021-07-28", **kw: Any) -> dict[str, Any]:
@@ -142,9 +150,15 @@ def test_responses_match_openapi_schemas(ghl_emulator, version: str) -> None:
     c("DELETE", "/contacts/{contactId}/tags", f"/contacts/{cid}/tags", json={"tags": ["one"]})
     c("POST", "/contacts/{contactId}/notes", f"/contacts/{cid}/notes", json={"body": "n"})
     c("GET", "/contacts/{contactId}/notes", f"/contacts/{cid}/notes")
-    pipeline = c("GET", "/opportunities/pipelines", "/opportunities/pipelines", params={"locationId": loc})["pipelines"][0]
-    opp = c("POST", "/opportunities/", "/opportunities/", json={
-        "pipelineId": pipeline["id"], "locationId": loc, "name": "x", "status": "open", "contactId": cid})["opportunity"]
+    pipeline = c("GET", "/opportunities/pipelines", "/opportunities/pipelines", params={"locationId": loc})[
+        "pipelines"
+    ][0]
+    opp = c(
+        "POST",
+        "/opportunities/",
+        "/opportunities/",
+        json={"pipelineId": pipeline["id"], "locationId": loc, "name": "x", "status": "open", "contactId": cid},
+    )["opportunity"]
     dup = c("POST", "/opportunities/", "/opportunities/", json={
         "pipelineId": pipeline["id"], "locationId": loc, "name": "x", "status": "open", "contactId": cid})
     assert dup["statusCode"] == 400 and "duplicate" in dup["message"]

@@ -40,7 +40,11 @@ def test_unknown_property_and_missing_required_rejected(ghl_emulator) -> None:
         assert _upsert(c, loc, email="a@example.test").status_code == 200  # no tags: fine
         r = _upsert(c, loc, email="a@example.test", foo="bar")
         assert r.status_code == 422
-        assert r.json() == {"statusCode": 422, "message": ["property foo should not exist"], "error": "Unprocessable Entity"}
+        assert r.json() == {
+            "statusCode": 422,
+            "message": ["property foo should not exist"],
+            "error": "Unprocessable Entity",
+        }
         r = c.post("/contacts/upsert", json={"email": "b@example.test"})
         assert r.status_code == 422 and "locationId should not be empty" in r.json()["message"]
     assert len(ghl_emulator.state()["contacts"]) == 1
@@ -106,10 +110,15 @@ def test_search_contacts_by_email_and_phone_in_the_body(ghl_emulator) -> None:
         assert ids(search(either, pageLimit=1, page=2)) == [b]
         # validated against the documented body; what the emulator does not emulate is refused, not guessed
         assert "pageLimit should not be empty" in c.post("/contacts/search", json={"locationId": loc}).json()["message"]
-        assert search(eq("email", "a@example.test"), status=422, bogus=1)["message"] == ["property bogus should not exist"]
+        assert search(eq("email", "a@example.test"), status=422, bogus=1)["message"] == [
+            "property bogus should not exist"
+        ]
         assert search({"field": "email", "value": "x"}, status=422)["message"] == ["filters.0 is not a valid value"]
         assert search(eq("email", "x@example.test"), status=422, pageLimit=501)["statusCode"] == 422
-        assert "not supported" in search({"field": "email", "operator": "contains", "value": "ann"}, status=422)["message"][0]
+        assert (
+            "not supported"
+            in search({"field": "email", "operator": "contains", "value": "ann"}, status=422)["message"][0]
+        )
         assert "not supported" in search(eq("firstName", "Ann"), status=422)["message"][0]
         assert "not supported" in search(eq("email", "a@example.test"), status=422, query="ann")["message"][0]
         r = c.post("/contacts/search", json={"locationId": other, "pageLimit": 1, "filters": [eq("email", "a@x.test")]})
@@ -142,10 +151,17 @@ def test_custom_fields_and_dob(ghl_emulator) -> None:
         assert r.status_code == 201
         field = r.json()["customField"]
         assert field["fieldKey"] == "contact.apro_dob" and len(field["id"]) == 20
-        assert c.post(f"/locations/{loc}/customFields", json={"name": "apro dob", "dataType": "DATE"}).status_code == 400
+        assert (
+            c.post(f"/locations/{loc}/customFields", json={"name": "apro dob", "dataType": "DATE"}).status_code == 400
+        )
         assert c.post(f"/locations/{loc}/customFields", json={"name": "X", "dataType": "NOPE"}).status_code == 422
         # the v2 spec requires `id` on every customFields entry
-        assert _upsert(c, loc, email="dob@example.test", customFields=[{"key": "apro_dob", "field_value": "x"}]).status_code == 422
+        assert (
+            _upsert(
+                c, loc, email="dob@example.test", customFields=[{"key": "apro_dob", "field_value": "x"}]
+            ).status_code
+            == 422
+        )
         res = _upsert(c, loc, email="dob@example.test", dateOfBirth="09/25/1990",
                       customFields=[{"id": field["id"], "field_value": "1990-09-25"}]).json()["contact"]
         assert res["dateOfBirth"] == "1990-09-25"
@@ -170,7 +186,12 @@ def test_one_opportunity_per_contact_per_pipeline_and_workflow_reenrollment(ghl_
         assert bad_stage.status_code == 400
         wf = c.get("/workflows/", params={"locationId": loc}).json()["workflows"][0]
         for _ in range(2):
-            assert c.post(f"/contacts/{cid}/workflow/{wf['id']}", json={"eventStartTime": "2026-01-01T10:00:00Z"}).status_code == 200
+            assert (
+                c.post(
+                    f"/contacts/{cid}/workflow/{wf['id']}", json={"eventStartTime": "2026-01-01T10:00:00Z"}
+                ).status_code
+                == 200
+            )
         assert c.post(f"/contacts/{cid}/workflow/unknown-workflow", json={}).status_code == 400
     state = ghl_emulator.state()
     assert len(state["opportunities"]) == 1
@@ -191,8 +212,13 @@ async def test_rate_limit_429_with_headers_per_location(ghl_emulator_config) -> 
             assert [r.status_code for r in answers] == [200, 200, 200, 429]
             assert [r.headers["X-RateLimit-Remaining"] for r in answers] == ["2", "1", "0", "0"]
             last = answers[-1]
-            assert last.headers["X-RateLimit-Max"] == "3" and last.headers["X-RateLimit-Interval-Milliseconds"] == "60000"
-            assert last.headers["X-RateLimit-Limit-Daily"] == "1000" and last.headers["X-RateLimit-Daily-Remaining"] == "997"
+            assert (
+                last.headers["X-RateLimit-Max"] == "3" and last.headers["X-RateLimit-Interval-Milliseconds"] == "60000"
+            )
+            assert (
+                last.headers["X-RateLimit-Limit-Daily"] == "1000"
+                and last.headers["X-RateLimit-Daily-Remaining"] == "997"
+            )
             assert last.headers["Retry-After"] == "5" and last.json()["statusCode"] == 429
             # the other location has its own budget
             h2 = {"Authorization": f"Bearer {loc2.token}", "Version": "2021-07-28"}

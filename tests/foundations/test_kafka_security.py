@@ -40,8 +40,14 @@ USER, PASSWORD = "apro-sync", "scram-Pa55word-for-tests"
 WRONG = "not-the-Pa55word-at-all"
 
 
-def _cert(subject: str, issuer_key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None, key: ec.EllipticCurvePrivateKey,
-          *, ca: bool) -> x509.Certificate:
+def _cert(
+    subject: str,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name | None,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     now = dt.datetime.now(dt.timezone.utc)
     builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer or name).public_key(key.public_key())
@@ -74,7 +80,9 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Apa
         yield kafka, work / "ca.pem"
 
 
-def _security_env(kafka: ApacheKafka, ca: Path, password: str = PASSWORD, mechanism: str = "SCRAM-SHA-512") -> dict[str, str]:
+def _security_env(
+    kafka: ApacheKafka, ca: Path, password: str = PASSWORD, mechanism: str = "SCRAM-SHA-512"
+) -> dict[str, str]:
     return {"KAFKA_BOOTSTRAP_SERVERS": kafka.sasl_ssl_bootstrap, "APRO_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
             "APRO_KAFKA_SASL_MECHANISM": mechanism, "APRO_KAFKA_SASL_USERNAME": USER,
             "APRO_KAFKA_SASL_PASSWORD": password, "APRO_KAFKA_SSL_CA_FILE": str(ca)}
@@ -135,7 +143,9 @@ def test_whole_path_over_sasl_ssl(secure_kafka: tuple[ApacheKafka, Path], tmp_pa
         with config.producer() as producer, config.worker() as worker:
             answers = asyncio.run(post_many(producer.webhook_url(), [Post(body)]))
             assert [a.status for a in answers] == [202]
-            wait_until(lambda: len(emulator.state()["notes"]) >= 1, 120, 0.5, "the booking's note written over SASL_SSL")
+            wait_until(
+                lambda: len(emulator.state()["notes"]) >= 1, 120, 0.5, "the booking's note written over SASL_SSL"
+            )
             assert worker.alive and producer.alive
             lags = LagReader(settings.kafka).read(settings.worker_id, [settings.topics.raw])  # the lag exporter's read
             assert len(lags) == settings.topic_partitions

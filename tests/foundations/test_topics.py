@@ -44,8 +44,13 @@ def test_record_limit_covers_the_http_limit_plus_headers() -> None:
 
 
 def test_topics_command_creates_then_checks_configs(settings: Settings) -> None:
-    env = {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers or "", "APRO_TOPIC_PREFIX": settings.topic_prefix,
-           "APRO_WORKER_ID": settings.worker_id, "APRO_TOPIC_PARTITIONS": "3", "APRO_RAW_RETENTION_DAYS": "7"}
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers or "",
+        "APRO_TOPIC_PREFIX": settings.topic_prefix,
+        "APRO_WORKER_ID": settings.worker_id,
+        "APRO_TOPIC_PARTITIONS": "3",
+        "APRO_RAW_RETENTION_DAYS": "7",
+    }
     result = CliRunner().invoke(app, ["topics"], env=env)
     assert result.exit_code == 0, result.output
     wanted = settings.model_copy(update={"topic_partitions": 3, "raw_retention_days": 7.0}).topic_specs()
@@ -68,7 +73,9 @@ def test_topics_command_creates_then_checks_configs(settings: Settings) -> None:
 
 def test_check_reports_missing_topics_and_partition_counts(settings: Settings) -> None:
     spec = TopicSpec(f"{settings.topic_prefix}only", 2, 1, {"cleanup.policy": "delete"})
-    assert [str(m) for m in check_topics(settings.kafka, [spec])] == [f"{spec.name}: topic is missing, expected present"]
+    assert [str(m) for m in check_topics(settings.kafka, [spec])] == [
+        f"{spec.name}: topic is missing, expected present"
+    ]
     ensure_topics(settings.kafka, [TopicSpec(spec.name, 1, 1, {"cleanup.policy": "delete"})])
     assert [m.setting for m in check_topics(settings.kafka, [spec])] == ["partitions"]
 

@@ -38,11 +38,21 @@ def test_select_for_redrive() -> None:
 
 
 def test_redrive_headers_drop_dead_letter_headers_and_count_attempts() -> None:
-    original = [(header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (header_names.REASON, b"boom"), (header_names.DLQ_STAGE, b"sync"),
-                (header_names.DLQ_ATTEMPTS, b"2"), (header_names.DLQ_SOURCE_TOPIC, b"n"), (header_names.TOKEN_LOCATION, b"3")]
+    original = [
+        (header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"),
+        (header_names.REASON, b"boom"),
+        (header_names.DLQ_STAGE, b"sync"),
+        (header_names.DLQ_ATTEMPTS, b"2"),
+        (header_names.DLQ_SOURCE_TOPIC, b"n"),
+        (header_names.TOKEN_LOCATION, b"3"),
+    ]
     assert redrive_headers(original, "d:0:5") == [
-        (header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (header_names.TOKEN_LOCATION, b"3"), (header_names.DLQ_ATTEMPTS, b"3"),
-        (header_names.REPLAY, b"redrive"), (header_names.REPLAYED_FROM, b"d:0:5")]
+        (header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"),
+        (header_names.TOKEN_LOCATION, b"3"),
+        (header_names.DLQ_ATTEMPTS, b"3"),
+        (header_names.REPLAY, b"redrive"),
+        (header_names.REPLAYED_FROM, b"d:0:5"),
+    ]
     assert (header_names.DLQ_ATTEMPTS, b"1") in redrive_headers([], "d:0:6")
 
 
@@ -54,8 +64,17 @@ def test_redrive_target_keeps_partition_when_it_exists() -> None:
 
 
 def test_dlq_entry_for_quarantine_record() -> None:
-    entry = dlq_entry("q:0:0", {header_names.REASON: "body is not valid JSON (line 1)", header_names.RECEIVED_AT: "2026-01-15T08:00:00Z",
-                                header_names.TOKEN_LOCATION: "3"}, 0, default_stage="intake", redriven=False)
+    entry = dlq_entry(
+        "q:0:0",
+        {
+            header_names.REASON: "body is not valid JSON (line 1)",
+            header_names.RECEIVED_AT: "2026-01-15T08:00:00Z",
+            header_names.TOKEN_LOCATION: "3",
+        },
+        0,
+        default_stage="intake",
+        redriven=False,
+    )
     assert (entry.stage, entry.location, entry.at, entry.attempts) == ("intake", "3", "2026-01-15T08:00:00Z", 0)
 
 
@@ -177,8 +196,13 @@ def test_dlq_redrive_by_id_then_all(dead_letters: Settings) -> None:
     assert len(raw) == 1
     partition, key, value, hdrs = raw[0]
     assert (partition, key, value) == (2, b"1", _value(1))  # exact value, same key, source partition
-    assert hdrs == {header_names.RECEIVED_AT: "2026-01-15T08:00:00+00:00", header_names.REQUEST_ID: "req-1", header_names.DLQ_ATTEMPTS: "1",
-                    header_names.REPLAY: "redrive", header_names.REPLAYED_FROM: first}
+    assert hdrs == {
+        header_names.RECEIVED_AT: "2026-01-15T08:00:00+00:00",
+        header_names.REQUEST_ID: "req-1",
+        header_names.DLQ_ATTEMPTS: "1",
+        header_names.REPLAY: "redrive",
+        header_names.REPLAYED_FROM: first,
+    }
     rows = {r["id"]: r for r in _list(runner, settings)}
     assert rows[first]["redriven"] is True
     assert [r["redriven"] for r in rows.values()] == [True, False, False]
@@ -211,9 +235,17 @@ def test_quarantine_list_and_redrive_to_raw(settings: Settings) -> None:
     ensure_topics(settings.kafka_bootstrap_servers or "", settings.topics.all(), settings.topic_partitions)
     body = b'{"firstName": "' + PHI_NAME.encode() + b'", '  # truncated JSON, as AestheticsPro sometimes sends
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "batch.num.messages": 1})
-    producer.produce(settings.topics.quarantine, key=b"req-9", value=body, partition=1,
-                     headers=[(header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (header_names.TOKEN_LOCATION, b"3"),
-                              (header_names.REASON, b"body is not valid JSON (line 1)")])
+    producer.produce(
+        settings.topics.quarantine,
+        key=b"req-9",
+        value=body,
+        partition=1,
+        headers=[
+            (header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"),
+            (header_names.TOKEN_LOCATION, b"3"),
+            (header_names.REASON, b"body is not valid JSON (line 1)"),
+        ],
+    )
     assert producer.flush(10) == 0
     runner = CliRunner()
     rows = _list(runner, settings, "--quarantine")
@@ -226,6 +258,11 @@ def test_quarantine_list_and_redrive_to_raw(settings: Settings) -> None:
     assert result.exit_code == 0, result.output
     assert "records redriven: 1" in result.stdout
     [(_, key, value, hdrs)] = _read(settings, settings.topics.raw)
-    assert (key, value, hdrs[header_names.REPLAYED_FROM], hdrs[header_names.TOKEN_LOCATION]) == (b"req-9", body, rid, "3")
+    assert (key, value, hdrs[header_names.REPLAYED_FROM], hdrs[header_names.TOKEN_LOCATION]) == (
+        b"req-9",
+        body,
+        rid,
+        "3",
+    )
     assert header_names.REASON not in hdrs
     assert [r["redriven"] for r in _list(runner, settings, "--quarantine")] == [True]

@@ -17,8 +17,14 @@ from tests.conftest import REPO
 
 
 def test_format_line_hides_key_and_body_unless_asked() -> None:
-    record = Peeked(3, 17, 1_795_000_000_000, b"48213", b'{"firstName": "Jane"}',
-                    {header_names.REQUEST_ID: "r-1", header_names.RESOURCE: "clients", header_names.REASON: "body is empty"})
+    record = Peeked(
+        3,
+        17,
+        1_795_000_000_000,
+        b"48213",
+        b'{"firstName": "Jane"}',
+        {header_names.REQUEST_ID: "r-1", header_names.RESOURCE: "clients", header_names.REASON: "body is empty"},
+    )
     line = format_line(record, show_payload=False)
     assert line.startswith("3:17  2026-") and "request=r-1" in line and "resource=clients" in line
     assert "bytes=21" in line and "reason=body is empty" in line
@@ -32,7 +38,9 @@ def test_peek_lists_the_raw_topic(settings: Settings) -> None:
     ensure_topics(settings.kafka_bootstrap_servers or "", [raw], settings.topic_partitions)
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 0})
     for n in range(3):
-        producer.produce(raw, json.dumps({"n": n}).encode(), b"k%d" % n, headers=[(header_names.REQUEST_ID, b"peek-%d" % n)])
+        producer.produce(
+            raw, json.dumps({"n": n}).encode(), b"k%d" % n, headers=[(header_names.REQUEST_ID, b"peek-%d" % n)]
+        )
         producer.flush(10)
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers or "",
            "APRO_TOPIC_PREFIX": settings.topic_prefix, "APRO_WEBHOOK_TOKENS": "test-token-0123456789abcdef"}

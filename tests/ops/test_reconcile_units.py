@@ -25,8 +25,15 @@ def record(client_id: str, state: ClientState | None) -> tuple[bytes, bytes | No
 def test_latest_value_per_client_and_tombstones() -> None:
     first = ClientState(client_id="1")
     later = ClientState(client_id="1", crm={"L1": CrmIds(contact_id="c1")})
-    states = reconcile_tool.decode_changelog([record("1", first), record("2", ClientState(client_id="2")), record("1", later),
-                                 record("2", None), (None, b"x")])
+    states = reconcile_tool.decode_changelog(
+        [
+            record("1", first),
+            record("2", ClientState(client_id="2")),
+            record("1", later),
+            record("2", None),
+            (None, b"x"),
+        ]
+    )
     assert states == {"1": later}
     assert reconcile_tool.clients_of(states, "L1") == [later] and reconcile_tool.clients_of(states, "L2") == []
 

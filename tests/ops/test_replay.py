@@ -93,8 +93,12 @@ def test_replay_decision_rules() -> None:
 def test_replay_headers_keep_originals_and_mark_the_copy() -> None:
     original = [(header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (header_names.REPLAY, b"old"), ("x", b"1")]
     out = replay_headers(original, "raw:1:5")
-    assert out == [(header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), ("x", b"1"), (header_names.REPLAY, b"replay"),
-                   (header_names.REPLAYED_FROM, b"raw:1:5")]
+    assert out == [
+        (header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"),
+        ("x", b"1"),
+        (header_names.REPLAY, b"replay"),
+        (header_names.REPLAYED_FROM, b"raw:1:5"),
+    ]
 
 
 # --- against the broker -----------------------------------------------------------------------------------------
@@ -121,8 +125,15 @@ def _produce(settings: Settings, batch: list[tuple[int, str | None]]) -> None:
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "partitioner": "murmur2_random",
                          "batch.num.messages": 1})
     for n, location in batch:
-        producer.produce(settings.topics.raw, key=str(n).encode(), value=_body(n, location),
-                         headers=[(header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (header_names.REQUEST_ID, f"req-{n}".encode())])
+        producer.produce(
+            settings.topics.raw,
+            key=str(n).encode(),
+            value=_body(n, location),
+            headers=[
+                (header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"),
+                (header_names.REQUEST_ID, f"req-{n}".encode()),
+            ],
+        )
     assert producer.flush(10) == 0
 
 
@@ -198,7 +209,9 @@ def test_replay_republishes_exactly_the_range_and_location(raw_batches: tuple[Se
         orig_key, orig_value, orig_headers = before[(src_partition, src_offset)]
         assert (key, value) == (orig_key, orig_value)
         assert hdrs[header_names.REPLAY] == "replay"
-        assert {k: v for k, v in hdrs.items() if k not in (header_names.REPLAY, header_names.REPLAYED_FROM)} == orig_headers
+        assert {
+            k: v for k, v in hdrs.items() if k not in (header_names.REPLAY, header_names.REPLAYED_FROM)
+        } == orig_headers
 
     # Since t2, location 7 only: C's two location-7 records; the copies made above are not copied again.
     result = runner.invoke(app, ["replay", "--since", t2.isoformat(), "--location", "7", "--yes"], env=env)

@@ -23,8 +23,12 @@ BATCH = 10
 
 def _env(settings: Settings) -> dict[str, str]:
     # A tool as an operator runs it: nothing says which broker this is (no APRO_EMBEDDED_BROKER).
-    return {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers or "", "APRO_TOPIC_PREFIX": settings.topic_prefix,
-            "APRO_WORKER_ID": settings.worker_id, "APRO_EMBEDDED_BROKER": "false"}
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers or "",
+        "APRO_TOPIC_PREFIX": settings.topic_prefix,
+        "APRO_WORKER_ID": settings.worker_id,
+        "APRO_EMBEDDED_BROKER": "false",
+    }
 
 
 def _produce_batch(settings: Settings, topic: str, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]) -> None:
@@ -37,10 +41,17 @@ def _produce_batch(settings: Settings, topic: str, records: list[tuple[bytes, by
 
 
 def _dead_letter_headers(n: int, settings: Settings) -> list[tuple[str, bytes]]:
-    return [(header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"), (header_names.REQUEST_ID, f"req-{n}".encode()),
-            (header_names.DLQ_STAGE, b"normalize"), (header_names.REASON, b"email: not an address"), (header_names.DLQ_EVENT_ID, f"evt-{n}".encode()),
-            (header_names.DLQ_SOURCE_TOPIC, settings.topics.raw.encode()), (header_names.DLQ_SOURCE_PARTITION, b"1"),
-            (header_names.DLQ_SOURCE_OFFSET, str(n).encode()), (header_names.DLQ_AT, b"2026-01-15T08:00:01+00:00")]
+    return [
+        (header_names.RECEIVED_AT, b"2026-01-15T08:00:00+00:00"),
+        (header_names.REQUEST_ID, f"req-{n}".encode()),
+        (header_names.DLQ_STAGE, b"normalize"),
+        (header_names.REASON, b"email: not an address"),
+        (header_names.DLQ_EVENT_ID, f"evt-{n}".encode()),
+        (header_names.DLQ_SOURCE_TOPIC, settings.topics.raw.encode()),
+        (header_names.DLQ_SOURCE_PARTITION, b"1"),
+        (header_names.DLQ_SOURCE_OFFSET, str(n).encode()),
+        (header_names.DLQ_AT, b"2026-01-15T08:00:01+00:00"),
+    ]
 
 
 def test_peek_counts_every_record_of_a_batch(settings: Settings) -> None:
@@ -80,9 +91,18 @@ def test_replay_dry_run_counts_every_record_of_a_batch(settings: Settings) -> No
     ensure_topics(settings.kafka_bootstrap_servers or "", settings.topics.all(), settings.topic_partitions)
     since = datetime.now(timezone.utc) - timedelta(seconds=5)
     time.sleep(0.01)
-    _produce_batch(settings, settings.topics.raw,
-                   [(str(n).encode(), json.dumps({"clientId": n}).encode(),
-                     [(header_names.RECEIVED_AT, datetime.now(timezone.utc).isoformat().encode())]) for n in range(BATCH)])
+    _produce_batch(
+        settings,
+        settings.topics.raw,
+        [
+            (
+                str(n).encode(),
+                json.dumps({"clientId": n}).encode(),
+                [(header_names.RECEIVED_AT, datetime.now(timezone.utc).isoformat().encode())],
+            )
+            for n in range(BATCH)
+        ],
+    )
     result = CliRunner().invoke(app, ["replay", "--since", since.isoformat(), "--dry-run"], env=_env(settings))
     assert result.exit_code == 0, result.output
     assert re.search(rf"records would be republished: {BATCH}\b", result.stdout), result.stdout

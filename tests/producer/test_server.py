@@ -50,6 +50,7 @@ def quarantined(settings: Settings):
     return read_topic(settings.kafka_bootstrap_servers, settings.topics.quarantine)
 
 
+@pytest.mark.broker_neutral
 async def test_bad_or_missing_token_is_refused_and_nothing_published(settings: Settings) -> None:
     body = b'{"event": "client.created", "clientId": 1}'
     async with running_intake(settings) as intake:
@@ -68,6 +69,7 @@ async def test_bad_or_missing_token_is_refused_and_nothing_published(settings: S
     assert quarantined(settings) == []
 
 
+@pytest.mark.broker_neutral
 async def test_body_over_the_limit_is_413(settings: Settings) -> None:
     settings = settings.model_copy(update={"max_body_bytes": 4096})
     big = b'{"clientId": 1, "pad": "' + b"x" * 5000 + b'"}'
@@ -86,6 +88,7 @@ async def test_body_over_the_limit_is_413(settings: Settings) -> None:
     assert [m.value() for m in raw_records(settings)] == [b'{"clientId": 1}']
 
 
+@pytest.mark.broker_neutral
 async def test_unreadable_body_is_400_and_quarantined_with_reason(settings: Settings) -> None:
     body = b"\x00\x01 this is not a webhook"
     async with running_intake(settings) as intake:
@@ -129,6 +132,7 @@ async def test_accepted_webhook_is_one_unchanged_record_keyed_by_client(settings
     assert datetime.fromisoformat(headers[header_names.RECEIVED_AT]).tzinfo is not None
 
 
+@pytest.mark.broker_neutral
 async def test_form_encoded_body_is_accepted_unchanged(settings: Settings) -> None:
     body = b"event=client.updated&client%5Bid%5D=777&client%5BfirstName%5D=Jane"
     async with running_intake(settings) as intake:
@@ -146,6 +150,7 @@ async def test_form_encoded_body_is_accepted_unchanged(settings: Settings) -> No
     assert header_names.RESOURCE not in headers and header_names.TOKEN_LOCATION not in headers
 
 
+@pytest.mark.broker_neutral
 async def test_every_reference_payload_is_accepted_with_its_key(settings: Settings, fixture_bodies) -> None:
     assert set(fixture_bodies) == set(EXPECTED_KEYS), "a fixture was added: give it an expected key here"
     async with running_intake(settings) as intake:
@@ -176,6 +181,7 @@ async def test_1000_concurrent_webhooks_give_1000_records(settings: Settings) ->
         assert m.key() == str(json.loads(m.value())["clientId"]).encode()
 
 
+@pytest.mark.broker_neutral
 async def test_probes_and_metrics(settings: Settings) -> None:
     async with running_intake(settings) as intake:
         async with intake.session.post(intake.url(LOC3_TOKEN, "appointments"), data=b'{"clientId": 5}',
@@ -206,6 +212,7 @@ def restore_logging():
     structlog.configure(**config)
 
 
+@pytest.mark.broker_neutral
 async def test_tokens_never_reach_the_logs(settings: Settings, capsys, caplog, restore_logging) -> None:
     configure_logging("DEBUG")
     wrong = "wrong-secret-0123456789abcdef"

@@ -39,7 +39,10 @@ def test_check_token_matches_exactly() -> None:
         ("/webhooks/aestheticspro/s3cr3t-token", "/webhooks/aestheticspro/***"),
         ("/webhooks/aestheticspro/s3cr3t-token/clients", "/webhooks/aestheticspro/***/clients"),
         ("/webhooks/aestheticspro/s3cr3t?x=1", "/webhooks/aestheticspro/***?x=1"),
-        ("POST http://h/WEBHOOKS/AestheticsPro/s3cr3t/invoices HTTP/1.1", "POST http://h/WEBHOOKS/AestheticsPro/***/invoices HTTP/1.1"),
+        (
+            "POST http://h/WEBHOOKS/AestheticsPro/s3cr3t/invoices HTTP/1.1",
+            "POST http://h/WEBHOOKS/AestheticsPro/***/invoices HTTP/1.1",
+        ),
         ("/healthz", "/healthz"),
         ("/webhooks/aestheticspro/", "/webhooks/aestheticspro/"),
     ],
@@ -80,8 +83,16 @@ def test_inspect_body_keys_by_client_or_fallback() -> None:
 def test_headers() -> None:
     raw = dict(raw_headers(received_at="2026-01-01T00:00:00+00:00", request_id="r1", content_type="application/json",
                            resource=None, token_location=None))
-    assert raw == {header_names.RECEIVED_AT: b"2026-01-01T00:00:00+00:00", header_names.REQUEST_ID: b"r1", header_names.CONTENT_TYPE: b"application/json"}
+    assert raw == {
+        header_names.RECEIVED_AT: b"2026-01-01T00:00:00+00:00",
+        header_names.REQUEST_ID: b"r1",
+        header_names.CONTENT_TYPE: b"application/json",
+    }
     q = dict(quarantine_headers(reason="body is empty", received_at="t", request_id="r2", content_type="x" * 500,
                                 resource="clients", token_location="3"))
-    assert q[header_names.REASON] == b"body is empty" and q[header_names.RESOURCE] == b"clients" and q[header_names.TOKEN_LOCATION] == b"3"
+    assert (
+        q[header_names.REASON] == b"body is empty"
+        and q[header_names.RESOURCE] == b"clients"
+        and q[header_names.TOKEN_LOCATION] == b"3"
+    )
     assert len(q[header_names.CONTENT_TYPE]) == 200

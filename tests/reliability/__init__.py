@@ -1,1 +1,2 @@
-"""Reliability tests: hostile input (fuzz), security, broker outage; later crash tests reuse `harness` and `generator`."""
+"""Reliability tests: hostile input (fuzz), security, broker outage; the crash tests reuse `harness` and
+`generator`."""

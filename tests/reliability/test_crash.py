@@ -344,8 +344,10 @@ def reference(kafka_bootstrap: str, using_embedded_broker: bool, stream: Generat
         assert len(notes) == len(set(notes)), "the clean run itself wrote a note twice"
         assert not run.in_doubt, "the clean run repeated an enrollment"
         assert run.notes > EVENTS // 4, run.notes  # the stream really exercised the sink
-        print(f"\ncrash/reference: {EVENTS} events ({stream.counts()}), {len(run.snapshot['contacts'])} contacts, "
-              f"{run.notes} notes, {len(run.snapshot['opportunities'])} opportunities, {run.gaps}, in {run.seconds:.0f}s")
+        print(
+            f"\ncrash/reference: {EVENTS} events ({stream.counts()}), {len(run.snapshot['contacts'])} contacts, "
+            f"{run.notes} notes, {len(run.snapshot['opportunities'])} opportunities, {run.gaps}, in {run.seconds:.0f}s"
+        )
         yield run
     finally:
         emulator.stop()

@@ -82,6 +82,7 @@ def producer_only(kafka_bootstrap: str, using_embedded_broker: bool, tmp_path: P
 # ------------------------------------------------------------------------------------------------ body limits
 
 
+@pytest.mark.broker_neutral
 def test_deeply_nested_body_is_refused_not_fatal(producer_only: Stack) -> None:
     """100,000 nested objects (600 KB) killed the producer (orjson 3.8.3 recursion: SIGSEGV)."""
     producer = producer_only.producer
@@ -115,6 +116,7 @@ def test_one_size_limit_from_http_to_kafka(producer_only: Stack) -> None:
 TIMEOUTS = {"APRO_HTTP_HEADER_TIMEOUT_S": "2", "APRO_HTTP_BODY_TIMEOUT_S": "2", "APRO_HTTP_KEEPALIVE_TIMEOUT_S": "2"}
 
 
+@pytest.mark.broker_neutral
 @pytest.mark.parametrize("producer_only", [TIMEOUTS], indirect=True)
 def test_idle_and_half_open_connections_cost_bounded_fds_and_memory(producer_only: Stack) -> None:
     producer = producer_only.producer
@@ -160,6 +162,7 @@ def test_idle_and_half_open_connections_cost_bounded_fds_and_memory(producer_onl
     assert asyncio.run(post_many(producer.webhook_url(), [Post(VALID)]))[0].status == 202
 
 
+@pytest.mark.broker_neutral
 @pytest.mark.parametrize("producer_only", [TIMEOUTS], indirect=True)
 def test_slow_body_is_cut_off(producer_only: Stack) -> None:
     """A body trickled at 1 byte per 30 ms was read to the end (35 s) and accepted."""
@@ -200,6 +203,7 @@ def test_slow_body_is_cut_off(producer_only: Stack) -> None:
 # ------------------------------------------------------------------------------------------- log flooding
 
 
+@pytest.mark.broker_neutral
 def test_client_errors_log_one_line_per_reason_without_traceback(producer_only: Stack) -> None:
     """A 100 KB header logged a full traceback per request (unauthenticated log flooding)."""
     producer = producer_only.producer
@@ -352,6 +356,7 @@ def _with_location(n: int, location: str) -> bytes:
     return json.dumps(body).encode()
 
 
+@pytest.mark.broker_neutral
 def test_metric_labels_stay_bounded(full_stack: Stack) -> None:
     """15,000 distinct payload location ids grew the producer's /metrics to 3.9 MB and the worker's to 5 MB."""
     stack = full_stack
@@ -379,6 +384,7 @@ def test_metric_labels_stay_bounded(full_stack: Stack) -> None:
 CONTROL = "\u0000\u0007\u001b\u007f\u009b"  # C0 and C1 controls: dropped (line breaks become a space)
 
 
+@pytest.mark.broker_neutral
 def test_control_characters_and_malformed_ids(full_stack: Stack) -> None:
     """NUL in names and ids reached the CRM; an object or 10,000-character client id was skipped as a test ping."""
     stack = full_stack
@@ -401,8 +407,13 @@ def test_control_characters_and_malformed_ids(full_stack: Stack) -> None:
     flat_object_id = {"event": "client.created", "eventId": "cc-flat-object", "clientId": {"id": 1},
                       "email": "x@example.com"}
     posts = [
-        variant("names", client__firstName=f"Ja{CONTROL}ne", client__lastName="Doe\u001b[31m",
-                appointment__services=[{"name": "Botox\u0000 - Forehead"}], appointment__provider={"name": "Dr.\u0000 Lee"}),
+        variant(
+            "names",
+            client__firstName=f"Ja{CONTROL}ne",
+            client__lastName="Doe\u001b[31m",
+            appointment__services=[{"name": "Botox\u0000 - Forehead"}],
+            appointment__provider={"name": "Dr.\u0000 Lee"},
+        ),
         variant("object-id", client__clientId={"a": 1}),
         variant("long-id", client__clientId="9" * 10_000),
         variant("nul-id", client__clientId="482\u000013"),

@@ -50,8 +50,14 @@ def broker() -> Iterator[EmbeddedBroker | ApacheKafka]:
 
 @pytest.fixture
 def stack(broker: EmbeddedBroker | ApacheKafka, tmp_path: Path) -> Iterator[Stack]:
-    config = StackConfig.for_broker(broker.bootstrap, tmp_path, embedded_broker=not broker.persistent, produce_timeout_s=1.5, retry_after_s=RETRY_AFTER,
-                                    log_level="INFO")
+    config = StackConfig.for_broker(
+        broker.bootstrap,
+        tmp_path,
+        embedded_broker=not broker.persistent,
+        produce_timeout_s=1.5,
+        retry_after_s=RETRY_AFTER,
+        log_level="INFO",
+    )
     yield from start_stack(config)
 
 

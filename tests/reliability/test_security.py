@@ -74,6 +74,7 @@ def _assert_nothing_published(stack: Stack) -> None:
         assert read_topic(stack.config.bootstrap, topic) == [], topic
 
 
+@pytest.mark.broker_neutral
 def test_authentication_and_limits_publish_nothing(producer_only: Stack) -> None:
     stack, producer = producer_only, producer_only.producer
     base = producer.base + WEBHOOK_PATH
@@ -241,7 +242,10 @@ def test_no_phi_or_secret_in_logs_or_metrics(full_stack: Stack) -> None:
     reasons = Counter(r.headers[header_names.REASON].split(":")[0] for r in dead)
     print(f"\nsecurity: statuses {dict(statuses)}, dead-letter reasons {dict(reasons)}")
 
-    metrics = {"producer /metrics": scrape(stack.producer.metrics_url), "worker /metrics": scrape(stack.worker.metrics_url)}
+    metrics = {
+        "producer /metrics": scrape(stack.producer.metrics_url),
+        "worker /metrics": scrape(stack.worker.metrics_url),
+    }
     stack.worker.stop()
     stack.producer.stop()
 

@@ -17,7 +17,7 @@ from tests.sinks.test_e2e import (  # noqa: F401 - `stack` is the fixture
 )
 from tests.sinks.test_sync_rules_e2e import markers
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker_neutral]
 OPTED_OUT = {"status": "active", "message": "Opted out in AestheticsPro"}
 
 

@@ -71,8 +71,15 @@ def test_each_owned_field_is_named_when_it_differs() -> None:
                                     crm_fields.PATIENT_LIFETIME_VALUE.key: "99"})
     contact["tags"] = ["vip"]
     names = drift.drift(drift.expected(state), observe(contact, opp(stage="sid-booked", status="lost", value=1)))
-    assert names == [crm_fields.APRO_APPT_STATUS.key, crm_fields.LAST_VISIT_DATE.key, crm_fields.PATIENT_LIFETIME_VALUE.key,
-                     drift.OPP_STAGE, drift.OPP_STATUS, drift.OPP_VALUE, drift.TAG_PATIENT]
+    assert names == [
+        crm_fields.APRO_APPT_STATUS.key,
+        crm_fields.LAST_VISIT_DATE.key,
+        crm_fields.PATIENT_LIFETIME_VALUE.key,
+        drift.OPP_STAGE,
+        drift.OPP_STATUS,
+        drift.OPP_VALUE,
+        drift.TAG_PATIENT,
+    ]
 
 
 def test_empty_equals_absent_and_formats_are_canonical() -> None:

@@ -131,8 +131,13 @@ def stack(settings: Settings, ghl_emulator: Any, tmp_path: Path) -> Iterator[Sta
     topics = settings.topics
     ensure_topics(settings.kafka_bootstrap_servers or "", [topics.raw, topics.normalized, topics.skipped,
                                                            topics.deadletter], settings.topic_partitions)
-    ghl = settings.model_copy(update={"ghl_base_url": ghl_emulator.base_url, "ghl_location_id": ghl_emulator.location_id,
-                                      "ghl_token": __import__("pydantic").SecretStr(ghl_emulator.token)})
+    ghl = settings.model_copy(
+        update={
+            "ghl_base_url": ghl_emulator.base_url,
+            "ghl_location_id": ghl_emulator.location_id,
+            "ghl_token": __import__("pydantic").SecretStr(ghl_emulator.token),
+        }
+    )
     out = io.StringIO()
     assert asyncio.run(provision_all(load_locations(ghl).targets(), ghl, dry_run=False, out=out)) == 0, out.getvalue()
     s = Stack(settings, ghl_emulator, tmp_path)
@@ -370,9 +375,14 @@ def test_permanent_error_is_deadlettered_and_later_events_continue(stack: Stack,
     assert len(records) == 1
     key, value, headers = records[0]
     assert key == b"48213" and json.loads(value)["event_id"] == "dlq-1-book"
-    assert headers[header_names.DLQ_STAGE] == "sync" and headers[header_names.REASON].startswith("HTTP 422 from POST /contacts/")
+    assert headers[header_names.DLQ_STAGE] == "sync" and headers[header_names.REASON].startswith(
+        "HTTP 422 from POST /contacts/"
+    )
     assert headers[header_names.DLQ_EVENT_ID] == "dlq-1-book" and headers[header_names.DLQ_LOCATION] == "3"
-    assert headers[header_names.DLQ_SOURCE_TOPIC] == stack.settings.topics.normalized and int(headers[header_names.DLQ_SOURCE_OFFSET]) >= 0
+    assert (
+        headers[header_names.DLQ_SOURCE_TOPIC] == stack.settings.topics.normalized
+        and int(headers[header_names.DLQ_SOURCE_OFFSET]) >= 0
+    )
     # The client's next event is synced normally.
     stack.send([with_id(fixture_bodies["appointment_cancelled"], "dlq-2-cancel", occurredAt="2026-11-30T10:00:00Z")])
     state = stack.wait_for(lambda s: any("apro-event: dlq-2-cancel" in n["body"] for n in s["notes"]))
@@ -423,6 +433,7 @@ def test_redriven_sync_dead_letter_resumes_exactly_the_ops_not_done(stack: Stack
     assert len(dead) == 1  # not dead-lettered again
 
 
+@pytest.mark.broker_neutral
 def test_rejected_credentials_pause_the_location_and_the_backlog_drains_once_fixed(
         stack: Stack, fixture_bodies: dict[str, bytes]) -> None:
     """Every call answered 401 (bad or rotated token): the location is paused and probed with backoff, nothing
@@ -466,6 +477,7 @@ def test_shutdown_while_ghl_is_down_then_restart_ends_in_the_fault_free_state(
     assert read_topic(stack.settings, stack.settings.topics.deadletter, lambda r: len(r) >= 1, timeout_s=3) == []
 
 
+@pytest.mark.broker_neutral
 def test_transient_faults_end_in_the_fault_free_state(stack: Stack, fixture_bodies: dict[str, bytes]) -> None:
     stack.emulator.set_faults([
         {"kind": "status", "status": 429, "retry_after_s": 1, "count": 3},

@@ -29,7 +29,9 @@ def test_oauth_entry_beside_a_private_integration_token() -> None:
     pit, two, three = (locs.resolve(location_id=i) for i in "123")
     assert pit.token is not None and pit.token.get_secret_value() == "pit-one-secret" and pit.oauth is None
     assert two.token is None and two.oauth is not None
-    assert two.oauth.client_id == "app-client-id" and two.oauth.client_secret.get_secret_value() == "app-client-secret-xyz"
+    assert (
+        two.oauth.client_id == "app-client-id" and two.oauth.client_secret.get_secret_value() == "app-client-secret-xyz"
+    )
     assert two.oauth.bootstrap is not None and two.oauth.bootstrap.get_secret_value() == "install-refresh-2"
     assert three.oauth is not None and three.oauth.client_id == "other-app" and three.oauth.bootstrap is None
     for target in (two, three):

@@ -138,6 +138,7 @@ async def api_ok_status(emu: EmulatorServer, manager: OAuthManager, tgt: GhlTarg
     return 200
 
 
+@pytest.mark.broker_neutral
 async def test_provider_refreshes_before_expiry_and_after_a_401(oauth_settings: Settings) -> None:
     clock = FakeClock()
     async with EmulatorServer(EmulatorConfig()) as emu:
@@ -203,6 +204,7 @@ async def test_two_workers_refresh_each_generation_once(oauth_settings: Settings
                 await w.aclose()
 
 
+@pytest.mark.broker_neutral
 async def test_a_spent_refresh_token_fails_loudly_and_a_new_install_recovers(
         oauth_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
@@ -265,7 +267,9 @@ async def test_stored_tokens_are_encrypted(oauth_settings: Settings) -> None:
         for secret in (bootstrap, access, refresh):
             assert secret.encode() not in (record.value or b"")
     # With another key, the records cannot be read: the provider says so instead of using anything.
-    other = OAuthManager(oauth_settings.model_copy(update={"oauth_token_keys": SecretStr(Fernet.generate_key().decode())}))
+    other = OAuthManager(
+        oauth_settings.model_copy(update={"oauth_token_keys": SecretStr(Fernet.generate_key().decode())})
+    )
     try:
         await other.store.start()
         assert other.store.tokens(LOCATION) is None
@@ -310,6 +314,7 @@ async def test_an_answer_the_topic_did_not_take_is_kept_and_written_later(oauth_
             await manager.aclose()
 
 
+@pytest.mark.broker_neutral
 async def test_company_install_buys_location_tokens_and_stores_only_the_company_grant(
         oauth_settings: Settings) -> None:
     from emulator.config import LocationConfig

@@ -1,4 +1,5 @@
-"""Writes tests/streams/normalize/data/normalize_differential.jsonl.gz: varied webhooks with the normalizer's output for each.
+"""Writes tests/streams/normalize/data/normalize_differential.jsonl.gz: varied webhooks with the normalizer's
+output for each.
 
 The outputs were recorded from the normalizer before its speed rework (commit def14b4) and are the oracle of
 tests/test_normalize_differential.py. Regenerate only on a deliberate behaviour change, and say so in the commit:

@@ -44,7 +44,9 @@ class RecordingOutput:
         self.records.extend(records)
 
 
-def run_agent(tmp_path: Path, messages: list[tuple[bytes, bytes, dict[str, bytes]]]) -> tuple[Settings, list[OutputRecord]]:
+def run_agent(
+    tmp_path: Path, messages: list[tuple[bytes, bytes, dict[str, bytes]]]
+) -> tuple[Settings, list[OutputRecord]]:
     settings = Settings(kafka_bootstrap_servers="127.0.0.1:9", topic_prefix="ctx.", topic_partitions=1,
                         worker_id="ctx-worker", state_dir=tmp_path / "state",
                         webhook_tokens="test-token-0123456789abcdef@3", _env_file=None)  # location 3: a label
@@ -115,8 +117,13 @@ def test_a_replay_copy_carries_its_original_raw_offset(tmp_path: Path) -> None:
     settings = Settings(topic_prefix="ctx.", _env_file=None)
     origin = f"{settings.topics.raw}:0:4711".encode()
     other = b"ctx.apro.deadletter:0:12"  # a redrive names the dead letter, not a raw record: its own offset counts
-    _, records = run_agent(tmp_path, [(b"k", booked, {header_names.REPLAY: b"replay", header_names.REPLAYED_FROM: origin}),
-                                      (b"k", again, {header_names.REPLAY: b"redrive", header_names.REPLAYED_FROM: other})])
+    _, records = run_agent(
+        tmp_path,
+        [
+            (b"k", booked, {header_names.REPLAY: b"replay", header_names.REPLAYED_FROM: origin}),
+            (b"k", again, {header_names.REPLAY: b"redrive", header_names.REPLAYED_FROM: other}),
+        ],
+    )
     first, second = (json.loads(r.value)["raw_offset"] for r in records)
     assert first == 4711 and second != 4711 and second >= 0
 

@@ -1,4 +1,5 @@
-"""Every webhook fixture against a hand-written expected result (tests/streams/normalize/golden/<fixture>.json), field by field."""
+"""Every webhook fixture against a hand-written expected result (tests/streams/normalize/golden/<fixture>.json),
+field by field."""
 
 from __future__ import annotations
 

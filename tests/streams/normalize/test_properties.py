@@ -44,8 +44,10 @@ KIND_SPELLINGS = {
     "invoice.paid": ["InvoicePaid", "Invoice.Paid", "invoice_paid", ("invoice", "paid"), None],
 }
 STATUS_SPELLINGS = {
-    "booked": ["Booked", "BOOKED", "Scheduled", "Confirmed"], "scheduled": ["Booked", "scheduled", "Confirmed"],
-    "cancelled": ["Cancelled", "Canceled", "CANCELLED", "canceled"], "noshow": ["No Show", "NoShow", "no_show", "NO-SHOW"],
+    "booked": ["Booked", "BOOKED", "Scheduled", "Confirmed"],
+    "scheduled": ["Booked", "scheduled", "Confirmed"],
+    "cancelled": ["Cancelled", "Canceled", "CANCELLED", "canceled"],
+    "noshow": ["No Show", "NoShow", "no_show", "NO-SHOW"],
     "paid": ["Paid", "PAID", "paid"],
 }
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
@@ -106,8 +108,15 @@ def respell_local_time(text: str, tz: ZoneInfo, rnd: random.Random) -> Any:
 
 def respell_dob(text: str, rnd: random.Random) -> str:
     day = parse_fixture_time(text).date()
-    return rnd.choice([day.isoformat(), day.strftime("%m/%d/%Y"), f"{MONTHS[day.month - 1]}, {day.day:02d} {day.year} 00:00:00",
-                       f"{day.isoformat()}T00:00:00-07:00", f"{day.isoformat()}T00:00:00Z"])
+    return rnd.choice(
+        [
+            day.isoformat(),
+            day.strftime("%m/%d/%Y"),
+            f"{MONTHS[day.month - 1]}, {day.day:02d} {day.year} 00:00:00",
+            f"{day.isoformat()}T00:00:00-07:00",
+            f"{day.isoformat()}T00:00:00Z",
+        ]
+    )
 
 
 def respell_money(value: Any, rnd: random.Random) -> tuple[str, Any]:
@@ -296,7 +305,9 @@ json_values = st.recursive(
 
 
 @settings(max_examples=200, deadline=None)
-@given(raw=st.binary(max_size=300), ctype=st.sampled_from([None, "application/json", "application/x-www-form-urlencoded"]))
+@given(
+    raw=st.binary(max_size=300), ctype=st.sampled_from([None, "application/json", "application/x-www-form-urlencoded"])
+)
 def test_arbitrary_bytes_never_raise(raw: bytes, ctype: str | None) -> None:
     result = normalize(raw, {"content-type": ctype} if ctype else None)
     assert isinstance(result, (NormalizedEvent, Skipped, Unreadable))

@@ -59,7 +59,9 @@ def test_type_plus_action_and_resource_header() -> None:
     assert run(hinted, **{"apro-resource": "appointments"}).kind is EventKind.APPOINTMENT_NO_SHOW
     flat_client = {"clientId": 77, "firstName": "A", "phone": "480-555-0134"}
     result = run(flat_client, **{"apro-resource": "clients"})
-    assert result.kind is EventKind.CLIENT_UPSERTED and result.client.id == "77" and result.client.phone == "+14805550134"
+    assert (
+        result.kind is EventKind.CLIENT_UPSERTED and result.client.id == "77" and result.client.phone == "+14805550134"
+    )
 
 
 def test_invoice_refund_and_void_amounts_are_positive_and_need_no_contact() -> None:
@@ -74,7 +76,9 @@ def test_invoice_refund_and_void_amounts_are_positive_and_need_no_contact() -> N
 
 def test_paid_invoice_prefers_amount_paid_then_total() -> None:
     base = {"event": "invoice.paid", "client": CLIENT}
-    assert run({**base, "invoice": {"id": 1, "total": "10", "amount_paid_cents": "950"}}).invoice.amount_paid == Decimal("9.50")
+    assert run(
+        {**base, "invoice": {"id": 1, "total": "10", "amount_paid_cents": "950"}}
+    ).invoice.amount_paid == Decimal("9.50")
     assert run({**base, "invoice": {"id": 1, "total": "1,234.56"}}).invoice.amount_paid == Decimal("1234.56")
 
 

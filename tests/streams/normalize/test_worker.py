@@ -109,7 +109,15 @@ def raw_record(body: bytes, received_at: str = "2026-12-01T00:00:05+00:00") -> t
         key = (find_client_id(parse_body(body)) or "").encode()
     except ValueError:
         key = b""
-    return key, body, {header_names.RECEIVED_AT: received_at, header_names.REQUEST_ID: "req-1", header_names.CONTENT_TYPE: "application/json"}
+    return (
+        key,
+        body,
+        {
+            header_names.RECEIVED_AT: received_at,
+            header_names.REQUEST_ID: "req-1",
+            header_names.CONTENT_TYPE: "application/json",
+        },
+    )
 
 
 def test_worker_normalizes_skips_dedupes_and_deadletters(settings: Settings, fixture_bodies: dict[str, bytes],
@@ -144,7 +152,10 @@ def test_worker_normalizes_skips_dedupes_and_deadletters(settings: Settings, fix
     for key, value, headers in outputs.records["normalized"]:
         event = json.loads(value)
         assert key == event["client"]["id"].encode()
-        assert headers[header_names.RECEIVED_AT] == "2026-12-01T00:00:05+00:00" and headers[header_names.REQUEST_ID] == "req-1"
+        assert (
+            headers[header_names.RECEIVED_AT] == "2026-12-01T00:00:05+00:00"
+            and headers[header_names.REQUEST_ID] == "req-1"
+        )
         assert event["received_at"].startswith("2026-12-01T00:00:05")
 
     skipped = {json.loads(v)["reason"]: json.loads(v) for _, v, _ in outputs.records["skipped"]}
@@ -158,7 +169,11 @@ def test_worker_normalizes_skips_dedupes_and_deadletters(settings: Settings, fix
     assert headers[header_names.DLQ_STAGE] == "normalize" and headers[header_names.REASON].startswith("body:")
     assert headers[header_names.DLQ_SOURCE_TOPIC] == settings.topics.raw
     assert int(headers[header_names.DLQ_SOURCE_OFFSET]) >= 0 and int(headers[header_names.DLQ_SOURCE_PARTITION]) >= 0
-    assert headers[header_names.DLQ_EVENT_ID] and headers[header_names.DLQ_AT] and headers[header_names.DLQ_LOCATION] == "unknown"
+    assert (
+        headers[header_names.DLQ_EVENT_ID]
+        and headers[header_names.DLQ_AT]
+        and headers[header_names.DLQ_LOCATION] == "unknown"
+    )
     assert headers[header_names.RECEIVED_AT] == "2026-12-01T00:00:05+00:00"
 
 

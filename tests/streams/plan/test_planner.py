@@ -137,9 +137,14 @@ def test_appointment_event_fields_note_stage_workflow(kind: EventKind, status: s
     assert c.standard.to_body() == {"firstName": "Jane", "lastName": "Doe", "email": "jane.doe@example.com",
                                     "phone": "+14805550134", "dateOfBirth": "1985-03-14"}
     expected = {
-        "apro_appt_status": status, "apro_appt_date": "2026-12-01", "apro_appt_id": "A1",
-        "apro_appt_services": "Botox - Forehead, HydraFacial Signature", "apro_appt_service_type": "Injectables, Facials",
-        "apro_provider": "Dr. Maya Lee", "apro_location": "Scottsdale", "apro_client_id": "48213",
+        "apro_appt_status": status,
+        "apro_appt_date": "2026-12-01",
+        "apro_appt_id": "A1",
+        "apro_appt_services": "Botox - Forehead, HydraFacial Signature",
+        "apro_appt_service_type": "Injectables, Facials",
+        "apro_provider": "Dr. Maya Lee",
+        "apro_location": "Scottsdale",
+        "apro_client_id": "48213",
         "apro_dob": "1985-03-14",
     }
     if kind is EventKind.APPOINTMENT_BOOKED:
@@ -194,7 +199,10 @@ def test_invoice_paid_fields_note_won_value_and_workflows() -> None:
     (opp,) = of(p, UpsertOpportunity)
     assert (opp.stage, opp.status, opp.monetary_value) == (crm_fields.STAGE_PATIENT, "won", Decimal("1150.00"))
     assert [op.tags for op in of(p, AddTags)] == [("apro-patient",)]
-    assert [w.workflow for w in of(p, EnrollWorkflow)] == [crm_fields.WORKFLOW_INVOICE_PAID, crm_fields.WORKFLOW_BIRTHDAY]
+    assert [w.workflow for w in of(p, EnrollWorkflow)] == [
+        crm_fields.WORKFLOW_INVOICE_PAID,
+        crm_fields.WORKFLOW_BIRTHDAY,
+    ]
     assert p.new_state.patient and p.new_state.appointments["A1"].status is AppointmentStatus.COMPLETED
 
 
@@ -295,7 +303,10 @@ def test_next_visit_is_earliest_future_booking_and_moves_on_reschedule_cancel_de
     deleted_note = of(plans[5], AddNote)[0].body
     assert deleted_note.startswith("AestheticsPro appointment deleted") and "Chemical Peel" in deleted_note
     # deleting A2 leaves the APro Appt fields alone: they describe A1 (the latest activity)...
-    assert (contact(plans[5]).custom["apro_appt_id"], contact(plans[5]).custom["apro_appt_status"]) == ("A1", "Cancelled")
+    assert (contact(plans[5]).custom["apro_appt_id"], contact(plans[5]).custom["apro_appt_status"]) == (
+        "A1",
+        "Cancelled",
+    )
     assert s is not None and s.next_visit is None
     # ...while deleting the appointment they describe marks it Deleted
     p = plan(NormalizedEvent(event_id="d2", kind=EventKind.APPOINTMENT_DELETED, occurred_at=t(25), location=PHX,
@@ -373,15 +384,25 @@ def test_story_book_reschedule_cancel_rebook_paid_twice_retail() -> None:
     s, plans = run(story())
     assert [p.outcome for p in plans] == [Outcome.APPLIED] * 5 + [Outcome.REPEATED_INVOICE, Outcome.APPLIED]
     stages = [[o.stage for o in of(p, UpsertOpportunity)] for p in plans]
-    assert stages == [[crm_fields.STAGE_BOOKED], [], [crm_fields.STAGE_CANCEL_NO_SHOW], [crm_fields.STAGE_BOOKED], [crm_fields.STAGE_PATIENT], [],
-                      [crm_fields.STAGE_PATIENT]]
+    assert stages == [
+        [crm_fields.STAGE_BOOKED],
+        [],
+        [crm_fields.STAGE_CANCEL_NO_SHOW],
+        [crm_fields.STAGE_BOOKED],
+        [crm_fields.STAGE_PATIENT],
+        [],
+        [crm_fields.STAGE_PATIENT],
+    ]
     nv = [contact(p).custom.get("next_visit_date") for p in plans[:5]]
     assert nv == ["2026-12-01", "2026-12-03", "", "2026-12-03", ""]
     assert plans[5].ops == ()  # same invoice paid again: counted once, no second note or enrollment
     assert contact(plans[6]).custom["patient_lifetime_value"] == Decimal("1246.50")
     assert contact(plans[6]).custom["last_visit_date"] == "2026-12-06"
     # a second invoice is a new paid invoice: it enrolls again
-    assert [w.workflow for w in of(plans[6], EnrollWorkflow)] == [crm_fields.WORKFLOW_INVOICE_PAID, crm_fields.WORKFLOW_BIRTHDAY]
+    assert [w.workflow for w in of(plans[6], EnrollWorkflow)] == [
+        crm_fields.WORKFLOW_INVOICE_PAID,
+        crm_fields.WORKFLOW_BIRTHDAY,
+    ]
     assert s is not None and s.lifetime_value == Decimal("1246.50") and s.patient
     assert [e.event_id for e in s.effects] == ["e1-book", "e2-resched", "e3-cancel", "e4-rebook", "e5-paid",
                                                "e7-retail"]
@@ -645,7 +666,9 @@ def test_events_without_an_offset_stay_readable_and_order_before_offsets() -> No
     legacy = NormalizedEvent.model_validate_json(booked("old", t(20)).model_dump_json(exclude={"raw_offset"}))
     assert legacy.raw_offset is None
     state = ClientState.model_validate_json(run([legacy])[0].to_json())  # type: ignore[union-attr]
-    cancel = with_offset(appt_event("0-cancel", EventKind.APPOINTMENT_CANCELLED, t(20), start=t(1, 17, 30, month=12)), 0)
+    cancel = with_offset(
+        appt_event("0-cancel", EventKind.APPOINTMENT_CANCELLED, t(20), start=t(1, 17, 30, month=12)), 0
+    )
     p = plan(cancel, state, location_label=LABEL, now=NOW)
     assert p.outcome is Outcome.APPLIED and of(p, EnrollWorkflow)
 
