@@ -164,10 +164,10 @@ def main() -> None:
                           f"(planner CPU {cpu:.0f} s)", flush=True)
                 mem, took = measure(stack.worker(label), args.timeout)
                 results[label] = (mem, took, written)
-                if broker is not None and broker.pid is not None:
-                    print(f"  embedded broker VmRSS {memory_kib(broker.pid)['VmRSS'] / 1024:.0f} MiB", flush=True)
                 print(f"{label}: VmRSS {mem['VmRSS'] / 1024:.0f} MiB, VmHWM {mem['VmHWM'] / 1024:.0f} MiB, "
                       f"ready+recovered in {took:.1f} s", flush=True)
+                if broker is not None and broker.pid is not None:
+                    print(f"  embedded broker VmRSS {memory_kib(broker.pid)['VmRSS'] / 1024:.0f} MiB", flush=True)
     finally:
         if broker is not None:
             broker.stop()
