@@ -11,7 +11,6 @@ import functools
 import logging
 import random
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,6 +30,7 @@ from sinks.executor import OpExecutor, SyncError, ordered_pending
 from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlPermanentError, GhlTransientError
 from sinks.ghl.retry import RetryPolicy
+from sinks.lane_choice import lane_index
 from sinks.locations import GhlTarget, Locations, LocationsError, UnknownLocation, load_locations
 from sinks.oauth import OAuthManager
 from sinks.provision import ResolvedIdsCache
@@ -197,8 +197,7 @@ class SyncEngine:
         self.fence("stopping")
 
     def lane_for(self, client_key: bytes | str | None) -> Lane:
-        data = client_key if isinstance(client_key, bytes) else str(client_key or "").encode()
-        return self.lanes[zlib.crc32(data) % len(self.lanes)]
+        return self.lanes[lane_index(client_key, len(self.lanes))]
 
     async def submit(self, event: faust.EventT) -> None:
         """Called by the agent, in partition order. Blocks when the lane's queue is full (backpressure)."""
