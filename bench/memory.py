@@ -1,0 +1,185 @@
+"""Benchmark: a sink worker's memory after it recovered the client_state table of N realistic patients.
+
+Each patient (one booking, one paid invoice) goes through the real planner with every op marked done, as the
+worker would hold it; the state is written to the changelog with the table's own key/value codec. A real
+`apro-sync worker` (memory store) then recovers it; its VmRSS/VmHWM are read beside a baseline worker over an
+empty changelog in the same run. Target: <= 300 MB at 100k.   Usage: python bench/memory.py [--patients N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import time
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from aiokafka.partitioner import murmur2  # noqa: E402
+from confluent_kafka import Producer  # noqa: E402
+from faust.serializers import codecs  # noqa: E402
+
+from apro_sync.embedded_broker import EmbeddedBroker  # noqa: E402
+from apro_sync.local_stack import StackConfig, WorkerProcess  # noqa: E402
+from apro_sync.processes import wait_until  # noqa: E402
+from foundations.kafka_admin import ensure_topics  # noqa: E402
+from foundations.topics import TopicSpec  # noqa: E402
+from foundations.formats.crm_commands import UpsertContact, UpsertOpportunity  # noqa: E402
+from foundations.formats.normalized import (  # noqa: E402
+    Appointment,
+    Client,
+    EventKind,
+    Invoice,
+    LineItem,
+    Location,
+    NormalizedEvent,
+    Provider,
+    Service,
+)
+from sinks.agent import CHANGELOG_SERIALIZER, CHANGELOG_TOPIC  # noqa: E402
+from streams.plan.planner import plan  # noqa: E402
+from streams.plan.state import ClientState, mark_done, record_contact_id, record_opportunity_id  # noqa: E402
+
+UTC = timezone.utc
+LOCATION = Location(id="3", name="Scottsdale", timezone="America/Phoenix")
+SERVICES = [("Botox - Forehead", "Injectables", "420.00"), ("HydraFacial", "Facials", "199.00"),
+            ("Laser Hair Removal", "Laser", "275.00"), ("Chemical Peel", "Facials", "150.00")]
+FIRST = ["Jane", "Maria", "Emily", "Sofia", "Olivia", "Ava", "Mia", "Chloe", "Grace", "Zoe"]
+LAST = ["Doe", "Garcia", "Nguyen", "Smith", "Johnson", "Brown", "Martinez", "Lee", "Walker", "Hall"]
+PARTITIONS = 12  # the worker's default (Settings.topic_partitions)
+RECOVERED = "Worker ready"  # Faust's log line once the tables are recovered and the streams resumed
+
+
+def patient_state(n: int) -> ClientState:
+    """Patient `n`: booked, visited, paid; every op done, contact and opportunity ids recorded."""
+    cid = str(100000 + n)
+    first, last = FIRST[n % len(FIRST)], LAST[(n // len(FIRST)) % len(LAST)]
+    client = Client(id=cid, first_name=first, last_name=f"{last}{n}", email=f"{first.lower()}.{n}@example.com",
+                    phone=f"+1480{5550000 + n:07d}", date_of_birth=date(1960 + n % 40, 1 + n % 12, 1 + n % 28))
+    name, kind, price = SERVICES[n % len(SERVICES)]
+    booked = datetime(2026, 9, 1, 15, tzinfo=UTC) + timedelta(minutes=n)
+    appt = Appointment(id=f"A{n}", start=booked + timedelta(days=10), services=(Service(name=name, service_type=kind),),
+                       provider=Provider(id="P-12", name="Dr. Maya Lee"))
+    inv = Invoice(id=f"INV-{n}", number=str(10000 + n), amount_paid=Decimal(price), appointment=appt,
+                  items=(LineItem(name=name, type="Service", amount=Decimal(price)),), paid_at=appt.start)
+    events = [NormalizedEvent(event_id=f"ev-{n}-b", kind=EventKind.APPOINTMENT_BOOKED, occurred_at=booked,
+                              raw_offset=2 * n, location=LOCATION, client=client, appointment=appt),
+              NormalizedEvent(event_id=f"ev-{n}-p", kind=EventKind.INVOICE_PAID, occurred_at=appt.start,
+                              raw_offset=2 * n + 1, location=LOCATION, client=client, invoice=inv)]
+    state: ClientState | None = None
+    for ev in events:
+        state = plan(ev, state, location_label="loc-main", now=ev.occurred_at or booked).new_state
+        for op in state.pending_ops():
+            if isinstance(op, UpsertContact) and "loc-main" not in state.crm:
+                state = record_contact_id(state, "loc-main", f"ct{n:018d}")
+            if isinstance(op, UpsertOpportunity):
+                state = record_opportunity_id(state, "loc-main", f"op{n:018d}")
+            state = mark_done(state, op.op_id)
+    assert state is not None
+    return state
+
+
+def write_changelog(bootstrap: str, topic: str, patients: int, one_per_batch: bool) -> tuple[int, float]:
+    """Every patient's state as the worker writes it (table codec, the event's partition); returns bytes, CPU s."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "none",
+                         **({"batch.num.messages": 1} if one_per_batch else {})})
+    total, cpu = 0, 0.0
+    for n in range(patients):
+        start = time.process_time()
+        state = patient_state(n)
+        key = codecs.dumps(CHANGELOG_SERIALIZER, state.client_id)
+        value = codecs.dumps(CHANGELOG_SERIALIZER, state.to_json().decode())
+        cpu += time.process_time() - start
+        partition = (murmur2(state.client_id.encode()) & 0x7FFFFFFF) % PARTITIONS
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, partition=partition)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+        total += len(key) + len(value)
+    if producer.flush(120):
+        raise RuntimeError("changelog records not delivered")
+    return total, cpu
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M)}
+
+
+def measure(worker: WorkerProcess, timeout_s: float) -> tuple[dict[str, int], float]:
+    """Start the worker, wait for Faust's recovery to complete, let RSS settle; returns memory and recovery s."""
+    started = time.monotonic()
+    worker.start()
+    assert worker.proc is not None
+
+    def recovered() -> bool:
+        if worker.proc is None or worker.proc.poll() is not None:
+            raise RuntimeError(f"worker exited; see {worker.stderr_path}")
+        return any(RECOVERED in path.read_text(errors="replace") for path in worker.log_files if path.exists())
+
+    wait_until(recovered, timeout_s, 0.5, "table recovery")
+    took = time.monotonic() - started
+    time.sleep(5)  # the stream consumer starts; memory settles
+    mem = memory_kib(worker.proc.pid)
+    worker.stop()
+    return mem, took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--patients", type=int, default=100_000)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed for the recovery")
+    args = parser.parse_args()
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        broker = EmbeddedBroker().start()
+        bootstrap = broker.bootstrap
+    ghl = {"APRO_GHL_BASE_URL": "http://127.0.0.1:9", "APRO_GHL_TOKEN": "bench-token-0123456789abcdef",
+           "APRO_GHL_LOCATION_ID": "bench-location", "APRO_LOG_FORMAT": "console"}
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+            results = {}
+            for label, patients in (("baseline", 0), ("loaded", args.patients)):
+                stack = StackConfig(bootstrap=bootstrap, work_dir=Path(tmp) / label, partitions=PARTITIONS,
+                                    embedded_broker=broker is not None, extra_env=ghl)
+                stack.create_topics()
+                written, cpu = 0, 0.0
+                changelog = f"{stack.topic_prefix}{CHANGELOG_TOPIC}"  # declared by the worker, not in topic_specs
+                ensure_topics(bootstrap, [TopicSpec(changelog, PARTITIONS, 1, {"cleanup.policy": "compact"})])
+                if patients:
+                    start = time.monotonic()
+                    written, cpu = write_changelog(bootstrap, changelog,
+                                                   patients, one_per_batch=broker is not None)
+                    print(f"wrote {patients:,} states ({written:,} bytes) in {time.monotonic() - start:.0f} s "
+                          f"(planner CPU {cpu:.0f} s)", flush=True)
+                mem, took = measure(stack.worker(label), args.timeout)
+                results[label] = (mem, took, written)
+                print(f"{label}: VmRSS {mem['VmRSS'] / 1024:.0f} MiB, VmHWM {mem['VmHWM'] / 1024:.0f} MiB, "
+                      f"ready+recovered in {took:.1f} s", flush=True)
+                if broker is not None and broker.pid is not None:
+                    print(f"  embedded broker VmRSS {memory_kib(broker.pid)['VmRSS'] / 1024:.0f} MiB", flush=True)
+    finally:
+        if broker is not None:
+            broker.stop()
+    (base, _, _), (loaded, took, written) = results["baseline"], results["loaded"]
+    delta = (loaded["VmRSS"] - base["VmRSS"]) * 1024
+    print(f"\npatients {args.patients:,}; load average {os.getloadavg()[0]:.2f}")
+    print(f"  RSS {loaded['VmRSS'] / 1024:.0f} MiB (peak {loaded['VmHWM'] / 1024:.0f} MiB), baseline "
+          f"{base['VmRSS'] / 1024:.0f} MiB, RSS - baseline {delta / 2**20:.0f} MiB; recovery {took:.1f} s")
+    print(f"  bytes per patient: {delta / max(args.patients, 1):,.0f} in RSS, {written / max(args.patients, 1):,.0f}"
+          f" in the changelog ({written / 2**20:.1f} MiB); RSS / changelog {delta / max(written, 1):.2f}x")
+    print(f"  target: <= 300 MB (= {300e6 / 2**20:.0f} MiB) RSS at 100k patients on the memory store")
+
+
+if __name__ == "__main__":
+    main()
