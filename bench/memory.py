@@ -29,7 +29,7 @@ from apro_sync.embedded_broker import EmbeddedBroker  # noqa: E402
 from apro_sync.local_stack import StackConfig, WorkerProcess  # noqa: E402
 from apro_sync.processes import wait_until  # noqa: E402
 from foundations.kafka_admin import ensure_topics  # noqa: E402
-from foundations.topics import TopicSpec  # noqa: E402
+from foundations.topics import Topics, TopicSpec  # noqa: E402
 from foundations.formats.crm_commands import UpsertContact, UpsertOpportunity  # noqa: E402
 from foundations.formats.normalized import (  # noqa: E402
     Appointment,
@@ -42,7 +42,7 @@ from foundations.formats.normalized import (  # noqa: E402
     Provider,
     Service,
 )
-from sinks.agent import CHANGELOG_SERIALIZER, CHANGELOG_TOPIC  # noqa: E402
+from sinks.agent import CHANGELOG_SERIALIZER  # noqa: E402
 from streams.plan.planner import plan  # noqa: E402
 from streams.plan.state import ClientState, mark_done, record_contact_id, record_opportunity_id  # noqa: E402
 
@@ -154,7 +154,7 @@ def main() -> None:
                                     embedded_broker=broker is not None, extra_env=ghl)
                 stack.create_topics()
                 written, cpu = 0, 0.0
-                changelog = f"{stack.topic_prefix}{CHANGELOG_TOPIC}"  # declared by the worker, not in topic_specs
+                changelog = Topics.with_prefix(stack.topic_prefix).client_state_changelog
                 ensure_topics(bootstrap, [TopicSpec(changelog, PARTITIONS, 1, {"cleanup.policy": "compact"})])
                 if patients:
                     start = time.monotonic()
