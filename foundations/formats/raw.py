@@ -162,7 +162,7 @@ class Lookup:
         return value if type(value) is dict or (type(value) not in _SCALARS and isinstance(value, Mapping)) else None
 
     def get(self, obj: Any, *names: str) -> Any:
-        """`payload.get`, each object indexed once. One frame: this is the normalizer's hottest call."""
+        """`get` above, each object indexed once per read. One frame: this is the normalizer's hottest call."""
         entry = self._indexes.get(id(obj))
         if entry is None or entry[0] is not obj:
             if type(obj) is not dict and (type(obj) in _SCALARS or not isinstance(obj, Mapping)):
