@@ -71,53 +71,35 @@ def _index(obj: Mapping[str, Any]) -> dict[str, Any]:
     return index
 
 
-_WANTED: dict[tuple[str, ...], tuple[tuple[str, ...], frozenset[str]]] = {}
-_WANTED_MAX = 4096  # the names are our own constants; the bound is only a safeguard
-
-
-def wanted(names: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
-    """`names` normalised (memoised): in order of preference, and as a set for one C-level intersection."""
-    found = _WANTED.get(names)
-    if found is None:
-        normed = tuple(norm_key(n) for n in names)
-        found = (normed, frozenset(normed))
-        if len(_WANTED) < _WANTED_MAX:
-            _WANTED[names] = found
-    return found
-
-
 _SPELLED: dict[tuple[str, ...], tuple[str, ...]] = {}
-_EMPTIABLE = frozenset({str, list, dict})  # of these, an empty value counts as absent (0 and False do not)
+_SPELLED_MAX = 4096  # the names are our own constants; the bound is only a safeguard
 
 
 def spelled(names: tuple[str, ...]) -> tuple[str, ...]:
-    """`names` normalised, without repeats, in order of preference (memoised like `wanted`)."""
+    """`names` normalised, without repeats, in order of preference (memoised)."""
     found = _SPELLED.get(names)
     if found is None:
         found = tuple(dict.fromkeys(norm_key(n) for n in names))
-        if len(_SPELLED) < _WANTED_MAX:
+        if len(_SPELLED) < _SPELLED_MAX:
             _SPELLED[names] = found
     return found
 
 
-def _first(index: dict[str, Any], wanted: tuple[tuple[str, ...], frozenset[str]]) -> Any:
-    """First non-empty value under the names of `wanted` (a `wanted()` pair), in their order."""
-    hits = index.keys() & wanted[1]  # most lookups find none of their spellings: one intersection in C
-    if not hits:
-        return None
-    for name in wanted[0]:
-        if name in hits:
-            value = index[name]
-            if value is not None and value != "" and value != [] and value != {}:
-                return value
+def _first(index: dict[str, Any], names: tuple[str, ...]) -> Any:
+    """First non-empty value (not None, "", [] or {}) under the normalised `names`, in their order."""
+    lookup = index.get
+    for name in names:
+        value = lookup(name)
+        if value is not None and (value or not (value == "" or value == [] or value == {})):
+            return value
     return None
 
 
 def get(obj: Any, *names: str) -> Any:
     """First non-empty value under any of `names`, comparing keys case- and separator-insensitively."""
-    if type(obj) is not dict and (type(obj) in _SCALARS or not isinstance(obj, Mapping)):
+    if not is_object(obj):
         return None
-    return _first(_index(obj), wanted(names))
+    return _first(_index(obj), spelled(names))
 
 
 def get_block(obj: Any, *names: str) -> Mapping[str, Any] | None:
@@ -139,7 +121,7 @@ class Lookup:
 
     def index(self, obj: Any) -> dict[str, Any] | None:
         """`obj`'s normalised key → value (the first key in order wins); None when `obj` is not an object."""
-        if type(obj) is not dict and (type(obj) in _SCALARS or not isinstance(obj, Mapping)):
+        if not is_object(obj):
             return None
         entry = self._indexes.get(id(obj))
         if entry is None or entry[0] is not obj:
@@ -152,33 +134,28 @@ class Lookup:
         index = self.index(obj)
         return index is not None and not index.keys().isdisjoint(names)
 
-    def find(self, obj: Any, names: tuple[tuple[str, ...], frozenset[str]]) -> Any:
-        """`get(obj, *spellings)` with `names` = `wanted(spellings)`."""
+    def find(self, obj: Any, names: tuple[str, ...]) -> Any:
+        """`get(obj, *spellings)` with `names` = `spelled(spellings)`."""
         index = self.index(obj)
         return None if index is None else _first(index, names)
 
-    def find_block(self, obj: Any, names: tuple[tuple[str, ...], frozenset[str]]) -> Mapping[str, Any] | None:
+    def find_block(self, obj: Any, names: tuple[str, ...]) -> Mapping[str, Any] | None:
         value = self.find(obj, names)
-        return value if type(value) is dict or (type(value) not in _SCALARS and isinstance(value, Mapping)) else None
+        return value if is_object(value) else None
 
     def get(self, obj: Any, *names: str) -> Any:
         """`get` above, each object indexed once per read. One frame: this is the normalizer's hottest call."""
         entry = self._indexes.get(id(obj))
         if entry is None or entry[0] is not obj:
-            if type(obj) is not dict and (type(obj) in _SCALARS or not isinstance(obj, Mapping)):
+            if not is_object(obj):
                 return None
             entry = (obj, _index(obj))
             self._indexes[id(obj)] = entry
-        lookup = entry[1].get
-        for name in _SPELLED.get(names) or spelled(names):
-            value = lookup(name)
-            if value is not None and (value or type(value) not in _EMPTIABLE):
-                return value
-        return None
+        return _first(entry[1], _SPELLED.get(names) or spelled(names))
 
     def get_block(self, obj: Any, *names: str) -> Mapping[str, Any] | None:
         value = self.get(obj, *names)
-        return value if type(value) is dict or (type(value) not in _SCALARS and isinstance(value, Mapping)) else None
+        return value if is_object(value) else None
 
 
 _SCALARS = frozenset({str, int, float, bool, Decimal, type(None)})
@@ -220,7 +197,7 @@ def clean_text(text: str) -> str:
 def _check_depth(value: Any, depth: int = 0) -> None:
     if depth > MAX_DEPTH:
         raise PayloadError(f"body nests deeper than {MAX_DEPTH} levels")
-    if type(value) is dict or (type(value) not in _SCALARS and isinstance(value, Mapping)):
+    if is_object(value):
         children: Iterable[Any] = value.values()
     elif isinstance(value, list):
         children = value
@@ -410,8 +387,8 @@ def id_issue(value: Any) -> str | None:
     return "not a finite number"
 
 
-def _names(*names: str) -> tuple[tuple[str, ...], frozenset[str]]:
-    return wanted(names)
+def _names(*names: str) -> tuple[str, ...]:
+    return spelled(names)
 
 
 _N_CLIENT_BLOCK = _names(*CLIENT_BLOCK_KEYS)

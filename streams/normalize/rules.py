@@ -158,17 +158,6 @@ def consent_flag(value: Any) -> bool | None:
 _NO_CONSENT = Consent()
 _NO_LOCATION = Location()
 
-
-def _location(loc_id: str | None, name: str | None, timezone: str | None) -> Location:
-    return Location(id=loc_id, name=name, timezone=timezone)
-
-
-def _consent(email: bool | None, sms: bool | None, call: bool | None) -> Consent:
-    return Consent(email_opt_out=email, sms_opt_out=sms, call_opt_out=call)
-
-
-def _provider(provider_id: str | None, name: str | None) -> Provider:
-    return Provider(id=provider_id, name=name)
 PHONE_KEYS = ("mobilePhone", "cellPhone", "mobile", "cell", "mobileNumber", "cellNumber", "phone", "phoneNumber",
               "primaryPhone", "homePhone", "workPhone", "phone1", "phone2")
 EMAIL_KEYS = ("email", "emailAddress", "primaryEmail", "email1", "mail")
@@ -302,7 +291,7 @@ class _Reader:
             tz_name = None  # an unknown zone name is ignored: naive times fall back to the default zone
         if loc_id is None:
             loc_id = _text(self.headers.get(header_names.TOKEN_LOCATION), 128)
-        return shared(_location, loc_id, name[:200] if name else None, tz_name)
+        return shared(Location, id=loc_id, name=name[:200] if name else None, timezone=tz_name)
 
     def _received_at(self) -> datetime | None:
         try:
@@ -495,7 +484,7 @@ class _Reader:
                 if value is not None:
                     said[channel] = value if opted_out else not value
                     break
-        return shared(_consent, said["email"], said["sms"], said["call"])
+        return shared(Consent, email_opt_out=said["email"], sms_opt_out=said["sms"], call_opt_out=said["call"])
 
     def _consent_sources(self, blocks: list[Mapping[str, Any]], channel: str) -> list[tuple[bool, Any]]:
         """(value means "opted out", lookup) in order of precedence."""
@@ -600,9 +589,10 @@ class _Reader:
             if name is None:
                 parts = [_text(self.look.get(raw, "firstName"), 100), _text(self.look.get(raw, "lastName"), 100)]
                 name = " ".join(p for p in parts if p) or None
-            provider = shared(_provider, id_str(self.look.get(raw, "id", "providerId", "staffId", "employeeId")), name)
+            provider = shared(Provider, id=id_str(self.look.get(raw, "id", "providerId", "staffId", "employeeId")),
+                              name=name)
         else:
-            provider = shared(_provider, id_str(pick("providerId", "staffId", "employeeId")), _text(raw, 200))
+            provider = shared(Provider, id=id_str(pick("providerId", "staffId", "employeeId")), name=_text(raw, 200))
         return provider if provider.id or provider.name else None
 
     # ------------------------------------------------------------------------------------------ membership

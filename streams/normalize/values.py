@@ -369,20 +369,16 @@ _SHARED_MAX = 4096  # distinct clinics, providers and services are few; the boun
 ModelT = TypeVar("ModelT")
 
 
-def shared(model: Callable[..., ModelT], *values: Any) -> ModelT:
-    """`model(*values)` built once per distinct value: a clinic, a provider or a service repeats across events, and
-    building an immutable model costs as much as reading its block."""
-    key = (model, *values)
+def shared(model: Callable[..., ModelT], **fields: Any) -> ModelT:
+    """`model(**fields)` built once per distinct value: a clinic, a provider or a service repeats across events,
+    and building an immutable model costs as much as reading its block."""
+    key = (model, *fields.items())
     found = _SHARED.get(key)
     if found is None:
         if len(_SHARED) >= _SHARED_MAX:
             _SHARED.clear()
-        found = _SHARED[key] = model(*values)
+        found = _SHARED[key] = model(**fields)
     return found
-
-
-def _service(sid: str | None, name: str, stype: str | None) -> Service:
-    return Service(id=sid, name=name, service_type=stype)
 
 
 def parse_services(services: Any, service_types: Any = None) -> tuple[Service, ...]:
@@ -400,7 +396,7 @@ def parse_services(services: Any, service_types: Any = None) -> tuple[Service, .
             continue
         if stype is None and types:
             stype = types[0] if len(types) == 1 else (types[index] if index < len(types) else None)
-        out.append(shared(_service, sid, name, stype))
+        out.append(shared(Service, id=sid, name=name, service_type=stype))
     return tuple(out)
 
 
