@@ -37,19 +37,16 @@ from foundations.formats.normalized import (  # noqa: E402
     EventKind,
     Invoice,
     LineItem,
-    Location,
     NormalizedEvent,
     Provider,
     Service,
 )
+from bench.state_growth import LOCATION, SERVICES  # noqa: E402  (the same clinic and price list)
 from sinks.agent import CHANGELOG_SERIALIZER  # noqa: E402
 from streams.plan.planner import plan  # noqa: E402
 from streams.plan.state import ClientState, mark_done, record_contact_id, record_opportunity_id  # noqa: E402
 
 UTC = timezone.utc
-LOCATION = Location(id="3", name="Scottsdale", timezone="America/Phoenix")
-SERVICES = [("Botox - Forehead", "Injectables", "420.00"), ("HydraFacial", "Facials", "199.00"),
-            ("Laser Hair Removal", "Laser", "275.00"), ("Chemical Peel", "Facials", "150.00")]
 FIRST = ["Jane", "Maria", "Emily", "Sofia", "Olivia", "Ava", "Mia", "Chloe", "Grace", "Zoe"]
 LAST = ["Doe", "Garcia", "Nguyen", "Smith", "Johnson", "Brown", "Martinez", "Lee", "Walker", "Hall"]
 PARTITIONS = 12  # the worker's default (Settings.topic_partitions)
