@@ -43,6 +43,7 @@ from foundations.formats.normalized import (  # noqa: E402
 )
 from bench.state_growth import LOCATION, SERVICES  # noqa: E402  (the same clinic and price list)
 from sinks.agent import CHANGELOG_SERIALIZER  # noqa: E402
+from streams.plan import state_codec  # noqa: E402
 from streams.plan.planner import plan  # noqa: E402
 from streams.plan.state import ClientState, mark_done, record_contact_id, record_opportunity_id  # noqa: E402
 
@@ -91,7 +92,7 @@ def write_changelog(bootstrap: str, topic: str, patients: int, one_per_batch: bo
         start = time.process_time()
         state = patient_state(n)
         key = codecs.dumps(CHANGELOG_SERIALIZER, state.client_id)
-        value = codecs.dumps(CHANGELOG_SERIALIZER, state.to_json().decode())
+        value = codecs.dumps(CHANGELOG_SERIALIZER, state_codec.encode(state))
         cpu += time.process_time() - start
         partition = (murmur2(state.client_id.encode()) & 0x7FFFFFFF) % PARTITIONS
         while True:

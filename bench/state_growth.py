@@ -1,8 +1,8 @@
 """Benchmark: CPU and changelog bytes per event against the length of one client's history.
 
-Replays the sink's state path in process (load the state JSON, plan, write it, then mark each op done and write
-it again, as sinks/agent.py does) for one client with 10, 100 and 1,000 events of history, then times the next
-events. Bounded state (the planner's default) beside the whole history (`bounded=False`) measured in the same run.
+Replays the sink's state path in process (decode, plan, write; mark each op done and write again, as
+sinks/agent.py does through streams/plan/state_codec.py) for one client with 10, 100 and 1,000 events of history,
+then times the next events; bounded state (the default) beside the whole history, in the same run.
 Target: per-event CPU and bytes at 1,000 within 1.5x of 10.   Usage: python bench/state_growth.py [--block N]
 """
 
@@ -32,8 +32,9 @@ from foundations.formats.normalized import (  # noqa: E402
     Provider,
     Service,
 )
+from streams.plan import state_codec  # noqa: E402
 from streams.plan.planner import plan  # noqa: E402
-from streams.plan.state import ClientState, mark_done, record_contact_id  # noqa: E402
+from streams.plan.state import mark_done, record_contact_id  # noqa: E402
 
 UTC = timezone.utc
 LOCATION = Location(id="3", name="Scottsdale", timezone="America/Phoenix")
@@ -88,17 +89,18 @@ def replay(events: list[NormalizedEvent], raw: str | None, bounded: bool) -> tup
     """The sink's state path for `events`; returns the final stored value and the bytes written."""
     written = 0
     for ev in events:
-        state = ClientState.from_json(raw) if raw is not None else None
+        state = state_codec.decode(raw) if raw is not None else None
         p = plan(ev, state, location_label=LABEL, now=ev.occurred_at or datetime.now(UTC), bounded=bounded)
         if state is None or p.new_state != state:
-            raw = p.new_state.to_json().decode()
+            raw = state_codec.encode(p.new_state, compact=not p.new_state.effects)
             written += len(raw)
         state = p.new_state
-        for op in state.pending_ops():
+        pending = state.pending_ops()
+        for op in pending:
             if isinstance(op, UpsertContact) and LABEL not in state.crm:
                 state = record_contact_id(state, LABEL, "contact-1")
             state = mark_done(state, op.op_id)
-            raw = state.to_json().decode()
+            raw = state_codec.encode(state, compact=op is pending[-1])
             written += len(raw)
     return raw, written
 

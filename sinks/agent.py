@@ -36,6 +36,7 @@ from sinks.oauth import OAuthManager
 from sinks.provision import ResolvedIdsCache
 from sinks.shadow import CURRENT_OP, Send, ShadowGhlClient
 from streams.plan.planner import Outcome, PlanError, plan
+from streams.plan import state_codec
 from streams.plan.state import ClientState, mark_done, park_failed
 from workarounds.consumer_control import SequenceGuard, abandon
 from workarounds.faust_patches import before_consumer_stops, on_rebalance_start
@@ -404,12 +405,13 @@ class SyncEngine:
         raw = self.table.get(client_id)
         if raw is None:
             return None
-        return ClientState.from_json(raw)
+        return state_codec.decode(raw)
 
-    def _save(self, client_id: str, state: ClientState, partition: int) -> Any:
+    def _save(self, client_id: str, state: ClientState, partition: int, *, last: bool = True) -> Any:
         """Write the state to the table: local store + changelog record on the event's partition. Returns the
-        changelog send future (await it for durability)."""
-        value = state.to_json().decode()
+        changelog send future (await it for durability). `last=False`: the event writes again soon (uncompressed
+        then, state_codec.encode)."""
+        value = state_codec.encode(state, compact=last)
         fut = self.table.send_changelog(partition, client_id, value)
         self.table.data[client_id] = value
         return fut
@@ -435,7 +437,8 @@ class SyncEngine:
         p = plan(ev, state, location_label=rt.label, now=now, default_timezone=self.settings.default_timezone,
                  resume_failed=resume_failed)
         if state is None or p.new_state != state:
-            await self._save(client_id, p.new_state, partition)  # durable BEFORE any GoHighLevel call
+            # Durable BEFORE any GoHighLevel call.
+            await self._save(client_id, p.new_state, partition, last=not p.new_state.effects)
             if p.outcome is Outcome.RESUMED:
                 log.info("sink: resuming %d op(s) of dead-lettered event %s", len(p.ops), ev.event_id)
             else:  # resumed ops were attempted before: in doubt
@@ -454,7 +457,7 @@ class SyncEngine:
             CURRENT_OP.set((client_id, op.event_id, op.op_id))  # names the op in shadow records
             state = await op_executor.execute(op, state, in_doubt=in_doubt)
             state = mark_done(state, op.op_id)
-            last_write = self._save(client_id, state, partition)
+            last_write = self._save(client_id, state, partition, last=op is pending[-1])
             if op.kind is OpKind.ENROLL_WORKFLOW:
                 await last_write  # shrink the one window the API cannot settle (docs/sync-engine.md)
             op_rt.breaker.record_success()

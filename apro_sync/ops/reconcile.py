@@ -28,6 +28,7 @@ from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget, load_locations
 from sinks.provision import ResolvedIds, resolve_ids
 from sinks.agent import changelog_topic_name
+from streams.plan import state_codec
 from streams.plan.state import ClientState
 
 CONCURRENCY = 8  # clients compared (or repaired) at once per location; the rate limiter paces the calls
@@ -69,7 +70,7 @@ def decode_changelog(records: Iterable[tuple[bytes | None, bytes | None]]) -> di
             states.pop(client_id, None)
         else:
             states[client_id] = json.loads(value)
-    return {cid: ClientState.from_json(raw) for cid, raw in states.items()}
+    return {cid: state_codec.decode(raw) for cid, raw in states.items()}
 
 
 def read_states(settings: Settings) -> dict[str, ClientState]:
