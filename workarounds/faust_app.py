@@ -5,6 +5,7 @@ from __future__ import annotations
 import faust
 
 from foundations.config import Settings
+from workarounds.faust_patches import commit_no_gaps
 
 
 def build_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
@@ -16,6 +17,7 @@ def build_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     """
     if not settings.kafka_bootstrap_servers:
         raise ValueError("KAFKA_BOOTSTRAP_SERVERS is not set")
+    commit_no_gaps()  # every agent reads through a SequenceGuard, which handles the gaps itself
     extra: dict[str, object] = {
         # How fast a crashed worker's partitions move to the others (Faust's default is 60 s).
         "broker_session_timeout": settings.kafka_session_timeout_s,

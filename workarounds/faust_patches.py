@@ -1,8 +1,10 @@
-"""Hooks Faust 0.15.3 offers no signal for: the start of a rebalance and the moment the consumer stops."""
+"""Hooks Faust 0.15.3 offers no signal for (the start of a rebalance, the moment the consumer stops), and its
+commit past offsets it never delivered, switched off."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import faust
 
@@ -27,3 +29,21 @@ def before_consumer_stops(app: faust.App, callback: Callable[[], None]) -> None:
         await original()
 
     app._stop_consumer = patched  # type: ignore[method-assign]  # noqa: SLF001
+
+
+def commit_no_gaps() -> None:
+    """faust-streaming 0.15.3 records a jump in the offsets it fetched as a gap (`Consumer._add_gap`) and, at the
+    first ack past the gap's start, counts the whole gap as acked and commits past it: before `SequenceGuard` has
+    read those records from the broker and the agent has finished them, so a stop or a crash in between loses
+    them. A jump is the guard's to handle (it acks records gone from the log itself), so Faust records none."""
+    from faust.transport import consumer
+
+    if getattr(consumer.Consumer, "_apro_commit_no_gaps", False):
+        return
+
+    async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:  # noqa: ARG001
+        return None
+
+    consumer.Consumer._apro_faust_add_gap = consumer.Consumer._add_gap  # type: ignore[attr-defined]  # noqa: SLF001
+    consumer.Consumer._add_gap = _add_gap  # type: ignore[method-assign]  # noqa: SLF001
+    consumer.Consumer._apro_commit_no_gaps = True  # type: ignore[attr-defined]  # noqa: SLF001

@@ -16,6 +16,7 @@ from faust.types.tuples import ConsumerMessage
 from foundations import metrics
 from foundations.kafka_admin import ensure_topics
 from workarounds.consumer_control import GapReader, SequenceGuard
+from workarounds.faust_patches import commit_no_gaps
 
 pytestmark = pytest.mark.integration
 
@@ -143,12 +144,40 @@ class LeakyLog(FakeLog):
         return [r for r in await super().read(topic, partition, start, end) if r.offset not in (2, 3)]
 
 
-def test_records_no_longer_in_the_log_are_counted_as_gone(app: faust.App) -> None:
+def test_records_no_longer_in_the_log_are_counted_as_gone_and_committed_past(app: faust.App) -> None:
+    commit_no_gaps()
+    app.topics._acking_topics.add("t")  # noqa: SLF001 - as an agent subscribing to "t" would
+
     async def run() -> None:
         guard = SequenceGuard(app, "test-guard", LeakyLog())  # type: ignore[arg-type]
         gone = counter("test-guard", "gone")
-        assert offsets(await guard.admit(delivered(app, "t", 0))) == [0]
-        assert offsets(await guard.admit(delivered(app, "t", 5))) == [1, 4, 5]
+        first = await guard.admit(delivered(app, "t", 0))
+        assert offsets(first) == [0]
+        handed = await guard.admit(delivered(app, "t", 5))
+        assert offsets(handed) == [1, 4, 5]
         assert counter("test-guard", "gone") - gone == 2
+        for event in (*first, *handed):
+            event.ack()
+        assert app.consumer._new_offset(TP("t", 0)) == 6  # noqa: SLF001 - 2 and 3 are done: nothing to process
 
     asyncio.run(run())
+
+
+def test_faust_never_commits_past_a_gap_before_its_records_are_acked(app: faust.App) -> None:
+    """A jump in what Faust fetched (30, then 37) is a gap the guard reads; Faust must not count it as acked."""
+    commit_no_gaps()
+    app.topics._acking_topics.add("t")  # noqa: SLF001
+    consumer, tp = app.consumer, TP("t", 0)
+
+    async def run() -> list[int | None]:
+        consumer._committed_offset[tp] = 30  # noqa: SLF001
+        await consumer._add_gap(tp, 30, 37)  # noqa: SLF001 - what Faust's fetch loop calls on the jump
+        commits = []
+        for offset in (30, 31, 32):  # the guard hands 30..37 over in order; the agent finished three
+            delivered(app, "t", offset).ack()
+            commits.append(consumer._new_offset(tp))  # noqa: SLF001
+            consumer._committed_offset[tp] = commits[-1] or consumer._committed_offset[tp]  # noqa: SLF001
+        commits.append(consumer._new_offset(tp))  # noqa: SLF001
+        return commits
+
+    assert asyncio.run(run()) == [31, 32, 33, None]  # Faust's own gap fill would commit 38 here

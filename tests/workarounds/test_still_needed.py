@@ -3,10 +3,13 @@
 workarounds/README.md says what to do when one of these fails (re-measure, then drop the workaround).
 """
 
+import asyncio
 import inspect
 
 import faust
 from faust.transport import consumer as faust_consumer
+from faust.types import TP
+from faust.types.tuples import ConsumerMessage
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from workarounds import faust_patches
@@ -32,3 +35,23 @@ def test_the_hooks_faust_patches_wraps_still_exist_and_are_wrapped():
     app.on_rebalance_start()
     assert calls == ["rebalance"]
     assert inspect.iscoroutinefunction(app._stop_consumer)
+
+
+def test_faust_still_commits_past_the_gaps_it_records() -> None:
+    """faust_patches.commit_no_gaps: Faust's own `_add_gap` makes a commit pass offsets nobody acked."""
+    faust_patches.commit_no_gaps()
+    app = faust.App("apro-gap-fill-check", broker="kafka://127.0.0.1:1", store="memory://")
+    app.topics._acking_topics.add("t")  # noqa: SLF001
+    consumer, tp = app.consumer, TP("t", 0)
+    faust_add_gap = faust_consumer.Consumer._apro_faust_add_gap  # type: ignore[attr-defined]  # noqa: SLF001
+
+    async def run() -> int | None:
+        consumer._committed_offset[tp] = 30  # noqa: SLF001
+        await faust_add_gap(consumer, tp, 30, 37)
+        for offset in (30, 31, 32):
+            message = ConsumerMessage("t", 0, offset, 0.0, 0, [], b"k", b"v", None, 1, 1, tp)
+            consumer.ack(message)
+            consumer._committed_offset[tp] = consumer._new_offset(tp) or 30  # noqa: SLF001
+        return consumer._new_offset(tp)  # noqa: SLF001
+
+    assert asyncio.run(run()) == 38  # 33..37 were never acked
