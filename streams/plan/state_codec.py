@@ -1,9 +1,9 @@
 """The client_state table's value: a `ClientState` as compact text (pure, no I/O).
 
-A state's JSON is ~3 KB, mostly the same keys and stamps in every patient's record; a million of them must fit a
-worker's memory (docs/state.md). Deflate primed with a frozen dictionary of those shapes keeps ~300 bytes, in
-base64 so the value stays a str (the table's JSON codec, unchanged). Values written before compression (plain
-JSON) still decode, so a worker upgrade reads an existing changelog."""
+A state's JSON is ~3 KB, mostly keys and stamps every patient's record repeats; a million must fit a worker's
+memory. Deflate primed with a frozen dictionary of those shapes keeps ~300 bytes, base64 so the value stays a str
+(the table's JSON codec is unchanged). Plain JSON values still decode, so an upgraded worker reads an existing
+changelog. Format and rules: docs/sync-engine.md, "Stored state encoding"."""
 
 from __future__ import annotations
 
