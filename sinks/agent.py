@@ -35,8 +35,8 @@ from sinks.locations import GhlTarget, Locations, LocationsError, UnknownLocatio
 from sinks.oauth import OAuthManager
 from sinks.provision import ResolvedIdsCache
 from sinks.shadow import CURRENT_OP, Send, ShadowGhlClient
-from streams.plan.planner import Outcome, PlanError, plan
 from streams.plan import state_codec
+from streams.plan.planner import Outcome, PlanError, plan
 from streams.plan.state import ClientState, mark_done, park_failed
 from workarounds.consumer_control import SequenceGuard, abandon
 from workarounds.faust_patches import before_consumer_stops, on_rebalance_start
