@@ -84,6 +84,15 @@ class SaslSslListener:
     port: int = 0
 
 
+
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka writes one: never starting with "-", which its command line would read as a flag
+    (Kafka's own Uuid.randomUuid() rejects those the same way)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
 class ApacheKafka(BrokerProcess):
     """Format, start, wait for and stop one KRaft node; `stop()` then `start()` keeps its data and ports."""
 
@@ -160,8 +169,7 @@ class ApacheKafka(BrokerProcess):
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "server.properties").write_text(self._properties())
         (self.workdir / "log4j2.properties").write_text(LOG4J2.format(log=self.log_path))
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        args = ["format", "-t", cluster_id, "-c", str(self.workdir / "server.properties")]
+        args = ["format", "-t", new_cluster_id(), "-c", str(self.workdir / "server.properties")]
         for name, password in self.sasl_ssl.users if self.sasl_ssl else ():
             for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
                 args += ["--add-scram", f"{mechanism}=[name={name},password={password}]"]
