@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     worker_id: str = "apro-sync"
     worker_web_port: int = Field(default=6066, ge=0, le=65535)
     state_dir: Path = Path("./.apro-sync-state")
+    # Where the tables live: memory (rebuilt from the whole changelog at each start) or rocksdb (on disk under
+    # state_dir, recovered locally: only the changelog tail is read at a restart). RocksDB's block cache and write
+    # buffers share one cap, state_store_memory_mb (workarounds/rocksdb_store.py, docs/operations.md).
+    state_store: Literal["memory", "rocksdb"] = "memory"
+    state_store_memory_mb: int = Field(default=128, ge=16, le=65536)
     metrics_port: int = Field(default=9108, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"  # the worker's /metrics bind address (compose: the container's network name)
 

@@ -41,6 +41,7 @@ from streams.plan.state import ClientState, mark_done, park_failed
 from workarounds.consumer_control import SequenceGuard, abandon
 from workarounds.faust_patches import before_consumer_stops, on_rebalance_start
 from workarounds.partition_acker import PartitionAcker
+from workarounds.rocksdb_store import table_store, write_to_partition
 
 log = logging.getLogger("apro_sync.sink")
 
@@ -413,7 +414,8 @@ class SyncEngine:
         then, state_codec.encode)."""
         value = state_codec.encode(state, compact=last)
         fut = self.table.send_changelog(partition, client_id, value)
-        self.table.data[client_id] = value
+        with write_to_partition(partition):
+            self.table.data[client_id] = value
         return fut
 
     async def _process(self, lane: Lane, item: _Item) -> None:
@@ -609,7 +611,7 @@ def register_sink(app: faust.App, settings: Settings) -> None:
                           key_serializer=CHANGELOG_SERIALIZER, value_serializer=CHANGELOG_SERIALIZER,
                           partitions=partitions, compacting=True, deleting=False, internal=True)
     table = app.Table(TABLE_NAME, default=None, partitions=partitions, key_type=str, value_type=str,
-                      changelog_topic=changelog,
+                      changelog_topic=changelog, **table_store(settings.state_store, settings.state_store_memory_mb),
                       help="Per AestheticsPro client: LTV ledger, appointments, CRM ids, effects ledger.")
     if (table.key_serializer, table.value_serializer) != (changelog.key_serializer, changelog.value_serializer):
         raise RuntimeError("client_state changelog serializers differ from the table's: recovery would lose state")

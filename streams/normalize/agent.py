@@ -26,6 +26,7 @@ from streams.normalize.dedupe import EventDeduper
 from streams.normalize.output_producer import OutputProducer, OutputRecord, producer_config
 from streams.normalize.rules import body_hash, normalize
 from workarounds.consumer_control import SequenceGuard
+from workarounds.rocksdb_store import table_store
 
 log = logging.getLogger("apro_sync.normalize")
 
@@ -224,6 +225,7 @@ def register_normalizer(app: faust.App, settings: Settings) -> None:
         for name in ("normalized", "skipped", "deadletter")
     }
     table = app.Table("normalize-dedupe", default=None, partitions=partitions, key_type=str,
+                      **table_store(settings.state_store, settings.state_store_memory_mb),
                       help="Event ids already passed on, bounded per partition (APRO_DEDUPE_WINDOW).")
     normalizer = Normalizer(app, settings, topics, table)
 
