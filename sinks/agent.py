@@ -611,7 +611,8 @@ def register_sink(app: faust.App, settings: Settings) -> None:
                           key_serializer=CHANGELOG_SERIALIZER, value_serializer=CHANGELOG_SERIALIZER,
                           partitions=partitions, compacting=True, deleting=False, internal=True)
     table = app.Table(TABLE_NAME, default=None, partitions=partitions, key_type=str, value_type=str,
-                      changelog_topic=changelog, **table_store(settings.state_store, settings.state_store_memory_mb),
+                      changelog_topic=changelog,
+                      **table_store(TABLE_NAME, settings.state_store, settings.state_store_memory_mb),
                       help="Per AestheticsPro client: LTV ledger, appointments, CRM ids, effects ledger.")
     if (table.key_serializer, table.value_serializer) != (changelog.key_serializer, changelog.value_serializer):
         raise RuntimeError("client_state changelog serializers differ from the table's: recovery would lose state")

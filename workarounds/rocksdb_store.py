@@ -97,12 +97,13 @@ def register() -> None:
     stores.STORES.aliases[SCHEME] = f"{__name__}:RoutedRocksDBStore"
 
 
-def table_store(state_store: str, memory_mb: int) -> dict[str, Any]:
-    """The `app.Table(...)` keyword arguments choosing the configured store (nothing for the memory store)."""
+def table_store(name: str, state_store: str, memory_mb: int) -> dict[str, Any]:
+    """The `app.Table(name, ...)` keyword arguments choosing the configured store (none for the memory store).
+    The URL names the table: a bare `scheme://` is a false yarl URL, so Faust would use the app's store."""
     if state_store == "memory":
         return {}
     register()
-    return {"store": f"{SCHEME}://", "options": {
+    return {"store": f"{SCHEME}:{name}", "options": {
         "memory_bytes": memory_mb * 1024 * 1024, "max_open_files": MAX_OPEN_FILES,
         "write_buffer_size": WRITE_BUFFER_SIZE, "max_write_buffer_number": MAX_WRITE_BUFFER_NUMBER}}
 

@@ -225,7 +225,7 @@ def register_normalizer(app: faust.App, settings: Settings) -> None:
         for name in ("normalized", "skipped", "deadletter")
     }
     table = app.Table("normalize-dedupe", default=None, partitions=partitions, key_type=str,
-                      **table_store(settings.state_store, settings.state_store_memory_mb),
+                      **table_store("normalize-dedupe", settings.state_store, settings.state_store_memory_mb),
                       help="Event ids already passed on, bounded per partition (APRO_DEDUPE_WINDOW).")
     normalizer = Normalizer(app, settings, topics, table)
 
