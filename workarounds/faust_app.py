@@ -32,7 +32,7 @@ def build_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         app_id or settings.consumer_group,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
         broker_credentials=settings.kafka.faust_credentials(),
-        store="memory://",  # tables are rebuilt from their changelog topics at start
+        store="memory://",  # the default; APRO_STATE_STORE=rocksdb sets each table's own (rocksdb_store.py)
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
         topic_allow_declare=True,
