@@ -35,6 +35,11 @@ from foundations.formats.normalized import (
 from streams.normalize.event_kind import (
     Entity, appointment_kind, client_kind, invoice_kind, membership_kind, read_kind, squash,
 )
+from streams.normalize.fields import Fields
+from streams.normalize.trusted import (
+    new_address, new_appointment, new_client, new_event, new_invoice, new_line_item, new_membership, new_skipped,
+    new_unreadable,
+)
 from streams.normalize.values import (
     FieldError,
     combine_date_time,
@@ -175,6 +180,20 @@ _ADDRESS_NAMES = frozenset(norm_key(k) for k in (
     "postalCode", "zip", "zipCode", "postcode", "postal", "country", "countryCode"))
 
 
+# What the body's top level (the unwrapped envelope) may say, read in one pass.
+_FLAT = Fields(
+    event_id=EVENT_ID_KEYS, kind=KIND_KEYS, action=ACTION_KEYS, test=TEST_FLAG_KEYS, occurred=OCCURRED_KEYS,
+    client=CLIENT_BLOCK_KEYS, appointment=APPOINTMENT_KEYS, appointment_id=APPOINTMENT_ID_KEYS, invoice=INVOICE_KEYS,
+    invoice_id=INVOICE_ID_KEYS, membership=MEMBERSHIP_KEYS, membership_id=MEMBERSHIP_ID_KEYS,
+    location=("location", "clinic", "site", "business"),
+    timezone=("locationTimezone", "locationTimeZone", "timezone", "timeZone"),
+)
+
+
+def _block(value: Any) -> Mapping[str, Any] | None:
+    return value if is_object(value) else None
+
+
 class Unread(Exception):
     """Raised inside normalize() for a strict rule; becomes Unreadable. `reason` names the field, never a value."""
 
@@ -244,6 +263,8 @@ class _Reader:
         self.client_id: str | None = None
         self.client_issues: list[str] = []  # why a present client id is unusable (payload.id_issue)
         self.look = Lookup()  # every key lookup of this read: each object is indexed once
+        self.top: dict[str, Any] = {}  # the top level's fields (_FLAT)
+        self._fields: dict[tuple[int, int], dict[str, Any]] = {}  # (object, Fields) → its fields, for this read
 
     # ----------------------------------------------------------------------------------------- top level
 
@@ -254,6 +275,7 @@ class _Reader:
             return self._unreadable(f"body: {exc}")
         self.body = body
         self.flat = unwrap(body)
+        self.top = self._read(self.flat, _FLAT)
         self.event_id = self._event_id()
         try:
             self.client_id, *self._found_location = client_and_location(self.flat, self.look, self.client_issues)
@@ -266,16 +288,27 @@ class _Reader:
         except Unread as exc:
             return self._unreadable(exc.reason)
 
+    def _read(self, obj: Any, fields: Fields) -> dict[str, Any]:
+        """`fields.read` of `obj` once per read (an empty dict when `obj` is not an object)."""
+        index = self.look.index(obj)  # the lookup keeps `obj` alive, so its id is not reused during the read
+        if index is None:
+            return {}
+        key = (id(obj), id(fields))
+        found = self._fields.get(key)
+        if found is None:
+            found = self._fields[key] = fields.read(index)
+        return found
+
     def _unreadable(self, reason: str) -> Unreadable:
-        return Unreadable(event_id=self.event_id or body_hash(self.raw), reason=reason, location=self.location,
+        return new_unreadable(event_id=self.event_id or body_hash(self.raw), reason=reason, location=self.location,
                           client_id=self.client_id)
 
     def _skip(self, reason: SkipReason, detail: str | None, source_kind: str | None) -> Skipped:
-        return Skipped(event_id=self.event_id, reason=reason, detail=detail, source_kind=source_kind,
+        return new_skipped(event_id=self.event_id, reason=reason, detail=detail, source_kind=source_kind,
                        location=self.location, client_id=self.client_id, received_at=self._received_at())
 
     def _event_id(self) -> str:
-        found = id_str(self.look.get(self.flat, *EVENT_ID_KEYS))
+        found = id_str(self.top.get("event_id"))
         if found is None and any(norm_key(k) in ENVELOPE_KEYS for k in self.body):
             # An envelope's own `id` is the delivery id; a flat body's `id` could be the entity's.
             found = id_str(self.look.get(self.body, "id", "uuid"))
@@ -283,10 +316,11 @@ class _Reader:
 
     def _location(self) -> Location:
         loc_id, name = self._found_location
-        block = self.look.get_block(self.flat, "location", "clinic", "site", "business")
-        tz_name = _text(self.look.get(block, "timezone", "timeZone", "tz", "tzName", "ianaTimezone")) if block else None
+        block = self.top.get("location")
+        tz_name = (_text(self.look.get(block, "timezone", "timeZone", "tz", "tzName", "ianaTimezone"))
+                   if is_object(block) else None)
         if tz_name is None:
-            tz_name = _text(self.look.get(self.flat, "locationTimezone", "locationTimeZone", "timezone", "timeZone"))
+            tz_name = _text(self.top.get("timezone"))
         if zone(tz_name) is None:
             tz_name = None  # an unknown zone name is ignored: naive times fall back to the default zone
         if loc_id is None:
@@ -300,8 +334,8 @@ class _Reader:
             return None
 
     def _source_kind(self) -> tuple[str | None, str | None]:
-        kind = self.look.get(self.flat, *KIND_KEYS)
-        action = self.look.get(self.flat, *ACTION_KEYS)
+        kind = self.top.get("kind")
+        action = self.top.get("action")
         kind_text = _text(kind, 100) if not is_object(kind) else None
         action_text = _text(action, 100) if not is_object(action) else None
         return kind_text, action_text
@@ -312,18 +346,19 @@ class _Reader:
         kind_text, action_text = self._source_kind()
         source_kind = ".".join(p for p in (kind_text, action_text) if p) or None
         words = read_kind(kind_text, action_text)
-        if words.is_test or truthy(self.look.get(self.flat, *TEST_FLAG_KEYS)):
+        top = self.top
+        if words.is_test or truthy(top.get("test")):
             return self._skip(SkipReason.TEST_PING, "test or ping event", source_kind)
         if self.client_id is None and self.client_issues:
             # A client id is there but unusable (an object, 10,000 characters, a NUL): say so, never "test ping".
             return self._unreadable(f"client.id: {self.client_issues[0]}")
-        appointment_block = self.look.get_block(self.flat, *APPOINTMENT_KEYS)
-        invoice_block = self.look.get_block(self.flat, *INVOICE_KEYS)
-        has_client = self.look.get_block(self.flat, *CLIENT_BLOCK_KEYS) is not None or self.client_id is not None
-        has_appointment = appointment_block is not None or self.look.get(self.flat, *APPOINTMENT_ID_KEYS) is not None
-        has_invoice = invoice_block is not None or self.look.get(self.flat, *INVOICE_ID_KEYS) is not None
-        membership_block = self.look.get_block(self.flat, *MEMBERSHIP_KEYS)
-        has_membership = membership_block is not None or self.look.get(self.flat, *MEMBERSHIP_ID_KEYS) is not None
+        appointment_block = _block(top.get("appointment"))
+        invoice_block = _block(top.get("invoice"))
+        has_client = _block(top.get("client")) is not None or self.client_id is not None
+        has_appointment = appointment_block is not None or "appointment_id" in top
+        has_invoice = invoice_block is not None or "invoice_id" in top
+        membership_block = _block(top.get("membership"))
+        has_membership = membership_block is not None or "membership_id" in top
         if not (has_client or has_appointment or has_invoice or has_membership):
             return self._skip(SkipReason.TEST_PING, "no client, appointment or invoice in body", source_kind)
 
@@ -372,8 +407,8 @@ class _Reader:
                                      EventKind.MEMBERSHIP_EXPIRED)
         if needs_contact and client.email is None and client.phone is None:
             return self._skip(SkipReason.NO_CONTACT_INFO, "client has no valid email or phone", source_kind)
-        occurred_at = self._lenient_instant(self.look.get(self.flat, *OCCURRED_KEYS), "occurred_at")
-        return NormalizedEvent(
+        occurred_at = self._lenient_instant(self.top.get("occurred"), "occurred_at")
+        return new_event(
             event_id=self.event_id,
             kind=kind,
             source_kind=source_kind,
@@ -397,11 +432,11 @@ class _Reader:
             return cached
         blocks: list[Mapping[str, Any]] = []
         self._blocks = blocks
-        direct = self.look.get_block(self.flat, *CLIENT_BLOCK_KEYS)
+        direct = _block(self.top.get("client"))
         if direct is not None:
             blocks.append(direct)
-        for parent_keys in (INVOICE_KEYS, APPOINTMENT_KEYS):
-            parent = self.look.get_block(self.flat, *parent_keys)
+        for parent_field in ("invoice", "appointment"):
+            parent = _block(self.top.get(parent_field))
             nested = self.look.get_block(parent, *CLIENT_BLOCK_KEYS) if parent else None
             if nested is not None:
                 blocks.append(nested)
@@ -460,7 +495,7 @@ class _Reader:
                 first, _, rest = full.partition(" ")
                 last = rest.strip() or None
         consent = self._consent(blocks)
-        return Client(id=self.client_id, first_name=first, last_name=last, email=email, phone=phone,
+        return new_client(id=self.client_id, first_name=first, last_name=last, email=email, phone=phone,
                       date_of_birth=dob, address=self._address(blocks), consent=consent if consent.said else None)
 
     def _consent(self, blocks: list[Mapping[str, Any]]) -> Consent:
@@ -529,7 +564,7 @@ class _Reader:
             or _text(self.look.get(block, "postalCode", "zip", "zipCode"), 20),
             "country": _text(self.look.get(source, "country", "countryCode"), 60),
         }
-        return Address(**fields) if any(fields.values()) else None
+        return new_address(**fields) if any(fields.values()) else None
 
     # ----------------------------------------------------------------------------------------- appointment
 
@@ -571,7 +606,7 @@ class _Reader:
         services = parse_services(pick("services", "service", "serviceNames", "serviceName", "treatments",
                                        "treatment"),
                                   pick("serviceTypes", "serviceType", "serviceCategory", "serviceCategories"))
-        return Appointment(
+        return new_appointment(
             id=appt_id,
             status=status,
             start=start,
@@ -616,7 +651,7 @@ class _Reader:
             raise Unread(f"membership.id: {id_issue(raw_id) or 'missing'}")
         name_keys = (*MEMBERSHIP_NAME_KEYS, "name", "title", "plan") if nested else MEMBERSHIP_NAME_KEYS
         name = self.look.get(block, *name_keys)
-        return Membership(
+        return new_membership(
             id=membership_id,
             name=(_text(name, 200) if not is_object(name)
                   else _text(self.look.get(name, "name", "title"), 200)),
@@ -671,7 +706,7 @@ class _Reader:
             invoice_level = {k: v for k, v in block.items() if norm_key(k) in _INVOICE_LEVEL_APPT_KEYS}
             appointment = self._appointment(invoice_level, AppointmentStatus.COMPLETED, nested,
                                             field="invoice.appointment")
-        return Invoice(
+        return new_invoice(
             id=invoice_id,
             number=_text(self.look.get(block, "invoiceNumber", "number", "invoiceNo", "invoiceNum"), 64),
             status=_invoice_status(_text(self.look.get(block, "status", "invoiceStatus", "paymentStatus"), 64)),
@@ -698,13 +733,14 @@ class _Reader:
                     amount = money_field(raw, "amount", "total", "lineTotal", "price", "unitPrice", look=self.look)
                 except FieldError as exc:
                     raise Unread(f"invoice.items: {exc}") from None
-                items.append(LineItem(name=name, type=_text(self.look.get(raw, "type", "itemType", "category"), 64),
-                                      quantity=quantity if quantity is not None else Decimal(1),
-                                      amount=amount if amount is not None else Decimal(0)))
+                items.append(new_line_item(name=name,
+                                           type=_text(self.look.get(raw, "type", "itemType", "category"), 64),
+                                           quantity=quantity if quantity is not None else Decimal(1),
+                                           amount=amount if amount is not None else Decimal(0)))
             else:
                 name = _text(raw, 200)
                 if name:
-                    items.append(LineItem(name=name))
+                    items.append(new_line_item(name=name))
         return tuple(items)
 
 
