@@ -43,7 +43,7 @@ from streams.normalize.trusted import (
 from streams.normalize.values import (
     FieldError,
     combine_date_time,
-    money_field,
+    parse_money,
     parse_calendar_date,
     parse_decimal,
     parse_email,
@@ -187,6 +187,56 @@ _FLAT = Fields(
     invoice_id=INVOICE_ID_KEYS, membership=MEMBERSHIP_KEYS, membership_id=MEMBERSHIP_ID_KEYS,
     location=("location", "clinic", "site", "business"),
     timezone=("locationTimezone", "locationTimeZone", "timezone", "timeZone"),
+)
+
+_APPOINTMENT = Fields(
+    own_id=("id", *APPOINTMENT_ID_KEYS), appointment_id=APPOINTMENT_ID_KEYS,
+    status=("status", "appointmentStatus", "apptStatus"),
+    start=START_KEYS, clock=CLOCK_KEYS, end=END_KEYS, previous_start=PREVIOUS_START_KEYS,
+    services=("services", "service", "serviceNames", "serviceName", "treatments", "treatment"),
+    service_types=("serviceTypes", "serviceType", "serviceCategory", "serviceCategories"),
+    cancel_reason=("cancelReason", "cancellationReason", "cancelledReason", "reason"),
+    provider=("provider", "staff", "employee", "practitioner", "therapist", "providerName", "staffName"),
+    provider_id=("providerId", "staffId", "employeeId"),
+)
+
+_SUBTOTAL = ("subtotal", "subTotal")
+_TAX = ("tax", "taxTotal", "taxAmount", "totalTax")
+_TOTAL = ("total", "grandTotal", "invoiceTotal", "totalAmount", "amount")
+_PAID = ("amountPaid", "paidAmount", "paymentAmount", "amountPaid")
+_REFUNDED = ("refundedAmount", "refundAmount", "amountRefunded", "refundTotal")
+_ITEM_AMOUNT = ("amount", "total", "lineTotal", "price", "unitPrice")
+
+
+def _money_groups(*names: str) -> dict[str, tuple[str, ...]]:
+    """A group per amount name and one per its `…Cents` spelling, as `values.money_field` reads them."""
+    return {group: (group,) for name in names for group in (name, name + "Cents")}
+
+
+def _money_in(found: dict[str, Any], names: tuple[str, ...]) -> Decimal | None:
+    """`values.money_field` over fields read with `_money_groups(*names)`."""
+    for name in names:
+        plain = found.get(name)
+        if plain is not None:
+            return parse_money(plain)
+        in_cents = found.get(name + "Cents")
+        if in_cents is not None:
+            return parse_money(in_cents, cents=True)
+    return None
+
+
+_INVOICE = Fields(
+    own_id=("id", *INVOICE_ID_KEYS), invoice_id=INVOICE_ID_KEYS, status=("status", "invoiceStatus", "paymentStatus"),
+    invoice_date=("invoiceDate", "date", "invoiceDateTime", "createdDate"),
+    paid_at=("paidDate", "paidAt", "paymentDate", "datePaid", "paidOn", "closedAt", "closedDate"),
+    appointment=APPOINTMENT_KEYS, appointment_id=APPOINTMENT_ID_KEYS,
+    number=("invoiceNumber", "number", "invoiceNo", "invoiceNum"),
+    items=("items", "lineItems", "lines", "invoiceItems", "products"),
+    **_money_groups(*_SUBTOTAL, *_TAX, *_TOTAL, *_PAID, *_REFUNDED),
+)
+_LINE_ITEM = Fields(
+    name=("name", "description", "itemName", "productName", "serviceName", "title"),
+    quantity=("quantity", "qty", "count"), type=("type", "itemType", "category"), **_money_groups(*_ITEM_AMOUNT),
 )
 
 
@@ -384,7 +434,7 @@ class _Reader:
             return self._event(kind, source_kind, membership=self._membership(block, kind))
         if entity is Entity.APPOINTMENT:
             block = appointment_block if appointment_block is not None else self.flat
-            status_text = _text(self.look.get(block, "status", "appointmentStatus", "apptStatus"))
+            status_text = _text(self._read(block, _APPOINTMENT).get("status"))
             decided = appointment_kind(words.action, status_text)
             if decided is None:
                 return self._skip(SkipReason.UNHANDLED_KIND,
@@ -393,7 +443,7 @@ class _Reader:
             appointment = self._appointment(block, status)
             return self._event(kind, source_kind, appointment=appointment)
         block = invoice_block if invoice_block is not None else self.flat
-        kind = invoice_kind(words.action, _text(self.look.get(block, "status", "invoiceStatus", "paymentStatus")))
+        kind = invoice_kind(words.action, _text(self._read(block, _INVOICE).get("status")))
         if kind is None:
             return self._skip(SkipReason.UNHANDLED_KIND,
                               f"invoice action not handled: {words.action[:40] or 'status'}", source_kind)
@@ -585,27 +635,25 @@ class _Reader:
                      fallback: Mapping[str, Any] | None = None, *, field: str = "appointment") -> Appointment:
         """An appointment from `block`; for invoice-level fields, `block` is the invoice and `fallback` the
         nested appointment block (first non-empty wins)."""
-        chain = [b for b in (block, fallback) if b is not None]
+        reads = [self._read(b, _APPOINTMENT) for b in (block, fallback) if b is not None]
 
-        def pick(*names: str) -> Any:
-            for b in chain:
-                found = self.look.get(b, *names)
-                if found is not None:
-                    return found
+        def pick(name: str) -> Any:
+            for found in reads:
+                value = found.get(name)
+                if value is not None:
+                    return value
             return None
 
-        own_id = self.look.get(block, "id", *APPOINTMENT_ID_KEYS) if block is not self.flat else None
-        raw_id = own_id if own_id is not None else pick(*APPOINTMENT_ID_KEYS)
+        own_id = reads[0].get("own_id") if block is not self.flat else None
+        raw_id = own_id if own_id is not None else pick("appointment_id")
         appt_id = id_str(raw_id)
         if appt_id is None:
             raise Unread(f"{field}.id: {id_issue(raw_id) or 'missing'}")
-        start_raw = combine_date_time(pick(*START_KEYS), pick(*CLOCK_KEYS))
+        start_raw = combine_date_time(pick("start"), pick("clock"))
         start = self._strict_instant(start_raw, f"{field}.start")
-        end = self._strict_instant(pick(*END_KEYS), f"{field}.end")
-        previous = self._lenient_instant(pick(*PREVIOUS_START_KEYS), f"{field}.previous_start")
-        services = parse_services(pick("services", "service", "serviceNames", "serviceName", "treatments",
-                                       "treatment"),
-                                  pick("serviceTypes", "serviceType", "serviceCategory", "serviceCategories"))
+        end = self._strict_instant(pick("end"), f"{field}.end")
+        previous = self._lenient_instant(pick("previous_start"), f"{field}.previous_start")
+        services = parse_services(pick("services"), pick("service_types"))
         return new_appointment(
             id=appt_id,
             status=status,
@@ -614,11 +662,11 @@ class _Reader:
             previous_start=previous,
             provider=self._provider(pick),
             services=services,
-            cancel_reason=_text(pick("cancelReason", "cancellationReason", "cancelledReason", "reason"), 200),
+            cancel_reason=_text(pick("cancel_reason"), 200),
         )
 
     def _provider(self, pick: Any) -> Provider | None:
-        raw = pick("provider", "staff", "employee", "practitioner", "therapist", "providerName", "staffName")
+        raw = pick("provider")
         if is_object(raw):
             name = _text(self.look.get(raw, "name", "fullName", "displayName"), 200)
             if name is None:
@@ -627,7 +675,7 @@ class _Reader:
             provider = shared(Provider, id=id_str(self.look.get(raw, "id", "providerId", "staffId", "employeeId")),
                               name=name)
         else:
-            provider = shared(Provider, id=id_str(pick("providerId", "staffId", "employeeId")), name=_text(raw, 200))
+            provider = shared(Provider, id=id_str(pick("provider_id")), name=_text(raw, 200))
         return provider if provider.id or provider.name else None
 
     # ------------------------------------------------------------------------------------------ membership
@@ -664,24 +712,24 @@ class _Reader:
 
     # --------------------------------------------------------------------------------------------- invoice
 
-    def _money(self, block: Mapping[str, Any], field: str, *names: str) -> Decimal | None:
+    def _money(self, found: dict[str, Any], field: str, *names: str) -> Decimal | None:
         try:
-            return money_field(block, *names, look=self.look)
+            return _money_in(found, names)
         except FieldError as exc:
             raise Unread(f"invoice.{field}: {exc}") from None
 
     def _invoice(self, block: Mapping[str, Any], kind: EventKind) -> Invoice:
-        own_id = self.look.get(block, "id", *INVOICE_ID_KEYS) if block is not self.flat else None
-        raw_id = own_id if own_id is not None else self.look.get(block, *INVOICE_ID_KEYS)
+        found = self._read(block, _INVOICE)
+        own_id = found.get("own_id") if block is not self.flat else None
+        raw_id = own_id if own_id is not None else found.get("invoice_id")
         invoice_id = id_str(raw_id)
         if invoice_id is None:
             raise Unread(f"invoice.id: {id_issue(raw_id) or 'missing'}")
-        subtotal = self._money(block, "subtotal", "subtotal", "subTotal")
-        tax = self._money(block, "tax", "tax", "taxTotal", "taxAmount", "totalTax")
-        total = self._money(block, "total", "total", "grandTotal", "invoiceTotal", "totalAmount", "amount")
-        paid = self._money(block, "amount_paid", "amountPaid", "paidAmount", "paymentAmount", "amountPaid")
-        refunded = self._money(block, "refunded", "refundedAmount", "refundAmount", "amountRefunded",
-                               "refundTotal")
+        subtotal = self._money(found, "subtotal", *_SUBTOTAL)
+        tax = self._money(found, "tax", *_TAX)
+        total = self._money(found, "total", *_TOTAL)
+        paid = self._money(found, "amount_paid", *_PAID)
+        refunded = self._money(found, "refunded", *_REFUNDED)
         if kind is EventKind.INVOICE_PAID:
             amount = paid if paid is not None else total
             if amount is not None and amount < 0:
@@ -692,14 +740,12 @@ class _Reader:
         if amount is None:
             raise Unread("invoice.amount: missing (no amountPaid, total or refund amount)")
         try:
-            invoice_date = parse_calendar_date(
-                self.look.get(block, "invoiceDate", "date", "invoiceDateTime", "createdDate"))
+            invoice_date = parse_calendar_date(found.get("invoice_date"))
         except FieldError as exc:
             raise Unread(f"invoice.invoice_date: {exc}") from None
-        paid_at = self._strict_instant(self.look.get(block, "paidDate", "paidAt", "paymentDate", "datePaid", "paidOn",
-                                           "closedAt", "closedDate"), "invoice.paid_at")
-        nested = self.look.get_block(block, *APPOINTMENT_KEYS)
-        has_invoice_level = self.look.get(block, *APPOINTMENT_ID_KEYS) is not None
+        paid_at = self._strict_instant(found.get("paid_at"), "invoice.paid_at")
+        nested = _block(found.get("appointment"))
+        has_invoice_level = "appointment_id" in found
         appointment = None
         if nested is not None or has_invoice_level:
             # Invoice-level fields first (only the appointment-specific spellings), then the nested block.
@@ -708,33 +754,32 @@ class _Reader:
                                             field="invoice.appointment")
         return new_invoice(
             id=invoice_id,
-            number=_text(self.look.get(block, "invoiceNumber", "number", "invoiceNo", "invoiceNum"), 64),
-            status=_invoice_status(_text(self.look.get(block, "status", "invoiceStatus", "paymentStatus"), 64)),
+            number=_text(found.get("number"), 64),
+            status=_invoice_status(_text(found.get("status"), 64)),
             invoice_date=invoice_date,
             paid_at=paid_at,
             subtotal=subtotal,
             tax=tax,
             total=total,
             amount_paid=amount,
-            items=self._items(block),
+            items=self._items(found.get("items")),
             appointment=appointment,
         )
 
-    def _items(self, block: Mapping[str, Any]) -> tuple[LineItem, ...]:
+    def _items(self, listed: Any) -> tuple[LineItem, ...]:
         items: list[LineItem] = []
-        for raw in split_list(self.look.get(block, "items", "lineItems", "lines", "invoiceItems", "products")):
+        for raw in split_list(listed):
             if is_object(raw):
-                name = _text(self.look.get(raw, "name", "description", "itemName", "productName", "serviceName",
-                                           "title"), 200)
+                item = self._read(raw, _LINE_ITEM)
+                name = _text(item.get("name"), 200)
                 if not name:
                     continue
                 try:
-                    quantity = parse_decimal(self.look.get(raw, "quantity", "qty", "count"))
-                    amount = money_field(raw, "amount", "total", "lineTotal", "price", "unitPrice", look=self.look)
+                    quantity = parse_decimal(item.get("quantity"))
+                    amount = _money_in(item, _ITEM_AMOUNT)
                 except FieldError as exc:
                     raise Unread(f"invoice.items: {exc}") from None
-                items.append(new_line_item(name=name,
-                                           type=_text(self.look.get(raw, "type", "itemType", "category"), 64),
+                items.append(new_line_item(name=name, type=_text(item.get("type"), 64),
                                            quantity=quantity if quantity is not None else Decimal(1),
                                            amount=amount if amount is not None else Decimal(0)))
             else:
