@@ -239,6 +239,12 @@ _LINE_ITEM = Fields(
     quantity=("quantity", "qty", "count"), type=("type", "itemType", "category"), **_money_groups(*_ITEM_AMOUNT),
 )
 
+_CLIENT = Fields(
+    email=EMAIL_KEYS, date_of_birth=DOB_KEYS, first_name=("firstName", "fname", "givenName", "first"),
+    last_name=("lastName", "lname", "surname", "familyName", "last"), full_name=("fullName", "name", "clientName"),
+    full_name_flat=("fullName", "clientName"),  # when the flat body is the only block
+)
+
 
 def _block(value: Any) -> Mapping[str, Any] | None:
     return value if is_object(value) else None
@@ -497,18 +503,20 @@ class _Reader:
         blocks.append(self.flat)
         return blocks
 
-    def _client_get(self, *names: str) -> Any:
-        for block in self._client_blocks():
-            found = self.look.get(block, *names)
-            if found is not None:
-                return found
-        return None
-
     def _client(self) -> Client:
         if self.client_id is None:
             raise Unread("client.id: missing")
         blocks = self._client_blocks()
-        email_raw = self._client_get(*EMAIL_KEYS)
+        reads = [self._read(block, _CLIENT) for block in blocks]
+
+        def pick(name: str) -> Any:
+            for found in reads:
+                value = found.get(name)
+                if value is not None:
+                    return value
+            return None
+
+        email_raw = pick("email")
         email = parse_email(email_raw)
         if email_raw not in (None, "") and email is None:
             self.invalid.append("client.email")
@@ -531,16 +539,15 @@ class _Reader:
         if phone_seen and phone is None:
             self.invalid.append("client.phone")
         dob = None
-        dob_raw = self._client_get(*DOB_KEYS)
+        dob_raw = pick("date_of_birth")
         try:
             dob = parse_calendar_date(dob_raw)
         except FieldError:
             self.invalid.append("client.date_of_birth")
-        first = _text(self._named(blocks, "firstName", "fname", "givenName", "first"), 200)
-        last = _text(self._named(blocks, "lastName", "lname", "surname", "familyName", "last"), 200)
+        first = _text(pick("first_name"), 200)
+        last = _text(pick("last_name"), 200)
         if first is None and last is None:
-            full = _text(self.look.get(blocks[0], "fullName", "name", "clientName") if len(blocks) > 1 else
-                         self.look.get(blocks[0], "fullName", "clientName"), 200)
+            full = _text(reads[0].get("full_name" if len(blocks) > 1 else "full_name_flat"), 200)
             if full:
                 first, _, rest = full.partition(" ")
                 last = rest.strip() or None
@@ -587,13 +594,6 @@ class _Reader:
                 sources.append((True, lambda o=outs: self.look.get(o, *CONSENT_CHANNEL_KEYS[channel])))
             sources.append((True, lambda b=block: self.look.get(b, *DO_NOT_CONTACT_KEYS)))
         return sources
-
-    def _named(self, blocks: list[Mapping[str, Any]], *names: str) -> Any:
-        for block in blocks:
-            found = self.look.get(block, *names)
-            if found is not None:
-                return found
-        return None
 
     def _address(self, blocks: list[Mapping[str, Any]]) -> Address | None:
         block = blocks[0]  # address fields only from the client's own block (a flat body is its own block)
