@@ -7,7 +7,7 @@ phone. The full rule list: docs/sync-rules.md, "Module notes"; spellings: exampl
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -243,6 +243,16 @@ _CLIENT = Fields(
     email=EMAIL_KEYS, date_of_birth=DOB_KEYS, first_name=("firstName", "fname", "givenName", "first"),
     last_name=("lastName", "lname", "surname", "familyName", "last"), full_name=("fullName", "name", "clientName"),
     full_name_flat=("fullName", "clientName"),  # when the flat body is the only block
+)
+
+# Per channel: the groups of its opt-out flags, its opt-in flags and its name inside a preferences block.
+_CONSENT_GROUPS = {channel: (f"{channel}_opt_out", f"{channel}_opt_in", f"{channel}_named")
+                   for channel in CONSENT_CHANNEL_KEYS}
+_CONSENT = Fields(
+    **{_CONSENT_GROUPS[channel][0]: keys for channel, keys in CONSENT_OPT_OUT_KEYS.items()},
+    **{_CONSENT_GROUPS[channel][1]: keys for channel, keys in CONSENT_OPT_IN_KEYS.items()},
+    **{_CONSENT_GROUPS[channel][2]: keys for channel, keys in CONSENT_CHANNEL_KEYS.items()},
+    preferences=CONSENT_BLOCK_KEYS, opt_outs=OPT_OUT_BLOCK_KEYS, do_not_contact=DO_NOT_CONTACT_KEYS,
 )
 
 
@@ -564,8 +574,7 @@ class _Reader:
         said: dict[str, bool | None] = {}
         for channel in ("email", "sms", "call"):
             said[channel] = None
-            for opted_out, lookup in self._consent_sources(blocks, channel):
-                raw = lookup()
+            for opted_out, raw in self._consent_sources(blocks, channel):
                 if raw is None or is_object(raw):
                     continue
                 try:
@@ -578,22 +587,23 @@ class _Reader:
                     break
         return shared(Consent, email_opt_out=said["email"], sms_opt_out=said["sms"], call_opt_out=said["call"])
 
-    def _consent_sources(self, blocks: list[Mapping[str, Any]], channel: str) -> list[tuple[bool, Any]]:
-        """(value means "opted out", lookup) in order of precedence."""
-        sources: list[tuple[bool, Any]] = []
+    def _consent_sources(self, blocks: list[Mapping[str, Any]], channel: str) -> Iterator[tuple[bool, Any]]:
+        """(value means "opted out", value) in order of precedence."""
+        opt_out, opt_in, named = _CONSENT_GROUPS[channel]
         for block in blocks:
-            sources.append((True, lambda b=block: self.look.get(b, *CONSENT_OPT_OUT_KEYS[channel])))
-            sources.append((False, lambda b=block: self.look.get(b, *CONSENT_OPT_IN_KEYS[channel])))
-            prefs = self.look.get_block(block, *CONSENT_BLOCK_KEYS)
+            found = self._read(block, _CONSENT)
+            yield True, found.get(opt_out)
+            yield False, found.get(opt_in)
+            prefs = _block(found.get("preferences"))
             if prefs is not None:
-                sources.append((True, lambda p=prefs: self.look.get(p, *CONSENT_OPT_OUT_KEYS[channel])))
-                sources.append((False, lambda p=prefs: self.look.get(p, *CONSENT_OPT_IN_KEYS[channel])))
-                sources.append((False, lambda p=prefs: self.look.get(p, *CONSENT_CHANNEL_KEYS[channel])))
-            outs = self.look.get_block(block, *OPT_OUT_BLOCK_KEYS)
+                in_prefs = self._read(prefs, _CONSENT)
+                yield True, in_prefs.get(opt_out)
+                yield False, in_prefs.get(opt_in)
+                yield False, in_prefs.get(named)
+            outs = _block(found.get("opt_outs"))
             if outs is not None:
-                sources.append((True, lambda o=outs: self.look.get(o, *CONSENT_CHANNEL_KEYS[channel])))
-            sources.append((True, lambda b=block: self.look.get(b, *DO_NOT_CONTACT_KEYS)))
-        return sources
+                yield True, self._read(outs, _CONSENT).get(named)
+            yield True, found.get("do_not_contact")
 
     def _address(self, blocks: list[Mapping[str, Any]]) -> Address | None:
         block = blocks[0]  # address fields only from the client's own block (a flat body is its own block)
