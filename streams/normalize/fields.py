@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from foundations.formats.raw import spelled
+from foundations.formats.raw import Lookup, spelled
 
 
 class Fields:
@@ -39,3 +39,8 @@ class Fields:
                     found[field] = value
                     ranks[field] = rank
         return found
+
+    def read_object(self, obj: Any) -> dict[str, Any]:
+        """`read` of an object's index, built here (an empty dict when `obj` is not an object)."""
+        index = Lookup().index(obj)
+        return {} if index is None else self.read(index)

@@ -255,6 +255,13 @@ _CONSENT = Fields(
     preferences=CONSENT_BLOCK_KEYS, opt_outs=OPT_OUT_BLOCK_KEYS, do_not_contact=DO_NOT_CONTACT_KEYS,
 )
 
+_MEMBERSHIP = Fields(
+    own_id=("id", *MEMBERSHIP_ID_KEYS), membership_id=MEMBERSHIP_ID_KEYS, status=("status", "membershipStatus"),
+    name=MEMBERSHIP_NAME_KEYS, nested_name=(*MEMBERSHIP_NAME_KEYS, "name", "title", "plan"),
+    start_date=MEMBERSHIP_START_KEYS, renewal_date=RENEWAL_KEYS, end_date=MEMBERSHIP_END_KEYS,
+    cancel_reason=("cancelReason", "cancellationReason", "reason"),
+)
+
 
 def _block(value: Any) -> Mapping[str, Any] | None:
     return value if is_object(value) else None
@@ -443,7 +450,7 @@ class _Reader:
             return self._event(kind, source_kind)
         if entity is Entity.MEMBERSHIP:
             block = membership_block if membership_block is not None else self.flat
-            kind = membership_kind(words.action, _text(self.look.get(block, "status", "membershipStatus")))
+            kind = membership_kind(words.action, _text(self._read(block, _MEMBERSHIP).get("status")))
             if kind is None:
                 return self._skip(SkipReason.UNHANDLED_KIND,
                                   f"membership action not handled: {words.action[:40] or 'status'}", source_kind)
@@ -700,24 +707,24 @@ class _Reader:
         """A membership from its block (or the flat body). Id and dates are strict: a renewal date the CRM's
         reminders run on must be right or visibly dead-lettered, never guessed."""
         nested = block is not self.flat
-        own_id = self.look.get(block, "id", *MEMBERSHIP_ID_KEYS) if nested else None
-        raw_id = own_id if own_id is not None else self.look.get(block, *MEMBERSHIP_ID_KEYS)
+        found = self._read(block, _MEMBERSHIP)
+        own_id = found.get("own_id") if nested else None
+        raw_id = own_id if own_id is not None else found.get("membership_id")
         if raw_id is None and nested:
-            raw_id = self.look.get(self.flat, *MEMBERSHIP_ID_KEYS)
+            raw_id = self.top.get("membership_id")
         membership_id = id_str(raw_id)
         if membership_id is None:
             raise Unread(f"membership.id: {id_issue(raw_id) or 'missing'}")
-        name_keys = (*MEMBERSHIP_NAME_KEYS, "name", "title", "plan") if nested else MEMBERSHIP_NAME_KEYS
-        name = self.look.get(block, *name_keys)
+        name = found.get("nested_name" if nested else "name")
         return new_membership(
             id=membership_id,
             name=(_text(name, 200) if not is_object(name)
                   else _text(self.look.get(name, "name", "title"), 200)),
             status=_MEMBERSHIP_STATUS_BY_KIND[kind],
-            start_date=self._date(self.look.get(block, *MEMBERSHIP_START_KEYS), "membership.start_date"),
-            renewal_date=self._date(self.look.get(block, *RENEWAL_KEYS), "membership.renewal_date"),
-            end_date=self._date(self.look.get(block, *MEMBERSHIP_END_KEYS), "membership.end_date"),
-            cancel_reason=_text(self.look.get(block, "cancelReason", "cancellationReason", "reason"), 200),
+            start_date=self._date(found.get("start_date"), "membership.start_date"),
+            renewal_date=self._date(found.get("renewal_date"), "membership.renewal_date"),
+            end_date=self._date(found.get("end_date"), "membership.end_date"),
+            cancel_reason=_text(found.get("cancel_reason"), 200),
         )
 
     # --------------------------------------------------------------------------------------------- invoice

@@ -22,6 +22,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from foundations.formats.normalized import Service
 from foundations.formats.raw import Lookup, clean_text, get, id_str, is_object
+from streams.normalize.fields import Fields
 
 
 class FieldError(ValueError):
@@ -380,6 +381,8 @@ def shared(model: Callable[..., ModelT], **fields: Any) -> ModelT:
         found = _SHARED[key] = model(**fields)
     return found
 
+_SERVICE = Fields(name=_SERVICE_NAME_KEYS, id=_SERVICE_ID_KEYS, type=_SERVICE_TYPE_KEYS)
+
 
 def parse_services(services: Any, service_types: Any = None) -> tuple[Service, ...]:
     """Services as objects, strings or one comma-separated string; types likewise, or one type for all."""
@@ -387,9 +390,10 @@ def parse_services(services: Any, service_types: Any = None) -> tuple[Service, .
     out: list[Service] = []
     for index, item in enumerate(split_list(services)):
         if is_object(item):
-            name = _text(get(item, *_SERVICE_NAME_KEYS))
-            sid = id_str(get(item, *_SERVICE_ID_KEYS))
-            stype = _text(get(item, *_SERVICE_TYPE_KEYS))
+            found = _SERVICE.read_object(item)
+            name = _text(found.get("name"))
+            sid = id_str(found.get("id"))
+            stype = _text(found.get("type"))
         else:
             name, sid, stype = _text(item), None, None
         if not name:
