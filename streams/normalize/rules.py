@@ -57,6 +57,7 @@ from streams.normalize.values import (
 )
 from foundations.formats.raw import (
     CLIENT_BLOCK_KEYS,
+    CLIENT_ID_KEYS,
     ENVELOPE_KEYS,
     PayloadError,
     Lookup,
@@ -186,6 +187,8 @@ _FLAT = Fields(
     client=CLIENT_BLOCK_KEYS, appointment=APPOINTMENT_KEYS, appointment_id=APPOINTMENT_ID_KEYS, invoice=INVOICE_KEYS,
     invoice_id=INVOICE_ID_KEYS, membership=MEMBERSHIP_KEYS, membership_id=MEMBERSHIP_ID_KEYS,
     location=("location", "clinic", "site", "business"),
+    location_id=("locationId", "location_id", "clinicId", "siteId"),
+    location_name=("locationName", "clinicName", "siteName"), location_word=("location",),
     timezone=("locationTimezone", "locationTimeZone", "timezone", "timeZone"),
 )
 
@@ -240,6 +243,7 @@ _LINE_ITEM = Fields(
 )
 
 _CLIENT = Fields(
+    id=("id", *CLIENT_ID_KEYS),
     email=EMAIL_KEYS, date_of_birth=DOB_KEYS, first_name=("firstName", "fname", "givenName", "first"),
     last_name=("lastName", "lname", "surname", "familyName", "last"), full_name=("fullName", "name", "clientName"),
     full_name_flat=("fullName", "clientName"),  # when the flat body is the only block
@@ -261,6 +265,9 @@ _MEMBERSHIP = Fields(
     start_date=MEMBERSHIP_START_KEYS, renewal_date=RENEWAL_KEYS, end_date=MEMBERSHIP_END_KEYS,
     cancel_reason=("cancelReason", "cancellationReason", "reason"),
 )
+
+_LOCATION = Fields(id=("id", "locationId"), name=("name", "locationName"),
+                   timezone=("timezone", "timeZone", "tz", "tzName", "ianaTimezone"))
 
 
 def _block(value: Any) -> Mapping[str, Any] | None:
@@ -351,7 +358,11 @@ class _Reader:
         self.top = self._read(self.flat, _FLAT)
         self.event_id = self._event_id()
         try:
-            self.client_id, *self._found_location = client_and_location(self.flat, self.look, self.client_issues)
+            direct = self._direct_client_id()
+            if direct is None:
+                self.client_id, *self._found_location = client_and_location(self.flat, self.look, self.client_issues)
+            else:  # where almost every payload has it: the rest of the search is not needed
+                self.client_id, self._found_location = direct, list(self._flat_location())
         except Exception:  # noqa: BLE001 - a malformed client block is handled below as a missing id
             self.client_id, self._found_location = None, list(find_location(body))
         self.location = self._location()
@@ -387,11 +398,31 @@ class _Reader:
             found = id_str(self.look.get(self.body, "id", "uuid"))
         return found or body_hash(self.raw)
 
+    def _direct_client_id(self) -> str | None:
+        """The id in the top-level client block, as `client_and_location` reads it first; None when not there."""
+        block = _block(self.top.get("client"))
+        return id_str(self._read(block, _CLIENT).get("id")) if block else None
+
+    def _flat_location(self) -> tuple[str | None, str | None]:
+        """`client_and_location`'s (location id, name), from the fields already read."""
+        top = self.top
+        block = _block(top.get("location"))
+        found = self._read(block, _LOCATION) if block is not None else {}
+        loc_id = id_str(found.get("id"))
+        name = found.get("name")
+        if loc_id is None:
+            loc_id = id_str(top.get("location_id"))
+        if name is None:
+            name = top.get("location_name")
+            if name is None and isinstance(top.get("location_word"), str):
+                name = top.get("location_word")
+        text = clean_text(str(name)).strip() if isinstance(name, (str, int)) and not isinstance(name, bool) else ""
+        return loc_id, (text or None)
+
     def _location(self) -> Location:
         loc_id, name = self._found_location
-        block = self.top.get("location")
-        tz_name = (_text(self.look.get(block, "timezone", "timeZone", "tz", "tzName", "ianaTimezone"))
-                   if is_object(block) else None)
+        block = _block(self.top.get("location"))
+        tz_name = _text(self._read(block, _LOCATION).get("timezone")) if block is not None else None
         if tz_name is None:
             tz_name = _text(self.top.get("timezone"))
         if zone(tz_name) is None:
