@@ -187,6 +187,7 @@ def _clock(text: str) -> str:
 # ----------------------------------------------------------------------------------------------- money
 
 _MONEY_RE = re.compile(r"-?\d+(\.\d+)?")
+_MONEY_NOISE = re.compile(r"(?i)\s|\$|,|usd")
 _CENT = Decimal("0.01")
 
 
@@ -219,7 +220,7 @@ def parse_money(value: Any, *, cents: bool = False) -> Decimal | None:
         negative = text.startswith("(") and text.endswith(")")
         if negative:
             text = text[1:-1]
-        text = re.sub(r"(?i)\s|\$|,|usd", "", text)
+        text = _MONEY_NOISE.sub("", text)
         if text.startswith("-$"):
             text = "-" + text[2:]
         if not _MONEY_RE.fullmatch(text):
