@@ -344,7 +344,7 @@ class _Reader:
         self.client_issues: list[str] = []  # why a present client id is unusable (payload.id_issue)
         self.look = Lookup()  # every key lookup of this read: each object is indexed once
         self.top: dict[str, Any] = {}  # the top level's fields (_FLAT)
-        self._fields: dict[tuple[int, int], dict[str, Any]] = {}  # (object, Fields) → its fields, for this read
+        self._fields: dict[tuple[int, int], tuple[Any, dict[str, Any]]] = {}  # (object, Fields) → (object, fields)
 
     # ----------------------------------------------------------------------------------------- top level
 
@@ -374,13 +374,15 @@ class _Reader:
 
     def _read(self, obj: Any, fields: Fields) -> dict[str, Any]:
         """`fields.read` of `obj` once per read (an empty dict when `obj` is not an object)."""
-        index = self.look.index(obj)  # the lookup keeps `obj` alive, so its id is not reused during the read
+        key = (id(obj), id(fields))
+        entry = self._fields.get(key)
+        if entry is not None and entry[0] is obj:  # the entry keeps `obj` alive: its id is not reused meanwhile
+            return entry[1]
+        index = self.look.index(obj)
         if index is None:
             return {}
-        key = (id(obj), id(fields))
-        found = self._fields.get(key)
-        if found is None:
-            found = self._fields[key] = fields.read(index)
+        found = fields.read(index)
+        self._fields[key] = (obj, found)
         return found
 
     def _unreadable(self, reason: str) -> Unreadable:
