@@ -201,6 +201,7 @@ _APPOINTMENT = Fields(
     cancel_reason=("cancelReason", "cancellationReason", "cancelledReason", "reason"),
     provider=("provider", "staff", "employee", "practitioner", "therapist", "providerName", "staffName"),
     provider_id=("providerId", "staffId", "employeeId"),
+    client=CLIENT_BLOCK_KEYS, appointment=APPOINTMENT_KEYS,  # where the client's blocks may be (_client_blocks)
 )
 
 _SUBTOTAL = ("subtotal", "subTotal")
@@ -235,6 +236,7 @@ _INVOICE = Fields(
     appointment=APPOINTMENT_KEYS, appointment_id=APPOINTMENT_ID_KEYS,
     number=("invoiceNumber", "number", "invoiceNo", "invoiceNum"),
     items=("items", "lineItems", "lines", "invoiceItems", "products"),
+    client=CLIENT_BLOCK_KEYS,
     **_money_groups(*_SUBTOTAL, *_TAX, *_TOTAL, *_PAID, *_REFUNDED),
 )
 _LINE_ITEM = Fields(
@@ -541,13 +543,16 @@ class _Reader:
         direct = _block(self.top.get("client"))
         if direct is not None:
             blocks.append(direct)
-        for parent_field in ("invoice", "appointment"):
+        for parent_field, parent_fields in (("invoice", _INVOICE), ("appointment", _APPOINTMENT)):
             parent = _block(self.top.get(parent_field))
-            nested = self.look.get_block(parent, *CLIENT_BLOCK_KEYS) if parent else None
+            if parent is None:
+                continue
+            in_parent = self._read(parent, parent_fields)
+            nested = _block(in_parent.get("client"))
             if nested is not None:
                 blocks.append(nested)
-            grand = self.look.get_block(parent, *APPOINTMENT_KEYS) if parent else None
-            nested = self.look.get_block(grand, *CLIENT_BLOCK_KEYS) if grand else None
+            grand = _block(in_parent.get("appointment"))
+            nested = _block(self._read(grand, _APPOINTMENT).get("client")) if grand is not None else None
             if nested is not None:
                 blocks.append(nested)
         blocks.append(self.flat)
