@@ -34,8 +34,10 @@ def builder(model: type[ModelT]) -> Callable[..., ModelT]:
     for name, info in fields.items():
         if info.is_required():
             params.append(name)
+        elif info.default_factory is not None:  # one shared default object would leak between events
+            raise TypeError(f"{model.__name__}.{name}: a default_factory needs validation, not a generated constructor")
         else:
-            scope[f"_default_{name}"] = info.get_default(call_default_factory=True)
+            scope[f"_default_{name}"] = info.get_default()
             params.append(f"{name}=_default_{name}")
     entries = ", ".join(f"{name!r}: {name}" for name in names)
     source = (

@@ -49,3 +49,15 @@ def test_builder_matches_the_constructor_and_refuses_bad_fields() -> None:
     assert hash(item) == hash(LineItem(name="Botox"))
     copied = item.model_copy(update={"name": "Filler"})
     assert copied == LineItem(name="Filler")
+
+
+def test_a_model_with_a_default_factory_is_refused() -> None:
+    from pydantic import BaseModel, Field
+
+    from streams.normalize.trusted import builder
+
+    class WithList(BaseModel):
+        items: list[int] = Field(default_factory=list)
+
+    with pytest.raises(TypeError, match="default_factory"):
+        builder(WithList)
