@@ -462,6 +462,9 @@ class SyncEngine:
                 log.info("sink: resuming %d op(s) of dead-lettered event %s", len(p.ops), ev.event_id)
             else:  # resumed ops were attempted before: in doubt
                 lane.clean.update(op.op_id for op in p.ops)
+        elif self.table.data.get(marks.marks_key(client_id)) is not None and not p.new_state.effects:
+            # Done marks with nothing pending: left by a crash after an event's last write. Fold them (one key).
+            await self._save(client_id, p.new_state, partition)
         if item.attempts == 0 and item.failures == 0:
             metrics.SYNC_OUTCOMES.labels(location, p.outcome.value).inc()
         state = p.new_state

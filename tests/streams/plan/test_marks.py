@@ -84,6 +84,8 @@ class Sink:
         p = plan(ev, state, location_label=LABEL, now=ev.occurred_at or T0)
         if state is None or p.new_state != state:
             self.save(p.new_state)
+        elif marks.marks_key(CLIENT) in self.table and not p.new_state.effects:
+            self.save(p.new_state)
         state = p.new_state
         pending = state.pending_ops()
         stored = self.table.get(marks.marks_key(CLIENT))
