@@ -361,9 +361,10 @@ def id_str(value: Any) -> str | None:
         return text if len(text) <= MAX_ID_LENGTH else None
     if isinstance(value, str):
         text = value.strip()
-        if not text or len(text) > MAX_ID_LENGTH or _CONTROL.search(text):
+        # A printable text has no control character (they are all non-printable): most ids skip the regex.
+        if not text or len(text) > MAX_ID_LENGTH or (not text.isprintable() and _CONTROL.search(text)):
             return None
-        if _INTEGRAL_TEXT.fullmatch(text):
+        if "." in text and _INTEGRAL_TEXT.fullmatch(text):
             text = text.split(".")[0]
         return text
     return None

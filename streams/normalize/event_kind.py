@@ -62,9 +62,12 @@ def words(text: str) -> list[str]:
     return [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
 
 
+_NOT_WORD = re.compile(r"[^a-z0-9]")
+
+
 def squash(text: str | None) -> str:
     """`No Show` / `no_show` / `NoShow` → `noshow`."""
-    return re.sub(r"[^a-z0-9]", "", (text or "").lower())
+    return _NOT_WORD.sub("", (text or "").lower())
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ phone. The full rule list: docs/sync-rules.md, "Module notes"; spellings: exampl
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -35,10 +35,15 @@ from foundations.formats.normalized import (
 from streams.normalize.event_kind import (
     Entity, appointment_kind, client_kind, invoice_kind, membership_kind, read_kind, squash,
 )
+from streams.normalize.fields import Fields
+from streams.normalize.trusted import (
+    new_address, new_appointment, new_client, new_event, new_invoice, new_line_item, new_membership, new_skipped,
+    new_unreadable,
+)
 from streams.normalize.values import (
     FieldError,
     combine_date_time,
-    money_field,
+    parse_money,
     parse_calendar_date,
     parse_decimal,
     parse_email,
@@ -52,6 +57,7 @@ from streams.normalize.values import (
 )
 from foundations.formats.raw import (
     CLIENT_BLOCK_KEYS,
+    CLIENT_ID_KEYS,
     ENVELOPE_KEYS,
     PayloadError,
     Lookup,
@@ -175,6 +181,101 @@ _ADDRESS_NAMES = frozenset(norm_key(k) for k in (
     "postalCode", "zip", "zipCode", "postcode", "postal", "country", "countryCode"))
 
 
+# What the body's top level (the unwrapped envelope) may say, read in one pass.
+_FLAT = Fields(
+    event_id=EVENT_ID_KEYS, kind=KIND_KEYS, action=ACTION_KEYS, test=TEST_FLAG_KEYS, occurred=OCCURRED_KEYS,
+    client=CLIENT_BLOCK_KEYS, appointment=APPOINTMENT_KEYS, appointment_id=APPOINTMENT_ID_KEYS, invoice=INVOICE_KEYS,
+    invoice_id=INVOICE_ID_KEYS, membership=MEMBERSHIP_KEYS, membership_id=MEMBERSHIP_ID_KEYS,
+    location=("location", "clinic", "site", "business"),
+    location_id=("locationId", "location_id", "clinicId", "siteId"),
+    location_name=("locationName", "clinicName", "siteName"), location_word=("location",),
+    timezone=("locationTimezone", "locationTimeZone", "timezone", "timeZone"),
+)
+
+_APPOINTMENT = Fields(
+    own_id=("id", *APPOINTMENT_ID_KEYS), appointment_id=APPOINTMENT_ID_KEYS,
+    status=("status", "appointmentStatus", "apptStatus"),
+    start=START_KEYS, clock=CLOCK_KEYS, end=END_KEYS, previous_start=PREVIOUS_START_KEYS,
+    services=("services", "service", "serviceNames", "serviceName", "treatments", "treatment"),
+    service_types=("serviceTypes", "serviceType", "serviceCategory", "serviceCategories"),
+    cancel_reason=("cancelReason", "cancellationReason", "cancelledReason", "reason"),
+    provider=("provider", "staff", "employee", "practitioner", "therapist", "providerName", "staffName"),
+    provider_id=("providerId", "staffId", "employeeId"),
+    client=CLIENT_BLOCK_KEYS, appointment=APPOINTMENT_KEYS,  # where the client's blocks may be (_client_blocks)
+)
+
+_SUBTOTAL = ("subtotal", "subTotal")
+_TAX = ("tax", "taxTotal", "taxAmount", "totalTax")
+_TOTAL = ("total", "grandTotal", "invoiceTotal", "totalAmount", "amount")
+_PAID = ("amountPaid", "paidAmount", "paymentAmount", "amountPaid")
+_REFUNDED = ("refundedAmount", "refundAmount", "amountRefunded", "refundTotal")
+_ITEM_AMOUNT = ("amount", "total", "lineTotal", "price", "unitPrice")
+
+
+def _money_groups(*names: str) -> dict[str, tuple[str, ...]]:
+    """A group per amount name and one per its `…Cents` spelling, as `values.money_field` reads them."""
+    return {group: (group,) for name in names for group in (name, name + "Cents")}
+
+
+def _money_in(found: dict[str, Any], names: tuple[str, ...]) -> Decimal | None:
+    """`values.money_field` over fields read with `_money_groups(*names)`."""
+    for name in names:
+        plain = found.get(name)
+        if plain is not None:
+            return parse_money(plain)
+        in_cents = found.get(name + "Cents")
+        if in_cents is not None:
+            return parse_money(in_cents, cents=True)
+    return None
+
+
+_INVOICE = Fields(
+    own_id=("id", *INVOICE_ID_KEYS), invoice_id=INVOICE_ID_KEYS, status=("status", "invoiceStatus", "paymentStatus"),
+    invoice_date=("invoiceDate", "date", "invoiceDateTime", "createdDate"),
+    paid_at=("paidDate", "paidAt", "paymentDate", "datePaid", "paidOn", "closedAt", "closedDate"),
+    appointment=APPOINTMENT_KEYS, appointment_id=APPOINTMENT_ID_KEYS,
+    number=("invoiceNumber", "number", "invoiceNo", "invoiceNum"),
+    items=("items", "lineItems", "lines", "invoiceItems", "products"),
+    client=CLIENT_BLOCK_KEYS,
+    **_money_groups(*_SUBTOTAL, *_TAX, *_TOTAL, *_PAID, *_REFUNDED),
+)
+_LINE_ITEM = Fields(
+    name=("name", "description", "itemName", "productName", "serviceName", "title"),
+    quantity=("quantity", "qty", "count"), type=("type", "itemType", "category"), **_money_groups(*_ITEM_AMOUNT),
+)
+
+_CLIENT = Fields(
+    id=("id", *CLIENT_ID_KEYS),
+    email=EMAIL_KEYS, date_of_birth=DOB_KEYS, first_name=("firstName", "fname", "givenName", "first"),
+    last_name=("lastName", "lname", "surname", "familyName", "last"), full_name=("fullName", "name", "clientName"),
+    full_name_flat=("fullName", "clientName"),  # when the flat body is the only block
+)
+
+# Per channel: the groups of its opt-out flags, its opt-in flags and its name inside a preferences block.
+_CONSENT_GROUPS = {channel: (f"{channel}_opt_out", f"{channel}_opt_in", f"{channel}_named")
+                   for channel in CONSENT_CHANNEL_KEYS}
+_CONSENT = Fields(
+    **{_CONSENT_GROUPS[channel][0]: keys for channel, keys in CONSENT_OPT_OUT_KEYS.items()},
+    **{_CONSENT_GROUPS[channel][1]: keys for channel, keys in CONSENT_OPT_IN_KEYS.items()},
+    **{_CONSENT_GROUPS[channel][2]: keys for channel, keys in CONSENT_CHANNEL_KEYS.items()},
+    preferences=CONSENT_BLOCK_KEYS, opt_outs=OPT_OUT_BLOCK_KEYS, do_not_contact=DO_NOT_CONTACT_KEYS,
+)
+
+_MEMBERSHIP = Fields(
+    own_id=("id", *MEMBERSHIP_ID_KEYS), membership_id=MEMBERSHIP_ID_KEYS, status=("status", "membershipStatus"),
+    name=MEMBERSHIP_NAME_KEYS, nested_name=(*MEMBERSHIP_NAME_KEYS, "name", "title", "plan"),
+    start_date=MEMBERSHIP_START_KEYS, renewal_date=RENEWAL_KEYS, end_date=MEMBERSHIP_END_KEYS,
+    cancel_reason=("cancelReason", "cancellationReason", "reason"),
+)
+
+_LOCATION = Fields(id=("id", "locationId"), name=("name", "locationName"),
+                   timezone=("timezone", "timeZone", "tz", "tzName", "ianaTimezone"))
+
+
+def _block(value: Any) -> Mapping[str, Any] | None:
+    return value if is_object(value) else None
+
+
 class Unread(Exception):
     """Raised inside normalize() for a strict rule; becomes Unreadable. `reason` names the field, never a value."""
 
@@ -244,6 +345,8 @@ class _Reader:
         self.client_id: str | None = None
         self.client_issues: list[str] = []  # why a present client id is unusable (payload.id_issue)
         self.look = Lookup()  # every key lookup of this read: each object is indexed once
+        self.top: dict[str, Any] = {}  # the top level's fields (_FLAT)
+        self._fields: dict[tuple[int, int], tuple[Any, dict[str, Any]]] = {}  # (object, Fields) → (object, fields)
 
     # ----------------------------------------------------------------------------------------- top level
 
@@ -254,9 +357,14 @@ class _Reader:
             return self._unreadable(f"body: {exc}")
         self.body = body
         self.flat = unwrap(body)
+        self.top = self._read(self.flat, _FLAT)
         self.event_id = self._event_id()
         try:
-            self.client_id, *self._found_location = client_and_location(self.flat, self.look, self.client_issues)
+            direct = self._direct_client_id()
+            if direct is None:
+                self.client_id, *self._found_location = client_and_location(self.flat, self.look, self.client_issues)
+            else:  # where almost every payload has it: the rest of the search is not needed
+                self.client_id, self._found_location = direct, list(self._flat_location())
         except Exception:  # noqa: BLE001 - a malformed client block is handled below as a missing id
             self.client_id, self._found_location = None, list(find_location(body))
         self.location = self._location()
@@ -266,27 +374,61 @@ class _Reader:
         except Unread as exc:
             return self._unreadable(exc.reason)
 
+    def _read(self, obj: Any, fields: Fields) -> dict[str, Any]:
+        """`fields.read` of `obj` once per read (an empty dict when `obj` is not an object)."""
+        key = (id(obj), id(fields))
+        entry = self._fields.get(key)
+        if entry is not None and entry[0] is obj:  # the entry keeps `obj` alive: its id is not reused meanwhile
+            return entry[1]
+        index = self.look.index(obj)
+        if index is None:
+            return {}
+        found = fields.read(index)
+        self._fields[key] = (obj, found)
+        return found
+
     def _unreadable(self, reason: str) -> Unreadable:
-        return Unreadable(event_id=self.event_id or body_hash(self.raw), reason=reason, location=self.location,
+        return new_unreadable(event_id=self.event_id or body_hash(self.raw), reason=reason, location=self.location,
                           client_id=self.client_id)
 
     def _skip(self, reason: SkipReason, detail: str | None, source_kind: str | None) -> Skipped:
-        return Skipped(event_id=self.event_id, reason=reason, detail=detail, source_kind=source_kind,
+        return new_skipped(event_id=self.event_id, reason=reason, detail=detail, source_kind=source_kind,
                        location=self.location, client_id=self.client_id, received_at=self._received_at())
 
     def _event_id(self) -> str:
-        found = id_str(self.look.get(self.flat, *EVENT_ID_KEYS))
+        found = id_str(self.top.get("event_id"))
         if found is None and any(norm_key(k) in ENVELOPE_KEYS for k in self.body):
             # An envelope's own `id` is the delivery id; a flat body's `id` could be the entity's.
             found = id_str(self.look.get(self.body, "id", "uuid"))
         return found or body_hash(self.raw)
 
+    def _direct_client_id(self) -> str | None:
+        """The id in the top-level client block, as `client_and_location` reads it first; None when not there."""
+        block = _block(self.top.get("client"))
+        return id_str(self._read(block, _CLIENT).get("id")) if block else None
+
+    def _flat_location(self) -> tuple[str | None, str | None]:
+        """`client_and_location`'s (location id, name), from the fields already read."""
+        top = self.top
+        block = _block(top.get("location"))
+        found = self._read(block, _LOCATION) if block is not None else {}
+        loc_id = id_str(found.get("id"))
+        name = found.get("name")
+        if loc_id is None:
+            loc_id = id_str(top.get("location_id"))
+        if name is None:
+            name = top.get("location_name")
+            if name is None and isinstance(top.get("location_word"), str):
+                name = top.get("location_word")
+        text = clean_text(str(name)).strip() if isinstance(name, (str, int)) and not isinstance(name, bool) else ""
+        return loc_id, (text or None)
+
     def _location(self) -> Location:
         loc_id, name = self._found_location
-        block = self.look.get_block(self.flat, "location", "clinic", "site", "business")
-        tz_name = _text(self.look.get(block, "timezone", "timeZone", "tz", "tzName", "ianaTimezone")) if block else None
+        block = _block(self.top.get("location"))
+        tz_name = _text(self._read(block, _LOCATION).get("timezone")) if block is not None else None
         if tz_name is None:
-            tz_name = _text(self.look.get(self.flat, "locationTimezone", "locationTimeZone", "timezone", "timeZone"))
+            tz_name = _text(self.top.get("timezone"))
         if zone(tz_name) is None:
             tz_name = None  # an unknown zone name is ignored: naive times fall back to the default zone
         if loc_id is None:
@@ -300,8 +442,8 @@ class _Reader:
             return None
 
     def _source_kind(self) -> tuple[str | None, str | None]:
-        kind = self.look.get(self.flat, *KIND_KEYS)
-        action = self.look.get(self.flat, *ACTION_KEYS)
+        kind = self.top.get("kind")
+        action = self.top.get("action")
         kind_text = _text(kind, 100) if not is_object(kind) else None
         action_text = _text(action, 100) if not is_object(action) else None
         return kind_text, action_text
@@ -312,18 +454,19 @@ class _Reader:
         kind_text, action_text = self._source_kind()
         source_kind = ".".join(p for p in (kind_text, action_text) if p) or None
         words = read_kind(kind_text, action_text)
-        if words.is_test or truthy(self.look.get(self.flat, *TEST_FLAG_KEYS)):
+        top = self.top
+        if words.is_test or truthy(top.get("test")):
             return self._skip(SkipReason.TEST_PING, "test or ping event", source_kind)
         if self.client_id is None and self.client_issues:
             # A client id is there but unusable (an object, 10,000 characters, a NUL): say so, never "test ping".
             return self._unreadable(f"client.id: {self.client_issues[0]}")
-        appointment_block = self.look.get_block(self.flat, *APPOINTMENT_KEYS)
-        invoice_block = self.look.get_block(self.flat, *INVOICE_KEYS)
-        has_client = self.look.get_block(self.flat, *CLIENT_BLOCK_KEYS) is not None or self.client_id is not None
-        has_appointment = appointment_block is not None or self.look.get(self.flat, *APPOINTMENT_ID_KEYS) is not None
-        has_invoice = invoice_block is not None or self.look.get(self.flat, *INVOICE_ID_KEYS) is not None
-        membership_block = self.look.get_block(self.flat, *MEMBERSHIP_KEYS)
-        has_membership = membership_block is not None or self.look.get(self.flat, *MEMBERSHIP_ID_KEYS) is not None
+        appointment_block = _block(top.get("appointment"))
+        invoice_block = _block(top.get("invoice"))
+        has_client = _block(top.get("client")) is not None or self.client_id is not None
+        has_appointment = appointment_block is not None or "appointment_id" in top
+        has_invoice = invoice_block is not None or "invoice_id" in top
+        membership_block = _block(top.get("membership"))
+        has_membership = membership_block is not None or "membership_id" in top
         if not (has_client or has_appointment or has_invoice or has_membership):
             return self._skip(SkipReason.TEST_PING, "no client, appointment or invoice in body", source_kind)
 
@@ -342,14 +485,14 @@ class _Reader:
             return self._event(kind, source_kind)
         if entity is Entity.MEMBERSHIP:
             block = membership_block if membership_block is not None else self.flat
-            kind = membership_kind(words.action, _text(self.look.get(block, "status", "membershipStatus")))
+            kind = membership_kind(words.action, _text(self._read(block, _MEMBERSHIP).get("status")))
             if kind is None:
                 return self._skip(SkipReason.UNHANDLED_KIND,
                                   f"membership action not handled: {words.action[:40] or 'status'}", source_kind)
             return self._event(kind, source_kind, membership=self._membership(block, kind))
         if entity is Entity.APPOINTMENT:
             block = appointment_block if appointment_block is not None else self.flat
-            status_text = _text(self.look.get(block, "status", "appointmentStatus", "apptStatus"))
+            status_text = _text(self._read(block, _APPOINTMENT).get("status"))
             decided = appointment_kind(words.action, status_text)
             if decided is None:
                 return self._skip(SkipReason.UNHANDLED_KIND,
@@ -358,7 +501,7 @@ class _Reader:
             appointment = self._appointment(block, status)
             return self._event(kind, source_kind, appointment=appointment)
         block = invoice_block if invoice_block is not None else self.flat
-        kind = invoice_kind(words.action, _text(self.look.get(block, "status", "invoiceStatus", "paymentStatus")))
+        kind = invoice_kind(words.action, _text(self._read(block, _INVOICE).get("status")))
         if kind is None:
             return self._skip(SkipReason.UNHANDLED_KIND,
                               f"invoice action not handled: {words.action[:40] or 'status'}", source_kind)
@@ -372,8 +515,8 @@ class _Reader:
                                      EventKind.MEMBERSHIP_EXPIRED)
         if needs_contact and client.email is None and client.phone is None:
             return self._skip(SkipReason.NO_CONTACT_INFO, "client has no valid email or phone", source_kind)
-        occurred_at = self._lenient_instant(self.look.get(self.flat, *OCCURRED_KEYS), "occurred_at")
-        return NormalizedEvent(
+        occurred_at = self._lenient_instant(self.top.get("occurred"), "occurred_at")
+        return new_event(
             event_id=self.event_id,
             kind=kind,
             source_kind=source_kind,
@@ -397,33 +540,38 @@ class _Reader:
             return cached
         blocks: list[Mapping[str, Any]] = []
         self._blocks = blocks
-        direct = self.look.get_block(self.flat, *CLIENT_BLOCK_KEYS)
+        direct = _block(self.top.get("client"))
         if direct is not None:
             blocks.append(direct)
-        for parent_keys in (INVOICE_KEYS, APPOINTMENT_KEYS):
-            parent = self.look.get_block(self.flat, *parent_keys)
-            nested = self.look.get_block(parent, *CLIENT_BLOCK_KEYS) if parent else None
+        for parent_field, parent_fields in (("invoice", _INVOICE), ("appointment", _APPOINTMENT)):
+            parent = _block(self.top.get(parent_field))
+            if parent is None:
+                continue
+            in_parent = self._read(parent, parent_fields)
+            nested = _block(in_parent.get("client"))
             if nested is not None:
                 blocks.append(nested)
-            grand = self.look.get_block(parent, *APPOINTMENT_KEYS) if parent else None
-            nested = self.look.get_block(grand, *CLIENT_BLOCK_KEYS) if grand else None
+            grand = _block(in_parent.get("appointment"))
+            nested = _block(self._read(grand, _APPOINTMENT).get("client")) if grand is not None else None
             if nested is not None:
                 blocks.append(nested)
         blocks.append(self.flat)
         return blocks
 
-    def _client_get(self, *names: str) -> Any:
-        for block in self._client_blocks():
-            found = self.look.get(block, *names)
-            if found is not None:
-                return found
-        return None
-
     def _client(self) -> Client:
         if self.client_id is None:
             raise Unread("client.id: missing")
         blocks = self._client_blocks()
-        email_raw = self._client_get(*EMAIL_KEYS)
+        reads = [self._read(block, _CLIENT) for block in blocks]
+
+        def pick(name: str) -> Any:
+            for found in reads:
+                value = found.get(name)
+                if value is not None:
+                    return value
+            return None
+
+        email_raw = pick("email")
         email = parse_email(email_raw)
         if email_raw not in (None, "") and email is None:
             self.invalid.append("client.email")
@@ -446,21 +594,20 @@ class _Reader:
         if phone_seen and phone is None:
             self.invalid.append("client.phone")
         dob = None
-        dob_raw = self._client_get(*DOB_KEYS)
+        dob_raw = pick("date_of_birth")
         try:
             dob = parse_calendar_date(dob_raw)
         except FieldError:
             self.invalid.append("client.date_of_birth")
-        first = _text(self._named(blocks, "firstName", "fname", "givenName", "first"), 200)
-        last = _text(self._named(blocks, "lastName", "lname", "surname", "familyName", "last"), 200)
+        first = _text(pick("first_name"), 200)
+        last = _text(pick("last_name"), 200)
         if first is None and last is None:
-            full = _text(self.look.get(blocks[0], "fullName", "name", "clientName") if len(blocks) > 1 else
-                         self.look.get(blocks[0], "fullName", "clientName"), 200)
+            full = _text(reads[0].get("full_name" if len(blocks) > 1 else "full_name_flat"), 200)
             if full:
                 first, _, rest = full.partition(" ")
                 last = rest.strip() or None
         consent = self._consent(blocks)
-        return Client(id=self.client_id, first_name=first, last_name=last, email=email, phone=phone,
+        return new_client(id=self.client_id, first_name=first, last_name=last, email=email, phone=phone,
                       date_of_birth=dob, address=self._address(blocks), consent=consent if consent.said else None)
 
     def _consent(self, blocks: list[Mapping[str, Any]]) -> Consent:
@@ -472,8 +619,7 @@ class _Reader:
         said: dict[str, bool | None] = {}
         for channel in ("email", "sms", "call"):
             said[channel] = None
-            for opted_out, lookup in self._consent_sources(blocks, channel):
-                raw = lookup()
+            for opted_out, raw in self._consent_sources(blocks, channel):
                 if raw is None or is_object(raw):
                     continue
                 try:
@@ -486,29 +632,23 @@ class _Reader:
                     break
         return shared(Consent, email_opt_out=said["email"], sms_opt_out=said["sms"], call_opt_out=said["call"])
 
-    def _consent_sources(self, blocks: list[Mapping[str, Any]], channel: str) -> list[tuple[bool, Any]]:
-        """(value means "opted out", lookup) in order of precedence."""
-        sources: list[tuple[bool, Any]] = []
+    def _consent_sources(self, blocks: list[Mapping[str, Any]], channel: str) -> Iterator[tuple[bool, Any]]:
+        """(value means "opted out", value) in order of precedence."""
+        opt_out, opt_in, named = _CONSENT_GROUPS[channel]
         for block in blocks:
-            sources.append((True, lambda b=block: self.look.get(b, *CONSENT_OPT_OUT_KEYS[channel])))
-            sources.append((False, lambda b=block: self.look.get(b, *CONSENT_OPT_IN_KEYS[channel])))
-            prefs = self.look.get_block(block, *CONSENT_BLOCK_KEYS)
+            found = self._read(block, _CONSENT)
+            yield True, found.get(opt_out)
+            yield False, found.get(opt_in)
+            prefs = _block(found.get("preferences"))
             if prefs is not None:
-                sources.append((True, lambda p=prefs: self.look.get(p, *CONSENT_OPT_OUT_KEYS[channel])))
-                sources.append((False, lambda p=prefs: self.look.get(p, *CONSENT_OPT_IN_KEYS[channel])))
-                sources.append((False, lambda p=prefs: self.look.get(p, *CONSENT_CHANNEL_KEYS[channel])))
-            outs = self.look.get_block(block, *OPT_OUT_BLOCK_KEYS)
+                in_prefs = self._read(prefs, _CONSENT)
+                yield True, in_prefs.get(opt_out)
+                yield False, in_prefs.get(opt_in)
+                yield False, in_prefs.get(named)
+            outs = _block(found.get("opt_outs"))
             if outs is not None:
-                sources.append((True, lambda o=outs: self.look.get(o, *CONSENT_CHANNEL_KEYS[channel])))
-            sources.append((True, lambda b=block: self.look.get(b, *DO_NOT_CONTACT_KEYS)))
-        return sources
-
-    def _named(self, blocks: list[Mapping[str, Any]], *names: str) -> Any:
-        for block in blocks:
-            found = self.look.get(block, *names)
-            if found is not None:
-                return found
-        return None
+                yield True, self._read(outs, _CONSENT).get(named)
+            yield True, found.get("do_not_contact")
 
     def _address(self, blocks: list[Mapping[str, Any]]) -> Address | None:
         block = blocks[0]  # address fields only from the client's own block (a flat body is its own block)
@@ -529,7 +669,7 @@ class _Reader:
             or _text(self.look.get(block, "postalCode", "zip", "zipCode"), 20),
             "country": _text(self.look.get(source, "country", "countryCode"), 60),
         }
-        return Address(**fields) if any(fields.values()) else None
+        return new_address(**fields) if any(fields.values()) else None
 
     # ----------------------------------------------------------------------------------------- appointment
 
@@ -550,28 +690,26 @@ class _Reader:
                      fallback: Mapping[str, Any] | None = None, *, field: str = "appointment") -> Appointment:
         """An appointment from `block`; for invoice-level fields, `block` is the invoice and `fallback` the
         nested appointment block (first non-empty wins)."""
-        chain = [b for b in (block, fallback) if b is not None]
+        reads = [self._read(b, _APPOINTMENT) for b in (block, fallback) if b is not None]
 
-        def pick(*names: str) -> Any:
-            for b in chain:
-                found = self.look.get(b, *names)
-                if found is not None:
-                    return found
+        def pick(name: str) -> Any:
+            for found in reads:
+                value = found.get(name)
+                if value is not None:
+                    return value
             return None
 
-        own_id = self.look.get(block, "id", *APPOINTMENT_ID_KEYS) if block is not self.flat else None
-        raw_id = own_id if own_id is not None else pick(*APPOINTMENT_ID_KEYS)
+        own_id = reads[0].get("own_id") if block is not self.flat else None
+        raw_id = own_id if own_id is not None else pick("appointment_id")
         appt_id = id_str(raw_id)
         if appt_id is None:
             raise Unread(f"{field}.id: {id_issue(raw_id) or 'missing'}")
-        start_raw = combine_date_time(pick(*START_KEYS), pick(*CLOCK_KEYS))
+        start_raw = combine_date_time(pick("start"), pick("clock"))
         start = self._strict_instant(start_raw, f"{field}.start")
-        end = self._strict_instant(pick(*END_KEYS), f"{field}.end")
-        previous = self._lenient_instant(pick(*PREVIOUS_START_KEYS), f"{field}.previous_start")
-        services = parse_services(pick("services", "service", "serviceNames", "serviceName", "treatments",
-                                       "treatment"),
-                                  pick("serviceTypes", "serviceType", "serviceCategory", "serviceCategories"))
-        return Appointment(
+        end = self._strict_instant(pick("end"), f"{field}.end")
+        previous = self._lenient_instant(pick("previous_start"), f"{field}.previous_start")
+        services = parse_services(pick("services"), pick("service_types"))
+        return new_appointment(
             id=appt_id,
             status=status,
             start=start,
@@ -579,11 +717,11 @@ class _Reader:
             previous_start=previous,
             provider=self._provider(pick),
             services=services,
-            cancel_reason=_text(pick("cancelReason", "cancellationReason", "cancelledReason", "reason"), 200),
+            cancel_reason=_text(pick("cancel_reason"), 200),
         )
 
     def _provider(self, pick: Any) -> Provider | None:
-        raw = pick("provider", "staff", "employee", "practitioner", "therapist", "providerName", "staffName")
+        raw = pick("provider")
         if is_object(raw):
             name = _text(self.look.get(raw, "name", "fullName", "displayName"), 200)
             if name is None:
@@ -592,7 +730,7 @@ class _Reader:
             provider = shared(Provider, id=id_str(self.look.get(raw, "id", "providerId", "staffId", "employeeId")),
                               name=name)
         else:
-            provider = shared(Provider, id=id_str(pick("providerId", "staffId", "employeeId")), name=_text(raw, 200))
+            provider = shared(Provider, id=id_str(pick("provider_id")), name=_text(raw, 200))
         return provider if provider.id or provider.name else None
 
     # ------------------------------------------------------------------------------------------ membership
@@ -607,46 +745,46 @@ class _Reader:
         """A membership from its block (or the flat body). Id and dates are strict: a renewal date the CRM's
         reminders run on must be right or visibly dead-lettered, never guessed."""
         nested = block is not self.flat
-        own_id = self.look.get(block, "id", *MEMBERSHIP_ID_KEYS) if nested else None
-        raw_id = own_id if own_id is not None else self.look.get(block, *MEMBERSHIP_ID_KEYS)
+        found = self._read(block, _MEMBERSHIP)
+        own_id = found.get("own_id") if nested else None
+        raw_id = own_id if own_id is not None else found.get("membership_id")
         if raw_id is None and nested:
-            raw_id = self.look.get(self.flat, *MEMBERSHIP_ID_KEYS)
+            raw_id = self.top.get("membership_id")
         membership_id = id_str(raw_id)
         if membership_id is None:
             raise Unread(f"membership.id: {id_issue(raw_id) or 'missing'}")
-        name_keys = (*MEMBERSHIP_NAME_KEYS, "name", "title", "plan") if nested else MEMBERSHIP_NAME_KEYS
-        name = self.look.get(block, *name_keys)
-        return Membership(
+        name = found.get("nested_name" if nested else "name")
+        return new_membership(
             id=membership_id,
             name=(_text(name, 200) if not is_object(name)
                   else _text(self.look.get(name, "name", "title"), 200)),
             status=_MEMBERSHIP_STATUS_BY_KIND[kind],
-            start_date=self._date(self.look.get(block, *MEMBERSHIP_START_KEYS), "membership.start_date"),
-            renewal_date=self._date(self.look.get(block, *RENEWAL_KEYS), "membership.renewal_date"),
-            end_date=self._date(self.look.get(block, *MEMBERSHIP_END_KEYS), "membership.end_date"),
-            cancel_reason=_text(self.look.get(block, "cancelReason", "cancellationReason", "reason"), 200),
+            start_date=self._date(found.get("start_date"), "membership.start_date"),
+            renewal_date=self._date(found.get("renewal_date"), "membership.renewal_date"),
+            end_date=self._date(found.get("end_date"), "membership.end_date"),
+            cancel_reason=_text(found.get("cancel_reason"), 200),
         )
 
     # --------------------------------------------------------------------------------------------- invoice
 
-    def _money(self, block: Mapping[str, Any], field: str, *names: str) -> Decimal | None:
+    def _money(self, found: dict[str, Any], field: str, *names: str) -> Decimal | None:
         try:
-            return money_field(block, *names, look=self.look)
+            return _money_in(found, names)
         except FieldError as exc:
             raise Unread(f"invoice.{field}: {exc}") from None
 
     def _invoice(self, block: Mapping[str, Any], kind: EventKind) -> Invoice:
-        own_id = self.look.get(block, "id", *INVOICE_ID_KEYS) if block is not self.flat else None
-        raw_id = own_id if own_id is not None else self.look.get(block, *INVOICE_ID_KEYS)
+        found = self._read(block, _INVOICE)
+        own_id = found.get("own_id") if block is not self.flat else None
+        raw_id = own_id if own_id is not None else found.get("invoice_id")
         invoice_id = id_str(raw_id)
         if invoice_id is None:
             raise Unread(f"invoice.id: {id_issue(raw_id) or 'missing'}")
-        subtotal = self._money(block, "subtotal", "subtotal", "subTotal")
-        tax = self._money(block, "tax", "tax", "taxTotal", "taxAmount", "totalTax")
-        total = self._money(block, "total", "total", "grandTotal", "invoiceTotal", "totalAmount", "amount")
-        paid = self._money(block, "amount_paid", "amountPaid", "paidAmount", "paymentAmount", "amountPaid")
-        refunded = self._money(block, "refunded", "refundedAmount", "refundAmount", "amountRefunded",
-                               "refundTotal")
+        subtotal = self._money(found, "subtotal", *_SUBTOTAL)
+        tax = self._money(found, "tax", *_TAX)
+        total = self._money(found, "total", *_TOTAL)
+        paid = self._money(found, "amount_paid", *_PAID)
+        refunded = self._money(found, "refunded", *_REFUNDED)
         if kind is EventKind.INVOICE_PAID:
             amount = paid if paid is not None else total
             if amount is not None and amount < 0:
@@ -657,54 +795,52 @@ class _Reader:
         if amount is None:
             raise Unread("invoice.amount: missing (no amountPaid, total or refund amount)")
         try:
-            invoice_date = parse_calendar_date(
-                self.look.get(block, "invoiceDate", "date", "invoiceDateTime", "createdDate"))
+            invoice_date = parse_calendar_date(found.get("invoice_date"))
         except FieldError as exc:
             raise Unread(f"invoice.invoice_date: {exc}") from None
-        paid_at = self._strict_instant(self.look.get(block, "paidDate", "paidAt", "paymentDate", "datePaid", "paidOn",
-                                           "closedAt", "closedDate"), "invoice.paid_at")
-        nested = self.look.get_block(block, *APPOINTMENT_KEYS)
-        has_invoice_level = self.look.get(block, *APPOINTMENT_ID_KEYS) is not None
+        paid_at = self._strict_instant(found.get("paid_at"), "invoice.paid_at")
+        nested = _block(found.get("appointment"))
+        has_invoice_level = "appointment_id" in found
         appointment = None
         if nested is not None or has_invoice_level:
             # Invoice-level fields first (only the appointment-specific spellings), then the nested block.
             invoice_level = {k: v for k, v in block.items() if norm_key(k) in _INVOICE_LEVEL_APPT_KEYS}
             appointment = self._appointment(invoice_level, AppointmentStatus.COMPLETED, nested,
                                             field="invoice.appointment")
-        return Invoice(
+        return new_invoice(
             id=invoice_id,
-            number=_text(self.look.get(block, "invoiceNumber", "number", "invoiceNo", "invoiceNum"), 64),
-            status=_invoice_status(_text(self.look.get(block, "status", "invoiceStatus", "paymentStatus"), 64)),
+            number=_text(found.get("number"), 64),
+            status=_invoice_status(_text(found.get("status"), 64)),
             invoice_date=invoice_date,
             paid_at=paid_at,
             subtotal=subtotal,
             tax=tax,
             total=total,
             amount_paid=amount,
-            items=self._items(block),
+            items=self._items(found.get("items")),
             appointment=appointment,
         )
 
-    def _items(self, block: Mapping[str, Any]) -> tuple[LineItem, ...]:
+    def _items(self, listed: Any) -> tuple[LineItem, ...]:
         items: list[LineItem] = []
-        for raw in split_list(self.look.get(block, "items", "lineItems", "lines", "invoiceItems", "products")):
+        for raw in split_list(listed):
             if is_object(raw):
-                name = _text(self.look.get(raw, "name", "description", "itemName", "productName", "serviceName",
-                                           "title"), 200)
+                item = self._read(raw, _LINE_ITEM)
+                name = _text(item.get("name"), 200)
                 if not name:
                     continue
                 try:
-                    quantity = parse_decimal(self.look.get(raw, "quantity", "qty", "count"))
-                    amount = money_field(raw, "amount", "total", "lineTotal", "price", "unitPrice", look=self.look)
+                    quantity = parse_decimal(item.get("quantity"))
+                    amount = _money_in(item, _ITEM_AMOUNT)
                 except FieldError as exc:
                     raise Unread(f"invoice.items: {exc}") from None
-                items.append(LineItem(name=name, type=_text(self.look.get(raw, "type", "itemType", "category"), 64),
-                                      quantity=quantity if quantity is not None else Decimal(1),
-                                      amount=amount if amount is not None else Decimal(0)))
+                items.append(new_line_item(name=name, type=_text(item.get("type"), 64),
+                                           quantity=quantity if quantity is not None else Decimal(1),
+                                           amount=amount if amount is not None else Decimal(0)))
             else:
                 name = _text(raw, 200)
                 if name:
-                    items.append(LineItem(name=name))
+                    items.append(new_line_item(name=name))
         return tuple(items)
 
 

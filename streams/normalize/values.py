@@ -22,6 +22,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from foundations.formats.normalized import Service
 from foundations.formats.raw import Lookup, clean_text, get, id_str, is_object
+from streams.normalize.fields import Fields
 
 
 class FieldError(ValueError):
@@ -186,6 +187,7 @@ def _clock(text: str) -> str:
 # ----------------------------------------------------------------------------------------------- money
 
 _MONEY_RE = re.compile(r"-?\d+(\.\d+)?")
+_MONEY_NOISE = re.compile(r"(?i)\s|\$|,|usd")
 _CENT = Decimal("0.01")
 
 
@@ -218,7 +220,7 @@ def parse_money(value: Any, *, cents: bool = False) -> Decimal | None:
         negative = text.startswith("(") and text.endswith(")")
         if negative:
             text = text[1:-1]
-        text = re.sub(r"(?i)\s|\$|,|usd", "", text)
+        text = _MONEY_NOISE.sub("", text)
         if text.startswith("-$"):
             text = "-" + text[2:]
         if not _MONEY_RE.fullmatch(text):
@@ -380,6 +382,8 @@ def shared(model: Callable[..., ModelT], **fields: Any) -> ModelT:
         found = _SHARED[key] = model(**fields)
     return found
 
+_SERVICE = Fields(name=_SERVICE_NAME_KEYS, id=_SERVICE_ID_KEYS, type=_SERVICE_TYPE_KEYS)
+
 
 def parse_services(services: Any, service_types: Any = None) -> tuple[Service, ...]:
     """Services as objects, strings or one comma-separated string; types likewise, or one type for all."""
@@ -387,9 +391,10 @@ def parse_services(services: Any, service_types: Any = None) -> tuple[Service, .
     out: list[Service] = []
     for index, item in enumerate(split_list(services)):
         if is_object(item):
-            name = _text(get(item, *_SERVICE_NAME_KEYS))
-            sid = id_str(get(item, *_SERVICE_ID_KEYS))
-            stype = _text(get(item, *_SERVICE_TYPE_KEYS))
+            found = _SERVICE.read_object(item)
+            name = _text(found.get("name"))
+            sid = id_str(found.get("id"))
+            stype = _text(found.get("type"))
         else:
             name, sid, stype = _text(item), None, None
         if not name:
