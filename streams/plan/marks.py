@@ -42,7 +42,9 @@ EMPTY = DoneMarks()
 
 def marks_key(client_id: str) -> str:
     """The table key of a client's done marks: same partition as its state (the sink writes both to the
-    partition of the event being processed)."""
+    partition of the event being processed). A client id holding the separator (never normalized) is refused."""
+    if SEPARATOR in client_id:
+        raise ValueError("client id holds a control character")
     return client_id + SUFFIX
 
 

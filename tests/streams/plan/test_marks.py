@@ -185,6 +185,8 @@ def test_keys_never_clash_with_a_client_id() -> None:
     key = marks.marks_key("48213")
     assert key != "48213" and marks.is_marks_key(key) and marks.client_of(key) == "48213"
     assert not marks.is_marks_key("48213") and not marks.is_marks_key("48213done")
+    with pytest.raises(ValueError, match="control character"):
+        marks.marks_key("48213" + marks.SUFFIX)
 
 
 @pytest.mark.parametrize("value", ["", '{"done": {}}', "d1:{", "d1:[]", 'd1:{"done": 3}', 'd1:{"other": 1}',
