@@ -35,7 +35,7 @@ from sinks.locations import GhlTarget, Locations, LocationsError, UnknownLocatio
 from sinks.oauth import OAuthManager
 from sinks.provision import ResolvedIdsCache
 from sinks.shadow import CURRENT_OP, Send, ShadowGhlClient
-from streams.plan import state_codec
+from streams.plan import marks, state_codec
 from streams.plan.planner import Outcome, PlanError, plan
 from streams.plan.state import ClientState, mark_done, park_failed
 from workarounds.consumer_control import SequenceGuard, abandon
@@ -403,19 +403,39 @@ class SyncEngine:
 
     # -- one event -------------------------------------------------------------------------------------------
     def _load(self, client_id: str) -> ClientState | None:
+        """The client's state with its done marks merged (streams/plan/marks.py)."""
         raw = self.table.get(client_id)
         if raw is None:
             return None
-        return state_codec.decode(raw)
+        return marks.merge(state_codec.decode(raw), self._marks(client_id))
 
-    def _save(self, client_id: str, state: ClientState, partition: int, *, last: bool = True) -> Any:
-        """Write the state to the table: local store + changelog record on the event's partition. Returns the
-        changelog send future (await it for durability). `last=False`: the event writes again soon (uncompressed
-        then, state_codec.encode)."""
-        value = state_codec.encode(state, compact=last)
+    def _marks(self, client_id: str) -> marks.DoneMarks:
+        """The ops done since the client's state was last written (and the CRM ids they recorded)."""
+        raw = self.table.get(marks.marks_key(client_id))
+        return marks.EMPTY if raw is None else marks.decode(raw)
+
+    def _save(self, client_id: str, state: ClientState, partition: int) -> Any:
+        """Write the whole state (its done marks folded in) to the table: local store + changelog record on the
+        event's partition, then clear the marks key (a tombstone after it on the same partition). Returns the
+        changelog send future(s) (await for durability)."""
+        value = state_codec.encode(state)
         fut = self.table.send_changelog(partition, client_id, value)
         with write_to_partition(partition):
             self.table.data[client_id] = value
+        key = marks.marks_key(client_id)
+        if self.table.data.get(key) is None:
+            return fut
+        cleared = self.table.send_changelog(partition, key, None, value_serializer="raw")
+        self.table.data.pop(key, None)
+        return asyncio.gather(fut, cleared)
+
+    def _save_marks(self, client_id: str, done: marks.DoneMarks, partition: int) -> Any:
+        """Write an op's done mark: the small marks record on the state's partition (not the whole state)."""
+        key = marks.marks_key(client_id)
+        value = marks.encode(done)
+        fut = self.table.send_changelog(partition, key, value)
+        with write_to_partition(partition):
+            self.table.data[key] = value
         return fut
 
     async def _process(self, lane: Lane, item: _Item) -> None:
@@ -440,15 +460,19 @@ class SyncEngine:
                  resume_failed=resume_failed)
         if state is None or p.new_state != state:
             # Durable BEFORE any GoHighLevel call.
-            await self._save(client_id, p.new_state, partition, last=not p.new_state.effects)
+            await self._save(client_id, p.new_state, partition)
             if p.outcome is Outcome.RESUMED:
                 log.info("sink: resuming %d op(s) of dead-lettered event %s", len(p.ops), ev.event_id)
             else:  # resumed ops were attempted before: in doubt
                 lane.clean.update(op.op_id for op in p.ops)
+        elif self.table.data.get(marks.marks_key(client_id)) is not None and not p.new_state.effects:
+            # Done marks with nothing pending: left by a crash after an event's last write. Fold them (one key).
+            await self._save(client_id, p.new_state, partition)
         if item.attempts == 0 and item.failures == 0:
             metrics.SYNC_OUTCOMES.labels(location, p.outcome.value).inc()
         state = p.new_state
         pending = ordered_pending(state)
+        done = self._marks(client_id) if pending else marks.EMPTY  # marks since the state was last written
         last_write = None
         for op in pending:
             self._check(item)  # stop at an op boundary on a fence
@@ -457,9 +481,13 @@ class SyncEngine:
             in_doubt = op.op_id not in lane.clean
             lane.clean.discard(op.op_id)
             CURRENT_OP.set((client_id, op.event_id, op.op_id))  # names the op in shadow records
-            state = await op_executor.execute(op, state, in_doubt=in_doubt)
-            state = mark_done(state, op.op_id)
-            last_write = self._save(client_id, state, partition, last=op is pending[-1])
+            before = state
+            state = mark_done(await op_executor.execute(op, state, in_doubt=in_doubt), op.op_id)
+            if op is pending[-1]:  # the event ends: the whole state, marks folded in (no marks key at rest)
+                last_write = self._save(client_id, state, partition)
+            else:  # durable like the whole state would be, a few dozen bytes
+                done = marks.add(done, op, before, state)
+                last_write = self._save_marks(client_id, done, partition)
             if op.kind is OpKind.ENROLL_WORKFLOW:
                 await last_write  # shrink the one window the API cannot settle (docs/sync-engine.md)
             op_rt.breaker.record_success()

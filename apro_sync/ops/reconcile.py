@@ -28,7 +28,7 @@ from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget, load_locations
 from sinks.provision import ResolvedIds, resolve_ids
 from sinks.agent import changelog_topic_name
-from streams.plan import state_codec
+from streams.plan import marks, state_codec
 from streams.plan.state import ClientState
 
 CONCURRENCY = 8  # clients compared (or repaired) at once per location; the rate limiter paces the calls
@@ -60,17 +60,23 @@ class LocationReport:
 
 def decode_changelog(records: Iterable[tuple[bytes | None, bytes | None]]) -> dict[str, ClientState]:
     """The latest state per client from changelog records (key and value JSON-encoded strings, as faust.Table
-    writes them); a tombstone removes the client."""
-    states: dict[str, str] = {}
+    writes them), with its done marks merged (streams/plan/marks.py); a tombstone removes the key."""
+    values: dict[str, str] = {}
     for key, value in records:
         if key is None:
             continue
-        client_id = json.loads(key)
+        name = json.loads(key)
         if value is None:
-            states.pop(client_id, None)
+            values.pop(name, None)
         else:
-            states[client_id] = json.loads(value)
-    return {cid: state_codec.decode(raw) for cid, raw in states.items()}
+            values[name] = json.loads(value)
+
+    def state_of(client_id: str, raw: str) -> ClientState:
+        done = values.get(marks.marks_key(client_id))
+        state = state_codec.decode(raw)
+        return state if done is None else marks.merge(state, marks.decode(done))
+
+    return {cid: state_of(cid, raw) for cid, raw in values.items() if not marks.is_marks_key(cid)}
 
 
 def read_states(settings: Settings) -> dict[str, ClientState]:

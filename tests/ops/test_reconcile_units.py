@@ -13,7 +13,9 @@ from apro_sync.ops.kafka_io import OperatorError
 from apro_sync.ops.peek import Peeked, format_line
 from sinks import drift
 from apro_sync.ops import reconcile as reconcile_tool
-from streams.plan.state import ClientState, CrmIds
+from foundations.formats.crm_commands import UpsertContact
+from streams.plan import marks
+from streams.plan.state import ClientState, CrmIds, PendingEffects, mark_done
 
 
 def record(client_id: str, state: ClientState | None) -> tuple[bytes, bytes | None]:
@@ -36,6 +38,19 @@ def test_latest_value_per_client_and_tombstones() -> None:
     )
     assert states == {"1": later}
     assert reconcile_tool.clients_of(states, "L1") == [later] and reconcile_tool.clients_of(states, "L2") == []
+
+
+def test_done_marks_are_merged_and_never_read_as_a_client() -> None:
+    """The sink writes an op's done mark under the client's marks key (streams/plan/marks.py)."""
+    op = UpsertContact(op_id="ev-1:upsert_contact:0", event_id="ev-1", client_id="1", location_label="L1")
+    planned = ClientState(client_id="1", effects=(PendingEffects(event_id="ev-1", location_label="L1", ops=(op,)),))
+    after = mark_done(planned.model_copy(update={"crm": {"L1": CrmIds(contact_id="c1")}}), op.op_id)
+    done = marks.encode(marks.add(marks.EMPTY, op, planned, after))
+    marks_record = (json.dumps(marks.marks_key("1")).encode(), json.dumps(done).encode())
+    assert reconcile_tool.decode_changelog([record("1", planned), marks_record]) == {"1": after}
+    cleared = (marks_record[0], None)
+    assert reconcile_tool.decode_changelog([record("1", planned), marks_record, record("1", after), cleared]) == {
+        "1": after}
 
 
 def test_location_selection() -> None:

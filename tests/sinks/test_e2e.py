@@ -23,8 +23,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from foundations.config import Settings
 from foundations.formats import headers as header_names
 from foundations.kafka_admin import ensure_topics
+from sinks.agent import changelog_topic_name
 from sinks.locations import load_locations
 from sinks.provision import provision_all
+from streams.plan import marks, state_codec
 from tests.conftest import REPO
 from tests.reliability import harness
 from tests.streams.normalize.test_worker import produce, raw_record, worker_env
@@ -303,6 +305,54 @@ def test_sequence_exactly_once_under_redelivery(stack: Stack, fixture_bodies: di
     stack.settle()
     jane_now = [c for c in stack.emulator.snapshot()["contacts"] if JANE in json.dumps(c)]
     assert jane_now == [c for c in snapshot["contacts"] if JANE in json.dumps(c)]
+
+
+def changelog_records(settings: Settings, until: Callable[[list[tuple[int, str, str | None]]], bool],
+                      timeout_s: float = 60.0) -> list[tuple[int, str, str | None]]:
+    """The client_state changelog as (partition, key, value) in each partition's order (JSON-decoded str)."""
+    topic = changelog_topic_name(settings)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"{topic}-reader",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.topic_partitions)])
+    records: list[tuple[int, str, str | None]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not until(records) and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            value = msg.value()
+            records.append((msg.partition(), json.loads(msg.key()), None if value is None else json.loads(value)))
+    finally:
+        consumer.close()
+    return records
+
+
+def test_an_op_writes_a_small_done_mark_and_the_state_is_written_twice_per_event(
+        stack: Stack, fixture_bodies: dict[str, bytes]) -> None:
+    """docs/sync-engine.md "Done marks": the whole state at the plan and at the event's end, a record of tens of
+    bytes per op in between, on the same partition; at rest the client has one key (the marks key cleared)."""
+    sequence = jane_sequence(fixture_bodies)
+    stack.send(sequence)
+    stack.wait_for(sequence_done)
+    stack.settle()
+    client, done_key = "48213", marks.marks_key("48213")
+
+    def at_rest(records: list[tuple[int, str, str | None]]) -> bool:
+        states = [v for _, k, v in records if k == client and v is not None]
+        last_mark = [v for _, k, v in records if k == done_key][-1:]
+        last = state_codec.decode(states[-1]) if states else None
+        return last is not None and "seq-7-retail" in last.applied_event_ids and not last.effects \
+            and last_mark == [None]
+
+    records = changelog_records(stack.settings, at_rest)
+    assert at_rest(records)
+    states = [v for _, k, v in records if k == client]
+    done_marks = [v for _, k, v in records if k == done_key and v is not None]
+    assert {p for p, k, _ in records if k in (client, done_key)} == {records[0][0]}  # one partition, in order
+    assert len(states) <= 2 * len(sequence)  # was one per op (about 6 per event)
+    assert len(done_marks) >= len(SEQ_NOTES)  # the events with ops (the repeated payment has none)
+    assert all(len(value) < 256 for value in done_marks), [len(v) for v in done_marks]  # ~50; ~200 with new ids
 
 
 def write_requests(state: dict[str, Any]) -> int:
