@@ -347,6 +347,7 @@ class _Reader:
         self.look = Lookup()  # every key lookup of this read: each object is indexed once
         self.top: dict[str, Any] = {}  # the top level's fields (_FLAT)
         self._fields: dict[tuple[int, int], tuple[Any, dict[str, Any]]] = {}  # (object, Fields) → (object, fields)
+        self._blocks: list[Mapping[str, Any]] | None = None  # the client's blocks (_client_blocks), once found
 
     # ----------------------------------------------------------------------------------------- top level
 
@@ -371,8 +372,8 @@ class _Reader:
         self.zone = zone(self.location.timezone) or self.default_zone
         try:
             return self._read_event()
-        except Unread as exc:
-            return self._unreadable(exc.reason)
+        except Unread as unread:  # not `exc`: mypyc types a name once per function (PayloadError above)
+            return self._unreadable(unread.reason)
 
     def _read(self, obj: Any, fields: Fields) -> dict[str, Any]:
         """`fields.read` of `obj` once per read (an empty dict when `obj` is not an object)."""
@@ -535,9 +536,8 @@ class _Reader:
 
     def _client_blocks(self) -> list[Mapping[str, Any]]:
         """Where client fields may be: `client`, `invoice.client`, `appointment.client`, then the flat body."""
-        cached: list[Mapping[str, Any]] | None = self.__dict__.get("_blocks")
-        if cached is not None:
-            return cached
+        if self._blocks is not None:
+            return self._blocks
         blocks: list[Mapping[str, Any]] = []
         self._blocks = blocks
         direct = _block(self.top.get("client"))
