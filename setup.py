@@ -16,7 +16,7 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 NATIVE = runpy.run_path(str(HERE / "foundations" / "native.py"))  # stdlib only: the module list and the stamp
-PURE = os.environ.get(NATIVE["PURE_ENV"], "").strip().lower() in ("1", "true", "yes")
+PURE = NATIVE["pure_asked"]()
 
 
 def warn(why: str) -> None:

@@ -54,13 +54,16 @@ def _compiled_files() -> list[Path]:
     return found
 
 
-def _decide() -> str:
+def pure_asked() -> bool:
+    return os.environ.get(PURE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def decide(stamp: Path = Path(__file__).with_name(STAMP)) -> str:
     """"compiled", or why pure Python runs."""
-    if os.environ.get(PURE_ENV, "").strip().lower() in ("1", "true", "yes"):
+    if pure_asked():
         return f"{PURE_ENV} is set"
     if not _compiled_files():
         return "not compiled (no C compiler at install, or installed without it)"
-    stamp = Path(__file__).with_name(STAMP)
     try:
         current = stamp.read_text() == stamp_text()
     except OSError:
@@ -90,7 +93,7 @@ def install() -> str:
     """Decide once per process (before any of MODULES is imported) and return "compiled" or why pure."""
     global _REASON
     if _REASON is None:
-        _REASON = _decide()
+        _REASON = decide()
         if _REASON != "compiled":
             sys.meta_path.insert(0, _PureFinder())
     return _REASON
