@@ -17,7 +17,7 @@ from typing import Any
 import faust
 from faust.streams import _current_event  # the context var Faust routes table changelog writes by
 
-from foundations import metrics
+from foundations import metrics, native
 from foundations.config import Settings
 from foundations.formats import deadletter
 from foundations.formats import headers as header_names
@@ -228,6 +228,9 @@ def register_normalizer(app: faust.App, settings: Settings) -> None:
                       **table_store("normalize-dedupe", settings.state_store, settings.state_store_memory_mb),
                       help="Event ids already passed on, bounded per partition (APRO_DEDUPE_WINDOW).")
     normalizer = Normalizer(app, settings, topics, table)
+    implementation = native.install()  # pip hides the build's warning: say here which normalizer runs
+    log.info("normalize: %s", "compiled normalizer (mypyc)" if implementation == "compiled"
+             else f"pure Python normalizer ({implementation})")
 
     @app.on_before_shutdown.connect
     async def _close(app: faust.App, **kwargs: Any) -> None:  # noqa: ARG001
