@@ -45,13 +45,9 @@ def stamp_text(root: Path = ROOT) -> str:
 
 
 def _compiled_files() -> list[Path]:
-    suffixes = importlib.machinery.EXTENSION_SUFFIXES
-    found = []
-    for module in MODULES:
-        base = source_path(module)
-        found += [base.with_name(base.stem + suffix) for suffix in suffixes if base.with_name(base.stem + suffix)
-                  .is_file()]
-    return found
+    candidates = (source_path(module).with_suffix(suffix) for module in MODULES
+                  for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+    return [path for path in candidates if path.is_file()]
 
 
 def pure_asked() -> bool:
