@@ -3,8 +3,7 @@
 Produces N realistic raw webhooks (fixture variations), then measures in one run: normalize() per record (median,
 p99) beside orjson.loads of the same bodies; a Faust agent that only decodes each record's JSON and forwards it
 to the normalized topic (the baseline, run like the worker); the normalizing worker; plain aiokafka consumes.
-Targets: normalize() median < 60 µs, worker/forwarder >= 0.5. Prints whether the normalizer ran compiled (mypyc)
-or pure (APRO_PURE_PYTHON=1).   Usage: python bench/normalize.py [--count N] [--only-normalize]
+Targets: normalize() median < 60 µs, worker/forwarder >= 0.5. Usage: python bench/normalize.py [--count N]
 """
 
 from __future__ import annotations
