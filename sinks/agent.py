@@ -402,22 +402,23 @@ class SyncEngine:
         return True
 
     # -- one event -------------------------------------------------------------------------------------------
-    def _load(self, client_id: str) -> ClientState | None:
-        """The client's state with its done marks merged (streams/plan/marks.py)."""
+    def _load(self, client_id: str) -> tuple[ClientState | None, marks.DoneMarks | None]:
+        """The client's state with its done marks merged (streams/plan/marks.py), and the marks record (None when
+        the client has no marks key): one read of each key per event."""
+        raw_marks = self.table.get(marks.marks_key(client_id))
+        done = None if raw_marks is None else marks.decode(raw_marks)
         raw = self.table.get(client_id)
         if raw is None:
-            return None
-        return marks.merge(state_codec.decode(raw), self._marks(client_id))
-
-    def _marks(self, client_id: str) -> marks.DoneMarks:
-        """The ops done since the client's state was last written (and the CRM ids they recorded)."""
-        raw = self.table.get(marks.marks_key(client_id))
-        return marks.EMPTY if raw is None else marks.decode(raw)
+            return None, done
+        state = state_codec.decode(raw)
+        return (state if done is None else marks.merge(state, done)), done
 
     def _save(self, client_id: str, state: ClientState, partition: int) -> Any:
         """Write the whole state (its done marks folded in) to the table: local store + changelog record on the
         event's partition, then clear the marks key (a tombstone after it on the same partition). Returns the
-        changelog send future(s) (await for durability)."""
+        state record's send future (await for durability). The tombstone is not awaited: it follows the state on
+        the same partition, so any later record's ack covers it, and a lost one leaves only marks already folded
+        (merging them again changes nothing)."""
         value = state_codec.encode(state)
         fut = self.table.send_changelog(partition, client_id, value)
         with write_to_partition(partition):
@@ -425,9 +426,9 @@ class SyncEngine:
         key = marks.marks_key(client_id)
         if self.table.data.get(key) is None:
             return fut
-        cleared = self.table.send_changelog(partition, key, None, value_serializer="raw")
+        self.table.send_changelog(partition, key, None, value_serializer="raw")
         self.table.data.pop(key, None)
-        return asyncio.gather(fut, cleared)
+        return fut
 
     def _save_marks(self, client_id: str, done: marks.DoneMarks, partition: int) -> Any:
         """Write an op's done mark: the small marks record on the state's partition (not the whole state)."""
@@ -452,27 +453,29 @@ class SyncEngine:
         metrics.LAST_EVENT_TIME.labels(location=location).set(time.time())
         partition = event.message.partition
         client_id = ev.client.id
-        state = self._load(client_id)
+        state, stored_marks = self._load(client_id)
         now = datetime.fromtimestamp(event.message.timestamp or time.time(), timezone.utc)
         # An operator redrive / replay resumes the ops a dead letter of this event parked (docs/sync-engine.md).
         resume_failed = header_names.REPLAY in header_names.to_dict(event.message.headers)
         p = plan(ev, state, location_label=rt.label, now=now, default_timezone=self.settings.default_timezone,
                  resume_failed=resume_failed)
+        done = stored_marks or marks.EMPTY  # ops done since the state was last written, until it is written
         if state is None or p.new_state != state:
             # Durable BEFORE any GoHighLevel call.
             await self._save(client_id, p.new_state, partition)
+            done = marks.EMPTY
             if p.outcome is Outcome.RESUMED:
                 log.info("sink: resuming %d op(s) of dead-lettered event %s", len(p.ops), ev.event_id)
             else:  # resumed ops were attempted before: in doubt
                 lane.clean.update(op.op_id for op in p.ops)
-        elif self.table.data.get(marks.marks_key(client_id)) is not None and not p.new_state.effects:
+        elif stored_marks is not None and not p.new_state.effects:
             # Done marks with nothing pending: left by a crash after an event's last write. Fold them (one key).
             await self._save(client_id, p.new_state, partition)
+            done = marks.EMPTY
         if item.attempts == 0 and item.failures == 0:
             metrics.SYNC_OUTCOMES.labels(location, p.outcome.value).inc()
         state = p.new_state
         pending = ordered_pending(state)
-        done = self._marks(client_id) if pending else marks.EMPTY  # marks since the state was last written
         last_write = None
         for op in pending:
             self._check(item)  # stop at an op boundary on a fence
@@ -514,7 +517,7 @@ class SyncEngine:
             location, event_id = ev.location.key, ev.event_id
             # Park the remaining ops (not done, not applied) so the client's later events are not blocked behind
             # them and a redrive of this dead letter resumes exactly them.
-            state = self._load(ev.client.id)
+            state, _ = self._load(ev.client.id)
             if state is not None and state.effects:
                 await self._save(ev.client.id, park_failed(state, event_id), message.partition)
         except _Unreadable:

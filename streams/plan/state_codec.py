@@ -28,12 +28,9 @@ class StateDecodeError(ValueError):
     """A table value that is no client state (the message names the problem, never the content)."""
 
 
-def encode(state: ClientState, *, compact: bool = True) -> str:
-    """The table value of `state`. `compact=False` writes plain JSON: for a value superseded within the same event
-    (an op's done mark), where compressing would cost more CPU than the record is worth."""
+def encode(state: ClientState) -> str:
+    """The table value of `state` (done marks between state writes are their own small records: marks.py)."""
     raw = state.to_json()
-    if not compact:
-        return raw.decode()
     deflate = _compressor.copy()  # primed with the dictionary once, not per value
     return PREFIX + base64.b64encode(deflate.compress(raw) + deflate.flush()).decode("ascii")
 
