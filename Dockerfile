@@ -9,7 +9,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 # .dockerignore keeps tests, docs, deploy files, state and secrets (.env) out of the build context.
 COPY . /app
-RUN pip install . \
+# gcc only for the install: it compiles the normalizer with mypyc (setup.py), then leaves the image.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install . \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* \
+    && (cd / && python -c "from foundations import native; import sys; sys.exit(native.install() != 'compiled')") \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin apro \
     && mkdir -p /var/lib/apro-sync \
     && chown apro /var/lib/apro-sync

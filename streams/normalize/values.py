@@ -295,7 +295,7 @@ def _phone(text: str, region: str) -> str | None:
     if plain is not None:
         digits = "".join(plain.groups())
         number = phonenumbers.PhoneNumber(country_code=1, national_number=int(digits))
-        return f"+1{digits}" if phonenumbers.is_valid_number(number) else None
+        return f"+1{digits}" if _valid_nanp(number) else None
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
@@ -420,3 +420,11 @@ __all__ = [
     "FieldError", "combine_date_time", "money_field", "parse_calendar_date", "parse_decimal", "parse_email",
     "parse_instant", "parse_money", "parse_phone", "parse_services", "shared", "split_list", "truthy", "zone",
 ]
+
+
+def _valid_nanp(number: phonenumbers.PhoneNumber) -> bool:
+    """`phonenumbers.is_valid_number` for a +1 number, US first: a number valid for the US is valid (the library
+    would find the US region first), and the full check (every +1 region) runs only for the rest. Same answers,
+    half the cost for the common case (tests/streams/normalize/test_values_phone.py)."""
+    return phonenumbers.is_valid_number_for_region(number, "US") or phonenumbers.is_valid_number(number)
+

@@ -36,3 +36,13 @@ def test_edges() -> None:
                  "+1 (480) 555-0134", "4805550134", "14805550134", "+14805550134", "(684) 633-5000", "(340) 776-1234"]:
         for region in ("US", "CA", "GB"):
             assert parse_phone(text, region) == library(text, region), (text, region)
+
+
+def test_the_us_first_validity_check_agrees_with_the_library_for_every_area_code() -> None:
+    """Every +1 area code (US, Canada, the Caribbean, unassigned), with exchanges that are valid or not."""
+    from streams.normalize import values
+
+    for area in range(200, 1000):
+        for rest in (5550134, 2345678, 9110000, 4561234):
+            number = phonenumbers.PhoneNumber(country_code=1, national_number=area * 10_000_000 + rest)
+            assert values._valid_nanp(number) == phonenumbers.is_valid_number(number), number
