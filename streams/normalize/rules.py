@@ -331,6 +331,15 @@ def _text(value: Any, limit: int = 500) -> str | None:
     return None
 
 
+def _first_found(reads: list[dict[str, Any]], name: str) -> Any:
+    """`name`'s value in the first of `reads` (one per block, in precedence order) that has one."""
+    for found in reads:
+        value = found.get(name)
+        if value is not None:
+            return value
+    return None
+
+
 class _Reader:
     """One read of one body. Holds the parsed body, headers and the zone used for naive times."""
 
@@ -564,14 +573,7 @@ class _Reader:
         blocks = self._client_blocks()
         reads = [self._read(block, _CLIENT) for block in blocks]
 
-        def pick(name: str) -> Any:
-            for found in reads:
-                value = found.get(name)
-                if value is not None:
-                    return value
-            return None
-
-        email_raw = pick("email")
+        email_raw = _first_found(reads, "email")
         email = parse_email(email_raw)
         if email_raw not in (None, "") and email is None:
             self.invalid.append("client.email")
@@ -594,13 +596,13 @@ class _Reader:
         if phone_seen and phone is None:
             self.invalid.append("client.phone")
         dob = None
-        dob_raw = pick("date_of_birth")
+        dob_raw = _first_found(reads, "date_of_birth")
         try:
             dob = parse_calendar_date(dob_raw)
         except FieldError:
             self.invalid.append("client.date_of_birth")
-        first = _text(pick("first_name"), 200)
-        last = _text(pick("last_name"), 200)
+        first = _text(_first_found(reads, "first_name"), 200)
+        last = _text(_first_found(reads, "last_name"), 200)
         if first is None and last is None:
             full = _text(reads[0].get("full_name" if len(blocks) > 1 else "full_name_flat"), 200)
             if full:
@@ -692,36 +694,29 @@ class _Reader:
         nested appointment block (first non-empty wins)."""
         reads = [self._read(b, _APPOINTMENT) for b in (block, fallback) if b is not None]
 
-        def pick(name: str) -> Any:
-            for found in reads:
-                value = found.get(name)
-                if value is not None:
-                    return value
-            return None
-
         own_id = reads[0].get("own_id") if block is not self.flat else None
-        raw_id = own_id if own_id is not None else pick("appointment_id")
+        raw_id = own_id if own_id is not None else _first_found(reads, "appointment_id")
         appt_id = id_str(raw_id)
         if appt_id is None:
             raise Unread(f"{field}.id: {id_issue(raw_id) or 'missing'}")
-        start_raw = combine_date_time(pick("start"), pick("clock"))
+        start_raw = combine_date_time(_first_found(reads, "start"), _first_found(reads, "clock"))
         start = self._strict_instant(start_raw, f"{field}.start")
-        end = self._strict_instant(pick("end"), f"{field}.end")
-        previous = self._lenient_instant(pick("previous_start"), f"{field}.previous_start")
-        services = parse_services(pick("services"), pick("service_types"))
+        end = self._strict_instant(_first_found(reads, "end"), f"{field}.end")
+        previous = self._lenient_instant(_first_found(reads, "previous_start"), f"{field}.previous_start")
+        services = parse_services(_first_found(reads, "services"), _first_found(reads, "service_types"))
         return new_appointment(
             id=appt_id,
             status=status,
             start=start,
             end=end,
             previous_start=previous,
-            provider=self._provider(pick),
+            provider=self._provider(reads),
             services=services,
-            cancel_reason=_text(pick("cancel_reason"), 200),
+            cancel_reason=_text(_first_found(reads, "cancel_reason"), 200),
         )
 
-    def _provider(self, pick: Any) -> Provider | None:
-        raw = pick("provider")
+    def _provider(self, reads: list[dict[str, Any]]) -> Provider | None:
+        raw = _first_found(reads, "provider")
         if is_object(raw):
             name = _text(self.look.get(raw, "name", "fullName", "displayName"), 200)
             if name is None:
@@ -730,7 +725,7 @@ class _Reader:
             provider = shared(Provider, id=id_str(self.look.get(raw, "id", "providerId", "staffId", "employeeId")),
                               name=name)
         else:
-            provider = shared(Provider, id=id_str(pick("provider_id")), name=_text(raw, 200))
+            provider = shared(Provider, id=id_str(_first_found(reads, "provider_id")), name=_text(raw, 200))
         return provider if provider.id or provider.name else None
 
     # ------------------------------------------------------------------------------------------ membership
