@@ -288,6 +288,13 @@ def parse_phone(value: Any, region: str = "US") -> str | None:
 _US_PHONE = re.compile(r"(?:\+?1[ .-]?)?\(?([2-9]\d\d)\)?[ .-]?([2-9]\d\d)[ .-]?(\d{4})")
 
 
+def _valid_nanp(number: phonenumbers.PhoneNumber) -> bool:
+    """`phonenumbers.is_valid_number` for a +1 number, US first: a number valid for the US is valid (the library
+    would find the US region first), and the full check (every +1 region) runs only for the rest. Same answers,
+    half the cost for the common case (tests/streams/normalize/test_values_phone.py)."""
+    return phonenumbers.is_valid_number_for_region(number, "US") or phonenumbers.is_valid_number(number)
+
+
 @lru_cache(maxsize=16384)
 def _phone(text: str, region: str) -> str | None:
     # Memoised: the same clients' numbers recur, and phonenumbers costs ~40 µs a parse. Pure.
@@ -420,11 +427,3 @@ __all__ = [
     "FieldError", "combine_date_time", "money_field", "parse_calendar_date", "parse_decimal", "parse_email",
     "parse_instant", "parse_money", "parse_phone", "parse_services", "shared", "split_list", "truthy", "zone",
 ]
-
-
-def _valid_nanp(number: phonenumbers.PhoneNumber) -> bool:
-    """`phonenumbers.is_valid_number` for a +1 number, US first: a number valid for the US is valid (the library
-    would find the US region first), and the full check (every +1 region) runs only for the rest. Same answers,
-    half the cost for the common case (tests/streams/normalize/test_values_phone.py)."""
-    return phonenumbers.is_valid_number_for_region(number, "US") or phonenumbers.is_valid_number(number)
-
