@@ -122,8 +122,11 @@ class Settings(BaseSettings):
     oauth_lease_s: float = Field(default=60.0, gt=0)  # one worker refreshes a location for at most this long
 
     # Sync engine (sinks/agent.py, docs/sync-engine.md)
-    sink_lanes: int = Field(default=32, ge=1, le=1024)  # clients progressing concurrently per worker
-    sink_lane_queue: int = Field(default=64, ge=1)  # bounded per-lane queue: backpressure on the consumer
+    sink_lanes: int = Field(default=32, ge=1, le=1024)  # clients progressing concurrently per GoHighLevel location
+    # Events the sink holds (queued or in flight) per location, and in all: a paused or throttled location fills
+    # only its own share; the consumer waits when either bound is reached (docs/sync-engine.md, "Isolation").
+    sink_location_queue: int = Field(default=1024, ge=1)
+    sink_window: int = Field(default=8192, ge=1)
     sink_retry_base_s: float = Field(default=1.0, gt=0)  # lane backoff after a transient failure (capped exp.)
     sink_retry_max_s: float = Field(default=60.0, gt=0)
     sink_pause_after: int = Field(default=5, ge=1)  # consecutive transient failures that pause a location

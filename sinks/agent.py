@@ -1,8 +1,8 @@
 """The sync engine's I/O side: a Faust agent that executes the planner's CRM ops against GoHighLevel.
 
 Per event: plan → write the state with its pending effects → run each op, marking it done → ack in offset
-order (`PartitionAcker`). Clients are spread over K sequential lanes, so a client's events run in order;
-transient failures retry, permanent ones dead-letter (docs/sync-engine.md, "Module notes")."""
+order (`PartitionAcker`). Each GoHighLevel location has its own sequential lanes and bound, so a paused location
+holds only its own clients; a client's events run in order on one lane (docs/sync-engine.md)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlPermanentError, GhlTransientError
 from sinks.ghl.retry import RetryPolicy
 from sinks.lane_choice import lane_index
+from sinks.lane_queue import Capacity, LaneQueue
 from sinks.locations import GhlTarget, Locations, LocationsError, UnknownLocation, load_locations
 from sinks.oauth import OAuthManager
 from sinks.provision import ResolvedIdsCache
@@ -109,6 +110,7 @@ class LocationRuntime:
 class _Item:
     event: faust.EventT
     generation: int
+    client: bytes | str | None = None  # the record key: a client's items stay on one lane while any is held
     attempts: int = 0
     failures: int = 0
     probe: tuple[LocationBreaker, int] | None = None  # this attempt probes a paused location
@@ -117,11 +119,21 @@ class _Item:
 @dataclass
 class Lane:
     index: int
-    queue: asyncio.Queue[_Item]
+    group: LaneGroup
+    queue: LaneQueue[_Item] = field(default_factory=LaneQueue)
     task: asyncio.Task[None] | None = None
     current: asyncio.Task[None] | None = None
     current_item: _Item | None = None
     clean: set[str] = field(default_factory=set)  # op ids planned here and never attempted: not in doubt
+
+
+@dataclass
+class LaneGroup:
+    """The lanes of one GoHighLevel location ("" for events that name no configured location) and its bound."""
+
+    location: str
+    capacity: Capacity
+    lanes: list[Lane] = field(default_factory=list)
 
 
 class SyncEngine:
@@ -148,7 +160,10 @@ class SyncEngine:
         self.oauth = OAuthManager(settings) if any(t.oauth for t in locations.targets()) else None
         if self.oauth is not None:
             _ = self.oauth.store  # fail at start without a valid APRO_OAUTH_TOKEN_KEYS
-        self.lanes: list[Lane] = []
+        self._groups: dict[str, LaneGroup] = {}
+        self._window = Capacity(settings.sink_window)  # every event held, queued or in flight
+        self._client_lanes: dict[bytes | str | None, tuple[Lane, int]] = {}  # client → its lane, items held there
+        self._started = False
         self._sleep = sleep
         self._stopping = False
 
@@ -168,22 +183,35 @@ class SyncEngine:
         raise SyncError("pending op for a GoHighLevel location no longer configured")
 
     def start(self) -> None:
-        if self.lanes:
+        if self._started:
             return
+        self._started = True
         self._fence = asyncio.Event()
-        self.lanes = [Lane(i, asyncio.Queue(maxsize=self.settings.sink_lane_queue))
-                      for i in range(self.settings.sink_lanes)]
-        for lane in self.lanes:
-            lane.task = asyncio.ensure_future(self._run_lane(lane))
+
+    @property
+    def lanes(self) -> list[Lane]:
+        return [lane for group in self._groups.values() for lane in group.lanes]
+
+    def _group(self, location: str) -> LaneGroup:
+        """The location's lanes, started on its first event (a location that sends nothing costs nothing)."""
+        group = self._groups.get(location)
+        if group is None:
+            group = self._groups[location] = LaneGroup(location, Capacity(self.settings.sink_location_queue))
+            group.lanes = [Lane(i, group) for i in range(self.settings.sink_lanes)]
+            for lane in group.lanes:
+                lane.task = asyncio.ensure_future(self._run_lane(lane))
+        return group
 
     async def stop(self) -> None:
         self._stopping = True
         self.fence("stopping")
-        for lane in self.lanes:
+        lanes = self.lanes
+        for lane in lanes:
             if lane.task is not None:
                 lane.task.cancel()
-        await asyncio.gather(*(lane.task for lane in self.lanes if lane.task), return_exceptions=True)
-        self.lanes = []
+        await asyncio.gather(*(lane.task for lane in lanes if lane.task), return_exceptions=True)
+        self._groups.clear()
+        self._started = False
         for rt in self._runtimes.values():
             await rt.aclose()
         self._runtimes.clear()
@@ -196,11 +224,31 @@ class SyncEngine:
         self._stopping = True
         self.fence("stopping")
 
-    def lane_for(self, client_key: bytes | str | None) -> Lane:
-        return self.lanes[lane_index(client_key, len(self.lanes))]
+    def _route(self, event: faust.EventT) -> tuple[str, bool]:
+        """The event's GoHighLevel location id ("" when it names none configured, or is unreadable: it will be
+        dead-lettered by a lane of that group) and whether it is historical (a backfill's)."""
+        try:
+            ev = _parse(event)
+        except _Unreadable:
+            return "", False
+        try:
+            location = self.locations.resolve(ev.location).ghl_location_id
+        except Exception:  # noqa: BLE001 - unknown location or bad configuration: the lane dead-letters it
+            location = ""
+        return location, ev.historical
+
+    def _lane_for(self, client: bytes | str | None, location: str) -> Lane:
+        """While a client has events held, its next ones join the same lane (order, and no two lanes on one
+        client's state); otherwise the lane is chosen within the event's location."""
+        held = self._client_lanes.get(client)
+        if held is not None:
+            return held[0]
+        lanes = self._group(location).lanes
+        return lanes[lane_index(client, len(lanes))]
 
     async def submit(self, event: faust.EventT) -> None:
-        """Called by the agent, in partition order. Blocks when the lane's queue is full (backpressure)."""
+        """Called by the agent, in partition order. Waits only when the worker's window or the event's location is
+        full (backpressure): a location that holds its events back fills its own share, not the others'."""
         if self._stopping:
             # The agent may still hand over buffered events after the stop fence. Processing one could ack it
             # past an abandoned earlier event of the same partition (and run a client's events out of order).
@@ -215,7 +263,37 @@ class SyncEngine:
                 continue
             self.start()
             self.acker.track(admitted)
-            await self.lane_for(admitted.message.key).queue.put(_Item(admitted, generation))
+            location, historical = self._route(admitted)
+            client = admitted.message.key
+            lane = self._lane_for(client, location)
+            await self._window.acquire()
+            if not await self._admit_to(lane, generation):
+                continue  # fenced while waiting: the fence abandoned it
+            lane, count = self._client_lanes.get(client, (lane, 0))
+            self._client_lanes[client] = (lane, count + 1)
+            lane.queue.put(client, _Item(admitted, generation, client), historical=historical)
+
+    async def _admit_to(self, lane: Lane, generation: int) -> bool:
+        """Take a unit of the lane's location bound (the window's is taken). False, with both given back, when a
+        fence came meanwhile."""
+        if self.generation == generation and not self._stopping:
+            await lane.group.capacity.acquire()
+            if self.generation == generation and not self._stopping:
+                return True
+            lane.group.capacity.release()
+        self._window.release()
+        return False
+
+    def _release(self, lane: Lane, item: _Item) -> None:
+        """An item left the sink (finished, dead-lettered, abandoned or dropped by a fence): give back its units."""
+        self._window.release()
+        lane.group.capacity.release()
+        held = self._client_lanes.get(item.client)
+        if held is not None:
+            if held[1] <= 1:
+                del self._client_lanes[item.client]
+            else:
+                self._client_lanes[item.client] = (held[0], held[1] - 1)
 
     def fence(self, why: str) -> None:
         """Rebalance or shutdown: every delivered event not yet done is abandoned (not acked, not committed).
@@ -226,8 +304,8 @@ class SyncEngine:
         abandoned = self.acker.clear()
         self.sequence.forget()
         for lane in self.lanes:
-            while not lane.queue.empty():
-                lane.queue.get_nowait()
+            for dropped in lane.queue.drain():
+                self._release(lane, dropped)
             lane.clean.clear()
         for event in abandoned:
             abandon(self.app, event)
@@ -269,6 +347,7 @@ class SyncEngine:
             finally:
                 lane.current = None
                 lane.current_item = None
+                self._release(lane, item)
 
     def _check(self, item: _Item) -> None:
         if item.generation != self.generation:

@@ -37,6 +37,9 @@ class PartitionAcker:
                 break
             entries.popitem(last=False)
             ev.ack()
+        if msg.offset in entries:  # waits behind an unfinished event: keep only what its ack needs
+            event.value = None
+            msg.value = None
 
     def in_flight(self) -> int:
         return sum(len(v) for v in self._pending.values())

@@ -163,3 +163,17 @@ async def test_a_stale_event_never_acks_its_redelivered_offset(app: faust.App) -
     assert _acked(app, 0) == [] and acker.in_flight() == 1
     acker.finish(redelivered)
     assert _acked(app, 0) == [3]
+
+
+async def test_events_waiting_behind_an_unfinished_one_drop_their_payload(app: faust.App) -> None:
+    """A stuck event (a paused location) can hold many finished ones behind it: they keep only what acking needs."""
+    acker = PartitionAcker()
+    events = [_event(app, 0, offset) for offset in range(3)]
+    for ev in events:
+        acker.track(ev)
+    acker.finish(events[1])
+    acker.finish(events[2])
+    assert events[1].value is None and events[1].message.value is None
+    assert events[0].message.value == b"v"  # the unfinished one is untouched
+    acker.finish(events[0])
+    assert _acked(app, 0) == [0, 1, 2]
