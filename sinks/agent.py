@@ -23,12 +23,13 @@ from foundations import metrics
 from foundations.config import Settings
 from foundations.formats import deadletter
 from foundations.formats import headers as header_names
-from foundations.formats.crm_commands import OpKind
+from foundations.formats.crm_commands import CrmOp, OpKind
 from foundations.formats.normalized import NormalizedEvent
 from sinks.budget import LocationBreaker, SharedRateLimiter
 from sinks.executor import OpExecutor, SyncError, ordered_pending
 from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlPermanentError, GhlTransientError
+from sinks.ghl.ratelimit import background_requests
 from sinks.ghl.retry import RetryPolicy
 from sinks.lane_choice import lane_index
 from sinks.lane_queue import Capacity, LaneQueue
@@ -555,6 +556,20 @@ class SyncEngine:
             metrics.SYNC_OUTCOMES.labels(location, p.outcome.value).inc()
         state = p.new_state
         pending = ordered_pending(state)
+        with background_requests(ev.historical):  # a backfill's calls yield the rate budget to live ones
+            await self._run_ops(lane, item, rt, executor, client_id, state, pending, done, partition)
+        if pending or p.outcome is Outcome.APPLIED:
+            rt.breaker.record_success()
+        if pending:
+            metrics.EVENTS_SYNCED.labels(location=location, kind=ev.kind.value).inc()
+            received = ev.received_at or _received_header(event)
+            if received is not None:
+                metrics.SYNC_E2E_LATENCY.labels(location=location).observe(
+                    max(0.0, time.time() - received.timestamp()))
+
+    async def _run_ops(self, lane: Lane, item: _Item, rt: LocationRuntime, executor: OpExecutor, client_id: str,
+                       state: ClientState, pending: list[CrmOp], done: marks.DoneMarks, partition: int) -> None:
+        """Execute the event's pending ops in order, each one's done mark durable as it goes (docs/sync-engine.md)."""
         last_write = None
         for op in pending:
             self._check(item)  # stop at an op boundary on a fence
@@ -577,14 +592,6 @@ class SyncEngine:
                 op_executor.forget(op.event_id)
         if last_write is not None:
             await last_write
-        if pending or p.outcome is Outcome.APPLIED:
-            rt.breaker.record_success()
-        if pending:
-            metrics.EVENTS_SYNCED.labels(location=location, kind=ev.kind.value).inc()
-            received = ev.received_at or _received_header(event)
-            if received is not None:
-                metrics.SYNC_E2E_LATENCY.labels(location=location).observe(
-                    max(0.0, time.time() - received.timestamp()))
 
     async def _deadletter(self, lane: Lane, item: _Item, reason: str) -> None:
         event = item.event

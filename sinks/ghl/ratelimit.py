@@ -7,9 +7,11 @@ injectable. Daily pacing: docs/sync-engine.md, "Module notes"."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 
 from foundations.metrics import GHL_DAILY_BUDGET_USED, GHL_RATE_REMAINING
@@ -30,6 +32,61 @@ EXHAUSTED_RECHECK_S = 300.0  # daily budget used up: one request per this long f
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 UtcNow = Callable[[], datetime]
+
+
+# Requests made while this is True (a backfill's historical events) wait behind every live request for a slot.
+BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("ghl_background_request", default=False)
+
+
+@contextmanager
+def background_requests(background: bool = True) -> Iterator[None]:
+    """Within this block the calls of the current task yield their turn at the rate limiter to live calls."""
+    token = BACKGROUND.set(background)
+    try:
+        yield
+    finally:
+        BACKGROUND.reset(token)
+
+
+class PriorityLock:
+    """An asyncio lock whose waiters are served first-come within two classes: live before background."""
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._waiters: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (deque(), deque())
+
+    def locked(self) -> bool:
+        return self._locked
+
+    def waiting(self) -> tuple[int, int]:
+        """(live, background) waiters, for tests and metrics."""
+        return len(self._waiters[0]), len(self._waiters[1])
+
+    async def acquire(self, background: bool = False) -> None:
+        if not self._locked and not any(self._waiters):
+            self._locked = True
+            return
+        queue = self._waiters[1 if background else 0]
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed the lock just as it was cancelled: pass it on
+            elif fut in queue:
+                queue.remove(fut)
+            raise
+
+    def release(self) -> None:
+        """Hand the lock to the first live waiter, else the first background one, else unlock."""
+        for queue in self._waiters:
+            while queue:
+                fut = queue.popleft()
+                if not fut.done():
+                    fut.set_result(None)  # stays locked: ownership passes to that waiter
+                    return
+        self._locked = False
 
 
 def _utcnow() -> datetime:
@@ -102,7 +159,7 @@ class RateLimiter:
         self._daily_tokens = float(daily)
         self._daily_at = clock()
         self._paused_until = 0.0
-        self._lock = asyncio.Lock()
+        self._lock = PriorityLock()
         self._utcnow = utcnow
         self.daily_pace_from = daily_pace_from
         # The server's daily count (X-RateLimit-Daily-Remaining, minus what we sent since) and its UTC day.
@@ -186,7 +243,9 @@ class RateLimiter:
         """Wait (never fail) until a request fits both budgets and no 429 pause is on, then take one slot.
 
         Returns the slot; pass it to `settle` when the answer (or error) arrives."""
-        async with self._lock:  # FIFO: waiters are served in order, none overtakes a sleeping one
+        # FIFO within a class: none overtakes a sleeping waiter of its class; live waiters go before background.
+        await self._lock.acquire(BACKGROUND.get())
+        try:
             while (delay := self.wait_time()) > 0:
                 await self._sleep(delay)
             slot = [self._clock()]
@@ -197,6 +256,8 @@ class RateLimiter:
                 self._server_remaining = max(0, self._server_remaining - 1)
             self._publish()
             return slot
+        finally:
+            self._lock.release()
 
     def settle(self, slot: list[float]) -> None:
         """The request of `slot` is answered: count it from now, which is never earlier than the server did."""

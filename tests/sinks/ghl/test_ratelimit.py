@@ -24,7 +24,9 @@ from sinks.ghl.errors import (
 from sinks.ghl.ratelimit import (
     DAY_S,
     EXHAUSTED_RECHECK_S,
+    PriorityLock,
     RateLimiter,
+    background_requests,
     daily_pace_interval,
     daily_used_ratio,
     seconds_left_in_day,
@@ -57,6 +59,49 @@ async def test_sliding_window_frees_slots_as_they_age() -> None:
     assert fake.sleeps == [pytest.approx(4.0)]
     await rl.acquire()  # the one at t+6 leaves at t+16, now t+10 → 6 s
     assert fake.sleeps[-1] == pytest.approx(6.0)
+
+
+async def test_live_requests_get_slots_before_waiting_background_ones() -> None:
+    """A backfill's calls (background) queue behind live calls for the location's budget, FIFO within each class."""
+    fake = FakeTime()
+    window_over = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:  # the first waiter sleeps until the test lets the window pass
+        await window_over.wait()
+        fake.now += seconds
+
+    rl = RateLimiter("rl-prio", clock=fake.clock, sleep=sleep, burst=1, interval_s=10.0)
+    await rl.acquire()  # the budget is spent: everyone after this waits for the window
+    order: list[str] = []
+
+    async def call(name: str, background: bool) -> None:
+        with background_requests(background):
+            await rl.acquire()
+        order.append(name)
+
+    tasks = [asyncio.ensure_future(call("h1", True)), asyncio.ensure_future(call("h2", True))]
+    await asyncio.sleep(0)  # h1 holds the lock (sleeping for the window), h2 waits behind it
+    tasks += [asyncio.ensure_future(call("l1", False)), asyncio.ensure_future(call("l2", False))]
+    await asyncio.sleep(0)
+    window_over.set()
+    await asyncio.gather(*tasks)
+    assert order == ["h1", "l1", "l2", "h2"]  # h1 was already being served; the live ones overtake h2
+
+
+async def test_priority_lock_survives_cancelled_waiters() -> None:
+    lock = PriorityLock()
+    await lock.acquire()
+    waiter = asyncio.ensure_future(lock.acquire(background=True))
+    live = asyncio.ensure_future(lock.acquire())
+    await asyncio.sleep(0)
+    assert lock.waiting() == (1, 1)
+    live.cancel()
+    await asyncio.gather(live, return_exceptions=True)
+    lock.release()  # the cancelled live waiter is skipped: the background one gets the lock
+    await asyncio.wait_for(waiter, 1)
+    assert lock.locked() and lock.waiting() == (0, 0)
+    lock.release()
+    assert not lock.locked()
 
 
 async def test_100_per_10s_default_never_exceeded() -> None:
