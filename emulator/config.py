@@ -85,6 +85,7 @@ class FaultRule(_Model):
     probability: float = 0.0
     method: str | None = None  # only requests with this method ...
     path: str | None = None  # ... and this path template (e.g. "/opportunities/")
+    location: str | None = None  # ... and this sub-account (location id): one clinic's outage or revoked token
 
 
 class LatencyConfig(_Model):

@@ -36,13 +36,14 @@ class FaultPlan:
         """The delay every API call gets before any latency rule: the fixed part plus one random draw."""
         return self.config.latency_ms + self.sampler.draw_ms()
 
-    def pick(self, method: str, template: str) -> list[FaultRule]:
+    def pick(self, method: str, template: str, location: str | None = None) -> list[FaultRule]:
         """Faults for this request: every matching latency rule, plus the first matching failure rule."""
         chosen: list[FaultRule] = []
         failure_chosen = False
         for a in self.active:
             r = a.rule
-            if (r.method and r.method.upper() != method) or (r.path and r.path != template):
+            if (r.method and r.method.upper() != method) or (r.path and r.path != template) \
+                    or (r.location and r.location != location):
                 continue
             if r.kind != "latency" and failure_chosen:
                 continue

@@ -271,7 +271,7 @@ async def _api(request: web.Request, handler: Handler, template: str) -> web.Str
         return done(_json(429, error_body(429, "Too Many Requests"), headers))
     store.request_counts[(location.id, f"{request.method} {template}")] += 1
 
-    faults = emu.faults.pick(request.method, template)
+    faults = emu.faults.pick(request.method, template, location.id)
     delay = emu.faults.call_delay_ms() + sum(f.latency_ms for f in faults if f.kind == "latency")
     if delay:
         await asyncio.sleep(delay / 1000)

@@ -253,6 +253,24 @@ def test_fault_schedule_statuses_and_retry_after(ghl_emulator) -> None:
     assert ghl_emulator.state()["faultsInjected"] == {"status:429": 1, "status:502": 1}
 
 
+async def test_fault_rules_can_target_one_location(ghl_emulator_config) -> None:
+    """One sub-account answers 401 and another 503 while a third is healthy (issue 16's isolation scenarios)."""
+    async with EmulatorServer(ghl_emulator_config) as emu:
+        locations = list(ghl_emulator_config.locations)
+        assert len(locations) >= 2
+        bad = locations[0]
+        emu.set_faults([{"kind": "status", "status": 401, "probability": 1.0, "location": bad.id}])
+        async with httpx.AsyncClient(base_url=emu.base_url) as c:
+            answers = {}
+            for loc in locations[:2]:
+                h = {"Authorization": f"Bearer {loc.token}", "Version": "2021-07-28"}
+                answers[loc.id] = [(await c.get("/workflows/", params={"locationId": loc.id}, headers=h)).status_code
+                                   for _ in range(3)]
+        assert answers[bad.id] == [401, 401, 401]
+        assert answers[locations[1].id] == [200, 200, 200]
+        assert emu.state()["faultsInjected"] == {"status:401": 3}
+
+
 def test_fault_probability_is_reproducible_with_seed(ghl_emulator) -> None:
     loc = ghl_emulator.location_id
 
