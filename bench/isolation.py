@@ -1,10 +1,8 @@
 """Isolation benchmark (issue 16): do healthy clinics keep their latency while others are in trouble?
 
-20 sub-accounts, real producer and worker, emulator calls at ~50 ms. Pairs of phases alternate: all healthy, then
-the same load with one sub-account answering 401, one 503 and one offered 10x its load. Prints the 17 healthy
-ones' end-to-end p50/p99 per phase and the ratio per pair (target <= 1.2), then the troubled ones' recovery.
-
-    python bench/isolation.py [--pairs 3] [--rate 10] [--seconds 30]
+20 sub-accounts at ~50 ms per call; all-healthy phases alternate with phases where one answers 401, one 503 and
+one gets 10x its load. Prints the healthy clinics' p50/p99 ratio per pair and the troubled ones' recovery.
+Run: python bench/isolation.py [--pairs 3] [--rate 10] [--seconds 30]. Method: docs/benchmarks.md "Isolation".
 """
 
 from __future__ import annotations
