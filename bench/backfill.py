@@ -25,7 +25,7 @@ from confluent_kafka import Producer  # noqa: E402
 
 from apro_sync.ops import backfill as backfill_mod  # noqa: E402
 from foundations.config import Settings  # noqa: E402
-from apro_sync.embedded_broker import EmbeddedBroker  # noqa: E402
+from apro_sync.local_brokers import external_or_embedded  # noqa: E402
 from foundations.kafka_admin import ensure_topics  # noqa: E402
 from emulator.config import EmulatorConfig, LocationConfig  # noqa: E402
 from emulator.server import ThreadedEmulator  # noqa: E402
@@ -147,25 +147,16 @@ def main() -> None:
     ap.add_argument("--eta-share", type=float, default=1.0, help="--rate-share for (c); 0 = unpaced")
     ap.add_argument("--only", choices=["read", "publish", "eta"])
     args = ap.parse_args()
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = EmbeddedBroker().start()
-        bootstrap = broker.bootstrap
     print(f"backfill benchmark: load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores "
           "(other jobs may be running)")
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-backfill-") as tmp:
-            work = Path(tmp)
-            if args.only in (None, "read", "publish"):
-                prepared = bench_read(work, args.clients)
-                if args.only in (None, "publish"):
-                    bench_publish(prepared, bootstrap, broker is not None, work)
-            if args.only in (None, "eta"):
-                bench_eta(bootstrap, broker is not None, work, args.eta_clients, args.eta_share)
-    finally:
-        if broker is not None:
-            broker.stop()
+    with external_or_embedded() as (bootstrap, embedded), tempfile.TemporaryDirectory(prefix="bench-backfill-") as tmp:
+        work = Path(tmp)
+        if args.only in (None, "read", "publish"):
+            prepared = bench_read(work, args.clients)
+            if args.only in (None, "publish"):
+                bench_publish(prepared, bootstrap, embedded, work)
+        if args.only in (None, "eta"):
+            bench_eta(bootstrap, embedded, work, args.eta_clients, args.eta_share)
 
 
 if __name__ == "__main__":

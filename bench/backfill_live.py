@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from apro_sync.embedded_broker import EmbeddedBroker  # noqa: E402
+from apro_sync.local_brokers import external_or_embedded  # noqa: E402
 from bench import sink as sink_bench  # noqa: E402
 from tests.ops.backfill_generator import generate  # noqa: E402
 
@@ -152,19 +152,11 @@ def main() -> None:
     ap.add_argument("--share", type=float, default=0.5, help="the backfill's --rate-share")
     ap.add_argument("--unpaced-seconds", type=float, default=30.0, help="a last phase with --rate-share 0 (0: skip)")
     args = ap.parse_args()
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = EmbeddedBroker().start()
-        bootstrap = broker.bootstrap
     print(f"backfill/live benchmark: load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-backfill-live-") as tmp:
-            run(bootstrap, broker is not None, Path(tmp), rate=args.rate, seconds=args.seconds, clients=args.clients,
-                share=args.share, unpaced_seconds=args.unpaced_seconds)
-    finally:
-        if broker is not None:
-            broker.stop()
+    with external_or_embedded() as (bootstrap, embedded), \
+            tempfile.TemporaryDirectory(prefix="bench-backfill-live-") as tmp:
+        run(bootstrap, embedded, Path(tmp), rate=args.rate, seconds=args.seconds, clients=args.clients,
+            share=args.share, unpaced_seconds=args.unpaced_seconds)
 
 
 if __name__ == "__main__":

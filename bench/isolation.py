@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from apro_sync.embedded_broker import EmbeddedBroker  # noqa: E402
+from apro_sync.local_brokers import external_or_embedded  # noqa: E402
 from apro_sync.local_stack import parse_metrics, scrape  # noqa: E402
 from bench import sink as sink_bench  # noqa: E402
 from emulator import LatencyConfig  # noqa: E402
@@ -145,18 +145,9 @@ def main() -> None:
     ap.add_argument("--call-p99-ms", type=float, default=50.0, help="... 99th percentile (equal: constant)")
     args = ap.parse_args()
     latency = LatencyConfig(p50_ms=args.call_p50_ms, p99_ms=args.call_p99_ms)
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = EmbeddedBroker().start()
-        bootstrap = broker.bootstrap
-    try:
-        with tempfile.TemporaryDirectory(prefix="apro-bench-isolation-") as tmp:
-            run(bootstrap, broker is not None, Path(tmp), pairs=args.pairs, rate=args.rate, seconds=args.seconds,
-                latency=latency)
-    finally:
-        if broker is not None:
-            broker.stop()
+    with external_or_embedded() as (bootstrap, embedded), \
+            tempfile.TemporaryDirectory(prefix="apro-bench-isolation-") as tmp:
+        run(bootstrap, embedded, Path(tmp), pairs=args.pairs, rate=args.rate, seconds=args.seconds, latency=latency)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import random
 import sys
 import time
@@ -26,7 +25,7 @@ sys.path.insert(0, str(REPO))
 from pydantic import SecretStr  # noqa: E402
 
 from foundations.config import Settings  # noqa: E402
-from apro_sync.embedded_broker import EmbeddedBroker  # noqa: E402
+from apro_sync.local_brokers import external_or_embedded  # noqa: E402
 from foundations.kafka_admin import ensure_topics  # noqa: E402
 from apro_sync.ops.kafka_io import Writer  # noqa: E402
 from apro_sync.ops import reconcile as reconcile_tool  # noqa: E402
@@ -150,17 +149,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=300)
     args = parser.parse_args()
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    broker = None
-    if not bootstrap:
-        broker = EmbeddedBroker().start()
-        bootstrap = broker.bootstrap
-    try:
-        out = scenario("unbounded", bootstrap, broker is not None, args.clients, 1_000_000)
-        out += scenario("GoHighLevel budget", bootstrap, broker is not None, args.clients, 100)
-    finally:
-        if broker is not None:
-            broker.stop()
+    with external_or_embedded() as (bootstrap, embedded):
+        out = scenario("unbounded", bootstrap, embedded, args.clients, 1_000_000)
+        out += scenario("GoHighLevel budget", bootstrap, embedded, args.clients, 100)
     print("\n".join(out))
 
 

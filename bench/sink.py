@@ -36,7 +36,7 @@ import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: E402
 
-from apro_sync.embedded_broker import EmbeddedBroker  # noqa: E402
+from apro_sync.local_brokers import external_or_embedded  # noqa: E402
 from apro_sync.local_stack import TOKEN, StackConfig, parse_metrics, scrape  # noqa: E402
 from emulator.config import EmulatorConfig, LatencyConfig, LocationConfig  # noqa: E402
 from emulator.server import ThreadedEmulator  # noqa: E402
@@ -824,19 +824,10 @@ def main() -> None:
     limit_seconds = args.limit_seconds or (10.0 if args.quick else 30.0)
     p50, p99 = (args.call_ms, args.call_ms) if args.call_ms else (args.call_p50_ms, args.call_p99_ms)
     latency = LatencyConfig(p50_ms=p50, p99_ms=p99, seed=args.latency_seed)
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = EmbeddedBroker().start()
-        bootstrap = broker.bootstrap
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
-            run(bootstrap, broker is not None, Path(tmp), quick=args.quick, only=args.only, rate=args.rate,
-                seconds=seconds, latency=latency, backlog=backlog, limit_rate=args.limit_rate,
-                limit_seconds=limit_seconds, timeline=args.timeline)
-    finally:
-        if broker is not None:
-            broker.stop()
+    with external_or_embedded() as (bootstrap, embedded), tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
+        run(bootstrap, embedded, Path(tmp), quick=args.quick, only=args.only, rate=args.rate, seconds=seconds,
+            latency=latency, backlog=backlog, limit_rate=args.limit_rate, limit_seconds=limit_seconds,
+            timeline=args.timeline)
 
 
 if __name__ == "__main__":

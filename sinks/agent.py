@@ -7,7 +7,6 @@ holds only its own clients; a client's events run in order on one lane (docs/syn
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 import time
@@ -17,28 +16,28 @@ from datetime import datetime, timezone
 from typing import Any
 
 import faust
-from pydantic import ValidationError
 
 from foundations import metrics
 from foundations.config import Settings
-from foundations.formats import deadletter
 from foundations.formats import headers as header_names
 from foundations.formats.crm_commands import CrmOp, OpKind
-from foundations.formats.normalized import NormalizedEvent
-from sinks.budget import LocationBreaker, SharedRateLimiter
-from sinks.executor import OpExecutor, SyncError, ordered_pending
-from sinks.ghl.client import GhlClient
+from sinks import event_input
+from sinks.budget import LocationBreaker
+from sinks.deadletter_writer import DeadLetterWriter
+from sinks.errors import SyncError, UnreadableEvent
+from sinks.executor import OpExecutor, ordered_pending
+from sinks.failure_policy import AUTH_STATUSES, Action, Failure, FailurePolicy, classify, reason
 from sinks.ghl.errors import GhlPermanentError, GhlTransientError
 from sinks.ghl.ratelimit import background_requests
-from sinks.ghl.retry import RetryPolicy
 from sinks.lane_choice import lane_index
 from sinks.lane_queue import Capacity, LaneQueue
-from sinks.locations import GhlTarget, Locations, LocationsError, UnknownLocation, load_locations
+from sinks.location_runtime import LocationRuntime
+from sinks.locations import GhlTarget, Locations, load_locations
 from sinks.oauth import OAuthManager
 from sinks.provision import ResolvedIdsCache
-from sinks.shadow import CURRENT_OP, Send, ShadowGhlClient
+from sinks.shadow import CURRENT_OP, Send
 from streams.plan import marks, state_codec
-from streams.plan.planner import Outcome, PlanError, plan
+from streams.plan.planner import Outcome, plan
 from streams.plan.state import ClientState, mark_done, park_failed
 from workarounds.consumer_control import SequenceGuard, abandon
 from workarounds.faust_patches import before_consumer_stops, on_rebalance_start
@@ -50,58 +49,10 @@ log = logging.getLogger("apro_sync.sink")
 STAGE = "sync"
 TABLE_NAME = "client_state"
 CHANGELOG_SERIALIZER = "json"  # what faust.Table uses for str keys/values; the changelog topic must match it
-AUTH_STATUSES = (401, 403)  # credentials rejected: pause the location (after a location-level check)
-UNEXPECTED_MAX_ATTEMPTS = 3  # an unexpected exception (a bug) is retried this often, then dead-lettered
 
 
 class Abandoned(Exception):
     """The lane must drop the event without acking it (partition revoked or worker stopping)."""
-
-
-# ------------------------------------------------------------------------------------------------- targets
-
-
-class LocationRuntime:
-    """Clients, resolved ids and breaker of one GoHighLevel location (shared by all lanes of this worker)."""
-
-    def __init__(self, target: GhlTarget, settings: Settings, ids_cache: ResolvedIdsCache,
-                 metrics_label: str | None = None, shadow_send: Send | None = None,
-                 oauth: OAuthManager | None = None) -> None:
-        self.target = target
-        self.label = target.ghl_location_id
-        limiter = SharedRateLimiter(metrics_label or target.label, share=settings.ghl_rate_share,
-                                    daily_pace_from=settings.ghl_daily_pace_from)
-        # Shadow mode: writes are recorded to the shadow topic instead of sent (reads still go to GoHighLevel).
-        client_class: Any = GhlClient
-        if shadow_send is not None:
-            client_class = functools.partial(ShadowGhlClient, send=shadow_send)
-        auth = oauth.auth_for(target) if oauth is not None else None  # None: Private Integration Token
-        self.client = client_class(settings.ghl_base_url, target.token, target.ghl_location_id, auth=auth,
-                                   limiter=limiter, timeout=settings.ghl_timeout_s,
-                                   max_retries=settings.ghl_max_retries, metrics_location=target.label)
-        # Same limiter, no automatic retries: notes and enrollments retry in the executor, checking first.
-        self.once = client_class(settings.ghl_base_url, target.token, target.ghl_location_id, auth=auth,
-                                 limiter=limiter, timeout=settings.ghl_timeout_s,
-                                 retry_policy=RetryPolicy(max_attempts=1), metrics_location=target.label)
-        self.breaker = LocationBreaker(target.label, threshold=settings.sink_pause_after,
-                                       base_s=settings.sink_pause_s, max_s=settings.sink_pause_max_s)
-        self._ids_cache = ids_cache
-        self._executor: OpExecutor | None = None
-
-    async def executor(self) -> OpExecutor:
-        if self._executor is None:
-            ids = await self._ids_cache.get(self.client, self.target)
-            for warning in ids.warnings:
-                log.warning("sink: GoHighLevel location %s: %s", self.label, warning)
-            if ids.missing:
-                log.warning("sink: GoHighLevel location %s is missing %s; run `apro-sync provision`",
-                            self.label, "; ".join(ids.missing))
-            self._executor = OpExecutor(self.client, self.once, ids, self.label)
-        return self._executor
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
-        await self.once.aclose()
 
 
 # ------------------------------------------------------------------------------------------------- engine
@@ -151,7 +102,8 @@ class SyncEngine:
         for target in locations.targets():  # exported from the start, before the first answer of the day
             metrics.GHL_DAILY_BUDGET_USED.labels(self.ghl_labels(target.label)).set(0)
         self.table = table
-        self.deadletter_topic = deadletter
+        self.deadletters = DeadLetterWriter(deadletter, self.location_labels, stage=STAGE)
+        self.failure_policy = FailurePolicy(settings.sink_retry_base_s, settings.sink_retry_max_s)
         self.acker = PartitionAcker()
         self.sequence = SequenceGuard.for_agent(app, settings, "sync")
         self.generation = 0
@@ -229,8 +181,8 @@ class SyncEngine:
         """The event's GoHighLevel location id ("" when it names none configured, or is unreadable: it will be
         dead-lettered by a lane of that group) and whether it is historical (a backfill's)."""
         try:
-            ev = _parse(event)
-        except _Unreadable:
+            ev = event_input.normalized(event)
+        except UnreadableEvent:
             return "", False
         try:
             location = self.locations.resolve(ev.location).ghl_location_id
@@ -391,55 +343,58 @@ class SyncEngine:
             self._end_probe(item)
 
     async def _attempt_once(self, lane: Lane, item: _Item) -> bool:
-        event = item.event
         try:
             self._check(item)
             await self._process(lane, item)
-            self.acker.finish(event)
+            self.acker.finish(item.event)
             return True
         except (Abandoned, asyncio.CancelledError):
             raise
-        except GhlTransientError as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure gets its next step from the policy
+            return await self._after_failure(item, exc)
+
+    async def _after_failure(self, item: _Item, exc: Exception) -> bool:
+        """Act on the failure policy's step (sinks/failure_policy.py). True when the event is finished."""
+        failure = classify(exc)
+        breaker = None
+        if failure is Failure.TRANSIENT:
             item.failures += 1
             breaker = self._breaker_failure(item)
-            if breaker is not None and breaker.tripped:
-                # The location is paused: the next attempt waits in `wait_ready` for the pause and the probe
-                # (and goes at once when the probe succeeds), not for this lane's own backoff.
-                log.warning("sink: transient GoHighLevel failure (%s); event %s held while the location is "
-                            "paused (%.1fs left, failure %d)", exc.reason, _event_id(item), breaker.paused_for,
-                            item.failures)
-                self._check(item)
-                return False
-            delay = min(self.settings.sink_retry_max_s,
-                        self.settings.sink_retry_base_s * (2 ** min(item.failures - 1, 16)))
-            delay *= 0.5 + random.random() / 2
-            log.warning("sink: transient GoHighLevel failure (%s); event %s retried in %.1fs (failure %d)",
-                        exc.reason, _event_id(item), delay, item.failures)
-            await self._wait(delay, item, breaker.closed_event if breaker is not None else None)
+        elif failure is Failure.UNEXPECTED:  # a bug or a Kafka error: retried a few times, then dead-lettered
+            item.attempts += 1
+            log.error("sink: unexpected error (%s) on event %s (attempt %d)", type(exc).__name__,
+                      event_input.event_id(item.event), item.attempts, exc_info=exc)
+        step = self.failure_policy.after(exc, failures=item.failures, attempts=item.attempts,
+                                         location_paused=breaker is not None and breaker.tripped,
+                                         jitter=random.random())
+        if step.action is Action.HOLD:
+            # The location is paused: the next attempt waits in `wait_ready` for the pause and the probe (and
+            # goes at once when the probe succeeds), not for this lane's own backoff.
+            assert breaker is not None
+            log.warning("sink: transient GoHighLevel failure (%s); event %s held while the location is paused "
+                        "(%.1fs left, failure %d)", reason(exc), event_input.event_id(item.event),
+                        breaker.paused_for, item.failures)
+            self._check(item)
             return False
-        except GhlPermanentError as exc:
-            if exc.status in AUTH_STATUSES and (pause := await self._credentials_rejected(item, exc)) is not None:
+        if step.action is Action.RETRY:
+            if failure is Failure.TRANSIENT:
+                log.warning("sink: transient GoHighLevel failure (%s); event %s retried in %.1fs (failure %d)",
+                            reason(exc), event_input.event_id(item.event), step.delay_s, item.failures)
+            await self._wait(step.delay_s, item, breaker.closed_event if breaker is not None else None)
+            return False
+        if step.action is Action.CHECK_CREDENTIALS and isinstance(exc, GhlPermanentError):
+            pause = await self._credentials_rejected(item, exc)
+            if pause is not None:
                 await self._wait(pause, item)  # held, not dead-lettered: the location is paused until a probe works
                 return False
-            return await self._deadletter_safely(lane, item, _reason(exc))
-        except (SyncError, PlanError, UnknownLocation, LocationsError, _Unreadable) as exc:
-            return await self._deadletter_safely(lane, item, _reason(exc))
-        except Exception as exc:  # noqa: BLE001 - a bug or a Kafka error: retry a few times, then dead-letter
-            item.attempts += 1
-            log.exception("sink: unexpected error (%s) on event %s (attempt %d)", type(exc).__name__,
-                          _event_id(item), item.attempts)
-            if item.attempts >= UNEXPECTED_MAX_ATTEMPTS:
-                return await self._deadletter_safely(lane, item, f"internal error: {type(exc).__name__}")
-            await self._wait(min(self.settings.sink_retry_max_s,
-                                 self.settings.sink_retry_base_s * 2 ** item.attempts), item)
-            return False
+        return await self._deadletter_safely(item, step.reason)
 
     async def _credentials_rejected(self, item: _Item, exc: GhlPermanentError) -> float | None:
         """A 401/403: is it the location's credentials (bad or rotated token, missing scope) or this one
         request? A location-level read with the same token tells. Credentials → the location is paused (every
         lane; the gauge apro_ghl_location_paused says so) and the pause is returned; None → dead-letter."""
         try:
-            rt = self.runtime(self.locations.resolve(_parse(item.event).location))
+            rt = self.runtime(self.locations.resolve(event_input.normalized(item.event).location))
         except Exception:  # noqa: BLE001 - cannot tell: dead-letter as before
             return None
         try:
@@ -461,17 +416,17 @@ class SyncEngine:
     def _breaker_failure(self, item: _Item) -> LocationBreaker | None:
         """Count a transient failure on the event's location breaker (once per probe while paused)."""
         try:
-            target = self.locations.resolve(_parse(item.event).location)
+            target = self.locations.resolve(event_input.normalized(item.event).location)
         except Exception:  # noqa: BLE001
             return None
         breaker = self.runtime(target).breaker
         breaker.record_failure(_probe_token(item, breaker))
         return breaker
 
-    async def _deadletter_safely(self, lane: Lane, item: _Item, reason: str) -> bool:
+    async def _deadletter_safely(self, item: _Item, reason: str) -> bool:
         """Dead-letter and ack; on a Kafka failure keep the event (retry later). True when done."""
         try:
-            await self._deadletter(lane, item, reason)
+            await self._deadletter(item, reason)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -521,7 +476,7 @@ class SyncEngine:
 
     async def _process(self, lane: Lane, item: _Item) -> None:
         event = item.event
-        ev = _parse(event)
+        ev = event_input.normalized(event)
         target = self.locations.resolve(ev.location)
         rt = self.runtime(target)
         token = await rt.breaker.wait_ready(self._fence)
@@ -562,7 +517,7 @@ class SyncEngine:
             rt.breaker.record_success()
         if pending:
             metrics.EVENTS_SYNCED.labels(location=location, kind=ev.kind.value).inc()
-            received = ev.received_at or _received_header(event)
+            received = ev.received_at or event_input.received_header(event)
             if received is not None:
                 metrics.SYNC_E2E_LATENCY.labels(location=location).observe(
                     max(0.0, time.time() - received.timestamp()))
@@ -593,59 +548,25 @@ class SyncEngine:
         if last_write is not None:
             await last_write
 
-    async def _deadletter(self, lane: Lane, item: _Item, reason: str) -> None:
+    async def _deadletter(self, item: _Item, reason: str) -> None:
         event = item.event
-        message = event.message
         location = "unknown"
         event_id = ""
         try:
-            ev = _parse(event)
+            ev = event_input.normalized(event)
             location, event_id = ev.location.key, ev.event_id
             # Park the remaining ops (not done, not applied) so the client's later events are not blocked behind
             # them and a redrive of this dead letter resumes exactly them.
             state, _ = self._load(ev.client.id)
             if state is not None and state.effects:
-                await self._save(ev.client.id, park_failed(state, event_id), message.partition)
-        except _Unreadable:
+                await self._save(ev.client.id, park_failed(state, event_id), event.message.partition)
+        except UnreadableEvent:
             pass
-        headers = header_names.to_dict(message.headers)
-        headers.update(deadletter.build(
-            stage=STAGE, reason=reason, event_id=event_id or headers.get(header_names.DLQ_EVENT_ID, ""),
-            source_topic=message.topic, source_partition=message.partition, source_offset=message.offset,
-            location=location))
-        raw = message.value if isinstance(message.value, bytes) else (event.value or b"")
-        key = message.key if isinstance(message.key, bytes) else None
-        fut = await self.deadletter_topic.send(key=key, value=raw,
-                                               headers=[(k, v.encode()) for k, v in headers.items()])
-        await fut
-        metrics.EVENTS_DEADLETTERED.labels(location=self.location_labels(location), stage=STAGE,
-                                     reason=_reason_label(reason)).inc()
-        log.warning("sink: event %s dead-lettered: %s", event_id or "?", reason)
+        raw = event.message.value if isinstance(event.message.value, bytes) else (event.value or b"")
+        await self.deadletters.write(event.message, raw, reason, event_id=event_id, location=location)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-
-
-class _Unreadable(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def _parse(event: faust.EventT) -> NormalizedEvent:
-    cached = getattr(event, "_apro_parsed", None)
-    if cached is not None:
-        return cached
-    raw = event.message.value if isinstance(event.message.value, bytes) else event.value
-    try:
-        parsed = NormalizedEvent.model_validate_json(raw or b"")
-    except ValidationError:
-        raise _Unreadable("unreadable normalized event") from None
-    try:
-        event._apro_parsed = parsed  # type: ignore[attr-defined]  # noqa: SLF001 - cache on the event
-    except AttributeError:
-        pass
-    return parsed
 
 
 def _probe_token(item: _Item, breaker: LocationBreaker) -> int:
@@ -653,39 +574,6 @@ def _probe_token(item: _Item, breaker: LocationBreaker) -> int:
     if item.probe is not None and item.probe[0] is breaker:
         return item.probe[1]
     return 0
-
-
-def _event_id(item: _Item) -> str:
-    try:
-        return _parse(item.event).event_id
-    except _Unreadable:
-        return "?"
-
-
-def _received_header(event: faust.EventT) -> datetime | None:
-    value = header_names.to_dict(event.message.headers).get(header_names.RECEIVED_AT)
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, (GhlPermanentError, SyncError, _Unreadable)):
-        return exc.reason
-    if isinstance(exc, PlanError):
-        return f"plan: {exc}"
-    if isinstance(exc, UnknownLocation):
-        return "unknown location: no locations-file entry and no default"
-    return type(exc).__name__
-
-
-def _reason_label(reason: str) -> str:
-    """A bounded metric label: the reason's first clause without ids ("HTTP 422 from POST /contacts/upsert")."""
-    return reason.split(":")[0][:60]
 
 
 # ------------------------------------------------------------------------------------------------- wiring

@@ -23,6 +23,7 @@ from foundations.formats.crm_commands import (
     event_marker,
 )
 from foundations.metrics import SYNC_IDENTITY_CONFLICTS, SYNC_IN_DOUBT
+from sinks.errors import IdentityConflict, SyncError
 from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlPermanentError, GhlRateLimited, GhlTransientError
 from sinks.ghl.models import Note
@@ -52,18 +53,6 @@ WORKFLOW_KEYS = {
 }
 _NOT_FOUND = (400, 404)  # GHL answers 400 "Contact not found" (and sometimes 404) for a deleted object
 CONFLICT_MARKER_PREFIX = "apro-conflict: "  # + the other client's id: one staff note per contact and client
-
-
-class SyncError(Exception):
-    """A permanent, non-HTTP reason an op cannot run (dead-letter). `reason` is short and PHI-free."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class IdentityConflict(SyncError):
-    """The upsert would overwrite another AestheticsPro client's contact (shared phone or email)."""
 
 
 def conflict_note(owner: str, other: str, shared: str, *, separate: bool) -> str:
@@ -338,5 +327,5 @@ def op_kinds(ops: Iterable[CrmOp]) -> list[str]:
     return [op.kind.value for op in ops]
 
 
-__all__ = ["CONFLICT_MARKER_PREFIX", "IdentityConflict", "OpExecutor", "STAGE_KEYS", "SyncError", "WORKFLOW_KEYS",
+__all__ = ["CONFLICT_MARKER_PREFIX", "OpExecutor", "STAGE_KEYS", "WORKFLOW_KEYS",
            "ambiguous", "conflict_note", "execution_order", "ordered_pending"]

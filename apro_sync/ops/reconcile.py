@@ -21,7 +21,8 @@ from apro_sync.ops.kafka_io import OperatorError, admin, read_all, reader, requi
 from foundations.metrics import GHL_REQUESTS
 from sinks import drift
 from sinks.budget import SharedRateLimiter
-from sinks.executor import STAGE_KEYS, OpExecutor, SyncError
+from sinks.errors import SyncError
+from sinks.executor import STAGE_KEYS, OpExecutor
 from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlError, GhlPermanentError
 from sinks.ghl.retry import RetryPolicy

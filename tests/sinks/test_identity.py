@@ -15,7 +15,8 @@ from pydantic import SecretStr
 
 from emulator import EmulatorConfig, EmulatorServer, LocationConfig
 from foundations.formats.normalized import NormalizedEvent
-from sinks.executor import CONFLICT_MARKER_PREFIX, IdentityConflict, OpExecutor, execution_order
+from sinks.errors import IdentityConflict
+from sinks.executor import CONFLICT_MARKER_PREFIX, OpExecutor, execution_order
 from sinks.ghl.client import GhlClient
 from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget
