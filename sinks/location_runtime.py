@@ -48,8 +48,11 @@ class LocationRuntime:
         self._executor: OpExecutor | None = None
 
     async def executor(self) -> OpExecutor:
+        """The location's one executor (its identity lock must be shared by every lane), made on first use."""
         if self._executor is None:
             ids = await self._ids_cache.get(self.client, self.target)
+            if self._executor is not None:  # another lane made it while this one awaited the ids
+                return self._executor
             for warning in ids.warnings:
                 log.warning("sink: GoHighLevel location %s: %s", self.label, warning)
             if ids.missing:
