@@ -72,10 +72,13 @@ class FailurePolicy:
     retry_max_s: float
     unexpected_max_attempts: int = UNEXPECTED_MAX_ATTEMPTS
 
+    def ceiling(self, nth: int) -> float:
+        """The capped exponential delay after the `nth` failure: base, 2×base, 4×base, … up to retry_max_s."""
+        return min(self.retry_max_s, self.retry_base_s * 2.0 ** min(max(nth, 1) - 1, _MAX_DOUBLINGS))
+
     def backoff(self, failures: int, jitter: float) -> float:
-        """Capped exponential backoff for the `failures`-th failure; `jitter` in [0, 1] spreads it over [½, 1]×."""
-        ceiling = min(self.retry_max_s, self.retry_base_s * 2.0 ** min(max(failures, 1) - 1, _MAX_DOUBLINGS))
-        return ceiling * (0.5 + min(max(jitter, 0.0), 1.0) / 2)
+        """The ceiling for the `failures`-th failure; `jitter` in [0, 1] spreads it over [½, 1]× of it."""
+        return self.ceiling(failures) * (0.5 + min(max(jitter, 0.0), 1.0) / 2)
 
     def after(self, exc: BaseException, *, failures: int, attempts: int, location_paused: bool,
               jitter: float) -> Step:
@@ -92,7 +95,7 @@ class FailurePolicy:
             return Step(Action.DEADLETTER, reason=reason(exc))
         if attempts >= self.unexpected_max_attempts:
             return Step(Action.DEADLETTER, reason=f"internal error: {type(exc).__name__}")
-        return Step(Action.RETRY, min(self.retry_max_s, self.retry_base_s * 2.0 ** min(attempts, _MAX_DOUBLINGS)))
+        return Step(Action.RETRY, self.ceiling(attempts + 1))  # no jitter: a bug's retries need no spreading
 
 
 __all__ = ["AUTH_STATUSES", "Action", "Failure", "FailurePolicy", "Step", "classify", "reason", "reason_label"]
