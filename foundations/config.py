@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     ghl_timeout_s: float = Field(default=15.0, gt=0)
     ghl_max_retries: int = Field(default=5, ge=1, le=20)  # attempts per GHL call before the sink backs off
     ghl_rate_share: float = Field(default=1.0, gt=0, le=1)  # this worker's share of each location's burst budget
+    # Share of that burst budget a backfill's (historical) calls leave to live ones, so a live webhook finds a
+    # slot at once even while a backfill runs flat out (docs/sync-engine.md, "Backfill beside live traffic").
+    ghl_live_reserve: float = Field(default=0.2, ge=0, lt=1)
     # Once this share of a location's daily limit is used, the sink spreads the rest over the rest of the UTC day
     # (sinks/ghl/ratelimit.py, docs/operations.md#aprosyncghldailybudgethigh).
     ghl_daily_pace_from: float = Field(default=0.8, gt=0, le=1)
@@ -123,6 +126,8 @@ class Settings(BaseSettings):
 
     # Sync engine (sinks/agent.py, docs/sync-engine.md)
     sink_lanes: int = Field(default=32, ge=1, le=1024)  # clients progressing concurrently per GoHighLevel location
+    # Lanes of their own for a backfill's events, per location: historical work never occupies a live lane.
+    sink_historical_lanes: int = Field(default=4, ge=1, le=1024)
     # Events the sink holds (queued or in flight) per location, and in all: a paused or throttled location fills
     # only its own share; the consumer waits when either bound is reached (docs/sync-engine.md, "Isolation").
     sink_location_queue: int = Field(default=1024, ge=1)

@@ -81,11 +81,13 @@ class Lane:
 
 @dataclass
 class LaneGroup:
-    """The lanes of one GoHighLevel location ("" for events that name no configured location) and its bound."""
+    """The lanes of one GoHighLevel location ("" for events that name no configured location) and its bound.
+    A backfill's events run on lanes of their own, so a live webhook never waits behind one in its lane."""
 
     location: str
     capacity: Capacity
     lanes: list[Lane] = field(default_factory=list)
+    historical_lanes: list[Lane] = field(default_factory=list)
 
 
 class SyncEngine:
@@ -143,15 +145,17 @@ class SyncEngine:
 
     @property
     def lanes(self) -> list[Lane]:
-        return [lane for group in self._groups.values() for lane in group.lanes]
+        return [lane for group in self._groups.values() for lane in (*group.lanes, *group.historical_lanes)]
 
     def _group(self, location: str) -> LaneGroup:
         """The location's lanes, started on its first event (a location that sends nothing costs nothing)."""
         group = self._groups.get(location)
         if group is None:
             group = self._groups[location] = LaneGroup(location, Capacity(self.settings.sink_location_queue))
-            group.lanes = [Lane(i, group) for i in range(self.settings.sink_lanes)]
-            for lane in group.lanes:
+            live, historical = self.settings.sink_lanes, self.settings.sink_historical_lanes
+            group.lanes = [Lane(i, group) for i in range(live)]
+            group.historical_lanes = [Lane(live + i, group) for i in range(historical)]
+            for lane in (*group.lanes, *group.historical_lanes):
                 lane.task = asyncio.ensure_future(self._run_lane(lane))
         return group
 
@@ -190,13 +194,14 @@ class SyncEngine:
             location = ""
         return location, ev.historical
 
-    def _lane_for(self, client: bytes | str | None, location: str) -> Lane:
+    def _lane_for(self, client: bytes | str | None, location: str, historical: bool) -> Lane:
         """While a client has events held, its next ones join the same lane (order, and no two lanes on one
-        client's state); otherwise the lane is chosen within the event's location."""
+        client's state); otherwise the lane is chosen within the event's location and class (live or backfill)."""
         held = self._client_lanes.get(client)
         if held is not None:
             return held[0]
-        lanes = self._group(location).lanes
+        group = self._group(location)
+        lanes = group.historical_lanes if historical else group.lanes
         return lanes[lane_index(client, len(lanes))]
 
     async def submit(self, event: faust.EventT) -> None:
@@ -218,7 +223,7 @@ class SyncEngine:
             self.acker.track(admitted)
             location, historical = self._route(admitted)
             client = admitted.message.key
-            lane = self._lane_for(client, location)
+            lane = self._lane_for(client, location, historical)
             await self._window.acquire()
             if not await self._admit_to(lane, generation):
                 continue  # fenced while waiting: the fence abandoned it

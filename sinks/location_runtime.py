@@ -29,7 +29,8 @@ class LocationRuntime:
         self.target = target
         self.label = target.ghl_location_id
         limiter = SharedRateLimiter(metrics_label or target.label, share=settings.ghl_rate_share,
-                                    daily_pace_from=settings.ghl_daily_pace_from)
+                                    daily_pace_from=settings.ghl_daily_pace_from,
+                                    live_reserve=settings.ghl_live_reserve)
         # Shadow mode: writes are recorded to the shadow topic instead of sent (reads still go to GoHighLevel).
         client_class: Any = GhlClient
         if shadow_send is not None:

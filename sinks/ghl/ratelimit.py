@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -141,9 +142,13 @@ class RateLimiter:
         sleep: Sleep = asyncio.sleep,
         utcnow: UtcNow = _utcnow,
         daily_pace_from: float | None = None,
+        live_reserve: float = 0.0,
     ) -> None:
         if burst < 1 or interval_s <= 0 or daily < 1:
             raise ValueError("rate limits must be positive")
+        if not 0 <= live_reserve < 1:
+            raise ValueError("live_reserve must be in [0, 1)")
+        self.live_reserve = live_reserve
         if daily_pace_from is not None and not 0 < daily_pace_from <= 1:
             raise ValueError("daily_pace_from must be in (0, 1]")
         self.location = location
@@ -160,6 +165,7 @@ class RateLimiter:
         self._daily_at = clock()
         self._paused_until = 0.0
         self._lock = PriorityLock()
+        self._background_turn = asyncio.Lock()
         self._utcnow = utcnow
         self.daily_pace_from = daily_pace_from
         # The server's daily count (X-RateLimit-Daily-Remaining, minus what we sent since) and its UTC day.
@@ -224,16 +230,23 @@ class RateLimiter:
         GHL_RATE_REMAINING.labels(self.location, "daily").set(self.daily_remaining)
         GHL_DAILY_BUDGET_USED.labels(self.location).set(self.daily_used_ratio)
 
-    def wait_time(self) -> float:
+    def window_limit(self, background: bool = False) -> int:
+        """Requests allowed in the burst window: all of it for live calls, less the live reserve for background."""
+        if not background or not self.live_reserve:
+            return self.burst
+        return max(1, math.floor(self.burst * (1.0 - self.live_reserve)))
+
+    def wait_time(self, background: bool = False) -> float:
         """Seconds until one more request may go out (0 = now). Pure given the clock; used by `acquire`."""
         now = self._clock()
         self._expire(now)
         self._refill(now)
         waits = [self._paused_until - now, self.daily_pace_wait(now)]
-        if len(self._sent) >= self.burst:
+        limit = self.window_limit(background)
+        if len(self._sent) >= limit:
             # the oldest request that must leave the window before there is room for one more
             times = sorted(slot[0] for slot in self._sent)  # settled slots may be out of order
-            waits.append(times[len(times) - self.burst] + self.interval_s - now)
+            waits.append(times[len(times) - limit] + self.interval_s - now)
         if self._daily_tokens < 1.0:
             waits.append((1.0 - self._daily_tokens) * DAY_S / self.daily)
         return max(0.0, *waits)
@@ -243,21 +256,36 @@ class RateLimiter:
         """Wait (never fail) until a request fits both budgets and no 429 pause is on, then take one slot.
 
         Returns the slot; pass it to `settle` when the answer (or error) arrives."""
-        # FIFO within a class: none overtakes a sleeping waiter of its class; live waiters go before background.
-        await self._lock.acquire(BACKGROUND.get())
-        try:
-            while (delay := self.wait_time()) > 0:
+        # FIFO within a class: a live waiter sleeps holding the lock, so no live call overtakes it. Background calls
+        # take their own turn first and sleep without the lock, so a live call never queues behind one; they take a
+        # slot only within their smaller limit (the live reserve).
+        if not BACKGROUND.get():
+            await self._lock.acquire()
+            try:
+                while (delay := self.wait_time()) > 0:
+                    await self._sleep(delay)
+                return self._take()
+            finally:
+                self._lock.release()
+        async with self._background_turn:
+            while True:
+                await self._lock.acquire(background=True)
+                try:
+                    if (delay := self.wait_time(background=True)) <= 0:
+                        return self._take()
+                finally:
+                    self._lock.release()
                 await self._sleep(delay)
-            slot = [self._clock()]
-            self._sent.append(slot)
-            self._daily_tokens -= 1.0
-            self._last_sent = slot[0]
-            if self._server_remaining is not None:
-                self._server_remaining = max(0, self._server_remaining - 1)
-            self._publish()
-            return slot
-        finally:
-            self._lock.release()
+
+    def _take(self) -> list[float]:
+        slot = [self._clock()]
+        self._sent.append(slot)
+        self._daily_tokens -= 1.0
+        self._last_sent = slot[0]
+        if self._server_remaining is not None:
+            self._server_remaining = max(0, self._server_remaining - 1)
+        self._publish()
+        return slot
 
     def settle(self, slot: list[float]) -> None:
         """The request of `slot` is answered: count it from now, which is never earlier than the server did."""

@@ -62,7 +62,7 @@ async def test_sliding_window_frees_slots_as_they_age() -> None:
 
 
 async def test_live_requests_get_slots_before_waiting_background_ones() -> None:
-    """A backfill's calls (background) queue behind live calls for the location's budget, FIFO within each class."""
+    """A backfill's calls (background) wait without holding the limiter, so live calls overtake all of them."""
     fake = FakeTime()
     window_over = asyncio.Event()
 
@@ -80,12 +80,38 @@ async def test_live_requests_get_slots_before_waiting_background_ones() -> None:
         order.append(name)
 
     tasks = [asyncio.ensure_future(call("h1", True)), asyncio.ensure_future(call("h2", True))]
-    await asyncio.sleep(0)  # h1 holds the lock (sleeping for the window), h2 waits behind it
+    await asyncio.sleep(0)  # h1 and h2 sleep for the window, neither holding the lock
     tasks += [asyncio.ensure_future(call("l1", False)), asyncio.ensure_future(call("l2", False))]
     await asyncio.sleep(0)
     window_over.set()
     await asyncio.gather(*tasks)
-    assert order == ["h1", "l1", "l2", "h2"]  # h1 was already being served; the live ones overtake h2
+    assert order == ["l1", "l2", "h1", "h2"]  # FIFO within each class, live first
+
+
+async def test_background_calls_leave_the_live_reserve_free() -> None:
+    """With 20 % of the window reserved, a backfill fills 8 of 10 slots and then waits; live calls take the other
+    two at once, and the background ones resume as the window slides."""
+    fake = FakeTime()
+    rl = limiter(fake, burst=10, interval_s=10.0, live_reserve=0.2)
+    assert rl.window_limit() == 10 and rl.window_limit(background=True) == 8
+    with background_requests():
+        for _ in range(8):
+            await rl.acquire()
+        assert fake.sleeps == [] and rl.wait_time(background=True) == pytest.approx(10.0)
+    for _ in range(2):
+        await rl.acquire()  # live: no wait although the backfill used its whole share
+    assert fake.sleeps == [] and rl.burst_remaining == 0
+    with background_requests():
+        await rl.acquire()  # waits for the first background slot to leave the window, then takes it
+    assert fake.sleeps == [pytest.approx(10.0)]
+
+
+def test_live_reserve_never_shuts_background_out() -> None:
+    fake = FakeTime()
+    assert limiter(fake, burst=1, live_reserve=0.9).window_limit(background=True) == 1
+    assert SharedRateLimiter("x", share=0.5, live_reserve=0.2, clock=fake.clock).window_limit(background=True) == 40
+    with pytest.raises(ValueError):
+        limiter(fake, live_reserve=1.0)
 
 
 async def test_priority_lock_survives_cancelled_waiters() -> None:
