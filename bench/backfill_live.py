@@ -126,7 +126,9 @@ def run(bootstrap: str, embedded: bool, work: Path, *, rate: float, seconds: flo
             started = time.time()
             time.sleep(20.0)
             phases["unpaced"] = live_latencies(url, recorder, bodies, contacts, "unpaced", rate, unpaced_seconds)
-            notes["unpaced"] = f"{'still publishing' if stop(backfill) else 'published'} at the end"
+            calls = sum(1 for c in recorder.snapshot() if c.start >= started and c.event is None)
+            notes["unpaced"] = (f"{calls} historical calls in {time.time() - started:.0f} s; "
+                                f"{'still publishing' if stop(backfill) else 'published'} at the end")
     finally:
         stack.stop()
         emulator.stop()
