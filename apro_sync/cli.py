@@ -284,7 +284,8 @@ def backfill(
     try:
         prepared = backfill_mod.prepare(request, settings)
         target = backfill_mod.ghl_target_of(settings)
-        plan = backfill_mod.budget_for(prepared.by_client, target, rate_share, budget, daily_limit)
+        plan = backfill_mod.budget_for(prepared.by_client, target, rate_share, budget, daily_limit,
+                                       1.0 - settings.ghl_live_reserve)
         for line in backfill_mod.summary_lines(prepared, plan):
             typer.echo(line)
         if dry_run:

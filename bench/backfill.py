@@ -112,7 +112,7 @@ def bench_eta(bootstrap: str, embedded: bool, work: Path, clients: int, share: f
         request = backfill_mod.BackfillRequest(*paths, as_of=as_of, rate_share=share, checkpoint_dir=work / "eta")
         prepared = backfill_mod.prepare(request, settings)
         target = backfill_mod.ghl_target_of(settings)
-        budget = backfill_mod.budget_for(prepared.by_client, target, share)
+        budget = backfill_mod.budget_for(prepared.by_client, target, share, ceiling=1.0 - settings.ghl_live_reserve)
         exact = backfill_mod.dry_run(prepared, settings, target)[LOCATION_ID].calls
         time.sleep(10.5)  # the worker's start-up calls leave the window too
         started = time.time()

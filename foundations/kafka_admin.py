@@ -91,6 +91,20 @@ def ensure_topics(bootstrap: Bootstrap, topics: Sequence[str | TopicSpec], parti
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise RuntimeError(f"could not create topic {topic}: {exc}") from exc
+    _wait_listed(admin, {t.topic: t.num_partitions for t in missing})
+
+
+def _wait_listed(admin: AdminClient, partitions: dict[str, int], timeout_s: float = 15.0) -> None:
+    """Apache Kafka answers a create once its controller has the topic; the broker's metadata follows a moment
+    later. Wait (bounded) until every created topic is listed with its partitions and their leaders, so a check or
+    a client started right after sees it. On timeout, return: whatever uses the topic next reports it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        listed = admin.list_topics(timeout=10).topics
+        if all((meta := listed.get(name)) is not None and meta.error is None and len(meta.partitions) == count
+               and all(p.leader >= 0 for p in meta.partitions.values()) for name, count in partitions.items()):
+            return
+        time.sleep(0.1)
 
 
 @dataclass(frozen=True)

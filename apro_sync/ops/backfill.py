@@ -155,6 +155,9 @@ class Budget:
     calls: dict[str, int] = field(default_factory=Counter)
     burst: int = GHL_BURST
     daily: int = GHL_DAILY
+    # Of the burst, the most the worker lets a backfill's calls use: 1 - APRO_GHL_LIVE_RESERVE. Pacing faster than
+    # the worker drains would only queue, and an ETA at the whole budget would be early.
+    ceiling: float = 1.0
 
     @property
     def effective_share(self) -> float:
@@ -162,7 +165,7 @@ class Budget:
 
     @property
     def rate_per_s(self) -> float:
-        return self.burst / GHL_INTERVAL_S * self.effective_share
+        return self.burst / GHL_INTERVAL_S * min(self.effective_share, self.ceiling)
 
     @property
     def per_day(self) -> int:
@@ -185,12 +188,12 @@ class Budget:
 
 
 def budget_for(by_client: dict[str, list[HistoricalEvent]], target: Callable[[str | None], str],
-               share: float, burst: int = GHL_BURST, daily: int = GHL_DAILY) -> Budget:
+               share: float, burst: int = GHL_BURST, daily: int = GHL_DAILY, ceiling: float = 1.0) -> Budget:
     calls: Counter[str] = Counter()
     for events in by_client.values():
         for i, e in enumerate(events):
             calls[target(e.location_id)] += CALLS[e.kind] + (FIRST_EVENT_EXTRA_CALLS if i == 0 else 0)
-    return Budget(share=share, calls=calls, burst=burst, daily=daily)
+    return Budget(share=share, calls=calls, burst=burst, daily=daily, ceiling=ceiling)
 
 
 def format_duration(seconds: float) -> str:
@@ -360,7 +363,8 @@ def publish(prepared: Prepared, settings: Settings, request: BackfillRequest, pa
     events = prepared.events
     checkpoint = Checkpoint(request.checkpoint_dir or settings.state_dir, prepared.fingerprint)
     done = checkpoint.load()
-    budget = budget_for(prepared.by_client, target, request.rate_share, request.budget_per_10s, request.daily_limit)
+    budget = budget_for(prepared.by_client, target, request.rate_share, request.budget_per_10s, request.daily_limit,
+                        1.0 - settings.ghl_live_reserve)
     pacer = pacer or Pacer(budget.pace_per_s, per_day=budget.per_day)
     first_of_client = {id(evs[0]) for evs in prepared.by_client.values() if evs}
     producer = _producer(settings)

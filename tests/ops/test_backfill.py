@@ -322,3 +322,11 @@ def test_eta_is_the_slowest_locations_calls_over_its_rate() -> None:
     # Past the daily share (100,000 a day at 0.5), whole days: 250,000 calls = 2 days + 50,000 / 5 per s.
     assert backfill_mod.Budget(share=0.5, calls={"A": 250_000}).eta_s() == 2 * 86_400 + 10_000
     assert backfill_mod.format_duration(93_784) == "1d02h03m"
+
+
+def test_pacing_and_eta_never_exceed_what_the_worker_leaves_a_backfill() -> None:
+    """The worker's limiter keeps APRO_GHL_LIVE_RESERVE of the burst for live calls: a backfill paced above the rest
+    would only queue, and its ETA would be early. Below the ceiling the share decides; unpaced drains at it."""
+    assert backfill_mod.Budget(share=1.0, calls={"A": 800}, ceiling=0.8).rate_per_s == 8.0
+    assert backfill_mod.Budget(share=0.0, calls={"A": 800}, ceiling=0.8).eta_s() == 100.0
+    assert backfill_mod.Budget(share=0.5, calls={"A": 800}, ceiling=0.8).rate_per_s == 5.0
