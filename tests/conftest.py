@@ -23,7 +23,7 @@ from foundations.config import Settings
 if TYPE_CHECKING:
     from apro_sync.apache_kafka import ApacheKafka
 
-pytest_plugins = ["tests.ghl_emulator_fixture", "tests.machine_share"]
+pytest_plugins = ["tests.ghl_emulator_fixture"]
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "examples" / "webhooks"

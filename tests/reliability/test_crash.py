@@ -53,8 +53,8 @@ from tests.reliability.harness import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.solo,
-              pytest.mark.timeout(2400 if os.environ.get("APRO_LONG") == "1" else 600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400 if os.environ.get("APRO_LONG") == "1"
+                                                             else 600)]
 
 LONG = os.environ.get("APRO_LONG") == "1"
 EVENTS = 10_000 if LONG else 2_000

@@ -49,7 +49,7 @@ from tests.reliability.test_crash import (
     settle,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.solo, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 EVENTS = 300
 CLIENTS = 30
