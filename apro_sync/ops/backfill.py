@@ -151,7 +151,7 @@ def ghl_target_of(settings: Settings) -> Callable[[str | None], str]:
 class Budget:
     """Per GoHighLevel location: the calls the backfill will cost and the rate it plans for."""
 
-    share: float  # of each location's 100 requests / 10 s; 0 = not paced (the ETA then assumes the whole budget)
+    share: float  # of each location's 100 requests / 10 s; 0 = not paced (the ETA then assumes `ceiling` of it)
     calls: dict[str, int] = field(default_factory=Counter)
     burst: int = GHL_BURST
     daily: int = GHL_DAILY
