@@ -16,11 +16,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 import faust
+from pydantic import ValidationError
 
 from foundations import metrics
 from foundations.config import Settings
 from foundations.formats import headers as header_names
 from foundations.formats.crm_commands import CrmOp, OpKind
+from foundations.formats.normalized import NormalizedEvent
 from sinks import event_input
 from sinks.budget import LocationBreaker
 from sinks.deadletter_writer import DeadLetterWriter
@@ -32,6 +34,7 @@ from sinks.ghl.ratelimit import background_requests
 from sinks.lane_choice import lane_index
 from sinks.lane_queue import Capacity, LaneQueue
 from sinks.location_runtime import LocationRuntime
+from sinks.parking import ParkStore
 from sinks.locations import GhlTarget, Locations, load_locations
 from sinks.oauth import OAuthManager
 from sinks.provision import ResolvedIdsCache
@@ -65,17 +68,33 @@ class _Item:
     client: bytes | str | None = None  # the record key: a client's items stay on one lane while any is held
     attempts: int = 0
     failures: int = 0
-    probe: tuple[LocationBreaker, int] | None = None  # this attempt probes a paused location
+
+
+@dataclass
+class _Drain:
+    """A parked client's pending ops to run, now that its location answers (no record: its events were acked)."""
+
+    location: str  # GoHighLevel location id
+    partition: int
+    client_id: str
+    generation: int
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    attempts: int = 0
+    failures: int = 0
+
+    @property
+    def client(self) -> bytes:
+        return self.client_id.encode()  # the record key of the client's events: same lane
 
 
 @dataclass
 class Lane:
     index: int
     group: LaneGroup
-    queue: LaneQueue[_Item] = field(default_factory=LaneQueue)
+    queue: LaneQueue[_Item | _Drain] = field(default_factory=LaneQueue)
     task: asyncio.Task[None] | None = None
     current: asyncio.Task[None] | None = None
-    current_item: _Item | None = None
+    current_item: _Item | _Drain | None = None
     clean: set[str] = field(default_factory=set)  # op ids planned here and never attempted: not in doubt
 
 
@@ -121,6 +140,9 @@ class SyncEngine:
         self._started = False
         self._sleep = sleep
         self._stopping = False
+        labels = {t.ghl_location_id: t.label for t in locations.targets()}
+        self.parking = ParkStore(table, lambda location: self.ghl_labels(labels.get(location, location)))
+        self._drainers: dict[str, asyncio.Task[None]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def runtime(self, target: GhlTarget) -> LocationRuntime:
@@ -162,11 +184,11 @@ class SyncEngine:
     async def stop(self) -> None:
         self._stopping = True
         self.fence("stopping")
-        lanes = self.lanes
-        for lane in lanes:
-            if lane.task is not None:
-                lane.task.cancel()
-        await asyncio.gather(*(lane.task for lane in lanes if lane.task), return_exceptions=True)
+        tasks = [lane.task for lane in self.lanes if lane.task is not None] + list(self._drainers.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._drainers.clear()
         self._groups.clear()
         self._started = False
         for rt in self._runtimes.values():
@@ -242,10 +264,14 @@ class SyncEngine:
         self._window.release()
         return False
 
-    def _release(self, lane: Lane, item: _Item) -> None:
-        """An item left the sink (finished, dead-lettered, abandoned or dropped by a fence): give back its units."""
-        self._window.release()
-        lane.group.capacity.release()
+    def _release(self, lane: Lane, item: _Item | _Drain) -> None:
+        """An item left the sink (finished, dead-lettered, abandoned or dropped by a fence): give back its units
+        (a drain holds none: the drainer bounds them)."""
+        if isinstance(item, _Drain):
+            item.finished.set()
+        else:
+            self._window.release()
+            lane.group.capacity.release()
         held = self._client_lanes.get(item.client)
         if held is not None:
             if held[1] <= 1:
@@ -261,6 +287,7 @@ class SyncEngine:
         old.set()
         abandoned = self.acker.clear()
         self.sequence.forget()
+        self.parking.drop()  # the partitions may move: reloaded from the table once the rebalance completes
         for lane in self.lanes:
             for dropped in lane.queue.drain():
                 self._release(lane, dropped)
@@ -291,27 +318,30 @@ class SyncEngine:
         while True:
             item = await lane.queue.get()
             lane.current_item = item
-            lane.current = asyncio.ensure_future(self._handle(lane, item))
+            lane.current = asyncio.ensure_future(
+                self._drain(lane, item) if isinstance(item, _Drain) else self._handle(lane, item))
             try:
                 await lane.current
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise  # the lane itself is stopping
-                abandon(self.app, item.event)  # cancelled by a fence: left for redelivery
-            except Exception:  # noqa: BLE001 - _handle never raises; belt and braces
+                if isinstance(item, _Item):
+                    abandon(self.app, item.event)  # cancelled by a fence: left for redelivery
+            except Exception:  # noqa: BLE001 - _handle and _drain never raise; belt and braces
                 log.exception("sink: lane %d crashed on an event; it will be redelivered", lane.index)
-                abandon(self.app, item.event)
+                if isinstance(item, _Item):
+                    abandon(self.app, item.event)
             finally:
                 lane.current = None
                 lane.current_item = None
                 self._release(lane, item)
 
-    def _check(self, item: _Item) -> None:
+    def _check(self, item: _Item | _Drain) -> None:
         if item.generation != self.generation:
             raise Abandoned()
 
-    async def _wait(self, seconds: float, item: _Item, wake: asyncio.Event | None = None) -> None:
+    async def _wait(self, seconds: float, item: _Item | _Drain, wake: asyncio.Event | None = None) -> None:
         """Sleep, but wake (and abandon) at once on a fence; also wake early when `wake` is set."""
         waits = [asyncio.ensure_future(self._fence.wait())]
         if wake is not None:
@@ -331,23 +361,8 @@ class SyncEngine:
         except Abandoned:
             abandon(self.app, item.event)
 
-    @staticmethod
-    def _end_probe(item: _Item) -> None:
-        """An attempt that probed a paused location and ended without a verdict (no GoHighLevel call,
-        dead-lettered, abandoned) frees the probe slot for another lane."""
-        if item.probe is not None:
-            breaker, token = item.probe
-            item.probe = None
-            breaker.release_probe(token)
-
     async def _attempt(self, lane: Lane, item: _Item) -> bool:
-        """One try at an event: True when it is finished (done or dead-lettered), False to try again."""
-        try:
-            return await self._attempt_once(lane, item)
-        finally:
-            self._end_probe(item)
-
-    async def _attempt_once(self, lane: Lane, item: _Item) -> bool:
+        """One try at an event: True when it is finished (done, parked or dead-lettered), False to try again."""
         try:
             self._check(item)
             await self._process(lane, item)
@@ -373,14 +388,13 @@ class SyncEngine:
                                          location_paused=breaker is not None and breaker.tripped,
                                          jitter=random.random())
         if step.action is Action.HOLD:
-            # The location is paused: the next attempt waits in `wait_ready` for the pause and the probe (and
-            # goes at once when the probe succeeds), not for this lane's own backoff.
+            # The location is paused: its plan is durable, so the event is parked (acked) and its client drained
+            # once a probe finds the location answering; the lane moves on.
             assert breaker is not None
-            log.warning("sink: transient GoHighLevel failure (%s); event %s held while the location is paused "
+            log.warning("sink: transient GoHighLevel failure (%s); event %s parked while the location is paused "
                         "(%.1fs left, failure %d)", reason(exc), event_input.event_id(item.event),
                         breaker.paused_for, item.failures)
-            self._check(item)
-            return False
+            return await self._park(item)
         if step.action is Action.RETRY:
             if failure is Failure.TRANSIENT:
                 log.warning("sink: transient GoHighLevel failure (%s); event %s retried in %.1fs (failure %d)",
@@ -388,45 +402,48 @@ class SyncEngine:
             await self._wait(step.delay_s, item, breaker.closed_event if breaker is not None else None)
             return False
         if step.action is Action.CHECK_CREDENTIALS and isinstance(exc, GhlPermanentError):
-            pause = await self._credentials_rejected(item, exc)
-            if pause is not None:
-                await self._wait(pause, item)  # held, not dead-lettered: the location is paused until a probe works
+            rt = self._runtime_of(item)
+            pause = None if rt is None else await self._credentials_rejected(rt, exc)
+            if pause is not None:  # not dead-lettered: parked (or held) until a probe finds the token working
+                if rt is not None and rt.breaker.tripped:
+                    return await self._park(item)
+                await self._wait(pause, item)
                 return False
         return await self._deadletter_safely(item, step.reason)
 
-    async def _credentials_rejected(self, item: _Item, exc: GhlPermanentError) -> float | None:
+    def _runtime_of(self, item: _Item) -> LocationRuntime | None:
+        try:
+            return self.runtime(self.locations.resolve(event_input.normalized(item.event).location))
+        except Exception:  # noqa: BLE001 - unreadable or unknown location: no runtime
+            return None
+
+    async def _credentials_rejected(self, rt: LocationRuntime, exc: GhlPermanentError) -> float | None:
         """A 401/403: is it the location's credentials (bad or rotated token, missing scope) or this one
         request? A location-level read with the same token tells. Credentials → the location is paused (every
         lane; the gauge apro_ghl_location_paused says so) and the pause is returned; None → dead-letter."""
-        try:
-            rt = self.runtime(self.locations.resolve(event_input.normalized(item.event).location))
-        except Exception:  # noqa: BLE001 - cannot tell: dead-letter as before
-            return None
         try:
             await rt.client.list_custom_fields()
         except GhlPermanentError as probe:
             if probe.status not in AUTH_STATUSES:
                 return None
         except GhlTransientError:  # cannot tell now: retry later
-            return rt.breaker.record_failure(_probe_token(item, rt.breaker)) or self.settings.sink_retry_base_s
+            return rt.breaker.record_failure() or self.settings.sink_retry_base_s
         else:
             rt.breaker.record_success()
             return None  # the token works for the location: this request alone was refused
-        pause = rt.breaker.record_auth_failure(_probe_token(item, rt.breaker))
+        pause = rt.breaker.record_auth_failure()
         # No secret here: the status, the endpoint template and the GoHighLevel location id only.
         log.warning("sink: GoHighLevel location %s rejects the configured credentials (%s); location paused "
                     "for %.1fs, events held (check the token and its scopes)", rt.label, exc.reason, pause)
         return pause
 
     def _breaker_failure(self, item: _Item) -> LocationBreaker | None:
-        """Count a transient failure on the event's location breaker (once per probe while paused)."""
-        try:
-            target = self.locations.resolve(event_input.normalized(item.event).location)
-        except Exception:  # noqa: BLE001
+        """Count a transient failure on the event's location breaker (while paused, only probes count)."""
+        rt = self._runtime_of(item)
+        if rt is None:
             return None
-        breaker = self.runtime(target).breaker
-        breaker.record_failure(_probe_token(item, breaker))
-        return breaker
+        rt.breaker.record_failure()
+        return rt.breaker
 
     async def _deadletter_safely(self, item: _Item, reason: str) -> bool:
         """Dead-letter and ack; on a Kafka failure keep the event (retry later). True when done."""
@@ -484,11 +501,7 @@ class SyncEngine:
         ev = event_input.normalized(event)
         target = self.locations.resolve(ev.location)
         rt = self.runtime(target)
-        token = await rt.breaker.wait_ready(self._fence)
-        if token:
-            item.probe = (rt.breaker, token)  # released by _attempt unless a verdict was recorded
         self._check(item)
-        executor = await rt.executor()
         location = self.location_labels(ev.location.key)
         metrics.LAST_EVENT_TIME.labels(location=location).set(time.time())
         partition = event.message.partition
@@ -516,10 +529,19 @@ class SyncEngine:
             metrics.SYNC_OUTCOMES.labels(location, p.outcome.value).inc()
         state = p.new_state
         pending = ordered_pending(state)
+        if pending and rt.breaker.tripped:
+            # The location is paused: the plan is durable, so the client is parked and the event acked without
+            # waiting; the location's drainer runs these ops once a probe finds it answering.
+            lane.clean.difference_update(op.op_id for op in pending)
+            await self._park(item, acked_by_caller=True)
+            return
+        executor = await rt.executor()
         with background_requests(ev.historical):  # a backfill's calls yield the rate budget to live ones
             await self._run_ops(lane, item, rt, executor, client_id, state, pending, done, partition)
         if pending or p.outcome is Outcome.APPLIED:
             rt.breaker.record_success()
+        for parked_at in self.parking.parked_at(client_id, partition) if pending else ():
+            await self.parking.unpark(parked_at, partition, client_id)  # its parked ops ran first, just now
         if pending:
             metrics.EVENTS_SYNCED.labels(location=location, kind=ev.kind.value).inc()
             received = ev.received_at or event_input.received_header(event)
@@ -527,8 +549,9 @@ class SyncEngine:
                 metrics.SYNC_E2E_LATENCY.labels(location=location).observe(
                     max(0.0, time.time() - received.timestamp()))
 
-    async def _run_ops(self, lane: Lane, item: _Item, rt: LocationRuntime, executor: OpExecutor, client_id: str,
-                       state: ClientState, pending: list[CrmOp], done: marks.DoneMarks, partition: int) -> None:
+    async def _run_ops(self, lane: Lane, item: _Item | _Drain, rt: LocationRuntime, executor: OpExecutor,
+                       client_id: str, state: ClientState, pending: list[CrmOp], done: marks.DoneMarks,
+                       partition: int) -> None:
         """Execute the event's pending ops in order, each one's done mark durable as it goes (docs/sync-engine.md)."""
         last_write = None
         for op in pending:
@@ -553,6 +576,193 @@ class SyncEngine:
         if last_write is not None:
             await last_write
 
+    # -- parking a paused location's clients (docs/sync-engine.md, "Parking") -----------------------------------
+    async def _park(self, item: _Item, *, acked_by_caller: bool = False) -> bool:
+        """Index the event's client as parked at its location (its ops are durable in its state), then ack the
+        event: the committed offset may pass it. Returns True (finished)."""
+        ev = event_input.normalized(item.event)
+        location = self.locations.resolve(ev.location).ghl_location_id
+        message = item.event.message
+        self._check(item)
+        await self.parking.park(location, message.partition, ev.client.id, ev.event_id, message.offset)
+        self._check(item)  # fenced meanwhile: redelivered, and parked again (the same entry)
+        if not acked_by_caller:
+            self.acker.finish(item.event)
+        self._ensure_drainer(location)
+        return True
+
+    def resume_parked(self) -> None:
+        """After a rebalance's recovery: read the park index of the partitions now owned and drain it."""
+        owned = self._owned_partitions()
+        if owned is None:
+            return
+        self.parking.load([t.ghl_location_id for t in self.locations.targets()], owned)
+        for location in self.parking.index.locations():
+            self._ensure_drainer(location)
+
+    def _owned_partitions(self) -> set[int] | None:
+        try:
+            actives = self.app.assignor.assigned_actives()
+        except Exception:  # noqa: BLE001 - no assignment yet (not started)
+            return None
+        return {tp.partition for tp in actives if tp.topic == self.settings.topics.normalized}
+
+    def _ensure_drainer(self, location: str) -> None:
+        task = self._drainers.get(location)
+        if (task is None or task.done()) and not self._stopping:
+            self._drainers[location] = asyncio.ensure_future(self._drain_location(location, self.generation))
+
+    async def _drain_location(self, location: str, generation: int) -> None:
+        """While `location` has parked clients: wait out its pause, probe it with a location-level read, and once
+        it answers, drain its parked clients on their lanes (a few at a time: the rate budget is live's first)."""
+        rt = self.runtime_by_label(location)
+        while self.generation == generation and not self._stopping and self.parking.index.count(location):
+            try:
+                token = await rt.breaker.wait_ready(self._fence)
+                if self.generation != generation or self._stopping:
+                    return
+                if (token and not await self._probe(rt, token)) or rt.breaker.tripped:
+                    continue
+                await self._drain_pass(location, generation, rt)
+                if self.parking.index.count(location) and not rt.breaker.tripped:
+                    await self._sleep_fenced(self.settings.sink_retry_base_s)  # some failed: again, shortly
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep draining; never lose the drainer to one error
+                log.error("sink: draining GoHighLevel location %s failed (%s); retrying", location,
+                          type(exc).__name__, exc_info=exc)
+                await self._sleep_fenced(self.settings.sink_retry_max_s)
+
+    async def _sleep_fenced(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._fence.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _probe(self, rt: LocationRuntime, token: int) -> bool:
+        """One location-level read as the paused location's probe: True when it answers (breaker closed)."""
+        try:
+            await rt.client.list_custom_fields()
+        except GhlPermanentError as exc:
+            if exc.status in AUTH_STATUSES:
+                pause = rt.breaker.record_auth_failure(token)
+                log.warning("sink: GoHighLevel location %s still rejects the credentials (%s); %d client(s) "
+                            "parked, next probe in %.1fs", rt.label, exc.reason,
+                            self.parking.index.count(rt.label), pause)
+                return False
+        except GhlTransientError:
+            rt.breaker.record_failure(token)
+            return False
+        except BaseException:
+            rt.breaker.release_probe(token)
+            raise
+        rt.breaker.record_success()
+        return True
+
+    async def _drain_pass(self, location: str, generation: int, rt: LocationRuntime) -> None:
+        """Drain every parked client of `location` in owned partitions, `sink_historical_lanes` at a time."""
+        owned = self._owned_partitions()
+        batch: list[_Drain] = []
+        for partition, client_id in self.parking.index.clients(location):
+            if rt.breaker.tripped or self.generation != generation or self._stopping:
+                break
+            if owned is not None and partition not in owned:
+                continue
+            drain = _Drain(location, partition, client_id, generation)
+            lane = self._lane_for(drain.client, location, True)
+            lane, count = self._client_lanes.get(drain.client, (lane, 0))
+            self._client_lanes[drain.client] = (lane, count + 1)
+            lane.queue.put(drain.client, drain, historical=True)
+            batch.append(drain)
+            if len(batch) >= self.settings.sink_historical_lanes:
+                await asyncio.gather(*(d.finished.wait() for d in batch))
+                batch = []
+        await asyncio.gather(*(d.finished.wait() for d in batch))
+
+    async def _drain(self, lane: Lane, drain: _Drain) -> None:
+        """Run a parked client's pending ops, then unpark it. Never raises (except cancellation)."""
+        try:
+            while not await self._drain_attempt(lane, drain):
+                pass
+        except Abandoned:
+            pass
+
+    async def _drain_attempt(self, lane: Lane, drain: _Drain) -> bool:
+        rt = self.runtime_by_label(drain.location)
+        pending: list[CrmOp] = []
+        try:
+            self._check(drain)
+            state, stored_marks = self._load(drain.client_id)
+            pending = ordered_pending(state) if state is not None else []
+            if state is not None and pending:
+                executor = await rt.executor()
+                with background_requests(True):  # catching up: live events' calls go first
+                    await self._run_ops(lane, drain, rt, executor, drain.client_id, state, pending,
+                                        stored_marks or marks.EMPTY, drain.partition)
+                rt.breaker.record_success()
+            self._check(drain)
+            await self.parking.unpark(drain.location, drain.partition, drain.client_id)
+            return True
+        except (Abandoned, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure gets its next step from the policy
+            current = CURRENT_OP.get()
+            failed_event = current[1] if current is not None and current[0] == drain.client_id else (
+                pending[0].event_id if pending else None)
+            return await self._after_drain_failure(drain, rt, exc, failed_event)
+
+    async def _after_drain_failure(self, drain: _Drain, rt: LocationRuntime, exc: Exception,
+                                   failed_event: str | None) -> bool:
+        """The failure policy's step for a drained op. True when this drain ends (the client may stay parked)."""
+        failure = classify(exc)
+        if failure is Failure.TRANSIENT:
+            drain.failures += 1
+            rt.breaker.record_failure()
+        elif failure is Failure.UNEXPECTED:
+            drain.attempts += 1
+            log.error("sink: unexpected error (%s) draining a parked client of GoHighLevel location %s (attempt "
+                      "%d)", type(exc).__name__, rt.label, drain.attempts, exc_info=exc)
+        step = self.failure_policy.after(exc, failures=drain.failures, attempts=drain.attempts,
+                                         location_paused=rt.breaker.tripped, jitter=random.random())
+        if step.action is Action.HOLD:
+            return True  # paused again: the client stays parked until the next probe
+        if step.action is Action.RETRY:
+            await self._wait(step.delay_s, drain, rt.breaker.closed_event)
+            return False
+        if step.action is Action.CHECK_CREDENTIALS and isinstance(exc, GhlPermanentError):
+            if await self._credentials_rejected(rt, exc) is not None:
+                return True
+        if failed_event is None:
+            return True  # nothing pending failed (the index write did): the next pass tries again
+        try:
+            await self._deadletter_parked(drain, step.reason, failed_event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc2:  # noqa: BLE001 - Kafka: keep it parked, try again
+            log.warning("sink: dead-letter write failed (%s); retrying", type(exc2).__name__)
+            await self._wait(self.settings.sink_retry_base_s, drain)
+        return False  # the client's other parked ops, if any, next
+
+    async def _deadletter_parked(self, drain: _Drain, reason: str, event_id: str) -> None:
+        """Dead-letter a parked event whose op failed for good: its record is read back from the input topic
+        (its offset is in the park index), then its ops are parked as failed, so a redrive resumes them."""
+        topic = self.settings.topics.normalized
+        offset = self.parking.index.offset_of(drain.location, drain.partition, drain.client_id, event_id)
+        records = [] if offset is None else await self.sequence.reader.read(topic, drain.partition, offset,
+                                                                            offset + 1)
+        message: Any = records[0] if records else _GoneRecord(topic, drain.partition, -1 if offset is None else
+                                                               offset, drain.client)
+        value = message.value if records and isinstance(message.value, bytes) else b""
+        try:
+            location = NormalizedEvent.model_validate_json(value).location.key
+        except ValidationError:
+            location = "unknown"
+        await self.deadletters.write(message, value, reason, event_id=event_id, location=location)
+        state, _ = self._load(drain.client_id)
+        if state is not None and state.effects:
+            await self._save(drain.client_id, park_failed(state, event_id), drain.partition)
+        await self.parking.forget_event(drain.location, drain.partition, drain.client_id, event_id)
+
     async def _deadletter(self, item: _Item, reason: str) -> None:
         event = item.event
         location = "unknown"
@@ -574,11 +784,15 @@ class SyncEngine:
 # ------------------------------------------------------------------------------------------------- helpers
 
 
-def _probe_token(item: _Item, breaker: LocationBreaker) -> int:
-    """The attempt's probe token on `breaker` (0 when this attempt is not its probe)."""
-    if item.probe is not None and item.probe[0] is breaker:
-        return item.probe[1]
-    return 0
+@dataclass
+class _GoneRecord:
+    """Where a parked event's record was, when retention removed it before its dead letter could copy it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------- wiring
@@ -640,6 +854,10 @@ def register_sink(app: faust.App, settings: Settings) -> None:
     # Fence before Faust waits for in-flight events (wait_empty), i.e. at the very start of a rebalance.
     on_rebalance_start(app, lambda: engine.fence("rebalance"))
     before_consumer_stops(app, engine.close_intake)
+
+    @app.on_rebalance_complete.connect
+    async def _recovered(app: faust.App, **kwargs: Any) -> None:  # noqa: ARG001
+        engine.resume_parked()
 
     @app.on_partitions_revoked.connect
     async def _revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:  # noqa: ARG001

@@ -22,7 +22,7 @@ from foundations.kafka_admin import ensure_topics
 from sinks.locations import load_locations
 from sinks.provision import provision_all
 from tests.ghl_emulator_fixture import GhlEmulatorHandle
-from tests.sinks.test_e2e import Stack, read_topic
+from tests.sinks.test_e2e import Stack, read_topic, wait_caught_up
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +41,7 @@ class MultiLocationStack(Stack):
     def __init__(self, settings: Settings, emulator: Any, tmp_path: Path, locations_file: Path) -> None:
         super().__init__(settings, emulator, tmp_path)
         self.locations_file = locations_file
+        self.extra_env: dict[str, str] = {}
 
     def env(self) -> dict[str, str]:
         env = super().env()
@@ -48,6 +49,7 @@ class MultiLocationStack(Stack):
             env.pop(key, None)
         env["APRO_LOCATIONS_FILE"] = str(self.locations_file)
         env.update(token_env(self.emulator))
+        env.update(self.extra_env)
         return env
 
 
@@ -135,3 +137,42 @@ def test_healthy_clinics_sync_while_others_fail_and_the_others_catch_up_exactly_
     assert {e: counts[e] for e in healthy + troubled} == {e: 1 for e in healthy + troubled}
     dead = read_topic(settings, settings.topics.deadletter, until=lambda records: False, timeout_s=3)
     assert dead == []
+
+
+def test_a_paused_clinic_parks_its_events_past_its_queue_bound_and_a_restarted_worker_drains_them(
+        stack: MultiLocationStack, emulator: GhlEmulatorHandle, fixture_bodies: dict[str, bytes],
+        settings: Settings) -> None:
+    """Each troubled clinic gets three times its queue bound of events. Planning never waits for GoHighLevel:
+    they are parked (durable, acked), so the committed offsets reach the end while the faults are still on and
+    the healthy clinics sync. A worker restarted after the faults are lifted finds the parked clients in its
+    table and syncs them exactly once; nothing is dead-lettered."""
+    stack.extra_env = {"APRO_SINK_LOCATION_QUEUE": str(EVENTS_PER_CLINIC // 3)}
+    emulator.set_faults([{**fault, "probability": 1.0, "location": ghl}
+                         for ghl, fault in CLINICS.values() if fault is not None])
+    events: dict[str, list[str]] = {apro: [] for apro in CLINICS}
+    bodies = []
+    for n in range(EVENTS_PER_CLINIC):
+        for apro in CLINICS:
+            event_id, body = booking(fixture_bodies["appointment_created"], apro, n)
+            events[apro].append(event_id)
+            bodies.append(body)
+    stack.start()
+    stack.send(bodies)
+    healthy = [e for apro, (_, fault) in CLINICS.items() if fault is None for e in events[apro]]
+    troubled = [e for apro, (_, fault) in CLINICS.items() if fault is not None for e in events[apro]]
+    stack.wait_for(lambda s: all(synced(s)[e] for e in healthy), timeout_s=120)
+    wait_caught_up(stack, len(bodies), timeout_s=120)  # every record acked, the troubled ones parked
+    state = emulator.state()
+    assert not any(synced(state)[e] for e in troubled)
+    assert "parked while the location is paused" in stack.log_text()
+
+    stack.stop()
+    emulator.set_faults([], replace=True)
+    stack.start()
+    stack.wait_for(lambda s: all(synced(s)[e] for e in troubled), timeout_s=120)
+    state = stack.settle()
+    counts = synced(state)
+    assert {e: counts[e] for e in healthy + troubled} == {e: 1 for e in healthy + troubled}
+    assert read_topic(settings, settings.topics.deadletter, until=lambda records: False, timeout_s=3) == []
+    for token in token_env(emulator).values():
+        assert token not in stack.log_text()
