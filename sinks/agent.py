@@ -44,6 +44,7 @@ from streams.plan.planner import Outcome, plan
 from streams.plan.state import ClientState, mark_done, park_failed
 from workarounds.consumer_control import SequenceGuard, abandon
 from workarounds.faust_patches import before_consumer_stops, on_rebalance_start
+from workarounds.member_lease import lease_for
 from workarounds.partition_acker import PartitionAcker
 from workarounds.rocksdb_store import table_store, write_to_partition
 
@@ -68,6 +69,8 @@ class _Item:
     client: bytes | str | None = None  # the record key: a client's items stay on one lane while any is held
     attempts: int = 0
     failures: int = 0
+    bounded: bool = True  # holds a unit of its location's bound (not when queued past it behind its client)
+    historical: bool = False  # a backfill's: also holds a unit of the location's share for backfills
 
 
 @dataclass
@@ -88,6 +91,19 @@ class _Drain:
 
 
 @dataclass
+class _Planned:
+    ev: NormalizedEvent
+    rt: LocationRuntime
+    location: str  # the bounded metric label
+    partition: int
+    client_id: str
+    state: ClientState
+    pending: list[CrmOp]
+    done: marks.DoneMarks
+    outcome: Outcome
+
+
+@dataclass
 class Lane:
     index: int
     group: LaneGroup
@@ -105,6 +121,7 @@ class LaneGroup:
 
     location: str
     capacity: Capacity
+    historical_capacity: Capacity  # a backfill fills at most this share of `capacity`: live events keep the rest
     lanes: list[Lane] = field(default_factory=list)
     historical_lanes: list[Lane] = field(default_factory=list)
 
@@ -127,6 +144,8 @@ class SyncEngine:
         self.failure_policy = FailurePolicy(settings.sink_retry_base_s, settings.sink_retry_max_s)
         self.acker = PartitionAcker()
         self.sequence = SequenceGuard.for_agent(app, settings, "sync")
+        self.lease = lease_for(app.conf.id, settings.kafka_session_timeout_s)
+        self._lease_logged = 0.0
         self.generation = 0
         self._fence = asyncio.Event()
         self._ids_cache = ResolvedIdsCache()
@@ -173,7 +192,8 @@ class SyncEngine:
         """The location's lanes, started on its first event (a location that sends nothing costs nothing)."""
         group = self._groups.get(location)
         if group is None:
-            group = self._groups[location] = LaneGroup(location, Capacity(self.settings.sink_location_queue))
+            bound = self.settings.sink_location_queue
+            group = self._groups[location] = LaneGroup(location, Capacity(bound), Capacity(max(1, bound // 2)))
             live, historical = self.settings.sink_lanes, self.settings.sink_historical_lanes
             group.lanes = [Lane(i, group) for i in range(live)]
             group.historical_lanes = [Lane(live + i, group) for i in range(historical)]
@@ -246,21 +266,36 @@ class SyncEngine:
             location, historical = self._route(admitted)
             client = admitted.message.key
             lane = self._lane_for(client, location, historical)
+            # A location at its bound (slow, throttled, bursting, paused) must not stop the consumer: its event
+            # is parked here, or, when its client has events held (order), queued past the bound (the worker's
+            # window still bounds memory).
+            group = lane.group
+            over = bool(location) and (group.capacity.full or (historical and group.historical_capacity.full))
+            if over and client not in self._client_lanes and await self._park_overflow(admitted, generation):
+                continue
+            item = _Item(admitted, generation, client, bounded=not (over and client in self._client_lanes),
+                         historical=historical)
             await self._window.acquire()
-            if not await self._admit_to(lane, generation):
+            if not await self._admit_to(lane, item):
                 continue  # fenced while waiting: the fence abandoned it
             lane, count = self._client_lanes.get(client, (lane, 0))
             self._client_lanes[client] = (lane, count + 1)
-            lane.queue.put(client, _Item(admitted, generation, client), historical=historical)
+            lane.queue.put(client, item, historical=historical)
 
-    async def _admit_to(self, lane: Lane, generation: int) -> bool:
-        """Take a unit of the lane's location bound (the window's is taken). False, with both given back, when a
-        fence came meanwhile."""
-        if self.generation == generation and not self._stopping:
+    async def _admit_to(self, lane: Lane, item: _Item) -> bool:
+        """Take the item's units of the lane's location bounds (the window's is taken). False, with all given
+        back, when a fence came meanwhile."""
+        if self.generation == item.generation and not self._stopping:
+            if not item.bounded:
+                return True
+            if item.historical:
+                await lane.group.historical_capacity.acquire()
             await lane.group.capacity.acquire()
-            if self.generation == generation and not self._stopping:
+            if self.generation == item.generation and not self._stopping:
                 return True
             lane.group.capacity.release()
+            if item.historical:
+                lane.group.historical_capacity.release()
         self._window.release()
         return False
 
@@ -271,7 +306,10 @@ class SyncEngine:
             item.finished.set()
         else:
             self._window.release()
-            lane.group.capacity.release()
+            if item.bounded:
+                lane.group.capacity.release()
+                if item.historical:
+                    lane.group.historical_capacity.release()
         held = self._client_lanes.get(item.client)
         if held is not None:
             if held[1] <= 1:
@@ -340,6 +378,21 @@ class SyncEngine:
     def _check(self, item: _Item | _Drain) -> None:
         if item.generation != self.generation:
             raise Abandoned()
+
+    async def _hold_lease(self, item: _Item | _Drain) -> None:
+        """Before a state write or a GoHighLevel call: this worker must still own the partition. A loop that
+        stalled past the session timeout may have been evicted (its partitions handed over) without knowing it
+        yet: wait until a heartbeat is answered (still a member) or the rebalance fences the item."""
+        self._check(item)
+        if self.lease.valid():
+            return
+        if time.monotonic() - self._lease_logged > 10.0:
+            self._lease_logged = time.monotonic()
+            log.warning("sink: no answered heartbeat for %.1fs (session timeout %.1fs): writes and GoHighLevel "
+                        "calls wait until the group confirms this worker", self.lease.age,
+                        self.lease.session_timeout_s)
+        await self.lease.wait_valid(self._fence)
+        self._check(item)
 
     async def _wait(self, seconds: float, item: _Item | _Drain, wake: asyncio.Event | None = None) -> None:
         """Sleep, but wake (and abandon) at once on a fence; also wake early when `wake` is set."""
@@ -496,12 +549,13 @@ class SyncEngine:
             self.table.data[key] = value
         return fut
 
-    async def _process(self, lane: Lane, item: _Item) -> None:
+    async def _plan(self, item: _Item, clean: set[str] | None) -> _Planned:
+        """Plan the event against its client's state and make the plan durable (no GoHighLevel call). Ops planned
+        here and never attempted go to `clean` (not in doubt when run)."""
         event = item.event
         ev = event_input.normalized(event)
-        target = self.locations.resolve(ev.location)
-        rt = self.runtime(target)
-        self._check(item)
+        rt = self.runtime(self.locations.resolve(ev.location))
+        await self._hold_lease(item)
         location = self.location_labels(ev.location.key)
         metrics.LAST_EVENT_TIME.labels(location=location).set(time.time())
         partition = event.message.partition
@@ -519,16 +573,20 @@ class SyncEngine:
             done = marks.EMPTY
             if p.outcome is Outcome.RESUMED:
                 log.info("sink: resuming %d op(s) of dead-lettered event %s", len(p.ops), ev.event_id)
-            else:  # resumed ops were attempted before: in doubt
-                lane.clean.update(op.op_id for op in p.ops)
+            elif clean is not None:  # resumed ops were attempted before: in doubt
+                clean.update(op.op_id for op in p.ops)
         elif stored_marks is not None and not p.new_state.effects:
             # Done marks with nothing pending: left by a crash after an event's last write. Fold them (one key).
             await self._save(client_id, p.new_state, partition)
             done = marks.EMPTY
         if item.attempts == 0 and item.failures == 0:
             metrics.SYNC_OUTCOMES.labels(location, p.outcome.value).inc()
-        state = p.new_state
-        pending = ordered_pending(state)
+        return _Planned(ev, rt, location, partition, client_id, p.new_state, ordered_pending(p.new_state), done,
+                        p.outcome)
+
+    async def _process(self, lane: Lane, item: _Item) -> None:
+        planned = await self._plan(item, lane.clean)
+        rt, client_id, partition, pending = planned.rt, planned.client_id, planned.partition, planned.pending
         if pending and rt.breaker.tripped:
             # The location is paused: the plan is durable, so the client is parked and the event acked without
             # waiting; the location's drainer runs these ops once a probe finds it answering.
@@ -536,15 +594,17 @@ class SyncEngine:
             await self._park(item, acked_by_caller=True)
             return
         executor = await rt.executor()
-        with background_requests(ev.historical):  # a backfill's calls yield the rate budget to live ones
-            await self._run_ops(lane, item, rt, executor, client_id, state, pending, done, partition)
-        if pending or p.outcome is Outcome.APPLIED:
+        with background_requests(planned.ev.historical):  # a backfill's calls yield the rate budget to live ones
+            await self._run_ops(lane, item, rt, executor, client_id, planned.state, pending, planned.done,
+                                partition)
+        if pending or planned.outcome is Outcome.APPLIED:
             rt.breaker.record_success()
         for parked_at in self.parking.parked_at(client_id, partition) if pending else ():
             await self.parking.unpark(parked_at, partition, client_id)  # its parked ops ran first, just now
         if pending:
-            metrics.EVENTS_SYNCED.labels(location=location, kind=ev.kind.value).inc()
-            received = ev.received_at or event_input.received_header(event)
+            location = planned.location
+            metrics.EVENTS_SYNCED.labels(location=location, kind=planned.ev.kind.value).inc()
+            received = planned.ev.received_at or event_input.received_header(item.event)
             if received is not None:
                 metrics.SYNC_E2E_LATENCY.labels(location=location).observe(
                     max(0.0, time.time() - received.timestamp()))
@@ -555,7 +615,7 @@ class SyncEngine:
         """Execute the event's pending ops in order, each one's done mark durable as it goes (docs/sync-engine.md)."""
         last_write = None
         for op in pending:
-            self._check(item)  # stop at an op boundary on a fence
+            await self._hold_lease(item)  # stop at an op boundary on a fence
             op_rt = rt if op.location_label == rt.label else self.runtime_by_label(op.location_label)
             op_executor = executor if op_rt is rt else await op_rt.executor()
             in_doubt = op.op_id not in lane.clean
@@ -589,6 +649,26 @@ class SyncEngine:
         if not acked_by_caller:
             self.acker.finish(item.event)
         self._ensure_drainer(location)
+        return True
+
+    async def _park_overflow(self, event: faust.EventT, generation: int) -> bool:
+        """The event's location holds its bound (slow, throttled or bursting) and its client has nothing held:
+        plan and park it here, so the consumer goes on to other locations' records. False: not parked (a Kafka
+        error), the caller queues it as usual."""
+        item = _Item(event, generation, event.message.key)
+        try:
+            planned = await self._plan(item, None)
+            if planned.pending:
+                await self._park(item, acked_by_caller=True)
+            self._check(item)
+        except Abandoned:
+            abandon(self.app, event)
+            return True
+        except Exception as exc:  # noqa: BLE001 - the lane's policy deals with it (retry, dead-letter)
+            log.warning("sink: could not park event %s past its location's bound (%s); queued instead",
+                        event_input.event_id(event), type(exc).__name__)
+            return False
+        self.acker.finish(event)
         return True
 
     def resume_parked(self) -> None:

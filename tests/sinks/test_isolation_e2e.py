@@ -176,3 +176,31 @@ def test_a_paused_clinic_parks_its_events_past_its_queue_bound_and_a_restarted_w
     assert read_topic(settings, settings.topics.deadletter, until=lambda records: False, timeout_s=3) == []
     for token in token_env(emulator).values():
         assert token not in stack.log_text()
+
+
+def test_a_slow_clinic_past_its_queue_bound_never_stops_the_consumer(
+        stack: MultiLocationStack, emulator: GhlEmulatorHandle, fixture_bodies: dict[str, bytes],
+        settings: Settings) -> None:
+    """One sub-account answers every call a second late and gets six times its queue bound of bookings. The events
+    past its bound are planned and parked at once, so every record is acked (the consumer goes on) long before
+    that clinic's backlog is synced; the backlog then syncs exactly once."""
+    slow = CLINICS["22"][0]
+    stack.extra_env = {"APRO_SINK_LOCATION_QUEUE": "2"}
+    emulator.set_faults([{"kind": "latency", "latency_ms": 1000, "probability": 1.0, "location": slow}])
+    events: dict[str, list[str]] = {apro: [] for apro in CLINICS}
+    bodies = []
+    for n in range(EVENTS_PER_CLINIC):
+        for apro in CLINICS:
+            event_id, body = booking(fixture_bodies["appointment_created"], apro, n)
+            events[apro].append(event_id)
+            bodies.append(body)
+    stack.start()
+    stack.send(bodies)
+    wait_caught_up(stack, len(bodies), timeout_s=120)
+    # Each booking is several calls of a second each, four clients drained at a time: far from done here.
+    assert sum(1 for e in events["22"] if synced(emulator.state())[e]) < EVENTS_PER_CLINIC
+    everyone = [e for ids in events.values() for e in ids]
+    stack.wait_for(lambda s: all(synced(s)[e] for e in everyone), timeout_s=180)
+    counts = synced(stack.settle())
+    assert {e: counts[e] for e in everyone} == {e: 1 for e in everyone}
+    assert read_topic(settings, settings.topics.deadletter, until=lambda records: False, timeout_s=3) == []
