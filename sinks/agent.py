@@ -29,6 +29,7 @@ from sinks.deadletter_writer import DeadLetterWriter
 from sinks.errors import SyncError, UnreadableEvent
 from sinks.executor import OpExecutor, ordered_pending
 from sinks.failure_policy import AUTH_STATUSES, Action, Failure, FailurePolicy, classify, reason
+from sinks.ghl.client import send_gate
 from sinks.ghl.errors import GhlPermanentError, GhlTransientError
 from sinks.ghl.ratelimit import background_requests
 from sinks.lane_choice import lane_index
@@ -447,7 +448,7 @@ class SyncEngine:
             log.warning("sink: transient GoHighLevel failure (%s); event %s parked while the location is paused "
                         "(%.1fs left, failure %d)", reason(exc), event_input.event_id(item.event),
                         breaker.paused_for, item.failures)
-            return await self._park(item)
+            return await self._park_safely(item)
         if step.action is Action.RETRY:
             if failure is Failure.TRANSIENT:
                 log.warning("sink: transient GoHighLevel failure (%s); event %s retried in %.1fs (failure %d)",
@@ -459,7 +460,7 @@ class SyncEngine:
             pause = None if rt is None else await self._credentials_rejected(rt, exc)
             if pause is not None:  # not dead-lettered: parked (or held) until a probe finds the token working
                 if rt is not None and rt.breaker.tripped:
-                    return await self._park(item)
+                    return await self._park_safely(item)
                 await self._wait(pause, item)
                 return False
         return await self._deadletter_safely(item, step.reason)
@@ -487,7 +488,7 @@ class SyncEngine:
         pause = rt.breaker.record_auth_failure()
         # No secret here: the status, the endpoint template and the GoHighLevel location id only.
         log.warning("sink: GoHighLevel location %s rejects the configured credentials (%s); location paused "
-                    "for %.1fs, events held (check the token and its scopes)", rt.label, exc.reason, pause)
+                    "for %.1fs, its events parked (check the token and its scopes)", rt.label, exc.reason, pause)
         return pause
 
     def _breaker_failure(self, item: _Item) -> LocationBreaker | None:
@@ -594,7 +595,8 @@ class SyncEngine:
             await self._park(item, acked_by_caller=True)
             return
         executor = await rt.executor()
-        with background_requests(planned.ev.historical):  # a backfill's calls yield the rate budget to live ones
+        # A backfill's calls yield the rate budget to live ones; every request checks the lease right before it goes.
+        with background_requests(planned.ev.historical), send_gate(lambda: self._hold_lease(item)):
             await self._run_ops(lane, item, rt, executor, client_id, planned.state, pending, planned.done,
                                 partition)
         if pending or planned.outcome is Outcome.APPLIED:
@@ -612,7 +614,8 @@ class SyncEngine:
     async def _run_ops(self, lane: Lane, item: _Item | _Drain, rt: LocationRuntime, executor: OpExecutor,
                        client_id: str, state: ClientState, pending: list[CrmOp], done: marks.DoneMarks,
                        partition: int) -> None:
-        """Execute the event's pending ops in order, each one's done mark durable as it goes (docs/sync-engine.md)."""
+        """Execute the event's pending ops in order, each one's done mark durable as it goes (docs/sync-engine.md).
+        The caller sets the send gate: the lease is checked again right before each request is sent."""
         last_write = None
         for op in pending:
             await self._hold_lease(item)  # stop at an op boundary on a fence
@@ -670,6 +673,18 @@ class SyncEngine:
             return False
         self.acker.finish(event)
         return True
+
+    async def _park_safely(self, item: _Item) -> bool:
+        """`_park` after a failed attempt; on a Kafka error the event stays in its lane and is tried again."""
+        try:
+            return await self._park(item)
+        except (Abandoned, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.warning("sink: parking event %s failed (%s); retrying", event_input.event_id(item.event),
+                        type(exc).__name__)
+            await self._wait(self.settings.sink_retry_base_s, item)
+            return False
 
     def resume_parked(self) -> None:
         """After a rebalance's recovery: read the park index of the partitions now owned and drain it."""
@@ -776,7 +791,7 @@ class SyncEngine:
             pending = ordered_pending(state) if state is not None else []
             if state is not None and pending:
                 executor = await rt.executor()
-                with background_requests(True):  # catching up: live events' calls go first
+                with background_requests(True), send_gate(lambda: self._hold_lease(drain)):  # live calls first
                     await self._run_ops(lane, drain, rt, executor, drain.client_id, state, pending,
                                         stored_marks or marks.EMPTY, drain.partition)
                 rt.breaker.record_success()

@@ -13,11 +13,13 @@ from typing import Any
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 
 VALID_SHARE = 0.8  # of the session timeout: a lease this old may already have expired at the broker (clock drift)
+POLL_S = 0.05  # heartbeats run on the consumer's own thread: waiters poll rather than share an event across loops
 
 
 class MemberLease:
     """When this member's last heartbeat was sent that the broker answered: valid for a share of the session
-    timeout from then. Unknown (no heartbeat yet: not in a group) counts as valid."""
+    timeout from then. Unknown (no heartbeat yet: not in a group) counts as valid. Renewed from the consumer's
+    thread, read from the worker's loop (one float, assigned whole)."""
 
     def __init__(self, session_timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         if session_timeout_s <= 0:
@@ -25,7 +27,6 @@ class MemberLease:
         self.session_timeout_s = session_timeout_s
         self._clock = clock
         self.renewed_at: float | None = None
-        self._renewed = asyncio.Event()
 
     @property
     def age(self) -> float:
@@ -36,22 +37,19 @@ class MemberLease:
 
     def renew(self, sent_at: float) -> None:
         """A heartbeat sent at `sent_at` was answered: the broker's session timer restarted no earlier."""
-        if self.renewed_at is None or sent_at > self.renewed_at:
+        renewed_at = self.renewed_at
+        if renewed_at is None or sent_at > renewed_at:
             self.renewed_at = sent_at
-        renewed, self._renewed = self._renewed, asyncio.Event()
-        renewed.set()
 
     async def wait_valid(self, stop: asyncio.Event) -> bool:
         """Wait until the lease is valid again (True) or `stop` is set (False)."""
         while not self.valid():
             if stop.is_set():
                 return False
-            waits = [asyncio.ensure_future(self._renewed.wait()), asyncio.ensure_future(stop.wait())]
             try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
+                await asyncio.wait_for(stop.wait(), POLL_S)
+            except asyncio.TimeoutError:
+                pass
         return True
 
 
