@@ -25,7 +25,9 @@ from foundations.formats.crm_commands import CrmOp, OpKind
 from foundations.formats.normalized import NormalizedEvent
 from sinks import event_input
 from sinks.budget import LocationBreaker
+from sinks.client_state_store import ClientStateStore
 from sinks.deadletter_writer import DeadLetterWriter
+from sinks.drainer import Drainers
 from sinks.errors import SyncError, UnreadableEvent
 from sinks.executor import OpExecutor, ordered_pending
 from sinks.failure_policy import AUTH_STATUSES, Action, Failure, FailurePolicy, classify, reason
@@ -40,14 +42,14 @@ from sinks.locations import GhlTarget, Locations, load_locations
 from sinks.oauth import OAuthManager
 from sinks.provision import ResolvedIdsCache
 from sinks.shadow import CURRENT_OP, Send
-from streams.plan import marks, state_codec
+from streams.plan import marks
 from streams.plan.planner import Outcome, plan
 from streams.plan.state import ClientState, mark_done, park_failed
 from workarounds.consumer_control import SequenceGuard, abandon
 from workarounds.faust_patches import before_consumer_stops, on_rebalance_start
 from workarounds.member_lease import lease_for
 from workarounds.partition_acker import PartitionAcker
-from workarounds.rocksdb_store import table_store, write_to_partition
+from workarounds.rocksdb_store import table_store
 
 log = logging.getLogger("apro_sync.sink")
 
@@ -140,7 +142,7 @@ class SyncEngine:
         self.ghl_labels = metrics.LocationLabels(t.label for t in locations.targets())
         for target in locations.targets():  # exported from the start, before the first answer of the day
             metrics.GHL_DAILY_BUDGET_USED.labels(self.ghl_labels(target.label)).set(0)
-        self.table = table
+        self.states = ClientStateStore(table)
         self.deadletters = DeadLetterWriter(deadletter, self.location_labels, stage=STAGE)
         self.failure_policy = FailurePolicy(settings.sink_retry_base_s, settings.sink_retry_max_s)
         self.acker = PartitionAcker()
@@ -161,8 +163,9 @@ class SyncEngine:
         self._sleep = sleep
         self._stopping = False
         labels = {t.ghl_location_id: t.label for t in locations.targets()}
-        self.parking = ParkStore(table, lambda location: self.ghl_labels(labels.get(location, location)))
-        self._drainers: dict[str, asyncio.Task[None]] = {}
+        self.parking = ParkStore(self.states, lambda location: self.ghl_labels(labels.get(location, location)))
+        self.drainers = Drainers(self, batch=settings.sink_historical_lanes, retry_base_s=settings.sink_retry_base_s,
+                                 retry_max_s=settings.sink_retry_max_s)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def runtime(self, target: GhlTarget) -> LocationRuntime:
@@ -205,11 +208,11 @@ class SyncEngine:
     async def stop(self) -> None:
         self._stopping = True
         self.fence("stopping")
-        tasks = [lane.task for lane in self.lanes if lane.task is not None] + list(self._drainers.values())
+        await self.drainers.stop()
+        tasks = [lane.task for lane in self.lanes if lane.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._drainers.clear()
         self._groups.clear()
         self._started = False
         for rt in self._runtimes.values():
@@ -513,43 +516,6 @@ class SyncEngine:
         return True
 
     # -- one event -------------------------------------------------------------------------------------------
-    def _load(self, client_id: str) -> tuple[ClientState | None, marks.DoneMarks | None]:
-        """The client's state with its done marks merged (streams/plan/marks.py), and the marks record (None when
-        the client has no marks key): one read of each key per event."""
-        raw_marks = self.table.get(marks.marks_key(client_id))
-        done = None if raw_marks is None else marks.decode(raw_marks)
-        raw = self.table.get(client_id)
-        if raw is None:
-            return None, done
-        state = state_codec.decode(raw)
-        return (state if done is None else marks.merge(state, done)), done
-
-    def _save(self, client_id: str, state: ClientState, partition: int) -> Any:
-        """Write the whole state (its done marks folded in) to the table: local store + changelog record on the
-        event's partition, then clear the marks key (a tombstone after it on the same partition). Returns the
-        state record's send future (await for durability). The tombstone is not awaited: it follows the state on
-        the same partition, so any later record's ack covers it, and a lost one leaves only marks already folded
-        (merging them again changes nothing)."""
-        value = state_codec.encode(state)
-        fut = self.table.send_changelog(partition, client_id, value)
-        with write_to_partition(partition):
-            self.table.data[client_id] = value
-        key = marks.marks_key(client_id)
-        if self.table.data.get(key) is None:
-            return fut
-        self.table.send_changelog(partition, key, None, value_serializer="raw")
-        self.table.data.pop(key, None)
-        return fut
-
-    def _save_marks(self, client_id: str, done: marks.DoneMarks, partition: int) -> Any:
-        """Write an op's done mark: the small marks record on the state's partition (not the whole state)."""
-        key = marks.marks_key(client_id)
-        value = marks.encode(done)
-        fut = self.table.send_changelog(partition, key, value)
-        with write_to_partition(partition):
-            self.table.data[key] = value
-        return fut
-
     async def _plan(self, item: _Item, clean: set[str] | None) -> _Planned:
         """Plan the event against its client's state and make the plan durable (no GoHighLevel call). Ops planned
         here and never attempted go to `clean` (not in doubt when run)."""
@@ -561,7 +527,7 @@ class SyncEngine:
         metrics.LAST_EVENT_TIME.labels(location=location).set(time.time())
         partition = event.message.partition
         client_id = ev.client.id
-        state, stored_marks = self._load(client_id)
+        state, stored_marks = self.states.load(client_id)
         now = datetime.fromtimestamp(event.message.timestamp or time.time(), timezone.utc)
         # An operator redrive / replay resumes the ops a dead letter of this event parked (docs/sync-engine.md).
         resume_failed = header_names.REPLAY in header_names.to_dict(event.message.headers)
@@ -570,7 +536,7 @@ class SyncEngine:
         done = stored_marks or marks.EMPTY  # ops done since the state was last written, until it is written
         if state is None or p.new_state != state:
             # Durable BEFORE any GoHighLevel call.
-            await self._save(client_id, p.new_state, partition)
+            await self.states.save(client_id, p.new_state, partition)
             done = marks.EMPTY
             if p.outcome is Outcome.RESUMED:
                 log.info("sink: resuming %d op(s) of dead-lettered event %s", len(p.ops), ev.event_id)
@@ -578,7 +544,7 @@ class SyncEngine:
                 clean.update(op.op_id for op in p.ops)
         elif stored_marks is not None and not p.new_state.effects:
             # Done marks with nothing pending: left by a crash after an event's last write. Fold them (one key).
-            await self._save(client_id, p.new_state, partition)
+            await self.states.save(client_id, p.new_state, partition)
             done = marks.EMPTY
         if item.attempts == 0 and item.failures == 0:
             metrics.SYNC_OUTCOMES.labels(location, p.outcome.value).inc()
@@ -627,10 +593,10 @@ class SyncEngine:
             before = state
             state = mark_done(await op_executor.execute(op, state, in_doubt=in_doubt), op.op_id)
             if op is pending[-1]:  # the event ends: the whole state, marks folded in (no marks key at rest)
-                last_write = self._save(client_id, state, partition)
+                last_write = self.states.save(client_id, state, partition)
             else:  # durable like the whole state would be, a few dozen bytes
                 done = marks.add(done, op, before, state)
-                last_write = self._save_marks(client_id, done, partition)
+                last_write = self.states.save_marks(client_id, done, partition)
             if op.kind is OpKind.ENROLL_WORKFLOW:
                 await last_write  # shrink the one window the API cannot settle (docs/sync-engine.md)
             op_rt.breaker.record_success()
@@ -651,7 +617,7 @@ class SyncEngine:
         self._check(item)  # fenced meanwhile: redelivered, and parked again (the same entry)
         if not acked_by_caller:
             self.acker.finish(item.event)
-        self._ensure_drainer(location)
+        self.drainers.ensure(location, self.generation)
         return True
 
     async def _park_overflow(self, event: faust.EventT, generation: int) -> bool:
@@ -688,91 +654,35 @@ class SyncEngine:
 
     def resume_parked(self) -> None:
         """After a rebalance's recovery: read the park index of the partitions now owned and drain it."""
-        owned = self._owned_partitions()
+        owned = self.owned_partitions()
         if owned is None:
             return
         self.parking.load([t.ghl_location_id for t in self.locations.targets()], owned)
         for location in self.parking.index.locations():
-            self._ensure_drainer(location)
+            self.drainers.ensure(location, self.generation)
 
-    def _owned_partitions(self) -> set[int] | None:
+    # DrainHost (sinks/drainer.py)
+    def current(self, generation: int) -> bool:
+        return generation == self.generation and not self._stopping
+
+    def fence_event(self) -> asyncio.Event:
+        return self._fence
+
+    def owned_partitions(self) -> set[int] | None:
         try:
             actives = self.app.assignor.assigned_actives()
         except Exception:  # noqa: BLE001 - no assignment yet (not started)
             return None
         return {tp.partition for tp in actives if tp.topic == self.settings.topics.normalized}
 
-    def _ensure_drainer(self, location: str) -> None:
-        task = self._drainers.get(location)
-        if (task is None or task.done()) and not self._stopping:
-            self._drainers[location] = asyncio.ensure_future(self._drain_location(location, self.generation))
-
-    async def _drain_location(self, location: str, generation: int) -> None:
-        """While `location` has parked clients: wait out its pause, probe it with a location-level read, and once
-        it answers, drain its parked clients on their lanes (a few at a time: the rate budget is live's first)."""
-        rt = self.runtime_by_label(location)
-        while self.generation == generation and not self._stopping and self.parking.index.count(location):
-            try:
-                token = await rt.breaker.wait_ready(self._fence)
-                if self.generation != generation or self._stopping:
-                    return
-                if (token and not await self._probe(rt, token)) or rt.breaker.tripped:
-                    continue
-                await self._drain_pass(location, generation, rt)
-                if self.parking.index.count(location) and not rt.breaker.tripped:
-                    await self._sleep_fenced(self.settings.sink_retry_base_s)  # some failed: again, shortly
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep draining; never lose the drainer to one error
-                log.error("sink: draining GoHighLevel location %s failed (%s); retrying", location,
-                          type(exc).__name__, exc_info=exc)
-                await self._sleep_fenced(self.settings.sink_retry_max_s)
-
-    async def _sleep_fenced(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._fence.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
-
-    async def _probe(self, rt: LocationRuntime, token: int) -> bool:
-        """One location-level read as the paused location's probe: True when it answers (breaker closed)."""
-        try:
-            await rt.client.list_custom_fields()
-        except GhlPermanentError as exc:
-            if exc.status in AUTH_STATUSES:
-                pause = rt.breaker.record_auth_failure(token)
-                log.warning("sink: GoHighLevel location %s still rejects the credentials (%s); %d client(s) "
-                            "parked, next probe in %.1fs", rt.label, exc.reason,
-                            self.parking.index.count(rt.label), pause)
-                return False
-        except GhlTransientError:
-            rt.breaker.record_failure(token)
-            return False
-        except BaseException:
-            rt.breaker.release_probe(token)
-            raise
-        rt.breaker.record_success()
-        return True
-
-    async def _drain_pass(self, location: str, generation: int, rt: LocationRuntime) -> None:
-        """Drain every parked client of `location` in owned partitions, `sink_historical_lanes` at a time."""
-        owned = self._owned_partitions()
-        batch: list[_Drain] = []
-        for partition, client_id in self.parking.index.clients(location):
-            if rt.breaker.tripped or self.generation != generation or self._stopping:
-                break
-            if owned is not None and partition not in owned:
-                continue
-            drain = _Drain(location, partition, client_id, generation)
-            lane = self._lane_for(drain.client, location, True)
-            lane, count = self._client_lanes.get(drain.client, (lane, 0))
-            self._client_lanes[drain.client] = (lane, count + 1)
-            lane.queue.put(drain.client, drain, historical=True)
-            batch.append(drain)
-            if len(batch) >= self.settings.sink_historical_lanes:
-                await asyncio.gather(*(d.finished.wait() for d in batch))
-                batch = []
-        await asyncio.gather(*(d.finished.wait() for d in batch))
+    def drain_client(self, location: str, partition: int, client_id: str, generation: int) -> asyncio.Event:
+        """Queue a drain of the client on its lane (its lane while it has items held, else a backfill lane)."""
+        drain = _Drain(location, partition, client_id, generation)
+        lane = self._lane_for(drain.client, location, True)
+        lane, count = self._client_lanes.get(drain.client, (lane, 0))
+        self._client_lanes[drain.client] = (lane, count + 1)
+        lane.queue.put(drain.client, drain, historical=True)
+        return drain.finished
 
     async def _drain(self, lane: Lane, drain: _Drain) -> None:
         """Run a parked client's pending ops, then unpark it. Never raises (except cancellation)."""
@@ -785,9 +695,12 @@ class SyncEngine:
     async def _drain_attempt(self, lane: Lane, drain: _Drain) -> bool:
         rt = self.runtime_by_label(drain.location)
         pending: list[CrmOp] = []
+        CURRENT_OP.set(None)  # names the failing op below; not one of an earlier attempt
         try:
             self._check(drain)
-            state, stored_marks = self._load(drain.client_id)
+            if rt.breaker.tripped:
+                return True  # paused again since it was queued: it stays parked for the next probe
+            state, stored_marks = self.states.load(drain.client_id)
             pending = ordered_pending(state) if state is not None else []
             if state is not None and pending:
                 executor = await rt.executor()
@@ -853,9 +766,9 @@ class SyncEngine:
         except ValidationError:
             location = "unknown"
         await self.deadletters.write(message, value, reason, event_id=event_id, location=location)
-        state, _ = self._load(drain.client_id)
+        state, _ = self.states.load(drain.client_id)
         if state is not None and state.effects:
-            await self._save(drain.client_id, park_failed(state, event_id), drain.partition)
+            await self.states.save(drain.client_id, park_failed(state, event_id), drain.partition)
         await self.parking.forget_event(drain.location, drain.partition, drain.client_id, event_id)
 
     async def _deadletter(self, item: _Item, reason: str) -> None:
@@ -867,9 +780,9 @@ class SyncEngine:
             location, event_id = ev.location.key, ev.event_id
             # Park the remaining ops (not done, not applied) so the client's later events are not blocked behind
             # them and a redrive of this dead letter resumes exactly them.
-            state, _ = self._load(ev.client.id)
+            state, _ = self.states.load(ev.client.id)
             if state is not None and state.effects:
-                await self._save(ev.client.id, park_failed(state, event_id), event.message.partition)
+                await self.states.save(ev.client.id, park_failed(state, event_id), event.message.partition)
         except UnreadableEvent:
             pass
         raw = event.message.value if isinstance(event.message.value, bytes) else (event.value or b"")

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
-
 from foundations import metrics
+from sinks.client_state_store import ClientStateStore
 from sinks.park_index import ParkIndex, ParkIndexDecodeError, Write, entry_key, head_key, head_range
-from workarounds.rocksdb_store import write_to_partition
 
 log = logging.getLogger("apro_sync.sink")
 
 
 class ParkStore:
-    def __init__(self, table: Any, gauge_label: Callable[[str], str]) -> None:
-        self.table = table
+    def __init__(self, store: ClientStateStore, gauge_label: Callable[[str], str]) -> None:
+        self.store = store
         self.index = ParkIndex()
         self._gauge_label = gauge_label  # GoHighLevel location id → its bounded metric label
 
@@ -31,14 +29,14 @@ class ParkStore:
     def ensure_loaded(self, location: str, partition: int) -> None:
         if self.index.loaded(location, partition):
             return
-        head = self.table.get(head_key(location, partition))
+        head = self.store.get(head_key(location, partition))
         try:
             seqs = head_range(head)
         except ParkIndexDecodeError as exc:
             log.error("sink: park index of GoHighLevel location %s, partition %d is unreadable (%s); its parked "
                       "clients sync with their next event", location, partition, exc)
             seqs, head = range(0), None
-        read = {seq: self.table.get(entry_key(location, partition, seq)) for seq in seqs}
+        read = {seq: self.store.get(entry_key(location, partition, seq)) for seq in seqs}
         unreadable = self.index.load(location, partition, head, read)
         if unreadable:
             log.error("sink: %d park index entries of GoHighLevel location %s, partition %d are unreadable; "
@@ -67,13 +65,7 @@ class ParkStore:
         """Write to the store and the changelog, in order on the partition; the last send's ack covers all."""
         last = None
         for key, value in writes:
-            if value is None:
-                last = self.table.send_changelog(partition, key, None, value_serializer="raw")
-                self.table.data.pop(key, None)
-            else:
-                last = self.table.send_changelog(partition, key, value)
-                with write_to_partition(partition):
-                    self.table.data[key] = value
+            last = self.store.write(partition, key, value)
         if last is not None:
             await last
 

@@ -99,6 +99,22 @@ def booking(template: bytes, apro_location: str, n: int) -> tuple[str, bytes]:
     return event_id, json.dumps(body).encode()
 
 
+def start_and_book(stack: MultiLocationStack, fixture_bodies: dict[str, bytes]) -> tuple[dict[str, list[str]],
+                                                                                       list[bytes]]:
+    """Start the worker and send EVENTS_PER_CLINIC bookings per clinic, interleaved as a chain's webhooks arrive;
+    the event ids per clinic and the bodies sent."""
+    events: dict[str, list[str]] = {apro: [] for apro in CLINICS}
+    bodies = []
+    for n in range(EVENTS_PER_CLINIC):
+        for apro in CLINICS:
+            event_id, body = booking(fixture_bodies["appointment_created"], apro, n)
+            events[apro].append(event_id)
+            bodies.append(body)
+    stack.start()
+    stack.send(bodies)
+    return events, bodies
+
+
 def synced(state: dict[str, Any]) -> Counter[str]:
     """Audit notes per event id: the note is each event's last op, so one note = the event fully synced."""
     counts: Counter[str] = Counter()
@@ -114,15 +130,7 @@ def test_healthy_clinics_sync_while_others_fail_and_the_others_catch_up_exactly_
         settings: Settings) -> None:
     emulator.set_faults([{**fault, "probability": 1.0, "location": ghl}
                          for ghl, fault in CLINICS.values() if fault is not None])
-    events: dict[str, list[str]] = {apro: [] for apro in CLINICS}
-    bodies = []
-    for n in range(EVENTS_PER_CLINIC):  # interleaved, as a chain's webhooks arrive
-        for apro in CLINICS:
-            event_id, body = booking(fixture_bodies["appointment_created"], apro, n)
-            events[apro].append(event_id)
-            bodies.append(body)
-    stack.start()
-    stack.send(bodies)
+    events, bodies = start_and_book(stack, fixture_bodies)
     healthy = [e for apro, (_, fault) in CLINICS.items() if fault is None for e in events[apro]]
     troubled = [e for apro, (_, fault) in CLINICS.items() if fault is not None for e in events[apro]]
 
@@ -149,15 +157,7 @@ def test_a_paused_clinic_parks_its_events_past_its_queue_bound_and_a_restarted_w
     stack.extra_env = {"APRO_SINK_LOCATION_QUEUE": str(EVENTS_PER_CLINIC // 3)}
     emulator.set_faults([{**fault, "probability": 1.0, "location": ghl}
                          for ghl, fault in CLINICS.values() if fault is not None])
-    events: dict[str, list[str]] = {apro: [] for apro in CLINICS}
-    bodies = []
-    for n in range(EVENTS_PER_CLINIC):
-        for apro in CLINICS:
-            event_id, body = booking(fixture_bodies["appointment_created"], apro, n)
-            events[apro].append(event_id)
-            bodies.append(body)
-    stack.start()
-    stack.send(bodies)
+    events, bodies = start_and_book(stack, fixture_bodies)
     healthy = [e for apro, (_, fault) in CLINICS.items() if fault is None for e in events[apro]]
     troubled = [e for apro, (_, fault) in CLINICS.items() if fault is not None for e in events[apro]]
     stack.wait_for(lambda s: all(synced(s)[e] for e in healthy), timeout_s=120)
@@ -187,15 +187,7 @@ def test_a_slow_clinic_past_its_queue_bound_never_stops_the_consumer(
     slow = CLINICS["22"][0]
     stack.extra_env = {"APRO_SINK_LOCATION_QUEUE": "2"}
     emulator.set_faults([{"kind": "latency", "latency_ms": 1000, "probability": 1.0, "location": slow}])
-    events: dict[str, list[str]] = {apro: [] for apro in CLINICS}
-    bodies = []
-    for n in range(EVENTS_PER_CLINIC):
-        for apro in CLINICS:
-            event_id, body = booking(fixture_bodies["appointment_created"], apro, n)
-            events[apro].append(event_id)
-            bodies.append(body)
-    stack.start()
-    stack.send(bodies)
+    events, bodies = start_and_book(stack, fixture_bodies)
     wait_caught_up(stack, len(bodies), timeout_s=120)
     # Each booking is several calls of a second each, four clients drained at a time: far from done here.
     assert sum(1 for e in events["22"] if synced(emulator.state())[e]) < EVENTS_PER_CLINIC
