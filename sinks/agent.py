@@ -1,8 +1,8 @@
 """The sync engine's I/O side: a Faust agent that executes the planner's CRM ops against GoHighLevel.
 
 Per event: plan → write the state with its pending effects → run each op, marking it done → ack in offset
-order (`PartitionAcker`). Each GoHighLevel location has its own sequential lanes and bound, so a paused location
-holds only its own clients; a client's events run in order on one lane (docs/sync-engine.md)."""
+order (`PartitionAcker`). A paused location's events, or those past its bound, are parked instead (planned,
+durable, acked) and drained once it answers; a client's events run in order on one lane (docs/sync-engine.md)."""
 
 from __future__ import annotations
 
