@@ -4,7 +4,8 @@ its partition's changelog before the caller acks what it records, and exports th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+
 from foundations import metrics
 from sinks.client_state_store import ClientStateStore
 from sinks.park_index import ParkIndex, ParkIndexDecodeError, Write, entry_key, head_key, head_range
@@ -18,7 +19,7 @@ class ParkStore:
         self.index = ParkIndex()
         self._gauge_label = gauge_label  # GoHighLevel location id → its bounded metric label
 
-    def load(self, locations: Iterable[str], partitions: Iterable[int]) -> None:
+    def load(self, locations: Sequence[str], partitions: Iterable[int]) -> None:
         """Read the index of every (location, partition) not loaded yet from the table (after recovery)."""
         for partition in partitions:
             for location in locations:
