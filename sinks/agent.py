@@ -592,6 +592,9 @@ class SyncEngine:
             CURRENT_OP.set((client_id, op.event_id, op.op_id))  # names the op in shadow records
             before = state
             state = mark_done(await op_executor.execute(op, state, in_doubt=in_doubt), op.op_id)
+            # A call answered after a stall: if this worker was evicted meanwhile, its done mark must not land
+            # after the new owner's writes (recovery would read it back); the new owner settles the op in doubt.
+            await self._hold_lease(item)
             if op is pending[-1]:  # the event ends: the whole state, marks folded in (no marks key at rest)
                 last_write = self.states.save(client_id, state, partition)
             else:  # durable like the whole state would be, a few dozen bytes
@@ -612,7 +615,7 @@ class SyncEngine:
         ev = event_input.normalized(item.event)
         location = self.locations.resolve(ev.location).ghl_location_id
         message = item.event.message
-        self._check(item)
+        await self._hold_lease(item)
         await self.parking.park(location, message.partition, ev.client.id, ev.event_id, message.offset)
         self._check(item)  # fenced meanwhile: redelivered, and parked again (the same entry)
         if not acked_by_caller:
@@ -708,7 +711,7 @@ class SyncEngine:
                     await self._run_ops(lane, drain, rt, executor, drain.client_id, state, pending,
                                         stored_marks or marks.EMPTY, drain.partition)
                 rt.breaker.record_success()
-            self._check(drain)
+            await self._hold_lease(drain)
             await self.parking.unpark(drain.location, drain.partition, drain.client_id)
             return True
         except (Abandoned, asyncio.CancelledError):
