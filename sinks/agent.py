@@ -164,6 +164,7 @@ class SyncEngine:
         self._stopping = False
         labels = {t.ghl_location_id: t.label for t in locations.targets()}
         self.parking = ParkStore(self.states, lambda location: self.ghl_labels(labels.get(location, location)))
+        self._resumed_generation = -1
         self.drainers = Drainers(self, batch=settings.sink_historical_lanes, retry_base_s=settings.sink_retry_base_s,
                                  retry_max_s=settings.sink_retry_max_s)
 
@@ -266,6 +267,7 @@ class SyncEngine:
                 abandon(self.app, admitted)  # fenced meanwhile: redelivered to the partition's next owner
                 continue
             self.start()
+            self.resume_parked()  # once per generation: a no-op after the rebalance's own call
             self.acker.track(admitted)
             location, historical = self._route(admitted)
             client = admitted.message.key
@@ -656,12 +658,20 @@ class SyncEngine:
             return False
 
     def resume_parked(self) -> None:
-        """After a rebalance's recovery: read the park index of the partitions now owned and drain it."""
-        owned = self.owned_partitions()
-        if owned is None:
+        """After a rebalance's recovery (and, should that signal be missed, at the generation's first event): read
+        the park index of the partitions now owned and drain it."""
+        if self._resumed_generation == self.generation:
             return
+        owned = self.owned_partitions()
+        if not owned:
+            return
+        self._resumed_generation = self.generation
         self.parking.load([t.ghl_location_id for t in self.locations.targets()], owned)
-        for location in self.parking.index.locations():
+        locations = self.parking.index.locations()
+        if locations:
+            log.warning("sink: %d parked client(s) of %d GoHighLevel location(s) in the partitions now owned; "
+                        "draining them", sum(self.parking.index.count(loc) for loc in locations), len(locations))
+        for location in locations:
             self.drainers.ensure(location, self.generation)
 
     # DrainHost (sinks/drainer.py)
