@@ -101,11 +101,6 @@ GHL_LOCATION_PAUSED = Gauge(
     "1 while the sink holds a GoHighLevel location paused after repeated failures.",
     ["location"],
 )
-SINK_PARKED_CLIENTS = Gauge(
-    "apro_sink_parked_clients",
-    "Clients whose CRM effects are parked (planned, durable, acked) until a paused GoHighLevel location answers.",
-    ["location"],
-)
 STREAM_GAP_RECORDS = Counter(
     "apro_stream_gap_records_total",
     "Records Faust dropped on the way to an agent (workarounds/offset_sequence.py): refetched = read from the broker "

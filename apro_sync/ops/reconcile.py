@@ -27,7 +27,6 @@ from sinks.ghl.client import GhlClient
 from sinks.ghl.errors import GhlError, GhlPermanentError
 from sinks.ghl.retry import RetryPolicy
 from sinks.locations import GhlTarget, load_locations
-from sinks.park_index import is_park_key
 from sinks.provision import ResolvedIds, resolve_ids
 from sinks.agent import changelog_topic_name
 from streams.plan import marks, state_codec
@@ -78,8 +77,7 @@ def decode_changelog(records: Iterable[tuple[bytes | None, bytes | None]]) -> di
         state = state_codec.decode(raw)
         return state if done is None else marks.merge(state, marks.decode(done))
 
-    return {cid: state_of(cid, raw) for cid, raw in values.items()
-            if not marks.is_marks_key(cid) and not is_park_key(cid)}
+    return {cid: state_of(cid, raw) for cid, raw in values.items() if not marks.is_marks_key(cid)}
 
 
 def read_states(settings: Settings) -> dict[str, ClientState]:

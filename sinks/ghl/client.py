@@ -8,12 +8,10 @@ here (docs/sync-engine.md, "Module notes"). PHI never goes into a URL, only into
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import email.utils
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -46,21 +44,6 @@ OPPORTUNITY_STATUSES = frozenset({"open", "won", "lost", "abandoned"})
 # GoHighLevel's default duplicate-contact search sequence: an upsert matches by email first, then by phone.
 CONTACT_MATCH_ORDER = ("email", "phone")
 log = structlog.get_logger("sinks.ghl")
-
-SendGate = Callable[[], Awaitable[None]]
-_SEND_GATE: contextvars.ContextVar[SendGate | None] = contextvars.ContextVar("ghl_send_gate", default=None)
-
-
-@contextmanager
-def send_gate(gate: SendGate) -> Iterator[None]:
-    """Within this block every request of the current task awaits `gate` right before it is sent (after any wait
-    for the rate limiter or a retry's backoff). The sink's gate checks that its worker still owns the partition;
-    whatever the gate raises propagates unchanged."""
-    token = _SEND_GATE.set(gate)
-    try:
-        yield
-    finally:
-        _SEND_GATE.reset(token)
 
 # UpsertContactDto / UpdateContactDto properties a caller may pass as a raw mapping. `tags` is deliberately
 # absent (it overwrites all tags); `locationId` is set by the client.
@@ -234,9 +217,6 @@ class GhlClient:
         slot = await self.limiter.acquire()
         started = self._clock()
         try:
-            gate = _SEND_GATE.get()
-            if gate is not None:
-                await gate()  # after any wait for the limiter: the caller may have lost the right to send meanwhile
             response = await self._http.request(
                 method, path, params={k: v for k, v in (params or {}).items() if v is not None} or None,
                 json=body if body is not None else None,

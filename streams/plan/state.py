@@ -212,17 +212,14 @@ def mark_done(state: ClientState, op_id: str) -> ClientState:
 
 
 def park_failed(state: ClientState, event_id: str) -> ClientState:
-    """The event `event_id` is dead-lettered: move its pending entry, and those of older events, to `failed` (not
-    done, not applied) so later events of the client run, and a redrive of `event_id` resumes exactly the ops not
-    done. Older entries go with it (one of them may be what failed); entries of later events (parked behind it
-    while its location was paused) stay pending."""
+    """The event `event_id` is dead-lettered: move every pending entry to `failed` (not done, not applied) so
+    later events of the client run, and a redrive of `event_id` resumes exactly the ops not done. Entries of
+    older events still pending at that point are parked with it (one of them may be what failed)."""
     if not state.effects:
         return state
-    ids = [e.event_id for e in state.effects]
-    cut = len(ids) - ids[::-1].index(event_id) if event_id in ids else len(ids)
-    parked = tuple(e.model_copy(update={"parked_by": event_id}) for e in state.effects[:cut])
+    parked = tuple(e.model_copy(update={"parked_by": event_id}) for e in state.effects)
     failed = (*(f for f in state.failed if f.event_id not in {e.event_id for e in parked}), *parked)
-    return state.model_copy(update={"effects": state.effects[cut:], "failed": failed[-MAX_FAILED:]})
+    return state.model_copy(update={"effects": (), "failed": failed[-MAX_FAILED:]})
 
 
 def _with_ids(state: ClientState, location_label: str, **ids: str) -> ClientState:

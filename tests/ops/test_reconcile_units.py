@@ -53,18 +53,6 @@ def test_done_marks_are_merged_and_never_read_as_a_client() -> None:
         "1": after}
 
 
-
-def test_park_index_keys_are_never_read_as_a_client() -> None:
-    """The sink's park index lives in the same table (sinks/park_index.py): its keys are skipped."""
-    from sinks.park_index import ParkIndex
-
-    index = ParkIndex()
-    index.load("L1", 0, None)
-    writes = index.park("L1", 0, "1", "ev-1", 7)
-    records = [(json.dumps(key).encode(), json.dumps(value).encode()) for key, value in writes if value]
-    state = ClientState(client_id="1")
-    assert reconcile_tool.decode_changelog([record("1", state), *records]) == {"1": state}
-
 def test_location_selection() -> None:
     settings = Settings(_env_file=None, ghl_location_id="L1", ghl_token=SecretStr("pit-token-0123456789"))
     assert [t.ghl_location_id for t in reconcile_tool.select_targets(settings, None)] == ["L1"]

@@ -541,30 +541,3 @@ def test_transient_faults_end_in_the_fault_free_state(stack: Stack, fixture_bodi
     state = stack.settle(quiet_s=3.0, timeout_s=120)
     assert sum(state["faultsInjected"].values()) >= 19
     assert_sequence_end_state(state)
-
-
-def test_a_parked_event_whose_op_fails_for_good_is_dead_lettered_with_its_record(
-        stack: Stack, fixture_bodies: dict[str, bytes]) -> None:
-    """GoHighLevel down: the client's two events are parked and acked. Once it answers, the first event's note is
-    refused (422) while the client is drained: that event is dead-lettered with its record, read back from the
-    normalized topic by the offset the park index kept; the second event still syncs."""
-    stack.emulator.set_faults([{"kind": "status", "status": 503, "count": 100000}])
-    stack.send([with_id(fixture_bodies["appointment_created"], "park-1-book")])
-    stack.send([with_id(fixture_bodies["appointment_cancelled"], "park-2-cancel",
-                        occurredAt="2026-11-30T10:00:00Z")])
-    wait_caught_up(stack, 2, timeout_s=90)  # both acked while every call fails: parked, not held
-    assert "parked while the location is paused" in stack.log_text()
-    stack.emulator.set_faults([{"kind": "status", "status": 422, "count": 1, "method": "POST",
-                                "path": "/contacts/{contactId}/notes"}], replace=True)
-    records = read_topic(stack.settings, stack.settings.topics.deadletter, lambda r: len(r) >= 1, timeout_s=90)
-    assert len(records) == 1
-    key, value, headers = records[0]
-    assert key == b"48213" and json.loads(value)["event_id"] == "park-1-book"  # the body, read back
-    assert headers[header_names.DLQ_EVENT_ID] == "park-1-book" and headers[header_names.DLQ_LOCATION] == "3"
-    assert headers[header_names.REASON].startswith("HTTP 422 from POST /contacts/")
-    assert headers[header_names.DLQ_SOURCE_TOPIC] == stack.settings.topics.normalized
-    assert int(headers[header_names.DLQ_SOURCE_OFFSET]) >= 0
-    state = stack.wait_for(lambda s: any("apro-event: park-2-cancel" in n["body"] for n in s["notes"]))
-    jane = contact_by_email(state, JANE)
-    assert jane is not None and fields(jane)["apro_appt_status"] == "Cancelled"
-    assert not any("apro-event: park-1-book" in n for n in notes_of(state, jane))

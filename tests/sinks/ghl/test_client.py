@@ -316,30 +316,3 @@ def test_client_repr_hides_token() -> None:
     server.base_url = "http://127.0.0.1:9"
     client = make_client(server, FakeTime(), limiter=RateLimiter("x"))
     assert TOKEN not in repr(client)
-
-
-async def test_the_send_gate_runs_right_before_each_request_and_what_it_raises_stops_the_request(
-        ghl_loopback: LoopbackGhl) -> None:
-    """The sink's lease check: a retry after a 429 passes the gate again; a gate that refuses sends nothing."""
-    from sinks.ghl.client import send_gate
-
-    ghl_loopback.script("POST", UPSERT, Reply(429, {"message": "Too many requests"}, {"Retry-After": "1"}), UPSERT_OK)
-    seen_before: list[int] = []
-
-    async def gate() -> None:
-        seen_before.append(len(ghl_loopback.calls("POST", UPSERT)))
-
-    async with make_client(ghl_loopback, FakeTime()) as client:
-        with send_gate(gate):
-            assert (await client.upsert_contact(contact())).contact_id == "c1"
-        assert seen_before == [0, 1]  # once before each of the two requests, none sent yet at its check
-
-        class Evicted(Exception):
-            pass
-
-        async def refuse() -> None:
-            raise Evicted()
-
-        with send_gate(refuse), pytest.raises(Evicted):
-            await client.upsert_contact(contact())
-        assert len(ghl_loopback.calls("POST", UPSERT)) == 2  # nothing more was sent

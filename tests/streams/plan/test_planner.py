@@ -841,17 +841,3 @@ def test_parking_keeps_a_bounded_history() -> None:
         state = park_failed(state, f"b{i}")
     assert state is not None and len(state.failed) == MAX_FAILED
     assert state.failed[0].event_id == "b3" and state.parked_for("b0") == ()
-
-
-def test_a_dead_lettered_event_takes_older_pending_entries_with_it_but_not_later_ones() -> None:
-    """A parked client (its location paused) owes b1, b2, b3; b2's op fails for good while it is drained: b1 and b2
-    are dead-lettered together (b1 may be what failed), b3 still runs with the client's next drain or event."""
-    from streams.plan.state import park_failed
-
-    state, _ = run([booked("b1", t(20)), booked("b2", t(21), appt_id="A2"), booked("b3", t(22), appt_id="A3")])
-    assert state is not None and [e.event_id for e in state.effects] == ["b1", "b2", "b3"]
-    parked = park_failed(state, "b2")
-    assert [e.event_id for e in parked.failed] == ["b1", "b2"]
-    assert {e.parked_by for e in parked.failed} == {"b2"}
-    assert [e.event_id for e in parked.effects] == ["b3"]
-    assert park_failed(state, "unknown").effects == ()  # an event not pending: everything, as before
